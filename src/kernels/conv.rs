@@ -1,0 +1,152 @@
+//! im2col / col2im for 2-D convolution on one image, so a convolution is one
+//! matrix product: `out[Cout × P] = W[Cout × K] · col[K × P]` with
+//! `K = Cin·kh·kw` rows (one per weight) and `P = Ho·Wo` columns (one per
+//! output pixel).
+
+use crate::real::Real;
+
+/// The geometry of a 2-D convolution or pooling window on one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    /// Output height and width, or `None` when the window does not fit.
+    pub fn output_hw(&self) -> Option<(usize, usize)> {
+        let h = self.height + 2 * self.padding;
+        let w = self.width + 2 * self.padding;
+        if self.kernel == 0 || self.stride == 0 || h < self.kernel || w < self.kernel {
+            return None;
+        }
+        Some((
+            (h - self.kernel) / self.stride + 1,
+            (w - self.kernel) / self.stride + 1,
+        ))
+    }
+    /// Rows of the column matrix: `Cin·k·k`.
+    pub fn col_rows(&self) -> usize {
+        self.channels * self.kernel * self.kernel
+    }
+}
+
+/// `col[(c·k + i)·k + j, oh·Wo + ow] = x[c, oh·s - p + i, ow·s - p + j]` (0 outside).
+pub fn im2col<T: Real>(g: &ConvGeometry, image: &[T], col: &mut [T]) {
+    let (ho, wo) = g
+        .output_hw()
+        .expect("im2col: window larger than the padded image");
+    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
+    let plane = g.height * g.width;
+    let mut row = 0;
+    for c in 0..g.channels {
+        let src = &image[c * plane..(c + 1) * plane];
+        for i in 0..k {
+            for j in 0..k {
+                let dst = &mut col[row * ho * wo..(row + 1) * ho * wo];
+                for oh in 0..ho {
+                    let ih = (oh * s) as isize - p + i as isize;
+                    let out_row = &mut dst[oh * wo..(oh + 1) * wo];
+                    if ih < 0 || ih >= g.height as isize {
+                        out_row.fill(T::zero());
+                        continue;
+                    }
+                    let src_row = &src[ih as usize * g.width..(ih as usize + 1) * g.width];
+                    if s == 1 && p == 0 {
+                        // the common case (LeNet): a contiguous copy
+                        out_row.copy_from_slice(&src_row[j..j + wo]);
+                    } else {
+                        for (ow, v) in out_row.iter_mut().enumerate() {
+                            let iw = (ow * s) as isize - p + j as isize;
+                            *v = if iw < 0 || iw >= g.width as isize {
+                                T::zero()
+                            } else {
+                                src_row[iw as usize]
+                            };
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back to the pixel it
+/// was read from. `image` is overwritten.
+pub fn col2im<T: Real>(g: &ConvGeometry, col: &[T], image: &mut [T]) {
+    let (ho, wo) = g
+        .output_hw()
+        .expect("col2im: window larger than the padded image");
+    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
+    let plane = g.height * g.width;
+    image.fill(T::zero());
+    let mut row = 0;
+    for c in 0..g.channels {
+        let dst = &mut image[c * plane..(c + 1) * plane];
+        for i in 0..k {
+            for j in 0..k {
+                let src = &col[row * ho * wo..(row + 1) * ho * wo];
+                for oh in 0..ho {
+                    let ih = (oh * s) as isize - p + i as isize;
+                    if ih < 0 || ih >= g.height as isize {
+                        continue;
+                    }
+                    let dst_row = &mut dst[ih as usize * g.width..(ih as usize + 1) * g.width];
+                    let src_row = &src[oh * wo..(oh + 1) * wo];
+                    if s == 1 && p == 0 {
+                        for (d, &v) in dst_row[j..j + wo].iter_mut().zip(src_row) {
+                            *d += v;
+                        }
+                    } else {
+                        for (ow, &v) in src_row.iter().enumerate() {
+                            let iw = (ow * s) as isize - p + j as isize;
+                            if iw >= 0 && iw < g.width as isize {
+                                dst_row[iw as usize] += v;
+                            }
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// <im2col(x), c> == <x, col2im(c)> for random x, c: col2im is the adjoint.
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        for (stride, padding) in [(1, 0), (2, 1), (3, 2)] {
+            let g = ConvGeometry {
+                channels: 2,
+                height: 7,
+                width: 6,
+                kernel: 3,
+                stride,
+                padding,
+            };
+            let (ho, wo) = g.output_hw().unwrap();
+            let x: Vec<f64> = (0..2 * 7 * 6)
+                .map(|i| ((i * 31 % 23) as f64) - 11.0)
+                .collect();
+            let c: Vec<f64> = (0..g.col_rows() * ho * wo)
+                .map(|i| ((i * 17 % 19) as f64) - 9.0)
+                .collect();
+            let mut col = vec![0.0; c.len()];
+            im2col(&g, &x, &mut col);
+            let mut back = vec![0.0; x.len()];
+            col2im(&g, &c, &mut back);
+            let lhs: f64 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+            assert_eq!(lhs, rhs, "stride {stride} padding {padding}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Elementwise activations.
+
+use rayon::prelude::*;
+
+use super::{Layer, Mode, PAR_MIN};
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::Result;
+
+/// Applies `f` to each (input, output) pair, on rayon when the tensor is large.
+fn map_into<T: Real>(src: &[T], dst: &mut [T], f: impl Fn(T) -> T + Sync) {
+    if dst.len() >= PAR_MIN {
+        dst.par_chunks_mut(PAR_MIN / 4)
+            .zip(src.par_chunks(PAR_MIN / 4))
+            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = f(s)));
+    } else {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f(s));
+    }
+}
+
+/// Like [`map_into`] with two inputs.
+fn zip_into<T: Real>(a: &[T], b: &[T], dst: &mut [T], f: impl Fn(T, T) -> T + Sync) {
+    if dst.len() >= PAR_MIN {
+        dst.par_chunks_mut(PAR_MIN / 4)
+            .zip(a.par_chunks(PAR_MIN / 4).zip(b.par_chunks(PAR_MIN / 4)))
+            .for_each(|(d, (a, b))| {
+                for i in 0..d.len() {
+                    d[i] = f(a[i], b[i]);
+                }
+            });
+    } else {
+        for i in 0..dst.len() {
+            dst[i] = f(a[i], b[i]);
+        }
+    }
+}
+
+/// `y = 1 / (1 + exp(-x))`; backward `dx = dy · y · (1 - y)`.
+#[derive(Default)]
+pub struct Sigmoid<T: Real = f32> {
+    y: Tensor<T>,
+    dx: Tensor<T>,
+}
+
+impl<T: Real> Sigmoid<T> {
+    pub fn new() -> Self {
+        Sigmoid {
+            y: Tensor::default(),
+            dx: Tensor::default(),
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn sigmoid<T: Real>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+impl<T: Real> Layer<T> for Sigmoid<T> {
+    fn kind(&self) -> String {
+        "Sigmoid".into()
+    }
+    fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+    fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
+        self.y.resize(x.shape());
+        map_into(x.data(), self.y.data_mut(), sigmoid);
+        Ok(&self.y)
+    }
+    fn backward(&mut self, _x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        if need_dx {
+            self.dx.resize(dy.shape());
+            zip_into(self.y.data(), dy.data(), self.dx.data_mut(), |y, dy| {
+                dy * y * (T::one() - y)
+            });
+        }
+        Ok(&self.dx)
+    }
+    fn output(&self) -> &Tensor<T> {
+        &self.y
+    }
+    fn grad_input(&self) -> &Tensor<T> {
+        &self.dx
+    }
+}
+
+/// `y = max(x, 0)`; backward `dx = dy · [x > 0]`.
+#[derive(Default)]
+pub struct ReLU<T: Real = f32> {
+    y: Tensor<T>,
+    dx: Tensor<T>,
+}
+
+impl<T: Real> ReLU<T> {
+    pub fn new() -> Self {
+        ReLU {
+            y: Tensor::default(),
+            dx: Tensor::default(),
+        }
+    }
+}
+
+impl<T: Real> Layer<T> for ReLU<T> {
+    fn kind(&self) -> String {
+        "ReLU".into()
+    }
+    fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+    fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
+        self.y.resize(x.shape());
+        map_into(x.data(), self.y.data_mut(), |v| {
+            if v > T::zero() {
+                v
+            } else {
+                T::zero()
+            }
+        });
+        Ok(&self.y)
+    }
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        if need_dx {
+            self.dx.resize(dy.shape());
+            zip_into(x.data(), dy.data(), self.dx.data_mut(), |x, dy| {
+                if x > T::zero() {
+                    dy
+                } else {
+                    T::zero()
+                }
+            });
+        }
+        Ok(&self.dx)
+    }
+    fn output(&self) -> &Tensor<T> {
+        &self.y
+    }
+    fn grad_input(&self) -> &Tensor<T> {
+        &self.dx
+    }
+}

@@ -1,0 +1,514 @@
+//! Batch normalization for any input `(N, C, *)`: PyTorch's `BatchNorm1d`,
+//! `BatchNorm2d` and `BatchNorm3d` in one layer, with PyTorch's defaults.
+//!
+//! Training mode, per channel c over the m = N·(spatial size) values:
+//!
+//! ```text
+//! mean_c = (1/m) Σ x          var_c = (1/m) Σ (x - mean_c)²      (biased)
+//! x_hat  = (x - mean_c) / sqrt(var_c + eps)
+//! y      = gamma_c · x_hat + beta_c
+//! running_mean = (1 - w)·running_mean + w·mean_c                (w: see Momentum)
+//! running_var  = (1 - w)·running_var  + w·var_c·m/(m-1)         (PyTorch: unbiased)
+//! ```
+//!
+//! Prediction ("eval") mode uses `running_mean`/`running_var` and updates
+//! nothing. Backward (training mode):
+//!
+//! ```text
+//! dbeta  = Σ dy      dgamma = Σ dy·x_hat
+//! dx     = gamma / sqrt(var + eps) · (dy - dbeta/m - x_hat·dgamma/m)
+//! ```
+//!
+//! Two implementations compute the same thing: [`BnImpl::Scratch`]
+//! (`scratch.rs`: the chapter's hand-written layer, one formula per line) and
+//! [`BnImpl::Fused`] (`fused.rs`: precomputed per-channel coefficients, two
+//! sweeps each way, channels in parallel).
+//!
+//! # Momentum: which weight is it?
+//!
+//! PyTorch's `momentum=0.1` is the weight of the NEW batch statistic. Keras'
+//! and Flax's `momentum=0.99` is the weight of the OLD running value. Both
+//! are common, and swapping them silently ruins a model, so normlab has no
+//! bare `momentum` number:
+//!
+//! ```
+//! use normlab::layers::{BatchNormConfig, Momentum};
+//! let torch = BatchNormConfig::pytorch();                          // Momentum::NewStatWeight(0.1)
+//! let keras = BatchNormConfig::pytorch().momentum(Momentum::OldStatWeight(0.99));
+//! assert_eq!(keras.momentum.new_stat_weight(1), Some(0.010000000000000009));
+//! assert_eq!(torch.momentum.new_stat_weight(1), Some(0.1));
+//! ```
+
+mod fused;
+mod scratch;
+
+use super::{check_built, Layer, Mode, StateMut};
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// How the running statistics follow the batch statistics.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Momentum {
+    /// PyTorch's `momentum`: `running = (1 - w)·running + w·batch`.
+    NewStatWeight(f64),
+    /// Keras/Flax `momentum` (decay): `running = d·running + (1 - d)·batch`.
+    OldStatWeight(f64),
+    /// PyTorch's `momentum=None`: the plain average of every batch so far,
+    /// `w = 1 / num_batches_tracked`.
+    CumulativeAverage,
+}
+
+impl Momentum {
+    /// The weight of the new batch statistic at the `num_batches_tracked`-th
+    /// update (counted from 1); `None` if the value is out of range.
+    pub fn new_stat_weight(&self, num_batches_tracked: i64) -> Option<f64> {
+        let w = match *self {
+            Momentum::NewStatWeight(w) => w,
+            Momentum::OldStatWeight(d) => 1.0 - d,
+            Momentum::CumulativeAverage => 1.0 / num_batches_tracked.max(1) as f64,
+        };
+        (0.0..=1.0).contains(&w).then_some(w)
+    }
+}
+
+/// Which variance goes into `running_var`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RunningVar {
+    /// PyTorch: the unbiased batch variance (divide by m - 1).
+    Unbiased,
+    /// The chapter's scratch code: the biased variance used to normalize.
+    Biased,
+}
+
+/// Batch-norm options; defaults are PyTorch's.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchNormConfig {
+    pub eps: f64,
+    pub momentum: Momentum,
+    /// Learnable `gamma` (`weight`) and `beta` (`bias`).
+    pub affine: bool,
+    /// Keep running statistics; without them eval mode uses batch statistics.
+    pub track_running_stats: bool,
+    pub running_var: RunningVar,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        Self::pytorch()
+    }
+}
+
+impl BatchNormConfig {
+    /// `nn.BatchNorm2d(C)`: eps 1e-5, momentum 0.1 (new-statistic weight),
+    /// affine, running statistics with the unbiased variance.
+    pub fn pytorch() -> Self {
+        BatchNormConfig {
+            eps: 1e-5,
+            momentum: Momentum::NewStatWeight(0.1),
+            affine: true,
+            track_running_stats: true,
+            running_var: RunningVar::Unbiased,
+        }
+    }
+    /// The chapter's scratch `batch_norm`: as PyTorch, but `moving_var`
+    /// follows the biased variance.
+    pub fn d2l() -> Self {
+        BatchNormConfig {
+            running_var: RunningVar::Biased,
+            ..Self::pytorch()
+        }
+    }
+    pub fn eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+    pub fn momentum(mut self, momentum: Momentum) -> Self {
+        self.momentum = momentum;
+        self
+    }
+    pub fn affine(mut self, on: bool) -> Self {
+        self.affine = on;
+        self
+    }
+    pub fn track_running_stats(mut self, on: bool) -> Self {
+        self.track_running_stats = on;
+        self
+    }
+    pub fn validate(&self) -> Result<()> {
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(Error::config(
+                "batch-norm eps",
+                format!("{} must be a positive number", self.eps),
+            ));
+        }
+        if self.momentum.new_stat_weight(1).is_none() {
+            return Err(Error::config(
+                "batch-norm momentum",
+                format!("{:?}: the weight must be in [0, 1] (PyTorch's 0.1 is NewStatWeight(0.1); Keras' 0.99 is OldStatWeight(0.99))", self.momentum),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which implementation computes the layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BnImpl {
+    /// The chapter's hand-written layer: readable, allocating, serial.
+    Scratch,
+    /// The fast one: fewer passes, parallel over channels, no allocation.
+    Fused,
+}
+
+/// What the backward pass needs from the forward pass.
+struct Saved<T> {
+    /// The mean subtracted and `1/sqrt(var + eps)` used, per channel.
+    mean: Vec<T>,
+    inv_std: Vec<T>,
+    /// Whether the statistics came from the batch (so they depend on x).
+    batch_stats: bool,
+    /// `x_hat`, kept by the scratch implementation only.
+    x_hat: Vec<T>,
+}
+
+pub struct BatchNorm<T: Real = f32> {
+    config: BatchNormConfig,
+    imp: BnImpl,
+    example: Vec<usize>,
+    weight: Tensor<T>,
+    bias: Tensor<T>,
+    weight_grad: Tensor<T>,
+    bias_grad: Tensor<T>,
+    running_mean: Tensor<T>,
+    running_var: Tensor<T>,
+    num_batches_tracked: i64,
+    saved: Saved<T>,
+    y: Tensor<T>,
+    dx: Tensor<T>,
+}
+
+impl<T: Real> BatchNorm<T> {
+    /// A fused batch-norm layer; the number of channels is inferred at build.
+    pub fn new(config: BatchNormConfig) -> Self {
+        Self::with_impl(config, BnImpl::Fused)
+    }
+    pub fn with_impl(config: BatchNormConfig, imp: BnImpl) -> Self {
+        BatchNorm {
+            config,
+            imp,
+            example: Vec::new(),
+            weight: Tensor::default(),
+            bias: Tensor::default(),
+            weight_grad: Tensor::default(),
+            bias_grad: Tensor::default(),
+            running_mean: Tensor::default(),
+            running_var: Tensor::default(),
+            num_batches_tracked: 0,
+            saved: Saved {
+                mean: Vec::new(),
+                inv_std: Vec::new(),
+                batch_stats: false,
+                x_hat: Vec::new(),
+            },
+            y: Tensor::default(),
+            dx: Tensor::default(),
+        }
+    }
+    pub fn config(&self) -> &BatchNormConfig {
+        &self.config
+    }
+    pub fn implementation(&self) -> BnImpl {
+        self.imp
+    }
+    pub fn num_features(&self) -> usize {
+        self.example.first().copied().unwrap_or(0)
+    }
+    pub fn gamma(&self) -> Option<&Tensor<T>> {
+        self.config.affine.then_some(&self.weight)
+    }
+    pub fn beta(&self) -> Option<&Tensor<T>> {
+        self.config.affine.then_some(&self.bias)
+    }
+    pub fn running_mean(&self) -> Option<&Tensor<T>> {
+        self.config
+            .track_running_stats
+            .then_some(&self.running_mean)
+    }
+    pub fn running_var(&self) -> Option<&Tensor<T>> {
+        self.config.track_running_stats.then_some(&self.running_var)
+    }
+    pub fn num_batches_tracked(&self) -> i64 {
+        self.num_batches_tracked
+    }
+
+    fn name(&self) -> String {
+        match self.example.len() {
+            0 | 1 | 2 => "BatchNorm1d".into(),
+            3 => "BatchNorm2d".into(),
+            _ => "BatchNorm3d".into(),
+        }
+    }
+
+    /// (N, C, S) view of the input, checked.
+    fn view(&self, x: &Tensor<T>) -> Result<(usize, usize, usize)> {
+        check_built("BatchNorm", !self.example.is_empty())?;
+        let c = self.example[0];
+        if x.rank() < 2
+            || x.dim(1) != c
+            || x.rank() != self.example.len() + 1
+            || x.shape()[2..] != self.example[1..]
+        {
+            let hint = if x.rank() >= 2 && x.dim(1) != c {
+                format!("expected {c} channels at dimension 1, got {}", x.dim(1))
+            } else {
+                format!(
+                    "expected input of rank {} (N, {c}, ...), got shape {:?}",
+                    self.example.len() + 1,
+                    x.shape()
+                )
+            };
+            return Err(Error::shape(
+                self.name(),
+                format!("{hint}; input shape {:?}", x.shape()),
+            ));
+        }
+        Ok((x.dim(0), c, x.numel() / (x.dim(0).max(1) * c)))
+    }
+
+    /// `running = (1 - w)·running + w·batch` after one more tracked batch.
+    fn update_running_stats(&mut self, mean: &[f64], var: &[f64], count: usize) -> Result<()> {
+        self.num_batches_tracked += 1;
+        let w = self
+            .config
+            .momentum
+            .new_stat_weight(self.num_batches_tracked)
+            .ok_or_else(|| {
+                Error::config(
+                    "batch-norm momentum",
+                    format!("{:?} is out of range", self.config.momentum),
+                )
+            })?;
+        let correction = match self.config.running_var {
+            RunningVar::Unbiased => count as f64 / (count as f64 - 1.0),
+            RunningVar::Biased => 1.0,
+        };
+        for (r, &m) in self.running_mean.data_mut().iter_mut().zip(mean) {
+            *r = T::from_f64((1.0 - w) * r.as_f64() + w * m);
+        }
+        for (r, &v) in self.running_var.data_mut().iter_mut().zip(var) {
+            *r = T::from_f64((1.0 - w) * r.as_f64() + w * v * correction);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Real> Layer<T> for BatchNorm<T> {
+    fn kind(&self) -> String {
+        self.name()
+    }
+
+    fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
+        self.config.validate()?;
+        if input.is_empty() || input[0] == 0 {
+            return Err(Error::shape(
+                "BatchNorm",
+                format!("expected input (N, C, ...), got one example of shape {input:?}"),
+            ));
+        }
+        self.example = input.to_vec();
+        let c = input[0];
+        if self.config.affine {
+            self.weight = Tensor::full(&[c], T::one());
+            self.bias = Tensor::zeros(&[c]);
+            self.weight_grad = Tensor::zeros(&[c]);
+            self.bias_grad = Tensor::zeros(&[c]);
+        }
+        if self.config.track_running_stats {
+            self.running_mean = Tensor::zeros(&[c]);
+            self.running_var = Tensor::full(&[c], T::one());
+            self.num_batches_tracked = 0;
+        }
+        Ok(input.to_vec())
+    }
+
+    fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
+        let (n, c, s) = self.view(x)?;
+        let batch_stats = mode == Mode::Train || !self.config.track_running_stats;
+        let (mean, var): (Vec<f64>, Vec<f64>) = if batch_stats {
+            if mode == Mode::Train && n * s <= 1 {
+                return Err(Error::shape(
+                    self.name(),
+                    format!(
+                        "expected more than 1 value per channel when training, got input of shape {:?}; \
+                         train with a batch of 2 or more, or use eval mode for single examples",
+                        x.shape()
+                    ),
+                ));
+            }
+            let (mean, var) = match self.imp {
+                BnImpl::Scratch => scratch::batch_stats(x.data(), n, c, s),
+                BnImpl::Fused => crate::kernels::batch_norm::channel_stats(x.data(), n, c, s),
+            };
+            if mode == Mode::Train && self.config.track_running_stats {
+                self.update_running_stats(&mean, &var, n * s)?;
+            }
+            (mean, var)
+        } else {
+            (
+                self.running_mean.to_f64_vec(),
+                self.running_var.to_f64_vec(),
+            )
+        };
+        let eps = self.config.eps;
+        self.saved.batch_stats = batch_stats;
+        self.saved.mean = mean.iter().map(|&m| T::from_f64(m)).collect();
+        self.saved.inv_std = var
+            .iter()
+            .map(|&v| T::from_f64(1.0 / (v + eps).sqrt()))
+            .collect();
+        self.y.resize(x.shape());
+        let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
+        match self.imp {
+            BnImpl::Scratch => {
+                let mut x_hat = std::mem::take(&mut self.saved.x_hat);
+                let saved = &self.saved;
+                scratch::forward(
+                    x.data(),
+                    n,
+                    c,
+                    s,
+                    &saved.mean,
+                    &saved.inv_std,
+                    &gamma,
+                    &beta,
+                    &mut x_hat,
+                    self.y.data_mut(),
+                );
+                self.saved.x_hat = x_hat;
+            }
+            BnImpl::Fused => fused::forward(
+                x.data(),
+                c,
+                s,
+                &self.saved.mean,
+                &self.saved.inv_std,
+                &gamma,
+                &beta,
+                self.y.data_mut(),
+            ),
+        }
+        Ok(&self.y)
+    }
+
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        let (n, c, s) = self.view(x)?;
+        if dy.shape() != x.shape() {
+            return Err(Error::shape(
+                self.name(),
+                format!(
+                    "gradient shape {:?} differs from input {:?}",
+                    dy.shape(),
+                    x.shape()
+                ),
+            ));
+        }
+        let (gamma, _) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
+        if need_dx {
+            self.dx.resize(x.shape());
+        }
+        let (dgamma, dbeta) = match self.imp {
+            BnImpl::Scratch => {
+                let sv = &self.saved;
+                let dx = need_dx.then_some(self.dx.data_mut());
+                scratch::backward(
+                    dy.data(),
+                    n,
+                    c,
+                    s,
+                    &sv.x_hat,
+                    &sv.inv_std,
+                    sv.batch_stats,
+                    &gamma,
+                    dx,
+                )
+            }
+            BnImpl::Fused => {
+                let sv = &self.saved;
+                let dx = need_dx.then_some(self.dx.data_mut());
+                fused::backward(
+                    x.data(),
+                    dy.data(),
+                    n,
+                    c,
+                    s,
+                    &sv.mean,
+                    &sv.inv_std,
+                    sv.batch_stats,
+                    &gamma,
+                    dx,
+                )
+            }
+        };
+        if self.config.affine {
+            for (g, v) in self.weight_grad.data_mut().iter_mut().zip(dgamma) {
+                *g = T::from_f64(v);
+            }
+            for (g, v) in self.bias_grad.data_mut().iter_mut().zip(dbeta) {
+                *g = T::from_f64(v);
+            }
+        }
+        Ok(&self.dx)
+    }
+
+    fn output(&self) -> &Tensor<T> {
+        &self.y
+    }
+    fn grad_input(&self) -> &Tensor<T> {
+        &self.dx
+    }
+
+    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+        let mut s = Vec::new();
+        if self.config.affine {
+            s.push((
+                "weight",
+                StateMut::Param {
+                    value: &mut self.weight,
+                    grad: &mut self.weight_grad,
+                },
+            ));
+            s.push((
+                "bias",
+                StateMut::Param {
+                    value: &mut self.bias,
+                    grad: &mut self.bias_grad,
+                },
+            ));
+        }
+        if self.config.track_running_stats {
+            s.push(("running_mean", StateMut::Buffer(&mut self.running_mean)));
+            s.push(("running_var", StateMut::Buffer(&mut self.running_var)));
+            s.push((
+                "num_batches_tracked",
+                StateMut::Count(&mut self.num_batches_tracked),
+            ));
+        }
+        s
+    }
+}
+
+/// `(gamma, beta)` per channel, or `(1, 0)` without affine parameters.
+fn affine_or_identity<T: Real>(
+    affine: bool,
+    weight: &Tensor<T>,
+    bias: &Tensor<T>,
+    c: usize,
+) -> (Vec<T>, Vec<T>) {
+    if affine {
+        (weight.data().to_vec(), bias.data().to_vec())
+    } else {
+        (vec![T::one(); c], vec![T::zero(); c])
+    }
+}

@@ -1,0 +1,285 @@
+//! 2-D convolution, as `nn.Conv2d` (input channels inferred at build time,
+//! like `nn.LazyConv2d`). Square kernel, one stride and one zero padding for
+//! both axes.
+//!
+//! Forward, per image n (im2col): `y_n[Cout×P] = W[Cout×K] · col(x_n)[K×P] + b`
+//! Backward: `dW = Σₙ dy_n · col(x_n)ᵀ`, `db = Σₙ,ₚ dy`,
+//!           `dx_n = col2im(Wᵀ · dy_n)`
+//!
+//! Images run in parallel. The weight gradient is summed in fixed groups of
+//! images, then the groups in order, so it is bitwise the same for any
+//! number of threads.
+
+use rayon::prelude::*;
+
+use super::{check_built, init_weights, Init, Layer, Mode, StateMut};
+use crate::kernels::conv::{col2im, im2col, ConvGeometry};
+use crate::kernels::gemm::{gemm, Op};
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Images per partial weight gradient; fixed so the summation order is too.
+const GRAD_GROUP: usize = 8;
+
+pub struct Conv2d<T: Real = f32> {
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    has_bias: bool,
+    init: Init,
+    geometry: Option<ConvGeometry>,
+    weight: Tensor<T>,
+    bias: Tensor<T>,
+    weight_grad: Tensor<T>,
+    bias_grad: Tensor<T>,
+    /// im2col of every image of the last forward, kept for the weight gradient.
+    cols: Vec<T>,
+    dcols: Vec<T>,
+    partial_grads: Vec<T>,
+    y: Tensor<T>,
+    dx: Tensor<T>,
+}
+
+impl<T: Real> Conv2d<T> {
+    /// `out_channels` filters of `kernel × kernel`, stride 1, no padding, with bias.
+    pub fn new(out_channels: usize, kernel: usize) -> Self {
+        Conv2d {
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: 0,
+            has_bias: true,
+            init: Init::PyTorchDefault,
+            geometry: None,
+            weight: Tensor::default(),
+            bias: Tensor::default(),
+            weight_grad: Tensor::default(),
+            bias_grad: Tensor::default(),
+            cols: Vec::new(),
+            dcols: Vec::new(),
+            partial_grads: Vec::new(),
+            y: Tensor::default(),
+            dx: Tensor::default(),
+        }
+    }
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+    pub fn padding(mut self, padding: usize) -> Self {
+        self.padding = padding;
+        self
+    }
+    pub fn bias(mut self, on: bool) -> Self {
+        self.has_bias = on;
+        self
+    }
+    pub fn init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+    pub fn weight(&self) -> &Tensor<T> {
+        &self.weight
+    }
+
+    fn dims(&self) -> (ConvGeometry, usize, usize) {
+        let g = self.geometry.expect("checked by check_built");
+        let (ho, wo) = g.output_hw().expect("checked at build");
+        (g, ho, wo)
+    }
+}
+
+impl<T: Real> Layer<T> for Conv2d<T> {
+    fn kind(&self) -> String {
+        "Conv2d".into()
+    }
+
+    fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
+        if input.len() != 3 {
+            return Err(Error::shape(
+                "Conv2d",
+                format!("expected input (N, C, H, W), got one example of shape {input:?}"),
+            ));
+        }
+        if self.out_channels == 0 || self.kernel == 0 || self.stride == 0 {
+            return Err(Error::config(
+                "Conv2d",
+                "out_channels, kernel_size and stride must be at least 1",
+            ));
+        }
+        let g = ConvGeometry {
+            channels: input[0],
+            height: input[1],
+            width: input[2],
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let (ho, wo) = g.output_hw().ok_or_else(|| {
+            Error::shape(
+                "Conv2d",
+                format!(
+                    "kernel {} does not fit an input of {}x{} with padding {}",
+                    self.kernel, g.height, g.width, self.padding
+                ),
+            )
+        })?;
+        self.geometry = Some(g);
+        let k = self.kernel;
+        let wshape = [self.out_channels, g.channels, k, k];
+        self.weight = Tensor::zeros(&wshape);
+        self.weight_grad = Tensor::zeros(&wshape);
+        if self.has_bias {
+            self.bias = Tensor::zeros(&[self.out_channels]);
+            self.bias_grad = Tensor::zeros(&[self.out_channels]);
+        }
+        let bias = if self.has_bias {
+            Some(&mut self.bias)
+        } else {
+            None
+        };
+        init_weights(
+            self.init,
+            &mut self.weight,
+            bias,
+            g.channels * k * k,
+            self.out_channels * k * k,
+            rng,
+        );
+        Ok(vec![self.out_channels, ho, wo])
+    }
+
+    fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
+        check_built("Conv2d", self.geometry.is_some())?;
+        let (g, ho, wo) = self.dims();
+        let n = super::check_input("Conv2d", x, &[g.channels, g.height, g.width])?;
+        let (kdim, p, co) = (g.col_rows(), ho * wo, self.out_channels);
+        self.cols.resize(n * kdim * p, T::zero());
+        self.y.resize(&[n, co, ho, wo]);
+        let (weight, bias, has_bias) = (self.weight.data(), self.bias.data(), self.has_bias);
+        x.data()
+            .par_chunks(g.channels * g.height * g.width)
+            .zip(self.cols.par_chunks_mut(kdim * p))
+            .zip(self.y.data_mut().par_chunks_mut(co * p))
+            .for_each(|((image, col), out)| {
+                im2col(&g, image, col);
+                if has_bias {
+                    for (plane, &b) in out.chunks_exact_mut(p).zip(bias) {
+                        plane.fill(b);
+                    }
+                }
+                let beta = if has_bias { T::one() } else { T::zero() };
+                gemm(Op::N, Op::N, co, p, kdim, T::one(), weight, col, beta, out);
+            });
+        Ok(&self.y)
+    }
+
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        let (g, ho, wo) = self.dims();
+        let n = x.dim(0);
+        let (kdim, p, co) = (g.col_rows(), ho * wo, self.out_channels);
+        super::check_input("Conv2d (gradient)", dy, &[co, ho, wo])?;
+        let dyd = dy.data();
+
+        if self.has_bias {
+            let db = self.bias_grad.data_mut();
+            db.fill(T::zero());
+            for image in dyd.chunks_exact(co * p) {
+                for (d, plane) in db.iter_mut().zip(image.chunks_exact(p)) {
+                    *d += plane.iter().copied().sum::<T>();
+                }
+            }
+        }
+
+        let groups = n.div_ceil(GRAD_GROUP);
+        self.partial_grads.resize(groups * co * kdim, T::zero());
+        let cols = &self.cols;
+        self.partial_grads
+            .par_chunks_mut(co * kdim)
+            .enumerate()
+            .for_each(|(gi, partial)| {
+                let first = gi * GRAD_GROUP;
+                for img in first..(first + GRAD_GROUP).min(n) {
+                    let beta = if img == first { T::zero() } else { T::one() };
+                    let dy_n = &dyd[img * co * p..(img + 1) * co * p];
+                    let col_n = &cols[img * kdim * p..(img + 1) * kdim * p];
+                    gemm(
+                        Op::N,
+                        Op::T,
+                        co,
+                        kdim,
+                        p,
+                        T::one(),
+                        dy_n,
+                        col_n,
+                        beta,
+                        partial,
+                    );
+                }
+            });
+        let dw = self.weight_grad.data_mut();
+        dw.copy_from_slice(&self.partial_grads[..co * kdim]);
+        for partial in self.partial_grads[co * kdim..].chunks_exact(co * kdim) {
+            for (d, &v) in dw.iter_mut().zip(partial) {
+                *d += v;
+            }
+        }
+
+        if need_dx {
+            self.dx.resize(x.shape());
+            self.dcols.resize(n * kdim * p, T::zero());
+            let weight = self.weight.data();
+            self.dx
+                .data_mut()
+                .par_chunks_mut(g.channels * g.height * g.width)
+                .zip(self.dcols.par_chunks_mut(kdim * p))
+                .zip(dyd.par_chunks(co * p))
+                .for_each(|((dx_n, dcol), dy_n)| {
+                    gemm(
+                        Op::T,
+                        Op::N,
+                        kdim,
+                        p,
+                        co,
+                        T::one(),
+                        weight,
+                        dy_n,
+                        T::zero(),
+                        dcol,
+                    );
+                    col2im(&g, dcol, dx_n);
+                });
+        }
+        Ok(&self.dx)
+    }
+
+    fn output(&self) -> &Tensor<T> {
+        &self.y
+    }
+    fn grad_input(&self) -> &Tensor<T> {
+        &self.dx
+    }
+
+    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+        let mut s = vec![(
+            "weight",
+            StateMut::Param {
+                value: &mut self.weight,
+                grad: &mut self.weight_grad,
+            },
+        )];
+        if self.has_bias {
+            s.push((
+                "bias",
+                StateMut::Param {
+                    value: &mut self.bias,
+                    grad: &mut self.bias_grad,
+                },
+            ));
+        }
+        s
+    }
+}

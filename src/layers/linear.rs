@@ -1,0 +1,190 @@
+//! Fully connected layer, as `nn.Linear` (or `nn.LazyLinear`: the input size
+//! is inferred at build time).
+//!
+//! Forward:  `y[N×out] = x[N×in] · Wᵀ + b`
+//! Backward: `dW = dyᵀ · x`, `db = Σₙ dy`, `dx = dy · W`
+
+use super::{check_built, init_weights, Init, Layer, Mode, StateMut};
+use crate::kernels::gemm::{gemm, Op};
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+pub struct Linear<T: Real = f32> {
+    in_features: usize,
+    out_features: usize,
+    has_bias: bool,
+    init: Init,
+    weight: Tensor<T>,
+    bias: Tensor<T>,
+    weight_grad: Tensor<T>,
+    bias_grad: Tensor<T>,
+    y: Tensor<T>,
+    dx: Tensor<T>,
+}
+
+impl<T: Real> Linear<T> {
+    /// A linear layer with `out_features` outputs and a bias, PyTorch's init.
+    pub fn new(out_features: usize) -> Self {
+        Linear {
+            in_features: 0,
+            out_features,
+            has_bias: true,
+            init: Init::PyTorchDefault,
+            weight: Tensor::default(),
+            bias: Tensor::default(),
+            weight_grad: Tensor::default(),
+            bias_grad: Tensor::default(),
+            y: Tensor::default(),
+            dx: Tensor::default(),
+        }
+    }
+    pub fn bias(mut self, on: bool) -> Self {
+        self.has_bias = on;
+        self
+    }
+    pub fn init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+    pub fn weight(&self) -> &Tensor<T> {
+        &self.weight
+    }
+}
+
+impl<T: Real> Layer<T> for Linear<T> {
+    fn kind(&self) -> String {
+        "Linear".into()
+    }
+
+    fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
+        if input.len() != 1 {
+            return Err(Error::shape(
+                "Linear",
+                format!("expected input (N, in_features), got one example of shape {input:?}; put a Flatten before it"),
+            ));
+        }
+        if self.out_features == 0 {
+            return Err(Error::config("Linear out_features", "must be at least 1"));
+        }
+        self.in_features = input[0];
+        self.weight = Tensor::zeros(&[self.out_features, self.in_features]);
+        self.weight_grad = Tensor::zeros(&[self.out_features, self.in_features]);
+        if self.has_bias {
+            self.bias = Tensor::zeros(&[self.out_features]);
+            self.bias_grad = Tensor::zeros(&[self.out_features]);
+        }
+        let bias = if self.has_bias {
+            Some(&mut self.bias)
+        } else {
+            None
+        };
+        init_weights(
+            self.init,
+            &mut self.weight,
+            bias,
+            self.in_features,
+            self.out_features,
+            rng,
+        );
+        Ok(vec![self.out_features])
+    }
+
+    fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
+        check_built("Linear", self.in_features > 0)?;
+        let n = super::check_input("Linear", x, &[self.in_features])?;
+        let (fi, fo) = (self.in_features, self.out_features);
+        self.y.resize(&[n, fo]);
+        let y = self.y.data_mut();
+        if self.has_bias {
+            for row in y.chunks_exact_mut(fo) {
+                row.copy_from_slice(self.bias.data());
+            }
+        }
+        let beta = if self.has_bias { T::one() } else { T::zero() };
+        gemm(
+            Op::N,
+            Op::T,
+            n,
+            fo,
+            fi,
+            T::one(),
+            x.data(),
+            self.weight.data(),
+            beta,
+            y,
+        );
+        Ok(&self.y)
+    }
+
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        let n = x.dim(0);
+        let (fi, fo) = (self.in_features, self.out_features);
+        super::check_input("Linear (gradient)", dy, &[fo])?;
+        gemm(
+            Op::T,
+            Op::N,
+            fo,
+            fi,
+            n,
+            T::one(),
+            dy.data(),
+            x.data(),
+            T::zero(),
+            self.weight_grad.data_mut(),
+        );
+        if self.has_bias {
+            let db = self.bias_grad.data_mut();
+            db.fill(T::zero());
+            for row in dy.data().chunks_exact(fo) {
+                for (d, &g) in db.iter_mut().zip(row) {
+                    *d += g;
+                }
+            }
+        }
+        if need_dx {
+            self.dx.resize(&[n, fi]);
+            gemm(
+                Op::N,
+                Op::N,
+                n,
+                fi,
+                fo,
+                T::one(),
+                dy.data(),
+                self.weight.data(),
+                T::zero(),
+                self.dx.data_mut(),
+            );
+        }
+        Ok(&self.dx)
+    }
+
+    fn output(&self) -> &Tensor<T> {
+        &self.y
+    }
+    fn grad_input(&self) -> &Tensor<T> {
+        &self.dx
+    }
+
+    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+        let mut s = vec![(
+            "weight",
+            StateMut::Param {
+                value: &mut self.weight,
+                grad: &mut self.weight_grad,
+            },
+        )];
+        if self.has_bias {
+            s.push((
+                "bias",
+                StateMut::Param {
+                    value: &mut self.bias,
+                    grad: &mut self.bias_grad,
+                },
+            ));
+        }
+        s
+    }
+}

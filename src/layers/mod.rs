@@ -1,0 +1,161 @@
+//! Layers: each one a forward and a backward pass side by side, the formula
+//! in a comment above each.
+//!
+//! A layer owns its output and its input-gradient tensors and reuses them from
+//! batch to batch. The [`Layer`] trait is public and object safe: code outside
+//! this crate can define its own normalization layer and put it in a
+//! [`crate::models::Sequential`] (see `examples/centering_norm.rs`).
+//!
+//! ```
+//! use normlab::layers::{BatchNorm, BatchNormConfig, Layer, Mode};
+//! use normlab::{rng, Tensor};
+//! let mut bn = BatchNorm::<f32>::new(BatchNormConfig::pytorch());
+//! bn.build(&[3], &mut rng::seeded(0)).unwrap(); // 3 features; PyTorch's BatchNorm1d(3)
+//! let x = Tensor::from_vec(&[2, 3], vec![1., 2., 3., 3., 6., 9.]).unwrap();
+//! let y = bn.forward(&x, Mode::Train).unwrap();
+//! // each feature is centred and scaled to unit variance over the batch
+//! assert!((y.data()[0] + 1.0).abs() < 1e-4 && (y.data()[3] - 1.0).abs() < 1e-4);
+//! ```
+
+pub mod activation;
+pub mod batch_norm;
+pub mod conv2d;
+pub mod dropout;
+pub mod flatten;
+pub mod layer_norm;
+pub mod linear;
+pub mod pool;
+
+pub use activation::{ReLU, Sigmoid};
+pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, Momentum, RunningVar};
+pub use conv2d::Conv2d;
+pub use dropout::Dropout;
+pub use flatten::Flatten;
+pub use layer_norm::LayerNorm;
+pub use linear::Linear;
+pub use pool::{AvgPool2d, MaxPool2d};
+
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::Result;
+
+/// Training mode uses batch statistics (and updates running ones) and
+/// applies dropout; evaluation ("prediction") mode uses running statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// A mutable view of one named entry of a layer's state, in the order and
+/// with the names of PyTorch's `state_dict` (`weight`, `bias`,
+/// `running_mean`, `running_var`, `num_batches_tracked`).
+pub enum StateMut<'a, T> {
+    /// A learnable parameter and its gradient from the last backward pass.
+    Param {
+        value: &'a mut Tensor<T>,
+        grad: &'a mut Tensor<T>,
+    },
+    /// A float buffer that is saved but not learned (running statistics).
+    Buffer(&'a mut Tensor<T>),
+    /// An integer counter saved as int64 (`num_batches_tracked`).
+    Count(&'a mut i64),
+}
+
+pub trait Layer<T: Real>: Send {
+    /// The PyTorch class this layer corresponds to, e.g. `"BatchNorm2d"`.
+    fn kind(&self) -> String;
+
+    /// Infers sizes from one example's input shape (no batch dimension),
+    /// creates and initializes parameters, and returns one example's output
+    /// shape. Called once by the model, in layer order, before any forward.
+    fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>>;
+
+    /// Computes the output for a batch `x` (batch dimension first), keeps
+    /// what the backward pass needs, and returns the output.
+    fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>>;
+
+    /// Given the same `x` as the last forward and `dy = dLoss/dy`, stores the
+    /// parameter gradients (overwriting, not accumulating) and, when
+    /// `need_dx`, computes `dLoss/dx` and returns it.
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>>;
+
+    /// The output of the last forward.
+    fn output(&self) -> &Tensor<T>;
+
+    /// The input gradient of the last backward (empty when not computed).
+    fn grad_input(&self) -> &Tensor<T>;
+
+    /// Parameters and buffers with their PyTorch names; empty by default.
+    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+        Vec::new()
+    }
+}
+
+/// Checks the non-batch dimensions of `x` against the shape the layer was
+/// built for and returns the batch size.
+pub(crate) fn check_input<T: Real>(layer: &str, x: &Tensor<T>, example: &[usize]) -> Result<usize> {
+    if x.rank() != example.len() + 1 || &x.shape()[1..] != example {
+        let mut want = vec!["N".to_string()];
+        want.extend(example.iter().map(|d| d.to_string()));
+        return Err(crate::Error::shape(
+            layer,
+            format!(
+                "expected input of shape [{}], got {:?}",
+                want.join(", "),
+                x.shape()
+            ),
+        ));
+    }
+    Ok(x.dim(0))
+}
+
+/// Errors if a layer is used before `build`.
+pub(crate) fn check_built(layer: &str, built: bool) -> Result<()> {
+    if built {
+        Ok(())
+    } else {
+        Err(crate::Error::shape(layer, "layer used before build(): put it in a Sequential and build the model, or call build() with one example's input shape"))
+    }
+}
+
+/// Uniform in [-bound, bound], as PyTorch's `nn.init.uniform_`.
+pub(crate) fn uniform<T: Real>(t: &mut Tensor<T>, bound: f64, rng: &mut Rng) {
+    use rand::Rng as _;
+    for v in t.data_mut() {
+        *v = T::from_f64(rng.gen_range(-bound..=bound));
+    }
+}
+
+/// Elementwise loops run on rayon above this many elements; below it the
+/// thread hand-off costs more than the work.
+pub(crate) const PAR_MIN: usize = 1 << 15;
+
+/// How a convolution or linear layer draws its initial weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// PyTorch's default: weight and bias uniform in `±1/sqrt(fan_in)`.
+    PyTorchDefault,
+    /// Xavier/Glorot uniform weights, `±sqrt(6 / (fan_in + fan_out))` (d2l's
+    /// `init_cnn`); the bias keeps PyTorch's default.
+    XavierUniform,
+}
+
+pub(crate) fn init_weights<T: Real>(
+    init: Init,
+    weight: &mut Tensor<T>,
+    bias: Option<&mut Tensor<T>>,
+    fan_in: usize,
+    fan_out: usize,
+    rng: &mut Rng,
+) {
+    let bound = match init {
+        Init::PyTorchDefault => 1.0 / (fan_in as f64).sqrt(),
+        Init::XavierUniform => (6.0 / (fan_in + fan_out) as f64).sqrt(),
+    };
+    uniform(weight, bound, rng);
+    if let Some(b) = bias {
+        uniform(b, 1.0 / (fan_in as f64).sqrt(), rng);
+    }
+}

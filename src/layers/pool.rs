@@ -1,0 +1,234 @@
+//! 2-D pooling over `k×k` windows with stride `s`, no padding, as
+//! `nn.AvgPool2d(k, s)` and `nn.MaxPool2d(k, s)`. Planes (one image, one
+//! channel) run in parallel.
+//!
+//! Average: `y = (1/k²) Σ_window x`;           backward `dx[window] += dy / k²`
+//! Max:     `y = max_window x` (first maximum); backward `dx[argmax] += dy`
+
+use rayon::prelude::*;
+
+use super::{check_built, Layer, Mode};
+use crate::kernels::conv::ConvGeometry;
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Shared shape bookkeeping of both poolings.
+struct Window {
+    kernel: usize,
+    stride: usize,
+    /// (C, H, W, Ho, Wo) once built.
+    dims: Option<(usize, usize, usize, usize, usize)>,
+}
+
+impl Window {
+    fn build(&mut self, layer: &str, input: &[usize]) -> Result<Vec<usize>> {
+        if input.len() != 3 {
+            return Err(Error::shape(
+                layer,
+                format!("expected input (N, C, H, W), got one example of shape {input:?}"),
+            ));
+        }
+        let g = ConvGeometry {
+            channels: input[0],
+            height: input[1],
+            width: input[2],
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: 0,
+        };
+        let (ho, wo) = g.output_hw().ok_or_else(|| {
+            Error::shape(
+                layer,
+                format!(
+                    "window {}x{} stride {} does not fit {:?}",
+                    self.kernel, self.kernel, self.stride, input
+                ),
+            )
+        })?;
+        self.dims = Some((input[0], input[1], input[2], ho, wo));
+        Ok(vec![input[0], ho, wo])
+    }
+}
+
+pub struct AvgPool2d<T: Real = f32> {
+    window: Window,
+    y: Tensor<T>,
+    dx: Tensor<T>,
+}
+
+impl<T: Real> AvgPool2d<T> {
+    pub fn new(kernel: usize, stride: usize) -> Self {
+        AvgPool2d {
+            window: Window {
+                kernel,
+                stride,
+                dims: None,
+            },
+            y: Tensor::default(),
+            dx: Tensor::default(),
+        }
+    }
+}
+
+impl<T: Real> Layer<T> for AvgPool2d<T> {
+    fn kind(&self) -> String {
+        "AvgPool2d".into()
+    }
+    fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
+        self.window.build("AvgPool2d", input)
+    }
+    fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
+        check_built("AvgPool2d", self.window.dims.is_some())?;
+        let (c, h, w, ho, wo) = self.window.dims.expect("built");
+        let n = super::check_input("AvgPool2d", x, &[c, h, w])?;
+        let (k, s) = (self.window.kernel, self.window.stride);
+        let inv = T::from_f64(1.0 / (k * k) as f64);
+        self.y.resize(&[n, c, ho, wo]);
+        self.y
+            .data_mut()
+            .par_chunks_mut(ho * wo)
+            .zip(x.data().par_chunks(h * w))
+            .for_each(|(out, plane)| {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let mut acc = T::zero();
+                        for i in 0..k {
+                            let row = &plane[(oh * s + i) * w + ow * s..][..k];
+                            acc += row.iter().copied().sum::<T>();
+                        }
+                        out[oh * wo + ow] = acc * inv;
+                    }
+                }
+            });
+        Ok(&self.y)
+    }
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        if !need_dx {
+            return Ok(&self.dx);
+        }
+        let (_c, h, w, ho, wo) = self.window.dims.expect("built");
+        let (k, s) = (self.window.kernel, self.window.stride);
+        let inv = T::from_f64(1.0 / (k * k) as f64);
+        self.dx.resize(x.shape());
+        self.dx
+            .data_mut()
+            .par_chunks_mut(h * w)
+            .zip(dy.data().par_chunks(ho * wo))
+            .for_each(|(dplane, dout)| {
+                dplane.fill(T::zero());
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let g = dout[oh * wo + ow] * inv;
+                        for i in 0..k {
+                            for d in &mut dplane[(oh * s + i) * w + ow * s..][..k] {
+                                *d += g;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok(&self.dx)
+    }
+    fn output(&self) -> &Tensor<T> {
+        &self.y
+    }
+    fn grad_input(&self) -> &Tensor<T> {
+        &self.dx
+    }
+}
+
+pub struct MaxPool2d<T: Real = f32> {
+    window: Window,
+    /// Index within its plane of each output's maximum.
+    argmax: Vec<u32>,
+    y: Tensor<T>,
+    dx: Tensor<T>,
+}
+
+impl<T: Real> MaxPool2d<T> {
+    pub fn new(kernel: usize, stride: usize) -> Self {
+        MaxPool2d {
+            window: Window {
+                kernel,
+                stride,
+                dims: None,
+            },
+            argmax: Vec::new(),
+            y: Tensor::default(),
+            dx: Tensor::default(),
+        }
+    }
+}
+
+impl<T: Real> Layer<T> for MaxPool2d<T> {
+    fn kind(&self) -> String {
+        "MaxPool2d".into()
+    }
+    fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
+        self.window.build("MaxPool2d", input)
+    }
+    fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
+        check_built("MaxPool2d", self.window.dims.is_some())?;
+        let (c, h, w, ho, wo) = self.window.dims.expect("built");
+        let n = super::check_input("MaxPool2d", x, &[c, h, w])?;
+        let (k, s) = (self.window.kernel, self.window.stride);
+        self.y.resize(&[n, c, ho, wo]);
+        self.argmax.resize(n * c * ho * wo, 0);
+        self.y
+            .data_mut()
+            .par_chunks_mut(ho * wo)
+            .zip(self.argmax.par_chunks_mut(ho * wo))
+            .zip(x.data().par_chunks(h * w))
+            .for_each(|((out, arg), plane)| {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let mut best = (oh * s) * w + ow * s;
+                        for i in 0..k {
+                            for j in 0..k {
+                                let idx = (oh * s + i) * w + ow * s + j;
+                                // NaN wins, as in PyTorch, so it is not hidden
+                                if plane[idx] > plane[best]
+                                    || plane[idx].is_nan() && !plane[best].is_nan()
+                                {
+                                    best = idx;
+                                }
+                            }
+                        }
+                        out[oh * wo + ow] = plane[best];
+                        arg[oh * wo + ow] = best as u32;
+                    }
+                }
+            });
+        Ok(&self.y)
+    }
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        if !need_dx {
+            return Ok(&self.dx);
+        }
+        let (_c, h, w, ho, wo) = self.window.dims.expect("built");
+        self.dx.resize(x.shape());
+        self.dx
+            .data_mut()
+            .par_chunks_mut(h * w)
+            .zip(
+                dy.data()
+                    .par_chunks(ho * wo)
+                    .zip(self.argmax.par_chunks(ho * wo)),
+            )
+            .for_each(|(dplane, (dout, arg))| {
+                dplane.fill(T::zero());
+                for (&g, &a) in dout.iter().zip(arg) {
+                    dplane[a as usize] += g;
+                }
+            });
+        Ok(&self.dx)
+    }
+    fn output(&self) -> &Tensor<T> {
+        &self.y
+    }
+    fn grad_input(&self) -> &Tensor<T> {
+        &self.dx
+    }
+}

@@ -1,0 +1,4 @@
+pub mod data;
+pub mod error;
+
+pub use error::{Error, Result};

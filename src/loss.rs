@@ -1,0 +1,87 @@
+//! Mean softmax cross-entropy, as `F.cross_entropy(logits, labels)`.
+//!
+//! ```text
+//! loss     = (1/N) Σₙ [ logsumexp(zₙ) - zₙ[yₙ] ]
+//! dloss/dz = (softmax(z) - onehot(y)) / N
+//! ```
+
+use crate::real::Real;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+#[derive(Default)]
+pub struct CrossEntropy<T: Real = f32> {
+    grad: Tensor<T>,
+}
+
+impl<T: Real> CrossEntropy<T> {
+    pub fn new() -> Self {
+        CrossEntropy {
+            grad: Tensor::default(),
+        }
+    }
+
+    /// Returns the mean loss and keeps `dloss/dlogits` for [`Self::grad`].
+    /// Also returns how many rows the arg-max got right.
+    pub fn forward(&mut self, logits: &Tensor<T>, labels: &[usize]) -> Result<(f64, usize)> {
+        if logits.rank() != 2 || logits.dim(0) != labels.len() {
+            return Err(Error::shape(
+                "CrossEntropy",
+                format!(
+                    "expected logits (N, classes) for {} labels, got {:?}",
+                    labels.len(),
+                    logits.shape()
+                ),
+            ));
+        }
+        let (n, k) = (logits.dim(0), logits.dim(1));
+        if let Some(&bad) = labels.iter().find(|&&l| l >= k) {
+            return Err(Error::shape(
+                "CrossEntropy",
+                format!("label {bad} is out of range for {k} classes"),
+            ));
+        }
+        self.grad.resize(logits.shape());
+        let inv_n = 1.0 / n as f64;
+        let mut total = 0.0;
+        let mut correct = 0;
+        for ((z, g), &y) in logits
+            .data()
+            .chunks_exact(k)
+            .zip(self.grad.data_mut().chunks_exact_mut(k))
+            .zip(labels)
+        {
+            let max = z.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.as_f64()));
+            let sum_exp: f64 = z.iter().map(|v| (v.as_f64() - max).exp()).sum();
+            let log_z = max + sum_exp.ln();
+            total += log_z - z[y].as_f64();
+            for (j, (gj, zj)) in g.iter_mut().zip(z).enumerate() {
+                let p = (zj.as_f64() - log_z).exp();
+                *gj = T::from_f64((p - if j == y { 1.0 } else { 0.0 }) * inv_n);
+            }
+            let argmax = (0..k).fold(0, |best, j| if z[j] > z[best] { j } else { best });
+            correct += (argmax == y) as usize;
+        }
+        Ok((total * inv_n, correct))
+    }
+
+    /// `dloss/dlogits` from the last forward.
+    pub fn grad(&self) -> &Tensor<T> {
+        &self.grad
+    }
+}
+
+/// Softmax of each row, for predictions.
+pub fn softmax_rows<T: Real>(logits: &Tensor<T>) -> Vec<Vec<f64>> {
+    let k = logits.dim(logits.rank() - 1);
+    logits
+        .data()
+        .chunks_exact(k)
+        .map(|z| {
+            let max = z.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.as_f64()));
+            let e: Vec<f64> = z.iter().map(|v| (v.as_f64() - max).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / s).collect()
+        })
+        .collect()
+}

@@ -1,0 +1,222 @@
+//! The chapter's LeNet family (SPEC.md, "The models"): input 1×28×28,
+//!
+//! ```text
+//! conv(6, 5x5) -> norm -> sigmoid -> avgpool(2, 2)      # 24x24 -> 12x12
+//! conv(16, 5x5) -> norm -> sigmoid -> avgpool(2, 2)     # 8x8 -> 4x4
+//! flatten -> linear(120) -> norm -> sigmoid
+//! linear(84) -> norm -> sigmoid -> linear(10)
+//! ```
+//!
+//! Xavier-uniform weights, PyTorch's default biases (d2l's `init_cnn`).
+
+use super::Sequential;
+use crate::layers::{
+    AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, Conv2d, Dropout, Flatten, Init, Layer,
+    LayerNorm, Linear, ReLU, Sigmoid,
+};
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// Which normalization sits in the network.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Norm {
+    None,
+    Batch {
+        imp: BnImpl,
+        config: BatchNormConfig,
+    },
+    /// LayerNorm over each example's values (C·H·W after a convolution).
+    Layer,
+}
+
+/// Normalization before the activation (the original paper, the chapter)
+/// or after it (later practice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NormPlacement {
+    BeforeActivation,
+    AfterActivation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Activation {
+    Sigmoid,
+    ReLU,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LeNetConfig {
+    pub norm: Norm,
+    pub placement: NormPlacement,
+    /// Normalize after the two convolutions.
+    pub norm_conv: bool,
+    /// Normalize after the two hidden linear layers.
+    pub norm_fc: bool,
+    /// Biases on the convolutions and linear layers followed by a norm
+    /// (they are redundant in front of BN: its mean subtraction cancels them).
+    pub bias_before_norm: bool,
+    pub activation: Activation,
+    /// Dropout probability after each hidden linear layer's activation.
+    pub dropout: Option<f64>,
+}
+
+impl LeNetConfig {
+    pub fn with_norm(norm: Norm) -> Self {
+        LeNetConfig {
+            norm,
+            placement: NormPlacement::BeforeActivation,
+            norm_conv: true,
+            norm_fc: true,
+            bias_before_norm: true,
+            activation: Activation::Sigmoid,
+            dropout: None,
+        }
+    }
+
+    /// Builds the (unbuilt) network; call [`Sequential::build`] with `[1, 28, 28]`.
+    pub fn network<T: Real>(&self) -> Result<Sequential<T>> {
+        let mut net = Sequential::new();
+        let has_norm = |on: bool| on && self.norm != Norm::None;
+        let stage =
+            |net: &mut Sequential<T>, affine: Box<dyn Layer<T>>, normed: bool| -> Result<()> {
+                net.push_boxed(affine);
+                let act: Box<dyn Layer<T>> = match self.activation {
+                    Activation::Sigmoid => Box::new(Sigmoid::new()),
+                    Activation::ReLU => Box::new(ReLU::new()),
+                };
+                if normed && self.placement == NormPlacement::BeforeActivation {
+                    net.push_boxed(self.norm_layer());
+                }
+                net.push_boxed(act);
+                if normed && self.placement == NormPlacement::AfterActivation {
+                    net.push_boxed(self.norm_layer());
+                }
+                Ok(())
+            };
+        let conv_bias = self.bias_before_norm || !has_norm(self.norm_conv);
+        let fc_bias = self.bias_before_norm || !has_norm(self.norm_fc);
+        stage(
+            &mut net,
+            Box::new(Conv2d::new(6, 5).bias(conv_bias).init(Init::XavierUniform)),
+            has_norm(self.norm_conv),
+        )?;
+        net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
+        stage(
+            &mut net,
+            Box::new(Conv2d::new(16, 5).bias(conv_bias).init(Init::XavierUniform)),
+            has_norm(self.norm_conv),
+        )?;
+        net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
+        net.push_boxed(Box::new(Flatten::new()));
+        for width in [120, 84] {
+            stage(
+                &mut net,
+                Box::new(Linear::new(width).bias(fc_bias).init(Init::XavierUniform)),
+                has_norm(self.norm_fc),
+            )?;
+            if let Some(p) = self.dropout {
+                net.push_boxed(Box::new(Dropout::new(p)?));
+            }
+        }
+        net.push_boxed(Box::new(Linear::new(10).init(Init::XavierUniform)));
+        Ok(net)
+    }
+
+    fn norm_layer<T: Real>(&self) -> Box<dyn Layer<T>> {
+        match self.norm {
+            Norm::Batch { imp, config } => Box::new(BatchNorm::with_impl(config, imp)),
+            Norm::Layer => Box::new(LayerNorm::per_example()),
+            Norm::None => unreachable!("only called when a norm is configured"),
+        }
+    }
+}
+
+/// The ready-made models of the CLI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ModelKind {
+    /// LeNet with fused batch norm (the chapter's concise model).
+    BnLenet,
+    /// LeNet with the chapter's hand-written batch norm.
+    BnLenetScratch,
+    /// LeNet without normalization (the baseline).
+    Lenet,
+    /// LeNet with layer norm in place of batch norm.
+    LnLenet,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 4] = [
+        ModelKind::BnLenet,
+        ModelKind::BnLenetScratch,
+        ModelKind::Lenet,
+        ModelKind::LnLenet,
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelKind::BnLenet => "bn-lenet",
+            ModelKind::BnLenetScratch => "bn-lenet-scratch",
+            ModelKind::Lenet => "lenet",
+            ModelKind::LnLenet => "ln-lenet",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|m| m.name()).collect();
+                Error::config(
+                    "model",
+                    format!("unknown model '{name}'; choose one of {}", names.join(", ")),
+                )
+            })
+    }
+
+    pub fn config(&self) -> LeNetConfig {
+        match self {
+            ModelKind::BnLenet => LeNetConfig::with_norm(Norm::Batch {
+                imp: BnImpl::Fused,
+                config: BatchNormConfig::pytorch(),
+            }),
+            ModelKind::BnLenetScratch => LeNetConfig::with_norm(Norm::Batch {
+                imp: BnImpl::Scratch,
+                config: BatchNormConfig::pytorch(),
+            }),
+            ModelKind::Lenet => LeNetConfig::with_norm(Norm::None),
+            ModelKind::LnLenet => LeNetConfig::with_norm(Norm::Layer),
+        }
+    }
+}
+
+/// One example of Fashion-MNIST.
+pub const INPUT_SHAPE: [usize; 3] = [1, 28, 28];
+
+/// Builds and initializes a ready-made model.
+pub fn build<T: Real>(kind: ModelKind, rng: &mut Rng) -> Result<Sequential<T>> {
+    build_config(&kind.config(), rng)
+}
+
+pub fn build_config<T: Real>(config: &LeNetConfig, rng: &mut Rng) -> Result<Sequential<T>> {
+    let mut net = config.network()?;
+    net.build(&INPUT_SHAPE, rng)?;
+    Ok(net)
+}
+
+/// `bn_lenet`: the chapter's network with the fused batch norm.
+pub fn bn_lenet<T: Real>(rng: &mut Rng) -> Result<Sequential<T>> {
+    build(ModelKind::BnLenet, rng)
+}
+/// `bn_lenet_scratch`: the same with the chapter's hand-written batch norm.
+pub fn bn_lenet_scratch<T: Real>(rng: &mut Rng) -> Result<Sequential<T>> {
+    build(ModelKind::BnLenetScratch, rng)
+}
+/// `lenet`: the same network without normalization.
+pub fn lenet<T: Real>(rng: &mut Rng) -> Result<Sequential<T>> {
+    build(ModelKind::Lenet, rng)
+}
+/// `ln_lenet`: layer norm in place of batch norm.
+pub fn ln_lenet<T: Real>(rng: &mut Rng) -> Result<Sequential<T>> {
+    build(ModelKind::LnLenet, rng)
+}

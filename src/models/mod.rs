@@ -1,0 +1,257 @@
+//! Models: a [`Sequential`] container with PyTorch-style names and shape
+//! inference, and the LeNet family of the chapter.
+
+pub mod lenet;
+
+pub use lenet::{
+    bn_lenet, bn_lenet_scratch, build, build_config, lenet, ln_lenet, Activation, LeNetConfig,
+    ModelKind, Norm, NormPlacement, INPUT_SHAPE,
+};
+
+use crate::layers::{Layer, Mode, StateMut};
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Layers applied in order, like PyTorch's `nn.Sequential`, held in an
+/// attribute named `prefix` (default `net`, as in d2l's classes), so state
+/// names read `net.0.weight`, `net.1.running_mean`, ...
+///
+/// ```
+/// use normlab::layers::{Linear, ReLU};
+/// use normlab::models::Sequential;
+/// use normlab::{rng, Tensor};
+/// let mut net = Sequential::<f32>::new()
+///     .push(Linear::new(16))
+///     .push(ReLU::new())
+///     .push(Linear::new(3));
+/// net.build(&[8], &mut rng::seeded(0)).unwrap(); // in_features inferred: 8
+/// let y = net.forward(&Tensor::zeros(&[4, 8])).unwrap();
+/// assert_eq!(y.shape(), &[4, 3]);
+/// assert_eq!(net.state_names()[0], "net.0.weight");
+/// ```
+pub struct Sequential<T: Real = f32> {
+    prefix: String,
+    layers: Vec<Box<dyn Layer<T>>>,
+    example_shape: Vec<usize>,
+    output_shapes: Vec<Vec<usize>>,
+    mode: Mode,
+    input_grad: bool,
+    built: bool,
+}
+
+impl<T: Real> Default for Sequential<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Real> Sequential<T> {
+    pub fn new() -> Self {
+        Sequential {
+            prefix: "net".into(),
+            layers: Vec::new(),
+            example_shape: Vec::new(),
+            output_shapes: Vec::new(),
+            mode: Mode::Train,
+            input_grad: false,
+            built: false,
+        }
+    }
+
+    /// Appends a layer (builder style).
+    pub fn push(mut self, layer: impl Layer<T> + 'static) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    pub fn push_boxed(&mut self, layer: Box<dyn Layer<T>>) {
+        self.layers.push(layer);
+        self.built = false;
+    }
+
+    /// Names the attribute the layers live in (`net` by default).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Infers every layer's sizes from one example's shape (e.g. `[1, 28, 28]`)
+    /// and initializes parameters from `rng`, in layer order. Returns one
+    /// example's output shape.
+    pub fn build(&mut self, example_shape: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
+        if self.layers.is_empty() {
+            return Err(Error::config(
+                "model",
+                "a Sequential needs at least one layer",
+            ));
+        }
+        let mut shape = example_shape.to_vec();
+        self.output_shapes.clear();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            shape = layer.build(&shape, rng).map_err(|e| match e {
+                Error::Shape { layer: l, message } => Error::Shape {
+                    layer: format!("{}.{i} ({l})", self.prefix),
+                    message,
+                },
+                other => other,
+            })?;
+            self.output_shapes.push(shape.clone());
+        }
+        self.example_shape = example_shape.to_vec();
+        self.built = true;
+        Ok(shape)
+    }
+
+    pub fn example_shape(&self) -> &[usize] {
+        &self.example_shape
+    }
+
+    pub fn train(&mut self) {
+        self.mode = Mode::Train;
+    }
+    pub fn eval(&mut self) {
+        self.mode = Mode::Eval;
+    }
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
+    /// Also compute the gradient with respect to the model's input in
+    /// `backward` (off by default: training never needs it).
+    pub fn set_input_grad(&mut self, on: bool) {
+        self.input_grad = on;
+    }
+
+    pub fn layers(&self) -> &[Box<dyn Layer<T>>] {
+        &self.layers
+    }
+    pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer<T>>] {
+        &mut self.layers
+    }
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// Runs every layer in the current mode and returns the last output.
+    pub fn forward(&mut self, x: &Tensor<T>) -> Result<&Tensor<T>> {
+        if !self.built {
+            return Err(Error::config(
+                "model",
+                "call build() with one example's input shape before forward()",
+            ));
+        }
+        let mode = self.mode;
+        for i in 0..self.layers.len() {
+            let (done, rest) = self.layers.split_at_mut(i);
+            let input = if i == 0 { x } else { done[i - 1].output() };
+            rest[0]
+                .forward(input, mode)
+                .map_err(|e| locate(&self.prefix, i, e))?;
+        }
+        Ok(self.layers[self.layers.len() - 1].output())
+    }
+
+    /// Back-propagates `dy` (the loss gradient with respect to the output of
+    /// the last forward on the same `x`), storing every parameter gradient.
+    pub fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>) -> Result<()> {
+        let n = self.layers.len();
+        for i in (0..n).rev() {
+            let (done, rest) = self.layers.split_at_mut(i);
+            let (layer, after) = rest.split_first_mut().expect("i < n");
+            let input = if i == 0 { x } else { done[i - 1].output() };
+            let grad = if i + 1 == n {
+                dy
+            } else {
+                after[0].grad_input()
+            };
+            let need_dx = i > 0 || self.input_grad;
+            layer
+                .backward(input, grad, need_dx)
+                .map_err(|e| locate(&self.prefix, i, e))?;
+        }
+        Ok(())
+    }
+
+    /// The gradient with respect to the input, when `set_input_grad(true)`.
+    pub fn grad_input(&self) -> &Tensor<T> {
+        self.layers[0].grad_input()
+    }
+
+    /// Every parameter and buffer, named as in PyTorch's `state_dict`.
+    pub fn state_mut(&mut self) -> Vec<(String, StateMut<'_, T>)> {
+        let prefix = &self.prefix;
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                l.state_mut()
+                    .into_iter()
+                    .map(move |(name, s)| (format!("{prefix}.{i}.{name}"), s))
+            })
+            .collect()
+    }
+
+    pub fn state_names(&mut self) -> Vec<String> {
+        self.state_mut().into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Number of learnable scalars.
+    pub fn num_params(&mut self) -> usize {
+        self.state_mut()
+            .into_iter()
+            .map(|(_, s)| match s {
+                StateMut::Param { value, .. } => value.numel(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// A PyTorch-like printout: index, layer, output shape, parameters.
+    pub fn summary(&mut self) -> String {
+        let shapes = self.output_shapes.clone();
+        let mut out = format!(
+            "{:<6} {:<14} {:<16} {:>8}\n",
+            "index", "layer", "output", "params"
+        );
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let params: usize = layer
+                .state_mut()
+                .into_iter()
+                .map(|(_, s)| {
+                    if let StateMut::Param { value, .. } = s {
+                        value.numel()
+                    } else {
+                        0
+                    }
+                })
+                .sum();
+            let shape = shapes.get(i).map(|s| format!("{s:?}")).unwrap_or_default();
+            out += &format!(
+                "{:<6} {:<14} {:<16} {:>8}\n",
+                format!("{}.{i}", self.prefix),
+                layer.kind(),
+                shape,
+                params
+            );
+        }
+        out
+    }
+}
+
+fn locate(prefix: &str, i: usize, e: Error) -> Error {
+    match e {
+        Error::Shape { layer, message } => Error::Shape {
+            layer: format!("{prefix}.{i} ({layer})"),
+            message,
+        },
+        other => other,
+    }
+}
