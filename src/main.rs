@@ -1,3 +1,7 @@
+//! The `normlab` command line: see `normlab --help`.
+
+mod cli;
+
 fn main() {
-    println!("Hello, world!");
+    std::process::exit(cli::main());
 }

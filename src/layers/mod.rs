@@ -91,6 +91,12 @@ pub trait Layer<T: Real>: Send {
     fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
         Vec::new()
     }
+
+    /// This layer as a [`BatchNorm`], for code that works on BN layers
+    /// (population statistics, inspection); `None` for every other layer.
+    fn as_batch_norm_mut(&mut self) -> Option<&mut BatchNorm<T>> {
+        None
+    }
 }
 
 /// Checks the non-batch dimensions of `x` against the shape the layer was

@@ -243,6 +243,20 @@ impl<T: Real> BatchNorm<T> {
         self.num_batches_tracked
     }
 
+    /// Running mean 0, running variance 1, no batches tracked (PyTorch's
+    /// `reset_running_stats`).
+    pub fn reset_running_stats(&mut self) {
+        if self.config.track_running_stats {
+            self.running_mean.fill(T::zero());
+            self.running_var.fill(T::one());
+            self.num_batches_tracked = 0;
+        }
+    }
+
+    pub fn set_momentum(&mut self, momentum: Momentum) {
+        self.config.momentum = momentum;
+    }
+
     fn name(&self) -> String {
         match self.example.len() {
             0 | 1 | 2 => "BatchNorm1d".into(),
@@ -467,6 +481,10 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
     }
     fn grad_input(&self) -> &Tensor<T> {
         &self.dx
+    }
+
+    fn as_batch_norm_mut(&mut self) -> Option<&mut BatchNorm<T>> {
+        Some(self)
     }
 
     fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {

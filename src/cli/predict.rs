@@ -1,0 +1,101 @@
+//! `normlab predict`: classify PNG or JPEG images of any size and colour.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde_json::json;
+
+use normlab::data::CLASS_NAMES;
+use normlab::loss::softmax_rows;
+use normlab::train::checkpoint;
+use normlab::{Error, Tensor};
+
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Predict the class of images (PNG/JPEG, any size; converted to 28x28 grey)",
+    after_help = "Examples:\n  normlab predict --checkpoint model.safetensors shoe.png bag.jpg\n  normlab predict --checkpoint model.safetensors --invert photo.jpg   # dark object on a light background\n\nFashion-MNIST images are light objects on a black background; use --invert for photos."
+)]
+pub struct PredictArgs {
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Invert grey levels (for dark-on-light photos).
+    #[arg(long)]
+    invert: bool,
+    /// Print one JSON object per image.
+    #[arg(long)]
+    json: bool,
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+}
+
+/// Largest accepted image side and decoded size: a file declaring 100000 x
+/// 100000 pixels is refused before anything is allocated.
+const MAX_SIDE: u32 = 16_384;
+const MAX_ALLOC: u64 = 256 << 20;
+
+/// Decodes any PNG/JPEG into 28x28 grey levels in [0, 1].
+pub fn load_image(path: &Path, invert: bool) -> normlab::Result<Vec<f32>> {
+    let bad = |msg: String| Error::data(path, msg);
+    let mut reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(bad(
+            "not a PNG or JPEG image; pass a .png or .jpg file".into()
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => bad(format!("image is too large (more than {MAX_SIDE}x{MAX_SIDE} pixels or {} MiB decoded); resize it first", MAX_ALLOC >> 20)),
+        other => bad(format!("cannot decode the image ({other}); is it a complete PNG or JPEG?")),
+    })?;
+    let grey = img.to_luma32f();
+    let small = image::imageops::resize(&grey, 28, 28, image::imageops::FilterType::Triangle);
+    Ok(small
+        .pixels()
+        .map(|p| {
+            let v = p.0[0].clamp(0.0, 1.0);
+            if invert {
+                1.0 - v
+            } else {
+                v
+            }
+        })
+        .collect())
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    let (mut net, info) = checkpoint::load(&args.checkpoint)?;
+    net.eval();
+    for path in &args.images {
+        let pixels = load_image(path, args.invert)?;
+        // one image at a time: prediction-mode BN needs no batch
+        let x = Tensor::from_vec(&[1, 1, 28, 28], pixels)?;
+        let probs = softmax_rows(net.forward(&x)?).remove(0);
+        let mut ranked: Vec<(usize, f64)> = probs.into_iter().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<(usize, f64)> = ranked.into_iter().take(3).collect();
+        if args.json {
+            let list: Vec<_> = top
+                .iter()
+                .map(|&(c, p)| json!({"class": c, "name": CLASS_NAMES[c], "probability": p}))
+                .collect();
+            println!(
+                "{}",
+                json!({"image": path, "model": info.model, "top": list})
+            );
+        } else {
+            let text: Vec<String> = top
+                .iter()
+                .map(|&(c, p)| format!("{} {:.3}", CLASS_NAMES[c], p))
+                .collect();
+            println!("{}: {}", path.display(), text.join(", "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Checkpoints as safetensors files that PyTorch reads directly.
+//!
+//! Tensor names and dtypes are those of the same network's PyTorch
+//! `state_dict` (`net.0.weight`, `net.1.running_mean`, and
+//! `net.1.num_batches_tracked` as int64), so
+//!
+//! ```python
+//! from safetensors.torch import load_file
+//! model.load_state_dict(load_file("model.safetensors"), strict=True)
+//! ```
+//!
+//! works on the matching `nn.Sequential` held as `net`. normlab's own
+//! description of the network (its name and configuration as JSON) goes in
+//! the file's metadata, so `load` rebuilds the right model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::fsutil::write_atomic;
+use crate::layers::StateMut;
+use crate::models::{self, LeNetConfig, Sequential};
+use crate::rng;
+use crate::{Error, Result};
+
+pub const META_FORMAT: &str = "format";
+pub const META_MODEL: &str = "normlab.model";
+pub const META_NETWORK: &str = "normlab.network";
+pub const META_VERSION: &str = "normlab.version";
+
+/// What a checkpoint says about itself.
+#[derive(Clone, Debug)]
+pub struct CheckpointInfo {
+    pub model: String,
+    pub network: LeNetConfig,
+    /// All metadata entries, normlab's and any extra ones.
+    pub metadata: HashMap<String, String>,
+}
+
+/// Serializes every parameter and buffer of `net`, with `extra` metadata.
+pub fn to_bytes(
+    net: &mut Sequential<f32>,
+    model: &str,
+    network: &LeNetConfig,
+    extra: &[(&str, String)],
+) -> Result<Vec<u8>> {
+    let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, s) in net.state_mut() {
+        match s {
+            StateMut::Param { value, .. } | StateMut::Buffer(value) => {
+                let bytes = value.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+                entries.push((name, Dtype::F32, value.shape().to_vec(), bytes));
+            }
+            StateMut::Count(c) => {
+                entries.push((name, Dtype::I64, vec![], c.to_le_bytes().to_vec()))
+            }
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert(META_FORMAT.to_string(), "pt".to_string());
+    meta.insert(META_MODEL.to_string(), model.to_string());
+    meta.insert(
+        META_NETWORK.to_string(),
+        serde_json::to_string(network).expect("config serializes"),
+    );
+    meta.insert(
+        META_VERSION.to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    for (k, v) in extra {
+        meta.insert(k.to_string(), v.clone());
+    }
+    let views: Vec<(String, TensorView<'_>)> = entries
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(*d, s.clone(), b).expect("sizes match by construction"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, &Some(meta))
+        .map_err(|e| Error::checkpoint("<memory>", format!("cannot serialize: {e}")))
+}
+
+/// Writes a checkpoint atomically.
+pub fn save(
+    net: &mut Sequential<f32>,
+    model: &str,
+    network: &LeNetConfig,
+    extra: &[(&str, String)],
+    path: &Path,
+) -> Result<()> {
+    write_atomic(path, &to_bytes(net, model, network, extra)?)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
+    let bad = |e: safetensors::SafeTensorError| {
+        Error::checkpoint(path, format!("not a valid safetensors checkpoint ({e}); pass a model.safetensors written by `normlab train`"))
+    };
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(bad)?;
+    let st = SafeTensors::deserialize(bytes).map_err(bad)?;
+    Ok((st, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Reads a checkpoint's description without loading the weights.
+pub fn info(path: &Path) -> Result<CheckpointInfo> {
+    let bytes = read(path)?;
+    let (_, metadata) = parse(path, &bytes)?;
+    info_from(path, metadata)
+}
+
+fn info_from(path: &Path, metadata: HashMap<String, String>) -> Result<CheckpointInfo> {
+    let model = metadata.get(META_MODEL).cloned().ok_or_else(|| {
+        Error::checkpoint(
+            path,
+            format!("no '{META_MODEL}' in the metadata: this file was not written by normlab"),
+        )
+    })?;
+    let network = metadata
+        .get(META_NETWORK)
+        .ok_or_else(|| Error::checkpoint(path, format!("no '{META_NETWORK}' in the metadata")))
+        .and_then(|s| {
+            serde_json::from_str(s)
+                .map_err(|e| Error::checkpoint(path, format!("metadata '{META_NETWORK}' is not a network description this normlab understands: {e}")))
+        })?;
+    Ok(CheckpointInfo {
+        model,
+        network,
+        metadata,
+    })
+}
+
+/// Rebuilds the network a checkpoint describes and loads its state.
+pub fn load(path: &Path) -> Result<(Sequential<f32>, CheckpointInfo)> {
+    let bytes = read(path)?;
+    let (st, metadata) = parse(path, &bytes)?;
+    let info = info_from(path, metadata)?;
+    let mut net = models::build_config(&info.network, &mut rng::seeded(0))?;
+    load_state(&mut net, path, &st)?;
+    Ok((net, info))
+}
+
+/// Loads the state of a checkpoint into an existing network of the same
+/// architecture; every name must match, with the same shape and dtype.
+pub fn load_into(net: &mut Sequential<f32>, path: &Path) -> Result<HashMap<String, String>> {
+    let bytes = read(path)?;
+    let (st, metadata) = parse(path, &bytes)?;
+    load_state(net, path, &st)?;
+    Ok(metadata)
+}
+
+fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>) -> Result<()> {
+    let mut expected = Vec::new();
+    let mut missing = Vec::new();
+    for (name, s) in net.state_mut() {
+        expected.push(name.clone());
+        let view = match st.tensor(&name) {
+            Ok(v) => v,
+            Err(_) => {
+                missing.push(name);
+                continue;
+            }
+        };
+        let mismatch = |what: String| {
+            Error::checkpoint(
+                path,
+                format!("tensor '{name}': {what}; the checkpoint is from a different model"),
+            )
+        };
+        match s {
+            StateMut::Param { value, .. } | StateMut::Buffer(value) => {
+                if view.dtype() != Dtype::F32 {
+                    return Err(mismatch(format!("dtype {:?}, expected F32", view.dtype())));
+                }
+                if view.shape() != value.shape() {
+                    return Err(mismatch(format!(
+                        "shape {:?}, expected {:?}",
+                        view.shape(),
+                        value.shape()
+                    )));
+                }
+                for (d, b) in value.data_mut().iter_mut().zip(view.data().chunks_exact(4)) {
+                    *d = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+                if !value.all_finite() {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("tensor '{name}' holds NaN or infinite values"),
+                    ));
+                }
+            }
+            StateMut::Count(c) => {
+                if view.dtype() != Dtype::I64 || view.data().len() != 8 {
+                    return Err(mismatch(format!(
+                        "dtype {:?} shape {:?}, expected an int64 scalar",
+                        view.dtype(),
+                        view.shape()
+                    )));
+                }
+                *c = i64::from_le_bytes(view.data().try_into().expect("8 bytes"));
+            }
+        }
+    }
+    let unknown: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| !expected.contains(n))
+        .cloned()
+        .collect();
+    if !missing.is_empty() || !unknown.is_empty() {
+        let mut msg = String::from("the checkpoint does not match the model:");
+        if !missing.is_empty() {
+            msg += &format!(" missing {}", missing.join(", "));
+        }
+        if !unknown.is_empty() {
+            msg += &format!(" unexpected {}", unknown.join(", "));
+        }
+        return Err(Error::checkpoint(path, msg));
+    }
+    Ok(())
+}
