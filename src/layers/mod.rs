@@ -27,7 +27,7 @@ pub mod linear;
 pub mod pool;
 
 pub use activation::{ReLU, Sigmoid};
-pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, Momentum, RunningVar};
+pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, BnParts, Momentum, RunningVar};
 pub use conv2d::Conv2d;
 pub use dropout::Dropout;
 pub use flatten::Flatten;

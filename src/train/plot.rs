@@ -184,7 +184,7 @@ pub fn plot_lines(
             .map(|(i, s)| Line {
                 series: s,
                 color: PALETTE[i % PALETTE.len()],
-                kind: if (i / PALETTE.len()) % 2 == 0 {
+                kind: if (i / PALETTE.len()).is_multiple_of(2) {
                     LineKind::Solid
                 } else {
                     LineKind::Dashed

@@ -92,6 +92,30 @@ pub struct BatchNormConfig {
     /// Keep running statistics; without them eval mode uses batch statistics.
     pub track_running_stats: bool,
     pub running_var: RunningVar,
+    /// Which half of the normalization to apply (the chapter's "lite" BN
+    /// exercise); [`BnParts::Full`] is standard batch norm.
+    #[serde(default)]
+    pub parts: BnParts,
+    /// Whether gamma and beta are learned; `false` keeps them at 1 and 0
+    /// (saved as buffers, skipped by the optimizer).
+    #[serde(default = "yes")]
+    pub learn_affine: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which parts of the normalization a batch-norm layer applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BnParts {
+    /// `(x - mean) / sqrt(var + eps)`
+    #[default]
+    Full,
+    /// `x - mean` only
+    CenterOnly,
+    /// `x / sqrt(var + eps)` only (the variance still taken about the mean)
+    ScaleOnly,
 }
 
 impl Default for BatchNormConfig {
@@ -110,15 +134,14 @@ impl BatchNormConfig {
             affine: true,
             track_running_stats: true,
             running_var: RunningVar::Unbiased,
+            parts: BnParts::Full,
+            learn_affine: true,
         }
     }
     /// The chapter's scratch `batch_norm`: as PyTorch, but `moving_var`
     /// follows the biased variance.
     pub fn d2l() -> Self {
-        BatchNormConfig {
-            running_var: RunningVar::Biased,
-            ..Self::pytorch()
-        }
+        BatchNormConfig { running_var: RunningVar::Biased, ..Self::pytorch() }
     }
     pub fn eps(mut self, eps: f64) -> Self {
         self.eps = eps;
@@ -136,12 +159,17 @@ impl BatchNormConfig {
         self.track_running_stats = on;
         self
     }
+    pub fn parts(mut self, parts: BnParts) -> Self {
+        self.parts = parts;
+        self
+    }
+    pub fn learn_affine(mut self, on: bool) -> Self {
+        self.learn_affine = on;
+        self
+    }
     pub fn validate(&self) -> Result<()> {
         if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return Err(Error::config(
-                "batch-norm eps",
-                format!("{} must be a positive number", self.eps),
-            ));
+            return Err(Error::config("batch-norm eps", format!("{} must be a positive number", self.eps)));
         }
         if self.momentum.new_stat_weight(1).is_none() {
             return Err(Error::config(
@@ -164,8 +192,11 @@ pub enum BnImpl {
 
 /// What the backward pass needs from the forward pass.
 struct Saved<T> {
-    /// The mean subtracted and `1/sqrt(var + eps)` used, per channel.
+    /// The statistics' mean, the value subtracted (the mean, or 0 when only
+    /// scaling) and the factor applied (`1/sqrt(var + eps)`, or 1 when only
+    /// centring), per channel.
     mean: Vec<T>,
+    center: Vec<T>,
     inv_std: Vec<T>,
     /// Whether the statistics came from the batch (so they depend on x).
     batch_stats: bool,
@@ -208,6 +239,7 @@ impl<T: Real> BatchNorm<T> {
             num_batches_tracked: 0,
             saved: Saved {
                 mean: Vec::new(),
+                center: Vec::new(),
                 inv_std: Vec::new(),
                 batch_stats: false,
                 x_hat: Vec::new(),
@@ -232,9 +264,7 @@ impl<T: Real> BatchNorm<T> {
         self.config.affine.then_some(&self.bias)
     }
     pub fn running_mean(&self) -> Option<&Tensor<T>> {
-        self.config
-            .track_running_stats
-            .then_some(&self.running_mean)
+        self.config.track_running_stats.then_some(&self.running_mean)
     }
     pub fn running_var(&self) -> Option<&Tensor<T>> {
         self.config.track_running_stats.then_some(&self.running_var)
@@ -269,24 +299,13 @@ impl<T: Real> BatchNorm<T> {
     fn view(&self, x: &Tensor<T>) -> Result<(usize, usize, usize)> {
         check_built("BatchNorm", !self.example.is_empty())?;
         let c = self.example[0];
-        if x.rank() < 2
-            || x.dim(1) != c
-            || x.rank() != self.example.len() + 1
-            || x.shape()[2..] != self.example[1..]
-        {
+        if x.rank() < 2 || x.dim(1) != c || x.rank() != self.example.len() + 1 || x.shape()[2..] != self.example[1..] {
             let hint = if x.rank() >= 2 && x.dim(1) != c {
                 format!("expected {c} channels at dimension 1, got {}", x.dim(1))
             } else {
-                format!(
-                    "expected input of rank {} (N, {c}, ...), got shape {:?}",
-                    self.example.len() + 1,
-                    x.shape()
-                )
+                format!("expected input of rank {} (N, {c}, ...), got shape {:?}", self.example.len() + 1, x.shape())
             };
-            return Err(Error::shape(
-                self.name(),
-                format!("{hint}; input shape {:?}", x.shape()),
-            ));
+            return Err(Error::shape(self.name(), format!("{hint}; input shape {:?}", x.shape())));
         }
         Ok((x.dim(0), c, x.numel() / (x.dim(0).max(1) * c)))
     }
@@ -294,16 +313,9 @@ impl<T: Real> BatchNorm<T> {
     /// `running = (1 - w)·running + w·batch` after one more tracked batch.
     fn update_running_stats(&mut self, mean: &[f64], var: &[f64], count: usize) -> Result<()> {
         self.num_batches_tracked += 1;
-        let w = self
-            .config
-            .momentum
-            .new_stat_weight(self.num_batches_tracked)
-            .ok_or_else(|| {
-                Error::config(
-                    "batch-norm momentum",
-                    format!("{:?} is out of range", self.config.momentum),
-                )
-            })?;
+        let w = self.config.momentum.new_stat_weight(self.num_batches_tracked).ok_or_else(|| {
+            Error::config("batch-norm momentum", format!("{:?} is out of range", self.config.momentum))
+        })?;
         let correction = match self.config.running_var {
             RunningVar::Unbiased => count as f64 / (count as f64 - 1.0),
             RunningVar::Biased => 1.0,
@@ -325,6 +337,12 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
 
     fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
         self.config.validate()?;
+        if self.imp == BnImpl::Scratch && self.config.parts != BnParts::Full {
+            return Err(Error::config(
+                "batch-norm parts",
+                "the scratch implementation is the chapter's full batch norm; use the fused one for centring- or scaling-only BN",
+            ));
+        }
         if input.is_empty() || input[0] == 0 {
             return Err(Error::shape(
                 "BatchNorm",
@@ -370,17 +388,22 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
             }
             (mean, var)
         } else {
-            (
-                self.running_mean.to_f64_vec(),
-                self.running_var.to_f64_vec(),
-            )
+            (self.running_mean.to_f64_vec(), self.running_var.to_f64_vec())
         };
         let eps = self.config.eps;
+        let parts = self.config.parts;
         self.saved.batch_stats = batch_stats;
         self.saved.mean = mean.iter().map(|&m| T::from_f64(m)).collect();
+        self.saved.center = match parts {
+            BnParts::ScaleOnly => vec![T::zero(); c],
+            _ => self.saved.mean.clone(),
+        };
         self.saved.inv_std = var
             .iter()
-            .map(|&v| T::from_f64(1.0 / (v + eps).sqrt()))
+            .map(|&v| match parts {
+                BnParts::CenterOnly => T::one(),
+                _ => T::from_f64(1.0 / (v + eps).sqrt()),
+            })
             .collect();
         self.y.resize(x.shape());
         let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
@@ -406,7 +429,7 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
                 x.data(),
                 c,
                 s,
-                &self.saved.mean,
+                &self.saved.center,
                 &self.saved.inv_std,
                 &gamma,
                 &beta,
@@ -421,11 +444,7 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
         if dy.shape() != x.shape() {
             return Err(Error::shape(
                 self.name(),
-                format!(
-                    "gradient shape {:?} differs from input {:?}",
-                    dy.shape(),
-                    x.shape()
-                ),
+                format!("gradient shape {:?} differs from input {:?}", dy.shape(), x.shape()),
             ));
         }
         let (gamma, _) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
@@ -436,17 +455,7 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
             BnImpl::Scratch => {
                 let sv = &self.saved;
                 let dx = need_dx.then_some(self.dx.data_mut());
-                scratch::backward(
-                    dy.data(),
-                    n,
-                    c,
-                    s,
-                    &sv.x_hat,
-                    &sv.inv_std,
-                    sv.batch_stats,
-                    &gamma,
-                    dx,
-                )
+                scratch::backward(dy.data(), n, c, s, &sv.x_hat, &sv.inv_std, sv.batch_stats, &gamma, dx)
             }
             BnImpl::Fused => {
                 let sv = &self.saved;
@@ -454,18 +463,15 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
                 fused::backward(
                     x.data(),
                     dy.data(),
-                    n,
-                    c,
-                    s,
-                    &sv.mean,
-                    &sv.inv_std,
-                    sv.batch_stats,
+                    (n, c, s),
+                    fused::Saved { mean: &sv.mean, center: &sv.center, inv_std: &sv.inv_std },
+                    sv.batch_stats.then_some(self.config.parts),
                     &gamma,
                     dx,
                 )
             }
         };
-        if self.config.affine {
+        if self.config.affine && self.config.learn_affine {
             for (g, v) in self.weight_grad.data_mut().iter_mut().zip(dgamma) {
                 *g = T::from_f64(v);
             }
@@ -489,41 +495,24 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
 
     fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
         let mut s = Vec::new();
-        if self.config.affine {
-            s.push((
-                "weight",
-                StateMut::Param {
-                    value: &mut self.weight,
-                    grad: &mut self.weight_grad,
-                },
-            ));
-            s.push((
-                "bias",
-                StateMut::Param {
-                    value: &mut self.bias,
-                    grad: &mut self.bias_grad,
-                },
-            ));
+        if self.config.affine && self.config.learn_affine {
+            s.push(("weight", StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad }));
+            s.push(("bias", StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
+        } else if self.config.affine {
+            s.push(("weight", StateMut::Buffer(&mut self.weight)));
+            s.push(("bias", StateMut::Buffer(&mut self.bias)));
         }
         if self.config.track_running_stats {
             s.push(("running_mean", StateMut::Buffer(&mut self.running_mean)));
             s.push(("running_var", StateMut::Buffer(&mut self.running_var)));
-            s.push((
-                "num_batches_tracked",
-                StateMut::Count(&mut self.num_batches_tracked),
-            ));
+            s.push(("num_batches_tracked", StateMut::Count(&mut self.num_batches_tracked)));
         }
         s
     }
 }
 
 /// `(gamma, beta)` per channel, or `(1, 0)` without affine parameters.
-fn affine_or_identity<T: Real>(
-    affine: bool,
-    weight: &Tensor<T>,
-    bias: &Tensor<T>,
-    c: usize,
-) -> (Vec<T>, Vec<T>) {
+fn affine_or_identity<T: Real>(affine: bool, weight: &Tensor<T>, bias: &Tensor<T>, c: usize) -> (Vec<T>, Vec<T>) {
     if affine {
         (weight.data().to_vec(), bias.data().to_vec())
     } else {

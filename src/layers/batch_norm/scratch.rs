@@ -98,11 +98,7 @@ pub(super) fn backward<T: Real>(
                 let mean_dy_xhat = T::from_f64(dgamma[ch] / m);
                 for s in 0..sp {
                     let j = at(i, ch, s, c, sp);
-                    dx[j] = if batch_stats {
-                        g * (dy[j] - mean_dy - x_hat[j] * mean_dy_xhat)
-                    } else {
-                        g * dy[j]
-                    };
+                    dx[j] = if batch_stats { g * (dy[j] - mean_dy - x_hat[j] * mean_dy_xhat) } else { g * dy[j] };
                 }
             }
         }

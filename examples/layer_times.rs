@@ -1,0 +1,48 @@
+//! Per-layer forward/backward time of BNLeNet at batch 128 (a profiling aid).
+use std::time::Instant;
+
+use normlab::loss::CrossEntropy;
+use normlab::models::{self, ModelKind};
+use normlab::{rng, Tensor};
+
+fn main() {
+    let kind = std::env::args().nth(1).map(|s| ModelKind::parse(&s).unwrap()).unwrap_or(ModelKind::BnLenet);
+    let mut net = models::build::<f32>(kind, &mut rng::seeded(0)).unwrap();
+    let x = Tensor::from_vec(&[128, 1, 28, 28], (0..128 * 784).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect()).unwrap();
+    let labels: Vec<usize> = (0..128).map(|i| i % 10).collect();
+    let mut ce = CrossEntropy::new();
+    let n = net.len();
+    let (mut fwd, mut bwd) = (vec![0.0; n], vec![0.0; n]);
+    let iters = 200;
+    for it in 0..iters + 20 {
+        let layers = net.layers_mut();
+        for i in 0..n {
+            let (done, rest) = layers.split_at_mut(i);
+            let input = if i == 0 { &x } else { done[i - 1].output() };
+            let t = Instant::now();
+            rest[0].forward(input, normlab::layers::Mode::Train).unwrap();
+            if it >= 20 {
+                fwd[i] += t.elapsed().as_secs_f64();
+            }
+        }
+        ce.forward(layers[n - 1].output(), &labels).unwrap();
+        for i in (0..n).rev() {
+            let (done, rest) = layers.split_at_mut(i);
+            let (layer, after) = rest.split_first_mut().unwrap();
+            let input = if i == 0 { &x } else { done[i - 1].output() };
+            let dy = if i + 1 == n { ce.grad() } else { after[0].grad_input() };
+            let t = Instant::now();
+            layer.backward(input, dy, i > 0).unwrap();
+            if it >= 20 {
+                bwd[i] += t.elapsed().as_secs_f64();
+            }
+        }
+    }
+    let mut total = 0.0;
+    for (i, l) in net.layers().iter().enumerate() {
+        let (f, b) = (fwd[i] / iters as f64 * 1e3, bwd[i] / iters as f64 * 1e3);
+        total += f + b;
+        println!("{i:>2} {:<12} fwd {f:7.3} ms  bwd {b:7.3} ms", l.kind());
+    }
+    println!("total {total:.3} ms per step -> {:.2} s per 469-batch epoch", total * 469.0 / 1e3);
+}
