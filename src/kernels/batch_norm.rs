@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::real::Real;
 
 /// Channels are reduced in parallel above this many elements in total.
-const PAR_MIN: usize = 1 << 15;
+pub const PAR_MIN: usize = 1 << 15;
 const LANES: usize = 8;
 
 /// `Σ f(a_i, b_i)` in f64 with eight independent lanes, so the loop vectorizes

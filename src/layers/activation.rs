@@ -54,7 +54,7 @@ impl<T: Real> Sigmoid<T> {
 
 #[inline(always)]
 pub(crate) fn sigmoid<T: Real>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+    T::one() / (T::one() + (-x).exp_fast())
 }
 
 impl<T: Real> Layer<T> for Sigmoid<T> {

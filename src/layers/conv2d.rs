@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::{check_built, init_weights, Init, Layer, Mode, StateMut};
 use crate::kernels::conv::{col2im, im2col, ConvGeometry};
+use crate::kernels::conv_direct;
 use crate::kernels::gemm::{gemm, Op};
 use crate::real::Real;
 use crate::rng::Rng;
@@ -39,6 +40,8 @@ pub struct Conv2d<T: Real = f32> {
     cols: Vec<T>,
     dcols: Vec<T>,
     partial_grads: Vec<T>,
+    /// Weights reordered for the direct kernel (stride 1, no padding).
+    packed: Vec<T>,
     y: Tensor<T>,
     dx: Tensor<T>,
 }
@@ -61,6 +64,7 @@ impl<T: Real> Conv2d<T> {
             cols: Vec::new(),
             dcols: Vec::new(),
             partial_grads: Vec::new(),
+            packed: Vec::new(),
             y: Tensor::default(),
             dx: Tensor::default(),
         }
@@ -157,21 +161,31 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         let (g, ho, wo) = self.dims();
         let n = super::check_input("Conv2d", x, &[g.channels, g.height, g.width])?;
         let (kdim, p, co) = (g.col_rows(), ho * wo, self.out_channels);
-        self.cols.resize(n * kdim * p, T::zero());
         self.y.resize(&[n, co, ho, wo]);
-        let (weight, bias, has_bias) = (self.weight.data(), self.bias.data(), self.has_bias);
+        let image_len = g.channels * g.height * g.width;
+        let bias = self.has_bias.then_some(self.bias.data());
+        if conv_direct::supported(&g) {
+            conv_direct::pack_weights(self.weight.data(), co, g.channels, g.kernel, &mut self.packed);
+            let packed = &self.packed;
+            x.data().par_chunks(image_len).zip(self.y.data_mut().par_chunks_mut(co * p)).for_each(|(image, out)| {
+                conv_direct::forward(&g, co, packed, bias, image, out);
+            });
+            return Ok(&self.y);
+        }
+        self.cols.resize(n * kdim * p, T::zero());
+        let weight = self.weight.data();
         x.data()
-            .par_chunks(g.channels * g.height * g.width)
+            .par_chunks(image_len)
             .zip(self.cols.par_chunks_mut(kdim * p))
             .zip(self.y.data_mut().par_chunks_mut(co * p))
             .for_each(|((image, col), out)| {
                 im2col(&g, image, col);
-                if has_bias {
+                if let Some(bias) = bias {
                     for (plane, &b) in out.chunks_exact_mut(p).zip(bias) {
                         plane.fill(b);
                     }
                 }
-                let beta = if has_bias { T::one() } else { T::zero() };
+                let beta = if bias.is_some() { T::one() } else { T::zero() };
                 gemm(Op::N, Op::N, co, p, kdim, T::one(), weight, col, beta, out);
             });
         Ok(&self.y)
@@ -189,7 +203,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             db.fill(T::zero());
             for image in dyd.chunks_exact(co * p) {
                 for (d, plane) in db.iter_mut().zip(image.chunks_exact(p)) {
-                    *d += plane.iter().copied().sum::<T>();
+                    *d += crate::kernels::sum(plane);
                 }
             }
         }
@@ -197,29 +211,26 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         let groups = n.div_ceil(GRAD_GROUP);
         self.partial_grads.resize(groups * co * kdim, T::zero());
         let cols = &self.cols;
-        self.partial_grads
-            .par_chunks_mut(co * kdim)
-            .enumerate()
-            .for_each(|(gi, partial)| {
-                let first = gi * GRAD_GROUP;
-                for img in first..(first + GRAD_GROUP).min(n) {
-                    let beta = if img == first { T::zero() } else { T::one() };
-                    let dy_n = &dyd[img * co * p..(img + 1) * co * p];
-                    let col_n = &cols[img * kdim * p..(img + 1) * kdim * p];
-                    gemm(
-                        Op::N,
-                        Op::T,
-                        co,
-                        kdim,
-                        p,
-                        T::one(),
-                        dy_n,
-                        col_n,
-                        beta,
-                        partial,
-                    );
-                }
-            });
+        let direct = conv_direct::supported(&g);
+        let (xd, image_len) = (x.data(), g.channels * g.height * g.width);
+        self.partial_grads.par_chunks_mut(co * kdim).enumerate().for_each(|(gi, partial)| {
+            let first = gi * GRAD_GROUP;
+            if direct {
+                partial.fill(T::zero());
+            }
+            let last = (first + GRAD_GROUP).min(n);
+            if direct {
+                let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
+                conv_direct::weight_grad(&g, co, xs, dys, partial);
+                return;
+            }
+            for img in first..last {
+                let dy_n = &dyd[img * co * p..(img + 1) * co * p];
+                let beta = if img == first { T::zero() } else { T::one() };
+                let col_n = &cols[img * kdim * p..(img + 1) * kdim * p];
+                gemm(Op::N, Op::T, co, kdim, p, T::one(), dy_n, col_n, beta, partial);
+            }
+        });
         let dw = self.weight_grad.data_mut();
         dw.copy_from_slice(&self.partial_grads[..co * kdim]);
         for partial in self.partial_grads[co * kdim..].chunks_exact(co * kdim) {
@@ -234,22 +245,11 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             let weight = self.weight.data();
             self.dx
                 .data_mut()
-                .par_chunks_mut(g.channels * g.height * g.width)
+                .par_chunks_mut(image_len)
                 .zip(self.dcols.par_chunks_mut(kdim * p))
                 .zip(dyd.par_chunks(co * p))
                 .for_each(|((dx_n, dcol), dy_n)| {
-                    gemm(
-                        Op::T,
-                        Op::N,
-                        kdim,
-                        p,
-                        co,
-                        T::one(),
-                        weight,
-                        dy_n,
-                        T::zero(),
-                        dcol,
-                    );
+                    gemm(Op::T, Op::N, kdim, p, co, T::one(), weight, dy_n, T::zero(), dcol);
                     col2im(&g, dcol, dx_n);
                 });
         }

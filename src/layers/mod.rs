@@ -27,7 +27,7 @@ pub mod linear;
 pub mod pool;
 
 pub use activation::{ReLU, Sigmoid};
-pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, BnParts, Momentum, RunningVar};
+pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, BnParts, BnSigmoidPool, Momentum, RunningVar};
 pub use conv2d::Conv2d;
 pub use dropout::Dropout;
 pub use flatten::Flatten;
@@ -86,6 +86,13 @@ pub trait Layer<T: Real>: Send {
 
     /// The input gradient of the last backward (empty when not computed).
     fn grad_input(&self) -> &Tensor<T>;
+
+    /// How many entries of PyTorch's `nn.Sequential` this layer stands for
+    /// (1; more for a fused block). State names of a block start with the
+    /// entry's offset, e.g. `"0.weight"`.
+    fn slots(&self) -> usize {
+        1
+    }
 
     /// Parameters and buffers with their PyTorch names; empty by default.
     fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {

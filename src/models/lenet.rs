@@ -11,7 +11,7 @@
 
 use super::Sequential;
 use crate::layers::{
-    AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, Conv2d, Dropout, Flatten, Init, Layer,
+    AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, BnParts, BnSigmoidPool, Conv2d, Dropout, Flatten, Init, Layer,
     LayerNorm, Linear, ReLU, Sigmoid,
 };
 use crate::real::Real;
@@ -95,18 +95,16 @@ impl LeNetConfig {
             };
         let conv_bias = self.bias_before_norm || !has_norm(self.norm_conv);
         let fc_bias = self.bias_before_norm || !has_norm(self.norm_fc);
-        stage(
-            &mut net,
-            Box::new(Conv2d::new(6, 5).bias(conv_bias).init(Init::XavierUniform)),
-            has_norm(self.norm_conv),
-        )?;
-        net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
-        stage(
-            &mut net,
-            Box::new(Conv2d::new(16, 5).bias(conv_bias).init(Init::XavierUniform)),
-            has_norm(self.norm_conv),
-        )?;
-        net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
+        for channels in [6, 16] {
+            let conv = Box::new(Conv2d::new(channels, 5).bias(conv_bias).init(Init::XavierUniform));
+            if let Some(block) = self.fused_block()? {
+                net.push_boxed(conv);
+                net.push_boxed(block);
+            } else {
+                stage(&mut net, conv, has_norm(self.norm_conv))?;
+                net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
+            }
+        }
         net.push_boxed(Box::new(Flatten::new()));
         for width in [120, 84] {
             stage(
@@ -120,6 +118,22 @@ impl LeNetConfig {
         }
         net.push_boxed(Box::new(Linear::new(10).init(Init::XavierUniform)));
         Ok(net)
+    }
+
+    /// `BatchNorm2d -> Sigmoid -> AvgPool2d` as one fused layer, where the
+    /// configuration is exactly that (fused BN, full, before a sigmoid).
+    fn fused_block<T: Real>(&self) -> Result<Option<Box<dyn Layer<T>>>> {
+        match self.norm {
+            Norm::Batch { imp: BnImpl::Fused, config }
+                if config.parts == BnParts::Full
+                    && self.norm_conv
+                    && self.placement == NormPlacement::BeforeActivation
+                    && self.activation == Activation::Sigmoid =>
+            {
+                Ok(Some(Box::new(BnSigmoidPool::new(config)?)))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn norm_layer<T: Real>(&self) -> Box<dyn Layer<T>> {

@@ -36,6 +36,8 @@ pub struct Sequential<T: Real = f32> {
     layers: Vec<Box<dyn Layer<T>>>,
     example_shape: Vec<usize>,
     output_shapes: Vec<Vec<usize>>,
+    /// `slots()` as of the last build, for error messages.
+    slot_base: Vec<usize>,
     mode: Mode,
     input_grad: bool,
     built: bool,
@@ -54,6 +56,7 @@ impl<T: Real> Sequential<T> {
             layers: Vec::new(),
             example_shape: Vec::new(),
             output_shapes: Vec::new(),
+            slot_base: Vec::new(),
             mode: Mode::Train,
             input_grad: false,
             built: false,
@@ -100,6 +103,7 @@ impl<T: Real> Sequential<T> {
             self.output_shapes.push(shape.clone());
         }
         self.example_shape = example_shape.to_vec();
+        self.slot_base = self.slots();
         self.built = true;
         Ok(shape)
     }
@@ -154,7 +158,7 @@ impl<T: Real> Sequential<T> {
             let input = if i == 0 { x } else { done[i - 1].output() };
             rest[0]
                 .forward(input, mode)
-                .map_err(|e| locate(&self.prefix, i, e))?;
+                .map_err(|e| locate(&self.prefix, self.slot_base.get(i).copied().unwrap_or(i), e))?;
         }
         Ok(self.layers[self.layers.len() - 1].output())
     }
@@ -175,7 +179,7 @@ impl<T: Real> Sequential<T> {
             let need_dx = i > 0 || self.input_grad;
             layer
                 .backward(input, grad, need_dx)
-                .map_err(|e| locate(&self.prefix, i, e))?;
+                .map_err(|e| locate(&self.prefix, self.slot_base.get(i).copied().unwrap_or(i), e))?;
         }
         Ok(())
     }
@@ -188,15 +192,30 @@ impl<T: Real> Sequential<T> {
     /// Every parameter and buffer, named as in PyTorch's `state_dict`.
     pub fn state_mut(&mut self) -> Vec<(String, StateMut<'_, T>)> {
         let prefix = &self.prefix;
+        let slots = self.slots();
         self.layers
             .iter_mut()
-            .enumerate()
-            .flat_map(|(i, l)| {
-                l.state_mut()
-                    .into_iter()
-                    .map(move |(name, s)| (format!("{prefix}.{i}.{name}"), s))
+            .zip(slots)
+            .flat_map(|(l, slot)| l.state_mut().into_iter().map(move |(name, s)| (format!("{prefix}.{slot}.{name}"), s)))
+            .collect()
+    }
+
+    /// The PyTorch `nn.Sequential` index of each layer (a fused block
+    /// stands for several entries, so indices can skip).
+    pub fn slots(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .scan(0, |next, l| {
+                let slot = *next;
+                *next += l.slots();
+                Some(slot)
             })
             .collect()
+    }
+
+    /// The state-name prefix of layer `i`, e.g. `net.1`.
+    pub fn layer_name(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, self.slots()[i])
     }
 
     pub fn state_names(&mut self) -> Vec<String> {
@@ -221,6 +240,7 @@ impl<T: Real> Sequential<T> {
             "{:<6} {:<14} {:<16} {:>8}\n",
             "index", "layer", "output", "params"
         );
+        let slots = self.slots();
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let params: usize = layer
                 .state_mut()
@@ -236,7 +256,7 @@ impl<T: Real> Sequential<T> {
             let shape = shapes.get(i).map(|s| format!("{s:?}")).unwrap_or_default();
             out += &format!(
                 "{:<6} {:<14} {:<16} {:>8}\n",
-                format!("{}.{i}", self.prefix),
+                format!("{}.{}", self.prefix, slots[i]),
                 layer.kind(),
                 shape,
                 params

@@ -39,8 +39,11 @@
 //! assert_eq!(torch.momentum.new_stat_weight(1), Some(0.1));
 //! ```
 
+mod block;
 mod fused;
 mod scratch;
+
+pub use block::BnSigmoidPool;
 
 use super::{check_built, Layer, Mode, StateMut};
 use crate::real::Real;
@@ -273,6 +276,31 @@ impl<T: Real> BatchNorm<T> {
         self.num_batches_tracked
     }
 
+    fn gamma_at(&self, ch: usize) -> T {
+        if self.config.affine {
+            self.weight.data()[ch]
+        } else {
+            T::one()
+        }
+    }
+    fn beta_at(&self, ch: usize) -> T {
+        if self.config.affine {
+            self.bias.data()[ch]
+        } else {
+            T::zero()
+        }
+    }
+    fn set_affine_grads(&mut self, dgamma: &[f64], dbeta: &[f64]) {
+        if self.config.affine && self.config.learn_affine {
+            for (g, &v) in self.weight_grad.data_mut().iter_mut().zip(dgamma) {
+                *g = T::from_f64(v);
+            }
+            for (g, &v) in self.bias_grad.data_mut().iter_mut().zip(dbeta) {
+                *g = T::from_f64(v);
+            }
+        }
+    }
+
     /// Running mean 0, running variance 1, no batches tracked (PyTorch's
     /// `reset_running_stats`).
     pub fn reset_running_stats(&mut self) {
@@ -308,6 +336,52 @@ impl<T: Real> BatchNorm<T> {
             return Err(Error::shape(self.name(), format!("{hint}; input shape {:?}", x.shape())));
         }
         Ok((x.dim(0), c, x.numel() / (x.dim(0).max(1) * c)))
+    }
+
+    /// The first half of the forward pass: statistics (batch or running),
+    /// the running-statistics update in training mode, and the per-channel
+    /// values kept for the backward pass. Returns the `(N, C, S)` view.
+    fn prepare(&mut self, x: &Tensor<T>, mode: Mode) -> Result<(usize, usize, usize)> {
+        let (n, c, s) = self.view(x)?;
+        let batch_stats = mode == Mode::Train || !self.config.track_running_stats;
+        let (mean, var): (Vec<f64>, Vec<f64>) = if batch_stats {
+            if mode == Mode::Train && n * s <= 1 {
+                return Err(Error::shape(
+                    self.name(),
+                    format!(
+                        "expected more than 1 value per channel when training, got input of shape {:?}; \
+                         train with a batch of 2 or more, or use eval mode for single examples",
+                        x.shape()
+                    ),
+                ));
+            }
+            let (mean, var) = match self.imp {
+                BnImpl::Scratch => scratch::batch_stats(x.data(), n, c, s),
+                BnImpl::Fused => crate::kernels::batch_norm::channel_stats(x.data(), n, c, s),
+            };
+            if mode == Mode::Train && self.config.track_running_stats {
+                self.update_running_stats(&mean, &var, n * s)?;
+            }
+            (mean, var)
+        } else {
+            (self.running_mean.to_f64_vec(), self.running_var.to_f64_vec())
+        };
+        let eps = self.config.eps;
+        let parts = self.config.parts;
+        self.saved.batch_stats = batch_stats;
+        self.saved.mean = mean.iter().map(|&m| T::from_f64(m)).collect();
+        self.saved.center = match parts {
+            BnParts::ScaleOnly => vec![T::zero(); c],
+            _ => self.saved.mean.clone(),
+        };
+        self.saved.inv_std = var
+            .iter()
+            .map(|&v| match parts {
+                BnParts::CenterOnly => T::one(),
+                _ => T::from_f64(1.0 / (v + eps).sqrt()),
+            })
+            .collect();
+        Ok((n, c, s))
     }
 
     /// `running = (1 - w)·running + w·batch` after one more tracked batch.
@@ -366,45 +440,7 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
     }
 
     fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
-        let (n, c, s) = self.view(x)?;
-        let batch_stats = mode == Mode::Train || !self.config.track_running_stats;
-        let (mean, var): (Vec<f64>, Vec<f64>) = if batch_stats {
-            if mode == Mode::Train && n * s <= 1 {
-                return Err(Error::shape(
-                    self.name(),
-                    format!(
-                        "expected more than 1 value per channel when training, got input of shape {:?}; \
-                         train with a batch of 2 or more, or use eval mode for single examples",
-                        x.shape()
-                    ),
-                ));
-            }
-            let (mean, var) = match self.imp {
-                BnImpl::Scratch => scratch::batch_stats(x.data(), n, c, s),
-                BnImpl::Fused => crate::kernels::batch_norm::channel_stats(x.data(), n, c, s),
-            };
-            if mode == Mode::Train && self.config.track_running_stats {
-                self.update_running_stats(&mean, &var, n * s)?;
-            }
-            (mean, var)
-        } else {
-            (self.running_mean.to_f64_vec(), self.running_var.to_f64_vec())
-        };
-        let eps = self.config.eps;
-        let parts = self.config.parts;
-        self.saved.batch_stats = batch_stats;
-        self.saved.mean = mean.iter().map(|&m| T::from_f64(m)).collect();
-        self.saved.center = match parts {
-            BnParts::ScaleOnly => vec![T::zero(); c],
-            _ => self.saved.mean.clone(),
-        };
-        self.saved.inv_std = var
-            .iter()
-            .map(|&v| match parts {
-                BnParts::CenterOnly => T::one(),
-                _ => T::from_f64(1.0 / (v + eps).sqrt()),
-            })
-            .collect();
+        let (n, c, s) = self.prepare(x, mode)?;
         self.y.resize(x.shape());
         let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
         match self.imp {
