@@ -10,10 +10,7 @@ use crate::{Error, Result};
 
 /// The temporary name used while `path` is being written.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -41,16 +38,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Creates `dir` (and parents) and checks it can be written, with an error
 /// that says so before hours of training are spent.
 pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let probe = dir.join(format!(".normlab-write-test-{}", std::process::id()));
-    fs::write(&probe, b"").map_err(|e| {
+    fs::create_dir_all(dir).map_err(|e| {
         Error::io(
             dir,
-            std::io::Error::new(
-                e.kind(),
-                format!("directory is not writable ({e}); choose another --out"),
-            ),
+            std::io::Error::new(e.kind(), format!("cannot create the directory ({e}); choose another --out")),
         )
+    })?;
+    let probe = dir.join(format!(".normlab-write-test-{}", std::process::id()));
+    fs::write(&probe, b"").map_err(|e| {
+        Error::io(dir, std::io::Error::new(e.kind(), format!("directory is not writable ({e}); choose another --out")))
     })?;
     let _ = fs::remove_file(&probe);
     Ok(())

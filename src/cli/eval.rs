@@ -33,18 +33,18 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
-        return Err(normlab::Error::config("batch size", "must be at least 1").into());
+        return Err(normlab::Error::config("--batch-size", "must be at least 1").into());
+    }
+    if args.limit == Some(0) {
+        return Err(normlab::Error::config("--limit", "must be at least 1").into());
     }
     let (mut net, info) = checkpoint::load(&args.checkpoint)?;
     let fm = data::load(&args.data.source(!args.json && super::stderr_is_terminal()))?;
     let e = train::evaluate(&mut net, &fm.test, args.batch_size, args.limit)?;
     let per_class = e.per_class_accuracy();
     if args.json {
-        let classes: serde_json::Map<String, serde_json::Value> = CLASS_NAMES
-            .iter()
-            .zip(&per_class)
-            .map(|(n, a)| (n.to_string(), json!(a)))
-            .collect();
+        let classes: serde_json::Map<String, serde_json::Value> =
+            CLASS_NAMES.iter().zip(&per_class).map(|(n, a)| (n.to_string(), json!(a))).collect();
         println!(
             "{}",
             json!({"model": info.model, "checkpoint": args.checkpoint, "examples": e.examples, "val_loss": e.loss,
@@ -52,12 +52,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
-        "{} ({}) on {} test images",
-        args.checkpoint.display(),
-        info.model,
-        e.examples
-    );
+    println!("{} ({}) on {} test images", args.checkpoint.display(), info.model, e.examples);
     println!("loss {:.4}  accuracy {:.4}\n", e.loss, e.accuracy);
     println!("{:<12} {:>8}", "class", "accuracy");
     for (name, acc) in CLASS_NAMES.iter().zip(&per_class) {
@@ -81,8 +76,5 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
 /// Column headers short enough for a terminal.
 fn short(name: &str) -> String {
-    name.chars()
-        .filter(|c| c.is_alphanumeric())
-        .take(5)
-        .collect()
+    name.chars().filter(|c| c.is_alphanumeric()).take(5).collect()
 }

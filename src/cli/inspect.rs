@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde_json::json;
 
+use normlab::layers::Layer;
 use normlab::train::checkpoint;
 use normlab::Error;
 
@@ -36,12 +37,13 @@ fn stats(v: &[f32]) -> serde_json::Value {
 pub fn run(args: InspectArgs) -> Result<()> {
     let (mut net, info) = checkpoint::load(&args.checkpoint)?;
     let mut layers = Vec::new();
+    let slot_names: Vec<String> = (0..net.len()).map(|i| net.layer_name(i)).collect();
     for (i, layer) in net.layers_mut().iter_mut().enumerate() {
-        let kind = layer.kind();
         let Some(bn) = layer.as_batch_norm_mut() else {
             continue;
         };
-        let name = format!("net.{i}");
+        let kind = bn.kind();
+        let name = slot_names[i].clone();
         let vectors: Vec<(&str, Vec<f32>)> = [
             ("gamma", bn.gamma().map(|t| t.data().to_vec())),
             ("beta", bn.beta().map(|t| t.data().to_vec())),
@@ -51,32 +53,28 @@ pub fn run(args: InspectArgs) -> Result<()> {
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect();
-        layers.push((
-            name,
-            kind,
-            bn.num_features(),
-            bn.num_batches_tracked(),
-            vectors,
-        ));
+        layers.push((name, kind, bn.num_features(), bn.num_batches_tracked(), vectors));
     }
-    if layers.is_empty() {
-        println!(
-            "{} ({}) has no batch-norm layers",
-            args.checkpoint.display(),
-            info.model
-        );
+    if layers.is_empty() && args.layer.is_none() {
+        if args.json {
+            println!("{}", json!({"checkpoint": args.checkpoint, "model": info.model, "batch_norm_layers": []}));
+        } else {
+            println!("{} ({}) has no batch-norm layers", args.checkpoint.display(), info.model);
+        }
         return Ok(());
     }
     if let Some(wanted) = &args.layer {
         let names: Vec<String> = layers.iter().map(|l| l.0.clone()).collect();
         layers.retain(|l| &l.0 == wanted);
         if layers.is_empty() {
+            let choices = if names.is_empty() {
+                "this model has none".to_string()
+            } else {
+                format!("choose one of {}", names.join(", "))
+            };
             return Err(Error::config(
                 "--layer",
-                format!(
-                    "'{wanted}' is not a batch-norm layer of this model; choose one of {}",
-                    names.join(", ")
-                ),
+                format!("'{wanted}' is not a batch-norm layer of this model; {choices}"),
             )
             .into());
         }
@@ -93,10 +91,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 o
             })
             .collect();
-        println!(
-            "{}",
-            json!({"checkpoint": args.checkpoint, "model": info.model, "batch_norm_layers": out})
-        );
+        println!("{}", json!({"checkpoint": args.checkpoint, "model": info.model, "batch_norm_layers": out}));
         return Ok(());
     }
     println!("{} ({})", args.checkpoint.display(), info.model);
@@ -108,10 +103,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 println!("  {k:<13} [{}]", items.join(", "));
             }
         } else {
-            println!(
-                "  {:<13} {:>9} {:>9} {:>9} {:>9}",
-                "", "mean", "std", "min", "max"
-            );
+            println!("  {:<13} {:>9} {:>9} {:>9} {:>9}", "", "mean", "std", "min", "max");
             for (k, v) in vectors {
                 let s = stats(v);
                 println!(

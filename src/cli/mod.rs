@@ -48,11 +48,7 @@ pub struct DataArgs {
 
 impl DataArgs {
     pub fn source(&self, progress: bool) -> normlab::data::DataSource {
-        normlab::data::DataSource {
-            data_dir: self.data_dir.clone(),
-            progress,
-            ..Default::default()
-        }
+        normlab::data::DataSource { data_dir: self.data_dir.clone(), progress, ..Default::default() }
     }
 }
 
@@ -62,6 +58,7 @@ pub fn stderr_is_terminal() -> bool {
 }
 
 pub fn main() -> i32 {
+    restore_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -71,10 +68,7 @@ pub fn main() -> i32 {
         }
     };
     if let Some(t) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(t as usize)
-            .build_global()
-        {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global() {
             eprintln!("error: cannot start {t} threads: {e}");
             return 1;
         }
@@ -89,10 +83,10 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            let user = e
-                .downcast_ref::<normlab::Error>()
-                .is_some_and(|e| e.is_user_error());
-            eprintln!("error: {e:#}");
+            let user = e.downcast_ref::<normlab::Error>().is_some_and(|e| e.is_user_error());
+            // one line, whatever the underlying library put in its message
+            let msg = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {msg}");
             if user {
                 2
             } else {
@@ -104,10 +98,7 @@ pub fn main() -> i32 {
 
 /// `YYYYMMDD-HHMMSS` in UTC, for run directory names.
 pub fn utc_timestamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // civil-from-days (Howard Hinnant's algorithm)
     let z = days as i64 + 719_468;
@@ -119,10 +110,16 @@ pub fn utc_timestamp() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + (month <= 2) as i64;
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Rust ignores SIGPIPE, so `normlab eval | head -1` would panic on the
+/// closed pipe; a command-line tool should just stop, as `cat` does.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal to its default disposition at start-up,
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

@@ -41,9 +41,7 @@ pub fn load_image(path: &Path, invert: bool) -> normlab::Result<Vec<f32>> {
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
     if reader.format().is_none() {
-        return Err(bad(
-            "not a PNG or JPEG image; pass a .png or .jpg file".into()
-        ));
+        return Err(bad("not a PNG or JPEG image; pass a .png or .jpg file".into()));
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -51,7 +49,10 @@ pub fn load_image(path: &Path, invert: bool) -> normlab::Result<Vec<f32>> {
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => bad(format!("image is too large (more than {MAX_SIDE}x{MAX_SIDE} pixels or {} MiB decoded); resize it first", MAX_ALLOC >> 20)),
+        image::ImageError::Limits(_) => bad(format!(
+            "image is too large (more than {MAX_SIDE}x{MAX_SIDE} pixels or {} MiB decoded); resize it first",
+            MAX_ALLOC >> 20
+        )),
         other => bad(format!("cannot decode the image ({other}); is it a complete PNG or JPEG?")),
     })?;
     let grey = img.to_luma32f();
@@ -81,19 +82,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let top: Vec<(usize, f64)> = ranked.into_iter().take(3).collect();
         if args.json {
-            let list: Vec<_> = top
-                .iter()
-                .map(|&(c, p)| json!({"class": c, "name": CLASS_NAMES[c], "probability": p}))
-                .collect();
-            println!(
-                "{}",
-                json!({"image": path, "model": info.model, "top": list})
-            );
+            let list: Vec<_> =
+                top.iter().map(|&(c, p)| json!({"class": c, "name": CLASS_NAMES[c], "probability": p})).collect();
+            println!("{}", json!({"image": path, "model": info.model, "top": list}));
         } else {
-            let text: Vec<String> = top
-                .iter()
-                .map(|&(c, p)| format!("{} {:.3}", CLASS_NAMES[c], p))
-                .collect();
+            let text: Vec<String> = top.iter().map(|&(c, p)| format!("{} {:.3}", CLASS_NAMES[c], p)).collect();
             println!("{}: {}", path.display(), text.join(", "));
         }
     }

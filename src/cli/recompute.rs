@@ -31,11 +31,7 @@ pub struct RecomputeArgs {
 
 pub fn run(args: RecomputeArgs) -> Result<()> {
     if args.batch_size < 2 {
-        return Err(normlab::Error::config(
-            "batch size",
-            "must be at least 2 to compute batch statistics",
-        )
-        .into());
+        return Err(normlab::Error::config("batch size", "must be at least 2 to compute batch statistics").into());
     }
     let (mut net, info) = checkpoint::load(&args.checkpoint)?;
     let fm = data::load(&args.data.source(!args.json && super::stderr_is_terminal()))?;

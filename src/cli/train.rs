@@ -74,8 +74,7 @@ impl Observer for Progress {
         }
         self.bar.set_position(batch as u64);
         if batch % 8 == 0 || batch == batches {
-            self.bar
-                .set_message(format!("loss {loss:.4}  {eps:.0} ex/s"));
+            self.bar.set_message(format!("loss {loss:.4}  {eps:.0} ex/s"));
         }
     }
 }
@@ -108,19 +107,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut options = TrainOptions::chapter(kind);
     options.epochs = args.epochs;
     options.batch_size = args.batch_size;
-    options.sgd = SgdConfig {
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
-        ..SgdConfig::new(args.lr)
-    };
+    options.sgd = SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay, ..SgdConfig::new(args.lr) };
     options.seed = args.seed;
     options.limit_train = args.limit_train;
     options.limit_val = args.limit_val;
     options.validate()?;
 
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!("{}-{}", kind.name(), super::utc_timestamp()))
-    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", kind.name(), super::utc_timestamp())));
     ensure_writable_dir(&out)?;
 
     let show_progress = !args.quiet && super::stderr_is_terminal();
@@ -135,12 +131,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             println!("{line}");
         }
     };
-    let n_train = options
-        .limit_train
-        .map_or(fm.train.len(), |l| l.min(fm.train.len()));
-    let n_val = options
-        .limit_val
-        .map_or(fm.test.len(), |l| l.min(fm.test.len()));
+    let n_train = options.limit_train.map_or(fm.train.len(), |l| l.min(fm.train.len()));
+    let n_val = options.limit_val.map_or(fm.test.len(), |l| l.min(fm.test.len()));
     say(format!(
         "training {} on {n_train} images, validating on {n_val} ({} threads), output in {}",
         kind.name(),
@@ -150,11 +142,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let bar = ProgressBar::with_draw_target(
         None,
-        if show_progress {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
+        if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
     );
     bar.set_style(
         ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg}")
@@ -202,20 +190,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let mut recompute = serde_json::Value::Null;
     if args.recompute_stats {
-        let before = trainer
-            .history
-            .last()
-            .map(|m| m.val_acc)
-            .unwrap_or(f64::NAN);
+        let before = trainer.history.last().map(|m| m.val_acc).unwrap_or(f64::NAN);
         let t = Instant::now();
-        let layers =
-            train::recompute_bn_stats(&mut trainer.net, &fm.train, options.eval_batch_size)?;
-        let after = train::evaluate(
-            &mut trainer.net,
-            &fm.test,
-            options.eval_batch_size,
-            options.limit_val,
-        )?;
+        let layers = train::recompute_bn_stats(&mut trainer.net, &fm.train, options.eval_batch_size)?;
+        let after = train::evaluate(&mut trainer.net, &fm.test, options.eval_batch_size, options.limit_val)?;
         say(format!(
             "recomputed the statistics of {layers} BN layers over {} training images in {:.2} s: val acc {before:.4} -> {:.4} (val loss {:.4})",
             fm.train.len(),
@@ -229,10 +207,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &mut trainer.net,
             kind.name(),
             &options.network,
-            &[
-                ("epoch", epoch),
-                ("bn_stats", "recomputed over the training set".into()),
-            ],
+            &[("epoch", epoch), ("bn_stats", "recomputed over the training set".into())],
             &model_path,
         )?;
     }
