@@ -102,10 +102,7 @@ impl<T: Real> Layer<T> for CenteringNorm<T> {
 }
 
 fn main() -> Result<()> {
-    let source = data::DataSource {
-        data_dir: std::env::args().nth(1).map(Into::into),
-        ..Default::default()
-    };
+    let source = data::DataSource { data_dir: std::env::args().nth(1).map(Into::into), ..Default::default() };
     let mut fm = data::load(&source)?;
     fm.train.truncate(10_000);
     fm.test.truncate(2_000);
@@ -146,11 +143,7 @@ fn main() -> Result<()> {
             total += l * batch.len() as f64;
         }
         let eval = evaluate(&mut net, &fm.test, 500, None)?;
-        println!(
-            "epoch {epoch}: train loss {:.4}, val acc {:.4}",
-            total / fm.train.len() as f64,
-            eval.accuracy
-        );
+        println!("epoch {epoch}: train loss {:.4}, val acc {:.4}", total / fm.train.len() as f64, eval.accuracy);
     }
     Ok(())
 }

@@ -8,7 +8,8 @@ use normlab::{rng, Tensor};
 fn main() {
     let kind = std::env::args().nth(1).map(|s| ModelKind::parse(&s).unwrap()).unwrap_or(ModelKind::BnLenet);
     let mut net = models::build::<f32>(kind, &mut rng::seeded(0)).unwrap();
-    let x = Tensor::from_vec(&[128, 1, 28, 28], (0..128 * 784).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect()).unwrap();
+    let x = Tensor::from_vec(&[128, 1, 28, 28], (0..128 * 784).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect())
+        .unwrap();
     let labels: Vec<usize> = (0..128).map(|i| i % 10).collect();
     let mut ce = CrossEntropy::new();
     let n = net.len();

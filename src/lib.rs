@@ -24,6 +24,7 @@
 //! by [`train`], used by the `normlab` command line. [`data`] reads
 //! Fashion-MNIST.
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod fsutil;

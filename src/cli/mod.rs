@@ -2,6 +2,7 @@
 //! `recompute-stats`. Exit codes: 0 success, 2 a user error (bad option,
 //! bad file) with a one-line message saying what to do, 1 anything else.
 
+mod bench;
 mod eval;
 mod inspect;
 mod predict;
@@ -35,6 +36,7 @@ enum Command {
     Predict(predict::PredictArgs),
     Inspect(inspect::InspectArgs),
     RecomputeStats(recompute::RecomputeArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// Where the data comes from, shared by the commands that read it.
@@ -79,6 +81,7 @@ pub fn main() -> i32 {
         Command::Predict(a) => predict::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::RecomputeStats(a) => recompute::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => 0,

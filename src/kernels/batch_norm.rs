@@ -21,7 +21,7 @@ const LANES: usize = 8;
 /// `Σ f(a_i, b_i)` in f64 with eight independent lanes, so the loop vectorizes
 /// and the order of additions is fixed.
 #[inline(always)]
-fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
+pub fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ar, br) = (ac.remainder(), bc.remainder());

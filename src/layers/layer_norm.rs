@@ -17,6 +17,7 @@
 use rayon::prelude::*;
 
 use super::{check_built, Layer, Mode, StateMut, PAR_MIN};
+use crate::kernels::batch_norm::lane_sum;
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -45,6 +46,8 @@ pub struct LayerNorm<T: Real = f32> {
     bias_grad: Tensor<T>,
     mean: Vec<T>,
     inv_std: Vec<T>,
+    /// Per-block partial dgamma/dbeta.
+    partials: Vec<T>,
     y: Tensor<T>,
     dx: Tensor<T>,
 }
@@ -63,6 +66,7 @@ impl<T: Real> LayerNorm<T> {
             bias_grad: Tensor::default(),
             mean: Vec::new(),
             inv_std: Vec::new(),
+            partials: Vec::new(),
             y: Tensor::default(),
             dx: Tensor::default(),
         }
@@ -92,10 +96,14 @@ impl<T: Real> LayerNorm<T> {
 /// Mean and `1/sqrt(var + eps)` of one row, in f64.
 fn row_stats<T: Real>(x: &[T], eps: f64) -> (T, T) {
     let d = x.len() as f64;
-    let mean = x.iter().map(|v| v.as_f64()).sum::<f64>() / d;
-    let var = x.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / d;
+    let mean = lane_sum(x, x, |v, _| v) / d;
+    let var = lane_sum(x, x, |v, _| (v - mean) * (v - mean)) / d;
     (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()))
 }
+
+/// Rows per partial sum of dgamma/dbeta: a fixed split, so the sums do not
+/// depend on the number of threads.
+const ROWS_PER_PARTIAL: usize = 64;
 
 impl<T: Real> Layer<T> for LayerNorm<T> {
     fn kind(&self) -> String {
@@ -105,9 +113,7 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
     fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
         let shape = match &self.normalized {
             Normalized::Shape(s) => s.clone(),
-            Normalized::Trailing(k) if *k <= input.len() && *k > 0 => {
-                input[input.len() - k..].to_vec()
-            }
+            Normalized::Trailing(k) if *k <= input.len() && *k > 0 => input[input.len() - k..].to_vec(),
             Normalized::Trailing(k) => {
                 return Err(Error::shape(
                     "LayerNorm",
@@ -116,10 +122,7 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
             }
             Normalized::All => input.to_vec(),
         };
-        if shape.is_empty()
-            || shape.len() > input.len()
-            || input[input.len() - shape.len()..] != shape[..]
-        {
+        if shape.is_empty() || shape.len() > input.len() || input[input.len() - shape.len()..] != shape[..] {
             return Err(Error::shape(
                 "LayerNorm",
                 format!("normalized_shape {shape:?} must be the trailing dimensions of the input, got one example of shape {input:?}"),
@@ -154,9 +157,15 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
             let (m, i) = row_stats(xr, eps);
             *mu = m;
             *is = i;
-            for j in 0..d {
-                let xh = (xr[j] - m) * i;
-                yr[j] = if affine { gamma[j] * xh + beta[j] } else { xh };
+            // zipped iterators, not indices: no bounds checks, so the loop vectorizes
+            if affine {
+                for (((y, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                    *y = g * ((v - m) * i) + b;
+                }
+            } else {
+                for (y, &v) in yr.iter_mut().zip(xr) {
+                    *y = (v - m) * i;
+                }
             }
         };
         let (y, mean, inv_std) = (self.y.data_mut(), &mut self.mean, &mut self.inv_std);
@@ -166,10 +175,7 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
                 .zip(mean.par_iter_mut().zip(inv_std.par_iter_mut()))
                 .for_each(body);
         } else {
-            y.chunks_mut(d)
-                .zip(x.data().chunks(d))
-                .zip(mean.iter_mut().zip(inv_std.iter_mut()))
-                .for_each(body);
+            y.chunks_mut(d).zip(x.data().chunks(d)).zip(mean.iter_mut().zip(inv_std.iter_mut())).for_each(body);
         }
         Ok(&self.y)
     }
@@ -179,24 +185,44 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
         if dy.shape() != x.shape() {
             return Err(Error::shape(
                 "LayerNorm",
-                format!(
-                    "gradient shape {:?} differs from input {:?}",
-                    dy.shape(),
-                    x.shape()
-                ),
+                format!("gradient shape {:?} differs from input {:?}", dy.shape(), x.shape()),
             ));
         }
         let (mean, inv_std) = (&self.mean, &self.inv_std);
         if self.affine {
-            // rows in order, vectorized along the row: the same sums for any thread count
+            // partial sums over fixed blocks of rows (in parallel), then the
+            // blocks in order: the same result for any thread count
+            let blocks = (x.numel() / d).div_ceil(ROWS_PER_PARTIAL);
+            self.partials.resize(blocks * 2 * d, T::zero());
+            let block = |(bi, part): (usize, &mut [T])| {
+                let (pg, pb) = part.split_at_mut(d);
+                pg.fill(T::zero());
+                pb.fill(T::zero());
+                let rows = bi * ROWS_PER_PARTIAL..((bi + 1) * ROWS_PER_PARTIAL).min(mean.len());
+                for r in rows {
+                    let (xr, gr) = (&x.data()[r * d..(r + 1) * d], &dy.data()[r * d..(r + 1) * d]);
+                    let (m, is) = (mean[r], inv_std[r]);
+                    for (((g, b), &dyv), &v) in pg.iter_mut().zip(pb.iter_mut()).zip(gr).zip(xr) {
+                        *g += dyv * ((v - m) * is);
+                        *b += dyv;
+                    }
+                }
+            };
+            if x.numel() >= PAR_MIN {
+                self.partials.par_chunks_mut(2 * d).enumerate().for_each(block);
+            } else {
+                self.partials.chunks_mut(2 * d).enumerate().for_each(block);
+            }
             let (dg, db) = (self.weight_grad.data_mut(), self.bias_grad.data_mut());
             dg.fill(T::zero());
             db.fill(T::zero());
-            for (r, (xr, gr)) in x.data().chunks(d).zip(dy.data().chunks(d)).enumerate() {
-                let (m, is) = (mean[r], inv_std[r]);
-                for j in 0..d {
-                    dg[j] += gr[j] * (xr[j] - m) * is;
-                    db[j] += gr[j];
+            for part in self.partials.chunks(2 * d) {
+                let (pg, pb) = part.split_at(d);
+                for (g, &v) in dg.iter_mut().zip(pg) {
+                    *g += v;
+                }
+                for (b, &v) in db.iter_mut().zip(pb) {
+                    *b += v;
                 }
             }
         }
@@ -205,15 +231,20 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
             let (affine, gamma) = (self.affine, self.weight.data());
             let body = |(r, (dxr, (xr, gr))): (usize, (&mut [T], (&[T], &[T])))| {
                 let (m, is) = (mean[r], inv_std[r]);
-                let g = |j: usize| if affine { gr[j] * gamma[j] } else { gr[j] };
-                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-                for j in 0..d {
-                    sg += g(j).as_f64();
-                    sgx += (g(j) * (xr[j] - m) * is).as_f64();
+                // g = dy·gamma, kept in dx's row while the sums are taken
+                if affine {
+                    for ((o, &g), &w) in dxr.iter_mut().zip(gr).zip(gamma) {
+                        *o = g * w;
+                    }
+                } else {
+                    dxr.copy_from_slice(gr);
                 }
+                let (mf, isf) = (m.as_f64(), is.as_f64());
+                let sg = lane_sum(dxr, dxr, |g, _| g);
+                let sgx = lane_sum(dxr, xr, |g, v| g * (v - mf) * isf);
                 let (mg, mgx) = (T::from_f64(sg / d as f64), T::from_f64(sgx / d as f64));
-                for j in 0..d {
-                    dxr[j] = is * (g(j) - mg - (xr[j] - m) * is * mgx);
+                for (o, &v) in dxr.iter_mut().zip(xr) {
+                    *o = is * (*o - mg - (v - m) * is * mgx);
                 }
             };
             let dxd = self.dx.data_mut();
@@ -223,10 +254,7 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
                     .enumerate()
                     .for_each(body);
             } else {
-                dxd.chunks_mut(d)
-                    .zip(x.data().chunks(d).zip(dy.data().chunks(d)))
-                    .enumerate()
-                    .for_each(body);
+                dxd.chunks_mut(d).zip(x.data().chunks(d).zip(dy.data().chunks(d))).enumerate().for_each(body);
             }
         }
         Ok(&self.dx)
@@ -244,20 +272,8 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
             return Vec::new();
         }
         vec![
-            (
-                "weight",
-                StateMut::Param {
-                    value: &mut self.weight,
-                    grad: &mut self.weight_grad,
-                },
-            ),
-            (
-                "bias",
-                StateMut::Param {
-                    value: &mut self.bias,
-                    grad: &mut self.bias_grad,
-                },
-            ),
+            ("weight", StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad }),
+            ("bias", StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }),
         ]
     }
 }
