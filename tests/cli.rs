@@ -262,8 +262,8 @@ fn train_writes_every_output_under_out() {
     names.sort();
     assert_eq!(
         names,
-        ["curves.png", "curves.svg", "metrics.csv", "model.safetensors", "run.json"],
-        "exactly the five outputs, no temporary files left behind"
+        ["checkpoint.safetensors", "curves.png", "curves.svg", "metrics.csv", "model.safetensors", "run.json"],
+        "exactly the six outputs, no temporary files left behind"
     );
 
     let (header, rows) = read_metrics(&t.out);

@@ -24,8 +24,9 @@ pub struct TrainArgs {
     /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet
     #[arg(long, default_value = "bn-lenet")]
     model: String,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
+    /// Epochs in all (default 10; with --resume, a new total to extend the run).
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Learning rate of plain minibatch SGD.
@@ -59,7 +60,14 @@ pub struct TrainArgs {
     /// No progress bar and no per-epoch lines on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Continue the run in DIR from its last complete epoch (its
+    /// checkpoint.safetensors); the run's own options are used.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
 }
+
+/// The training state beside model.safetensors, for --resume.
+const STATE_FILE: &str = "checkpoint.safetensors";
 
 struct Progress {
     bar: ProgressBar,
@@ -103,25 +111,38 @@ fn write_metrics(path: &Path, history: &[EpochMetrics]) -> normlab::Result<()> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
-    let kind = ModelKind::parse(&args.model)?;
-    let mut options = TrainOptions::chapter(kind);
-    options.epochs = args.epochs;
-    options.batch_size = args.batch_size;
-    options.sgd = SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay, ..SgdConfig::new(args.lr) };
-    options.seed = args.seed;
-    options.limit_train = args.limit_train;
-    options.limit_val = args.limit_val;
-    options.validate()?;
-
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", kind.name(), super::utc_timestamp())));
+    let (out, mut trainer) = match &args.resume {
+        Some(dir) => {
+            let mut trainer = Trainer::resume(&dir.join(STATE_FILE))?;
+            if let Some(e) = args.epochs {
+                trainer.options.epochs = e;
+                trainer.options.validate()?;
+            }
+            (dir.clone(), trainer)
+        }
+        None => {
+            let kind = ModelKind::parse(&args.model)?;
+            let mut options = TrainOptions::chapter(kind);
+            options.epochs = args.epochs.unwrap_or(10);
+            options.batch_size = args.batch_size;
+            options.sgd = SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay, ..SgdConfig::new(args.lr) };
+            options.seed = args.seed;
+            options.limit_train = args.limit_train;
+            options.limit_val = args.limit_val;
+            options.validate()?;
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", kind.name(), super::utc_timestamp())));
+            (out, Trainer::new(options)?)
+        }
+    };
+    let options = trainer.options.clone();
+    let kind = ModelKind::parse(&options.model)?;
     ensure_writable_dir(&out)?;
 
     let show_progress = !args.quiet && super::stderr_is_terminal();
     let fm = data::load(&args.data.source(show_progress))?;
-    let mut trainer = Trainer::new(options.clone())?;
     let say = |line: String| {
         if args.json {
             if !args.quiet {
@@ -133,6 +154,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let n_train = options.limit_train.map_or(fm.train.len(), |l| l.min(fm.train.len()));
     let n_val = options.limit_val.map_or(fm.test.len(), |l| l.min(fm.test.len()));
+    if trainer.epoch() > 0 {
+        say(format!("resuming {} after epoch {} of {}", out.display(), trainer.epoch(), options.epochs));
+    }
     say(format!(
         "training {} on {n_train} images, validating on {n_val} ({} threads), output in {}",
         kind.name(),
@@ -164,7 +188,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         })
     };
 
-    for _ in 0..options.epochs {
+    for _ in trainer.epoch()..options.epochs {
         let m = trainer.run_epoch(&fm.train, &fm.test, &mut progress)?;
         progress.bar.finish_and_clear();
         say(format!(
@@ -182,6 +206,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &[("epoch", m.epoch.to_string())],
             &model_path,
         )?;
+        trainer.save_state(&out.join(STATE_FILE))?;
         write_atomic(
             &out.join("run.json"),
             serde_json::to_string_pretty(&run_json(&trainer, json!("in progress")))?.as_bytes(),

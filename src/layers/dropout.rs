@@ -40,6 +40,9 @@ impl<T: Real> Layer<T> for Dropout<T> {
     fn kind(&self) -> String {
         "Dropout".into()
     }
+    fn rng_mut(&mut self) -> Option<&mut Rng> {
+        Some(&mut self.rng)
+    }
     fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
         self.rng = rng::fork(rng);
         Ok(input.to_vec())

@@ -99,6 +99,12 @@ pub trait Layer<T: Real>: Send {
         Vec::new()
     }
 
+    /// The layer's own random stream (dropout), saved in training
+    /// checkpoints so a resumed run draws the same masks.
+    fn rng_mut(&mut self) -> Option<&mut Rng> {
+        None
+    }
+
     /// This layer as a [`BatchNorm`], for code that works on BN layers
     /// (population statistics, inspection); `None` for every other layer.
     fn as_batch_norm_mut(&mut self) -> Option<&mut BatchNorm<T>> {

@@ -39,13 +39,25 @@ pub struct CheckpointInfo {
 }
 
 /// Serializes every parameter and buffer of `net`, with `extra` metadata.
-pub fn to_bytes(
+pub fn to_bytes(net: &mut Sequential<f32>, model: &str, network: &LeNetConfig, extra: &[(&str, String)]) -> Result<Vec<u8>> {
+    to_bytes_with(net, model, network, extra, &[])
+}
+
+/// An f32 tensor stored beside the model's state (optimizer buffers).
+pub type ExtraTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Like [`to_bytes`], with extra tensors (names outside the model's).
+pub fn to_bytes_with(
     net: &mut Sequential<f32>,
     model: &str,
     network: &LeNetConfig,
     extra: &[(&str, String)],
+    extra_tensors: &[ExtraTensor],
 ) -> Result<Vec<u8>> {
     let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, shape, values) in extra_tensors {
+        entries.push((name.clone(), Dtype::F32, shape.clone(), values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
     for (name, s) in net.state_mut() {
         match s {
             StateMut::Param { value, .. } | StateMut::Buffer(value) => {
@@ -80,8 +92,28 @@ pub fn to_bytes(
             )
         })
         .collect();
-    safetensors::serialize(views, &Some(meta))
-        .map_err(|e| Error::checkpoint("<memory>", format!("cannot serialize: {e}")))
+    let bytes = safetensors::serialize(views, &Some(meta))
+        .map_err(|e| Error::checkpoint("<memory>", format!("cannot serialize: {e}")))?;
+    Ok(canonical_header(bytes))
+}
+
+/// Rewrites the JSON header with its keys sorted: safetensors writes
+/// metadata in hash-map order, which differs from run to run, and the same
+/// training must give the same bytes. Tensor offsets are relative to the
+/// data section, so only the header changes.
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors wrote valid JSON");
+    // serde_json's map is ordered by key
+    let mut text = serde_json::to_string(&header).expect("JSON value serializes");
+    while (8 + text.len()) % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
 }
 
 /// Writes a checkpoint atomically.
@@ -142,8 +174,33 @@ pub fn load(path: &Path) -> Result<(Sequential<f32>, CheckpointInfo)> {
     let (st, metadata) = parse(path, &bytes)?;
     let info = info_from(path, metadata)?;
     let mut net = models::build_config(&info.network, &mut rng::seeded(0))?;
-    load_state(&mut net, path, &st)?;
+    load_state(&mut net, path, &st, None)?;
     Ok((net, info))
+}
+
+/// Loads a training checkpoint: the model's state into `net`, and returns
+/// the metadata and every tensor whose name starts with `extra_prefix`.
+pub fn load_with_extras(
+    net: &mut Sequential<f32>,
+    path: &Path,
+    extra_prefix: &str,
+) -> Result<(HashMap<String, String>, Vec<ExtraTensor>)> {
+    let bytes = read(path)?;
+    let (st, metadata) = parse(path, &bytes)?;
+    load_state(net, path, &st, Some(extra_prefix))?;
+    let mut extras = Vec::new();
+    for name in st.names() {
+        if name.starts_with(extra_prefix) {
+            let view = st.tensor(name).map_err(|e| Error::checkpoint(path, format!("tensor '{name}': {e}")))?;
+            if view.dtype() != Dtype::F32 {
+                return Err(Error::checkpoint(path, format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
+            }
+            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+            extras.push((name.clone(), view.shape().to_vec(), values));
+        }
+    }
+    extras.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((metadata, extras))
 }
 
 /// Loads the state of a checkpoint into an existing network of the same
@@ -151,11 +208,11 @@ pub fn load(path: &Path) -> Result<(Sequential<f32>, CheckpointInfo)> {
 pub fn load_into(net: &mut Sequential<f32>, path: &Path) -> Result<HashMap<String, String>> {
     let bytes = read(path)?;
     let (st, metadata) = parse(path, &bytes)?;
-    load_state(net, path, &st)?;
+    load_state(net, path, &st, None)?;
     Ok(metadata)
 }
 
-fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>) -> Result<()> {
+fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>, ignore_prefix: Option<&str>) -> Result<()> {
     let mut expected = Vec::new();
     let mut missing = Vec::new();
     for (name, s) in net.state_mut() {
@@ -210,7 +267,7 @@ fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>) -> R
     let unknown: Vec<String> = st
         .names()
         .into_iter()
-        .filter(|n| !expected.contains(n))
+        .filter(|n| !expected.contains(n) && !ignore_prefix.is_some_and(|p| n.starts_with(p)))
         .cloned()
         .collect();
     if !missing.is_empty() || !unknown.is_empty() {
