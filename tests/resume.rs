@@ -22,7 +22,17 @@ fn metrics_without_times(dir: &Path) -> Vec<String> {
 }
 
 const RUN: [&str; 12] = [
-    "train", "--epochs", "5", "--limit-train", "1536", "--batch-size", "32", "--momentum", "0.9", "--quiet", "--threads",
+    "train",
+    "--epochs",
+    "5",
+    "--limit-train",
+    "1536",
+    "--batch-size",
+    "32",
+    "--momentum",
+    "0.9",
+    "--quiet",
+    "--threads",
     "2",
 ];
 

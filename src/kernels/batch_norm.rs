@@ -70,10 +70,7 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64
     per_channel(c, x.len(), |ch| {
         let runs = || (0..n).map(move |i| &x[(i * c + ch) * s..(i * c + ch + 1) * s]);
         let mean = runs().map(|r| lane_sum(r, r, |a, _| a)).sum::<f64>() / m;
-        let var = runs()
-            .map(|r| lane_sum(r, r, |a, _| (a - mean) * (a - mean)))
-            .sum::<f64>()
-            / m;
+        let var = runs().map(|r| lane_sum(r, r, |a, _| (a - mean) * (a - mean))).sum::<f64>() / m;
         (mean, var)
     })
     .into_iter()
@@ -81,15 +78,7 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64
 }
 
 /// `y = (x - mean[c])·scale[c] + shift[c]`.
-pub fn normalize<T: Real>(
-    x: &[T],
-    y: &mut [T],
-    c: usize,
-    s: usize,
-    mean: &[T],
-    scale: &[T],
-    shift: &[T],
-) {
+pub fn normalize<T: Real>(x: &[T], y: &mut [T], c: usize, s: usize, mean: &[T], scale: &[T], shift: &[T]) {
     if s == 1 {
         for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
             for i in 0..c {
@@ -106,24 +95,14 @@ pub fn normalize<T: Real>(
         }
     };
     if y.len() >= PAR_MIN {
-        y.par_chunks_mut(s)
-            .zip(x.par_chunks(s))
-            .enumerate()
-            .for_each(plane);
+        y.par_chunks_mut(s).zip(x.par_chunks(s)).enumerate().for_each(plane);
     } else {
         y.chunks_mut(s).zip(x.chunks(s)).enumerate().for_each(plane);
     }
 }
 
 /// Per channel: `(Σ dy, Σ dy·(x - mean))`, in f64.
-pub fn backward_sums<T: Real>(
-    x: &[T],
-    dy: &[T],
-    n: usize,
-    c: usize,
-    s: usize,
-    mean: &[T],
-) -> (Vec<f64>, Vec<f64>) {
+pub fn backward_sums<T: Real>(x: &[T], dy: &[T], n: usize, c: usize, s: usize, mean: &[T]) -> (Vec<f64>, Vec<f64>) {
     if s == 1 {
         let (mut sdy, mut sdyx) = (vec![0.0f64; c], vec![0.0f64; c]);
         for (xr, gr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
@@ -163,11 +142,7 @@ pub fn backward_apply<T: Real>(
     k: &[T],
 ) {
     if s == 1 {
-        for ((dr, xr), gr) in dx
-            .chunks_exact_mut(c)
-            .zip(x.chunks_exact(c))
-            .zip(dy.chunks_exact(c))
-        {
+        for ((dr, xr), gr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
             for i in 0..c {
                 dr[i] = a[i] * gr[i] + b[i] * (xr[i] - mean[i]) + k[i];
             }
@@ -182,14 +157,100 @@ pub fn backward_apply<T: Real>(
         }
     };
     if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(s)
-            .zip(x.par_chunks(s).zip(dy.par_chunks(s)))
-            .enumerate()
-            .for_each(plane);
+        dx.par_chunks_mut(s).zip(x.par_chunks(s).zip(dy.par_chunks(s))).enumerate().for_each(plane);
     } else {
-        dx.chunks_mut(s)
-            .zip(x.chunks(s).zip(dy.chunks(s)))
-            .enumerate()
-            .for_each(plane);
+        dx.chunks_mut(s).zip(x.chunks(s).zip(dy.chunks(s))).enumerate().for_each(plane);
     }
+}
+
+/// Shares one output buffer between channel tasks that write disjoint runs.
+struct ChannelOut<T>(*mut T);
+// SAFETY: each task writes only the runs of its own channel (see below).
+unsafe impl<T: Send> Send for ChannelOut<T> {}
+unsafe impl<T: Send> Sync for ChannelOut<T> {}
+
+impl<T> ChannelOut<T> {
+    /// The run of `len` values at `start`.
+    ///
+    /// # Safety
+    /// `start..start + len` lies inside the buffer and no other task touches it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn run(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+/// For `(N, C, S)` input with `S > 1`: each channel's statistics and its
+/// normalized output in one task, while the channel's values are still in
+/// cache, so a large tensor is read from memory once and written once
+/// (instead of three reads for statistics then normalization). Returns the
+/// mean and biased variance; `y = (x - mean)·gamma/sqrt(var + eps) + beta`
+/// with exactly the arithmetic of [`channel_stats`] followed by [`normalize`].
+#[allow(clippy::too_many_arguments)]
+pub fn stats_and_normalize<T: Real>(
+    x: &[T],
+    y: &mut [T],
+    (n, c, s): (usize, usize, usize),
+    gamma: &[T],
+    beta: &[T],
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    assert!(x.len() == n * c * s && y.len() == x.len() && s > 1, "stats_and_normalize: shapes");
+    let out = ChannelOut(y.as_mut_ptr());
+    let m = (n * s) as f64;
+    per_channel(c, x.len(), |ch| {
+        let runs = || (0..n).map(move |i| (i * c + ch) * s);
+        let mean = runs().map(|r| lane_sum(&x[r..r + s], &x[r..r + s], |a, _| a)).sum::<f64>() / m;
+        let var = runs().map(|r| lane_sum(&x[r..r + s], &x[r..r + s], |a, _| (a - mean) * (a - mean))).sum::<f64>() / m;
+        let (mu, scale, shift) = (T::from_f64(mean), gamma[ch] * T::from_f64(1.0 / (var + eps).sqrt()), beta[ch]);
+        for r in runs() {
+            // SAFETY: run r belongs to channel ch alone and lies inside y (asserted sizes)
+            let yr = unsafe { out.run(r, s) };
+            for (o, &v) in yr.iter_mut().zip(&x[r..r + s]) {
+                *o = (v - mu) * scale + shift;
+            }
+        }
+        (mean, var)
+    })
+    .into_iter()
+    .unzip()
+}
+
+/// For `(N, C, S)` input with `S > 1`: per channel, in one task while its
+/// values are in cache, `(Σ dy, Σ dy·(x - mean))` and then
+/// `dx = a·dy + b·(x - mean) + k` with the coefficients `coef` computes from
+/// those sums. Returns the sums. Same arithmetic as [`backward_sums`] then
+/// [`backward_apply`].
+pub fn backward_fused<T: Real>(
+    x: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    (n, c, s): (usize, usize, usize),
+    mean: &[T],
+    coef: impl Fn(usize, f64, f64) -> (T, T, T) + Sync + Send,
+) -> (Vec<f64>, Vec<f64>) {
+    assert!(x.len() == n * c * s && dy.len() == x.len() && dx.len() == x.len() && s > 1, "backward_fused: shapes");
+    let out = ChannelOut(dx.as_mut_ptr());
+    per_channel(c, x.len(), |ch| {
+        let mu = mean[ch];
+        let muf = mu.as_f64();
+        let (mut sdy, mut sdyx) = (0.0, 0.0);
+        for i in 0..n {
+            let r = (i * c + ch) * s..(i * c + ch + 1) * s;
+            sdy += lane_sum(&dy[r.clone()], &dy[r.clone()], |g, _| g);
+            sdyx += lane_sum(&dy[r.clone()], &x[r], |g, v| g * (v - muf));
+        }
+        let (a, b, k) = coef(ch, sdy, sdyx);
+        for i in 0..n {
+            let r = (i * c + ch) * s;
+            // SAFETY: run r belongs to channel ch alone and lies inside dx (asserted sizes)
+            let dr = unsafe { out.run(r, s) };
+            for ((o, &v), &g) in dr.iter_mut().zip(&x[r..r + s]).zip(&dy[r..r + s]) {
+                *o = a * g + b * (v - mu) + k;
+            }
+        }
+        (sdy, sdyx)
+    })
+    .into_iter()
+    .unzip()
 }

@@ -121,7 +121,10 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         let (_, h, w) = self.dims;
         let (ho, wo) = (h / 2, w / 2);
         if dy.shape() != [n, c, ho, wo] {
-            return Err(Error::shape(self.kind(), format!("gradient shape {:?}, expected {:?}", dy.shape(), [n, c, ho, wo])));
+            return Err(Error::shape(
+                self.kind(),
+                format!("gradient shape {:?}, expected {:?}", dy.shape(), [n, c, ho, wo]),
+            ));
         }
         let (zd, dyd, s) = (z.data(), dy.data(), &self.s);
         let mean = &self.bn.saved.mean;
@@ -171,7 +174,8 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
                 .map(|ch| {
                     let a = (self.bn.gamma_at(ch) * inv_std[ch]).as_f64();
                     let is = inv_std[ch].as_f64();
-                    let (b, k) = if batch { (-a * is * is * sum_dh_xmu[ch] / m, -a * dbeta[ch] / m) } else { (0.0, 0.0) };
+                    let (b, k) =
+                        if batch { (-a * is * is * sum_dh_xmu[ch] / m, -a * dbeta[ch] / m) } else { (0.0, 0.0) };
                     (T::from_f64(a), T::from_f64(b), T::from_f64(k))
                 })
                 .collect();

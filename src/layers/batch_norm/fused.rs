@@ -49,27 +49,43 @@ pub(super) fn backward<T: Real>(
     dx: Option<&mut [T]>,
 ) -> (Vec<f64>, Vec<f64>) {
     let m = (n * s) as f64;
-    let (dbeta, sum_dy_xmu) = k::backward_sums(x, dy, n, c, s, saved.mean);
-    // Σ dy·(x - c) = Σ dy·(x - mean) + (mean - c)·Σ dy
-    let sum_dy_xc: Vec<f64> =
-        (0..c).map(|ch| sum_dy_xmu[ch] + (saved.mean[ch] - saved.center[ch]).as_f64() * dbeta[ch]).collect();
-    let dgamma: Vec<f64> = (0..c).map(|ch| sum_dy_xc[ch] * saved.inv_std[ch].as_f64()).collect();
-    if let Some(dx) = dx {
-        let a: Vec<T> = gamma.iter().zip(saved.inv_std).map(|(&g, &is)| g * is).collect();
-        let (b, kk): (Vec<T>, Vec<T>) = match batch_parts {
-            Some(parts) => (0..c)
-                .map(|ch| {
-                    let (a, is) = (a[ch].as_f64(), saved.inv_std[ch].as_f64());
-                    let scaled = parts != BnParts::CenterOnly;
-                    let centred = parts != BnParts::ScaleOnly;
-                    let b = if scaled { -a * is * is * sum_dy_xc[ch] / m } else { 0.0 };
-                    let k = if centred { -a * dbeta[ch] / m } else { 0.0 };
-                    (T::from_f64(b), T::from_f64(k))
-                })
-                .unzip(),
-            None => (vec![T::zero(); c], vec![T::zero(); c]),
+    // the coefficients of dx = a·dy + b·(x - mean) + k from a channel's sums
+    let coef = |ch: usize, sum_dy: f64, sum_dy_xmu: f64| -> (T, T, T, f64) {
+        // Σ dy·(x - c) = Σ dy·(x - mean) + (mean - c)·Σ dy
+        let sum_dy_xc = sum_dy_xmu + (saved.mean[ch] - saved.center[ch]).as_f64() * sum_dy;
+        let a = gamma[ch] * saved.inv_std[ch];
+        let (af, is) = (a.as_f64(), saved.inv_std[ch].as_f64());
+        let (b, k) = match batch_parts {
+            Some(parts) => (
+                if parts != BnParts::CenterOnly { -af * is * is * sum_dy_xc / m } else { 0.0 },
+                if parts != BnParts::ScaleOnly { -af * sum_dy / m } else { 0.0 },
+            ),
+            None => (0.0, 0.0),
         };
-        k::backward_apply(x, dy, dx, c, s, saved.mean, &a, &b, &kk);
-    }
+        (a, T::from_f64(b), T::from_f64(k), sum_dy_xc)
+    };
+    let (dbeta, sum_dy_xmu) = match dx {
+        // large images: sums and dx per channel in one sweep while it is in cache
+        Some(dx) if s > 1 => k::backward_fused(x, dy, dx, (n, c, s), saved.mean, |ch, a, b| {
+            let (a, b, k, _) = coef(ch, a, b);
+            (a, b, k)
+        }),
+        dx => {
+            let sums = k::backward_sums(x, dy, n, c, s, saved.mean);
+            if let Some(dx) = dx {
+                let (mut a, mut b, mut kk) = (Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c));
+                for ch in 0..c {
+                    let (ac, bc, kc, _) = coef(ch, sums.0[ch], sums.1[ch]);
+                    a.push(ac);
+                    b.push(bc);
+                    kk.push(kc);
+                }
+                k::backward_apply(x, dy, dx, c, s, saved.mean, &a, &b, &kk);
+            }
+            sums
+        }
+    };
+    let dgamma: Vec<f64> =
+        (0..c).map(|ch| coef(ch, dbeta[ch], sum_dy_xmu[ch]).3 * saved.inv_std[ch].as_f64()).collect();
     (dgamma, dbeta)
 }

@@ -342,6 +342,18 @@ impl<T: Real> BatchNorm<T> {
     /// the running-statistics update in training mode, and the per-channel
     /// values kept for the backward pass. Returns the `(N, C, S)` view.
     fn prepare(&mut self, x: &Tensor<T>, mode: Mode) -> Result<(usize, usize, usize)> {
+        self.prepare_and_maybe_normalize(x, mode, false).map(|(dims, _)| dims)
+    }
+
+    /// [`Self::prepare`]; with `write_y`, the fused implementation may also
+    /// write the output in the same sweep (returns whether it did).
+    fn prepare_and_maybe_normalize(
+        &mut self,
+        x: &Tensor<T>,
+        mode: Mode,
+        write_y: bool,
+    ) -> Result<((usize, usize, usize), bool)> {
+        let mut normalized = false;
         let (n, c, s) = self.view(x)?;
         let batch_stats = mode == Mode::Train || !self.config.track_running_stats;
         let (mean, var): (Vec<f64>, Vec<f64>) = if batch_stats {
@@ -355,8 +367,23 @@ impl<T: Real> BatchNorm<T> {
                     ),
                 ));
             }
+            let one_sweep = write_y && self.imp == BnImpl::Fused && self.config.parts == BnParts::Full && s > 1;
             let (mean, var) = match self.imp {
                 BnImpl::Scratch => scratch::batch_stats(x.data(), n, c, s),
+                BnImpl::Fused if one_sweep => {
+                    let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
+                    self.y.resize(x.shape());
+                    normalized = true;
+                    let y = self.y.data_mut();
+                    crate::kernels::batch_norm::stats_and_normalize(
+                        x.data(),
+                        y,
+                        (n, c, s),
+                        &gamma,
+                        &beta,
+                        self.config.eps,
+                    )
+                }
                 BnImpl::Fused => crate::kernels::batch_norm::channel_stats(x.data(), n, c, s),
             };
             if mode == Mode::Train && self.config.track_running_stats {
@@ -381,7 +408,7 @@ impl<T: Real> BatchNorm<T> {
                 _ => T::from_f64(1.0 / (v + eps).sqrt()),
             })
             .collect();
-        Ok((n, c, s))
+        Ok(((n, c, s), normalized))
     }
 
     /// `running = (1 - w)·running + w·batch` after one more tracked batch.
@@ -440,7 +467,10 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
     }
 
     fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
-        let (n, c, s) = self.prepare(x, mode)?;
+        let ((n, c, s), normalized) = self.prepare_and_maybe_normalize(x, mode, true)?;
+        if normalized {
+            return Ok(&self.y);
+        }
         self.y.resize(x.shape());
         let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
         match self.imp {
