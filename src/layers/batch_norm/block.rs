@@ -131,35 +131,36 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         let quarter = T::from_f64(0.25);
         // dh for one row of one plane: the pooled gradient spread over its
         // window, times the sigmoid's derivative
-        let dh_row = |plane: usize, row: usize, out: &mut [T]| {
-            let g = &dyd[(plane * ho + row / 2) * wo..][..wo];
-            for (pair, &gv) in out.chunks_exact_mut(2).zip(g) {
-                pair[0] = gv * quarter;
-                pair[1] = gv * quarter;
+        // dh for one whole plane (whole planes keep the loops long enough to
+        // vectorize): the pooled gradient spread over its window, times the
+        // sigmoid's derivative
+        let dh_plane = |plane: usize, out: &mut [T]| {
+            for (r, orow) in out.chunks_exact_mut(w).enumerate() {
+                let g = &dyd[(plane * ho + r / 2) * wo..][..wo];
+                for (pair, &gv) in orow.chunks_exact_mut(2).zip(g) {
+                    pair[0] = gv * quarter;
+                    pair[1] = gv * quarter;
+                }
             }
-            let sr = &s[(plane * h + row) * w..][..w];
-            for (o, &sv) in out.iter_mut().zip(sr) {
+            for (o, &sv) in out.iter_mut().zip(&s[plane * h * w..(plane + 1) * h * w]) {
                 *o = *o * sv * (T::one() - sv);
             }
         };
         // Σ dh and Σ dh·(z - mean) per channel, each channel on one thread in
-        // a fixed order, in eight lanes per row so the loops vectorize
+        // a fixed order
         let sums = |ch: usize| {
             let mu = mean[ch];
-            let mut row = vec![T::zero(); w];
-            let mut centred = vec![T::zero(); w];
+            let mut dh = vec![T::zero(); h * w];
+            let mut centred = vec![T::zero(); h * w];
             let (mut a, mut b) = (0.0f64, 0.0f64);
             for i in 0..n {
                 let plane = i * c + ch;
-                for r in 0..h {
-                    dh_row(plane, r, &mut row);
-                    let zr = &zd[(plane * h + r) * w..][..w];
-                    for ((o, &d), &x) in centred.iter_mut().zip(&row).zip(zr) {
-                        *o = d * (x - mu);
-                    }
-                    a += crate::kernels::sum(&row).as_f64();
-                    b += crate::kernels::sum(&centred).as_f64();
+                dh_plane(plane, &mut dh);
+                for ((o, &d), &x) in centred.iter_mut().zip(&dh).zip(&zd[plane * h * w..(plane + 1) * h * w]) {
+                    *o = d * (x - mu);
                 }
+                a += crate::kernels::sum(&dh).as_f64();
+                b += crate::kernels::sum(&centred).as_f64();
             }
             (a, b)
         };
@@ -184,13 +185,9 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
                 let ch = plane % c;
                 let (a, b, k) = coef[ch];
                 let mu = mean[ch];
-                for r in 0..h {
-                    let o = &mut out[r * w..(r + 1) * w];
-                    dh_row(plane, r, o);
-                    let zr = &zd[(plane * h + r) * w..][..w];
-                    for (d, &x) in o.iter_mut().zip(zr) {
-                        *d = a * *d + b * (x - mu) + k;
-                    }
+                dh_plane(plane, out);
+                for (d, &x) in out.iter_mut().zip(&zd[plane * h * w..(plane + 1) * h * w]) {
+                    *d = a * *d + b * (x - mu) + k;
                 }
             });
         }
