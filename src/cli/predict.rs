@@ -28,9 +28,11 @@ pub struct PredictArgs {
     images: Vec<PathBuf>,
 }
 
-/// Largest accepted image side and decoded size: a file declaring 100000 x
-/// 100000 pixels is refused before anything is allocated.
+/// Largest accepted image: a file declaring 100000 x 100000 pixels, or a
+/// tiny JPEG declaring 16384 x 16384 (whose decoder would fill in the
+/// missing data), is refused from its header, before anything is allocated.
 const MAX_SIDE: u32 = 16_384;
+const MAX_PIXELS: u64 = 50_000_000;
 const MAX_ALLOC: u64 = 256 << 20;
 
 /// Decodes any PNG/JPEG into 28x28 grey levels in [0, 1].
@@ -43,24 +45,39 @@ pub fn load_image(path: &Path, invert: bool) -> normlab::Result<Vec<f32>> {
     if reader.format().is_none() {
         return Err(bad("not a PNG or JPEG image; pass a .png or .jpg file".into()));
     }
+    let too_large = || {
+        bad(format!(
+            "image is too large (more than {MAX_SIDE}x{MAX_SIDE} pixels, {} megapixels or {} MiB decoded); resize it first",
+            MAX_PIXELS / 1_000_000,
+            MAX_ALLOC >> 20
+        ))
+    };
+    // the header alone gives the size: check it before decoding anything
+    let (width, height) = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| Error::io(path, e))?
+        .into_dimensions()
+        .map_err(|e| bad(format!("cannot read the image header ({e}); is it a complete PNG or JPEG?")))?;
+    if width > MAX_SIDE || height > MAX_SIDE || width as u64 * height as u64 > MAX_PIXELS {
+        return Err(too_large());
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => bad(format!(
-            "image is too large (more than {MAX_SIDE}x{MAX_SIDE} pixels or {} MiB decoded); resize it first",
-            MAX_ALLOC >> 20
-        )),
+        image::ImageError::Limits(_) => too_large(),
         other => bad(format!("cannot decode the image ({other}); is it a complete PNG or JPEG?")),
     })?;
-    let grey = img.to_luma32f();
+    // one byte per pixel from here on (16-bit, palette and alpha images included)
+    let grey = img.to_luma8();
+    drop(img);
     let small = image::imageops::resize(&grey, 28, 28, image::imageops::FilterType::Triangle);
     Ok(small
         .pixels()
         .map(|p| {
-            let v = p.0[0].clamp(0.0, 1.0);
+            let v = p.0[0] as f32 / 255.0;
             if invert {
                 1.0 - v
             } else {

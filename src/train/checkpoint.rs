@@ -20,7 +20,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::fsutil::write_atomic;
 use crate::layers::StateMut;
-use crate::models::{self, LeNetConfig, Sequential};
+use crate::models::{self, LeNetConfig, ModelKind, Sequential};
 use crate::rng;
 use crate::{Error, Result};
 
@@ -39,7 +39,12 @@ pub struct CheckpointInfo {
 }
 
 /// Serializes every parameter and buffer of `net`, with `extra` metadata.
-pub fn to_bytes(net: &mut Sequential<f32>, model: &str, network: &LeNetConfig, extra: &[(&str, String)]) -> Result<Vec<u8>> {
+pub fn to_bytes(
+    net: &mut Sequential<f32>,
+    model: &str,
+    network: &LeNetConfig,
+    extra: &[(&str, String)],
+) -> Result<Vec<u8>> {
     to_bytes_with(net, model, network, extra, &[])
 }
 
@@ -64,33 +69,20 @@ pub fn to_bytes_with(
                 let bytes = value.data().iter().flat_map(|v| v.to_le_bytes()).collect();
                 entries.push((name, Dtype::F32, value.shape().to_vec(), bytes));
             }
-            StateMut::Count(c) => {
-                entries.push((name, Dtype::I64, vec![], c.to_le_bytes().to_vec()))
-            }
+            StateMut::Count(c) => entries.push((name, Dtype::I64, vec![], c.to_le_bytes().to_vec())),
         }
     }
     let mut meta = HashMap::new();
     meta.insert(META_FORMAT.to_string(), "pt".to_string());
     meta.insert(META_MODEL.to_string(), model.to_string());
-    meta.insert(
-        META_NETWORK.to_string(),
-        serde_json::to_string(network).expect("config serializes"),
-    );
-    meta.insert(
-        META_VERSION.to_string(),
-        env!("CARGO_PKG_VERSION").to_string(),
-    );
+    meta.insert(META_NETWORK.to_string(), serde_json::to_string(network).expect("config serializes"));
+    meta.insert(META_VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string());
     for (k, v) in extra {
         meta.insert(k.to_string(), v.clone());
     }
     let views: Vec<(String, TensorView<'_>)> = entries
         .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(*d, s.clone(), b).expect("sizes match by construction"),
-            )
-        })
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("sizes match by construction")))
         .collect();
     let bytes = safetensors::serialize(views, &Some(meta))
         .map_err(|e| Error::checkpoint("<memory>", format!("cannot serialize: {e}")))?;
@@ -133,7 +125,10 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
     let bad = |e: safetensors::SafeTensorError| {
-        Error::checkpoint(path, format!("not a valid safetensors checkpoint ({e}); pass a model.safetensors written by `normlab train`"))
+        Error::checkpoint(
+            path,
+            format!("not a valid safetensors checkpoint ({e}); pass a model.safetensors written by `normlab train`"),
+        )
     };
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(bad)?;
     let st = SafeTensors::deserialize(bytes).map_err(bad)?;
@@ -149,23 +144,30 @@ pub fn info(path: &Path) -> Result<CheckpointInfo> {
 
 fn info_from(path: &Path, metadata: HashMap<String, String>) -> Result<CheckpointInfo> {
     let model = metadata.get(META_MODEL).cloned().ok_or_else(|| {
-        Error::checkpoint(
-            path,
-            format!("no '{META_MODEL}' in the metadata: this file was not written by normlab"),
-        )
+        Error::checkpoint(path, format!("no '{META_MODEL}' in the metadata: this file was not written by normlab"))
     })?;
     let network = metadata
         .get(META_NETWORK)
         .ok_or_else(|| Error::checkpoint(path, format!("no '{META_NETWORK}' in the metadata")))
         .and_then(|s| {
-            serde_json::from_str(s)
-                .map_err(|e| Error::checkpoint(path, format!("metadata '{META_NETWORK}' is not a network description this normlab understands: {e}")))
+            serde_json::from_str(s).map_err(|e| {
+                Error::checkpoint(
+                    path,
+                    format!("metadata '{META_NETWORK}' is not a network description this normlab understands: {e}"),
+                )
+            })
         })?;
-    Ok(CheckpointInfo {
-        model,
-        network,
-        metadata,
-    })
+    // a ready-made model's name promises its network: refuse a file whose
+    // description says otherwise rather than mislabel what it holds
+    if let Ok(kind) = ModelKind::parse(&model) {
+        if network != kind.config() {
+            return Err(Error::checkpoint(
+                path,
+                format!("the metadata names model '{model}' but describes a different network; the file was edited or damaged"),
+            ));
+        }
+    }
+    Ok(CheckpointInfo { model, network, metadata })
 }
 
 /// Rebuilds the network a checkpoint describes and loads its state.
@@ -173,7 +175,8 @@ pub fn load(path: &Path) -> Result<(Sequential<f32>, CheckpointInfo)> {
     let bytes = read(path)?;
     let (st, metadata) = parse(path, &bytes)?;
     let info = info_from(path, metadata)?;
-    let mut net = models::build_config(&info.network, &mut rng::seeded(0))?;
+    let mut net = models::build_config(&info.network, &mut rng::seeded(0))
+        .map_err(|e| Error::checkpoint(path, format!("the network description in the metadata is invalid: {e}")))?;
     load_state(&mut net, path, &st, None)?;
     Ok((net, info))
 }
@@ -195,7 +198,8 @@ pub fn load_with_extras(
             if view.dtype() != Dtype::F32 {
                 return Err(Error::checkpoint(path, format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
             }
-            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+            let values =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
             extras.push((name.clone(), view.shape().to_vec(), values));
         }
     }
@@ -225,10 +229,7 @@ fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>, igno
             }
         };
         let mismatch = |what: String| {
-            Error::checkpoint(
-                path,
-                format!("tensor '{name}': {what}; the checkpoint is from a different model"),
-            )
+            Error::checkpoint(path, format!("tensor '{name}': {what}; the checkpoint is from a different model"))
         };
         match s {
             StateMut::Param { value, .. } | StateMut::Buffer(value) => {
@@ -236,20 +237,13 @@ fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>, igno
                     return Err(mismatch(format!("dtype {:?}, expected F32", view.dtype())));
                 }
                 if view.shape() != value.shape() {
-                    return Err(mismatch(format!(
-                        "shape {:?}, expected {:?}",
-                        view.shape(),
-                        value.shape()
-                    )));
+                    return Err(mismatch(format!("shape {:?}, expected {:?}", view.shape(), value.shape())));
                 }
                 for (d, b) in value.data_mut().iter_mut().zip(view.data().chunks_exact(4)) {
                     *d = f32::from_le_bytes(b.try_into().expect("4 bytes"));
                 }
                 if !value.all_finite() {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!("tensor '{name}' holds NaN or infinite values"),
-                    ));
+                    return Err(Error::checkpoint(path, format!("tensor '{name}' holds NaN or infinite values")));
                 }
             }
             StateMut::Count(c) => {
