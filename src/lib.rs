@@ -27,6 +27,7 @@
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod experiments;
 pub mod fsutil;
 pub mod kernels;
 pub mod layers;

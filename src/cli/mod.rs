@@ -4,6 +4,7 @@
 
 mod bench;
 mod eval;
+mod experiment;
 mod inspect;
 mod predict;
 mod recompute;
@@ -36,6 +37,7 @@ enum Command {
     Predict(predict::PredictArgs),
     Inspect(inspect::InspectArgs),
     RecomputeStats(recompute::RecomputeArgs),
+    Experiment(experiment::ExperimentArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -81,6 +83,7 @@ pub fn main() -> i32 {
         Command::Predict(a) => predict::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::RecomputeStats(a) => recompute::run(a),
+        Command::Experiment(a) => experiment::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {

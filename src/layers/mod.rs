@@ -22,6 +22,7 @@ pub mod batch_norm;
 pub mod conv2d;
 pub mod dropout;
 pub mod flatten;
+pub mod group_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod pool;
@@ -31,6 +32,7 @@ pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, BnParts, BnSigmoidPool,
 pub use conv2d::Conv2d;
 pub use dropout::Dropout;
 pub use flatten::Flatten;
+pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use pool::{AvgPool2d, MaxPool2d};

@@ -28,6 +28,8 @@ pub enum Norm {
     },
     /// LayerNorm over each example's values (C·H·W after a convolution).
     Layer,
+    /// GroupNorm with this many groups (must divide every normalized width: 6, 16, 120, 84).
+    Group { groups: usize },
 }
 
 /// Normalization before the activation (the original paper, the chapter)
@@ -140,6 +142,7 @@ impl LeNetConfig {
         match self.norm {
             Norm::Batch { imp, config } => Box::new(BatchNorm::with_impl(config, imp)),
             Norm::Layer => Box::new(LayerNorm::per_example()),
+            Norm::Group { groups } => Box::new(crate::layers::GroupNorm::new(groups)),
             Norm::None => unreachable!("only called when a norm is configured"),
         }
     }
