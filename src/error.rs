@@ -38,34 +38,19 @@ pub enum Error {
 
 impl Error {
     pub fn shape(layer: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Shape {
-            layer: layer.into(),
-            message: message.into(),
-        }
+        Error::Shape { layer: layer.into(), message: message.into() }
     }
     pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Config {
-            field: field.into(),
-            message: message.into(),
-        }
+        Error::Config { field: field.into(), message: message.into() }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
     pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Data {
-            path: path.into(),
-            message: message.into(),
-        }
+        Error::Data { path: path.into(), message: message.into() }
     }
     pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Checkpoint {
-            path: path.into(),
-            message: message.into(),
-        }
+        Error::Checkpoint { path: path.into(), message: message.into() }
     }
     /// True for errors the user caused and can fix (exit code 2 in the CLI).
     pub fn is_user_error(&self) -> bool {

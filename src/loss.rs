@@ -16,9 +16,7 @@ pub struct CrossEntropy<T: Real = f32> {
 
 impl<T: Real> CrossEntropy<T> {
     pub fn new() -> Self {
-        CrossEntropy {
-            grad: Tensor::default(),
-        }
+        CrossEntropy { grad: Tensor::default() }
     }
 
     /// Returns the mean loss and keeps `dloss/dlogits` for [`Self::grad`].
@@ -27,30 +25,18 @@ impl<T: Real> CrossEntropy<T> {
         if logits.rank() != 2 || logits.dim(0) != labels.len() {
             return Err(Error::shape(
                 "CrossEntropy",
-                format!(
-                    "expected logits (N, classes) for {} labels, got {:?}",
-                    labels.len(),
-                    logits.shape()
-                ),
+                format!("expected logits (N, classes) for {} labels, got {:?}", labels.len(), logits.shape()),
             ));
         }
         let (n, k) = (logits.dim(0), logits.dim(1));
         if let Some(&bad) = labels.iter().find(|&&l| l >= k) {
-            return Err(Error::shape(
-                "CrossEntropy",
-                format!("label {bad} is out of range for {k} classes"),
-            ));
+            return Err(Error::shape("CrossEntropy", format!("label {bad} is out of range for {k} classes")));
         }
         self.grad.resize(logits.shape());
         let inv_n = 1.0 / n as f64;
         let mut total = 0.0;
         let mut correct = 0;
-        for ((z, g), &y) in logits
-            .data()
-            .chunks_exact(k)
-            .zip(self.grad.data_mut().chunks_exact_mut(k))
-            .zip(labels)
-        {
+        for ((z, g), &y) in logits.data().chunks_exact(k).zip(self.grad.data_mut().chunks_exact_mut(k)).zip(labels) {
             let max = z.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.as_f64()));
             let sum_exp: f64 = z.iter().map(|v| (v.as_f64() - max).exp()).sum();
             let log_z = max + sum_exp.ln();

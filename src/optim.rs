@@ -27,13 +27,7 @@ pub struct SgdConfig {
 
 impl SgdConfig {
     pub fn new(lr: f64) -> Self {
-        SgdConfig {
-            lr,
-            momentum: 0.0,
-            dampening: 0.0,
-            weight_decay: 0.0,
-            nesterov: false,
-        }
+        SgdConfig { lr, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false }
     }
     pub fn validate(&self) -> Result<()> {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -43,22 +37,13 @@ impl SgdConfig {
             ));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return Err(Error::config(
-                "momentum",
-                format!("{} must be in [0, 1)", self.momentum),
-            ));
+            return Err(Error::config("momentum", format!("{} must be in [0, 1)", self.momentum)));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return Err(Error::config(
-                "weight decay",
-                format!("{} must be >= 0", self.weight_decay),
-            ));
+            return Err(Error::config("weight decay", format!("{} must be >= 0", self.weight_decay)));
         }
         if self.nesterov && (self.momentum == 0.0 || self.dampening != 0.0) {
-            return Err(Error::config(
-                "nesterov",
-                "needs momentum > 0 and zero dampening",
-            ));
+            return Err(Error::config("nesterov", "needs momentum > 0 and zero dampening"));
         }
         Ok(())
     }
@@ -73,20 +58,13 @@ pub struct Sgd<T: Real = f32> {
 impl<T: Real> Sgd<T> {
     pub fn new(config: SgdConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Sgd {
-            config,
-            momentum_buffers: Vec::new(),
-        })
+        Ok(Sgd { config, momentum_buffers: Vec::new() })
     }
 
     pub fn step(&mut self, model: &mut Sequential<T>) {
         let c = self.config;
-        let (lr, wd, mom, damp) = (
-            T::from_f64(c.lr),
-            T::from_f64(c.weight_decay),
-            T::from_f64(c.momentum),
-            T::from_f64(1.0 - c.dampening),
-        );
+        let (lr, wd, mom, damp) =
+            (T::from_f64(c.lr), T::from_f64(c.weight_decay), T::from_f64(c.momentum), T::from_f64(1.0 - c.dampening));
         let first = self.momentum_buffers.is_empty();
         let mut index = 0;
         for (_, entry) in model.state_mut() {
@@ -96,11 +74,7 @@ impl<T: Real> Sgd<T> {
             if c.momentum != 0.0 && first {
                 self.momentum_buffers.push(vec![T::zero(); value.numel()]);
             }
-            let buf = if c.momentum != 0.0 {
-                Some(&mut self.momentum_buffers[index])
-            } else {
-                None
-            };
+            let buf = if c.momentum != 0.0 { Some(&mut self.momentum_buffers[index]) } else { None };
             let (p, g) = (value.data_mut(), grad.data());
             match buf {
                 None => {

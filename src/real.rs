@@ -7,17 +7,7 @@ use std::iter::Sum;
 use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
 pub trait Real:
-    num_traits::Float
-    + Default
-    + Debug
-    + Send
-    + Sync
-    + AddAssign
-    + SubAssign
-    + MulAssign
-    + DivAssign
-    + Sum
-    + 'static
+    num_traits::Float + Default + Debug + Send + Sync + AddAssign + SubAssign + MulAssign + DivAssign + Sum + 'static
 {
     /// safetensors / PyTorch dtype name.
     const DTYPE_NAME: &'static str;

@@ -14,41 +14,26 @@ pub struct Tensor<T = f32> {
 
 impl<T: Real> Default for Tensor<T> {
     fn default() -> Self {
-        Tensor {
-            shape: vec![0],
-            data: Vec::new(),
-        }
+        Tensor { shape: vec![0], data: Vec::new() }
     }
 }
 
 impl<T: Real> Tensor<T> {
     pub fn zeros(shape: &[usize]) -> Self {
-        Tensor {
-            shape: shape.to_vec(),
-            data: vec![T::zero(); shape.iter().product()],
-        }
+        Tensor { shape: shape.to_vec(), data: vec![T::zero(); shape.iter().product()] }
     }
 
     pub fn full(shape: &[usize], value: T) -> Self {
-        Tensor {
-            shape: shape.to_vec(),
-            data: vec![value; shape.iter().product()],
-        }
+        Tensor { shape: shape.to_vec(), data: vec![value; shape.iter().product()] }
     }
 
     /// Wraps `data`; fails if its length is not the product of `shape`.
     pub fn from_vec(shape: &[usize], data: Vec<T>) -> Result<Self> {
         let numel: usize = shape.iter().product();
         if numel != data.len() {
-            return Err(Error::shape(
-                "Tensor",
-                format!("shape {shape:?} needs {numel} values, got {}", data.len()),
-            ));
+            return Err(Error::shape("Tensor", format!("shape {shape:?} needs {numel} values, got {}", data.len())));
         }
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            data,
-        })
+        Ok(Tensor { shape: shape.to_vec(), data })
     }
 
     /// Converts from f64 values (tests and fixtures).
@@ -93,10 +78,7 @@ impl<T: Real> Tensor<T> {
     pub fn reshape(&mut self, shape: &[usize]) -> Result<()> {
         let numel: usize = shape.iter().product();
         if numel != self.data.len() {
-            return Err(Error::shape(
-                "Tensor",
-                format!("cannot reshape {:?} into {shape:?}", self.shape),
-            ));
+            return Err(Error::shape("Tensor", format!("cannot reshape {:?} into {shape:?}", self.shape)));
         }
         self.shape = shape.to_vec();
         Ok(())
@@ -116,10 +98,7 @@ impl<T: Real> Tensor<T> {
     }
 
     pub fn cast<U: Real>(&self) -> Tensor<U> {
-        Tensor {
-            shape: self.shape.clone(),
-            data: self.data.iter().map(|v| U::from_f64(v.as_f64())).collect(),
-        }
+        Tensor { shape: self.shape.clone(), data: self.data.iter().map(|v| U::from_f64(v.as_f64())).collect() }
     }
 
     pub fn all_finite(&self) -> bool {

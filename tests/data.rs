@@ -90,17 +90,12 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    GzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .expect("test data is valid gzip");
+    GzDecoder::new(bytes).read_to_end(&mut out).expect("test data is valid gzip");
     out
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A small valid images file (raw IDX): `n` images of `rows` x `cols`.
@@ -114,10 +109,7 @@ fn assert_err_contains<T: std::fmt::Debug>(result: normlab::Result<T>, needles: 
     let err = result.expect_err("expected an error");
     let msg = err.to_string();
     for needle in needles {
-        assert!(
-            msg.contains(needle),
-            "error message lacks {needle:?}:\n{msg}"
-        );
+        assert!(msg.contains(needle), "error message lacks {needle:?}:\n{msg}");
     }
     msg
 }
@@ -135,12 +127,7 @@ fn write_tiny_set(dir: &Path, n_train: usize, n_test: usize) {
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read_dir")
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     names
@@ -158,10 +145,7 @@ fn subset_loads_with_right_counts_and_labels() {
     for (name, split) in [("train", &data.train), ("test", &data.test)] {
         assert_eq!((split.rows, split.cols), (28, 28), "{name}");
         assert_eq!(split.images.len(), split.len() * 784, "{name}");
-        assert!(
-            split.labels.iter().all(|&l| l < 10),
-            "{name}: label out of range"
-        );
+        assert!(split.labels.iter().all(|&l| l < 10), "{name}: label out of range");
         // The first examples of Fashion-MNIST contain every class.
         let mut seen = [false; 10];
         for &l in &split.labels {
@@ -169,8 +153,7 @@ fn subset_loads_with_right_counts_and_labels() {
         }
         assert!(seen.iter().all(|&s| s), "{name}: some class never appears");
         // Real images, not zeros: the average pixel is far from 0 and 255.
-        let mean =
-            split.images.iter().map(|&p| f64::from(p)).sum::<f64>() / split.images.len() as f64;
+        let mean = split.images.iter().map(|&p| f64::from(p)).sum::<f64>() / split.images.len() as f64;
         assert!((20.0..120.0).contains(&mean), "{name}: mean pixel {mean}");
     }
     // Known facts about the real data: the first training image is an
@@ -183,12 +166,8 @@ fn subset_loads_with_right_counts_and_labels() {
 
 #[test]
 fn split_image_and_truncate() {
-    let mut split = Split {
-        images: (0..6 * 4).map(|i| i as u8).collect(),
-        labels: vec![0, 1, 2, 3, 4, 5],
-        rows: 2,
-        cols: 2,
-    };
+    let mut split =
+        Split { images: (0..6 * 4).map(|i| i as u8).collect(), labels: vec![0, 1, 2, 3, 4, 5], rows: 2, cols: 2 };
     assert_eq!(split.len(), 6);
     assert!(!split.is_empty());
     assert_eq!(split.image(1), &[4, 5, 6, 7]);
@@ -209,26 +188,10 @@ fn split_image_and_truncate() {
 
 const FULL_DIR: &str = "/usr/share/datasets/fashion-mnist";
 const SPEC_HASHES: [(&str, &str, u64); 4] = [
-    (
-        "train-images-idx3-ubyte.gz",
-        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        47_040_016,
-    ),
-    (
-        "train-labels-idx1-ubyte.gz",
-        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        60_008,
-    ),
-    (
-        "t10k-images-idx3-ubyte.gz",
-        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        7_840_016,
-    ),
-    (
-        "t10k-labels-idx1-ubyte.gz",
-        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        10_008,
-    ),
+    ("train-images-idx3-ubyte.gz", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 47_040_016),
+    ("train-labels-idx1-ubyte.gz", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60_008),
+    ("t10k-images-idx3-ubyte.gz", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 7_840_016),
+    ("t10k-labels-idx1-ubyte.gz", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10_008),
 ];
 
 /// True when the full data is there; panics when CI requires it and it is not.
@@ -252,24 +215,14 @@ fn full_data_loads_and_matches_spec_hashes() {
         return;
     }
     // The library's table must be SPEC.md's, value for value.
-    let table: Vec<(&str, &str, u64)> = download::FASHION_MNIST_FILES
-        .iter()
-        .map(|f| (f.name, f.sha256, f.len))
-        .collect();
+    let table: Vec<(&str, &str, u64)> =
+        download::FASHION_MNIST_FILES.iter().map(|f| (f.name, f.sha256, f.len)).collect();
     assert_eq!(table, SPEC_HASHES.to_vec());
     for (name, sha, len) in SPEC_HASHES {
         let path = Path::new(FULL_DIR).join(name);
         let (hash, got_len) = download::content_sha256(&path, len).expect("hash the full file");
         assert_eq!((hash.as_str(), got_len), (sha, len), "{name}");
-        download::verify_file(
-            &path,
-            &ExpectedFile {
-                name,
-                sha256: sha,
-                len,
-            },
-        )
-        .expect("verify_file");
+        download::verify_file(&path, &ExpectedFile { name, sha256: sha, len }).expect("verify_file");
     }
     let data = data::load_dir(Path::new(FULL_DIR)).expect("the full data set loads");
     assert_eq!(data.train.len(), 60_000);
@@ -296,24 +249,14 @@ fn subset_is_the_prefix_of_the_full_data() {
     let dir = subset_dir();
     if std::env::var("NORMLAB_WRITE_SUBSET").as_deref() == Ok("1") {
         std::fs::create_dir_all(&dir).expect("create the subset directory");
-        for (split, images, labels) in [
-            (&full.train, NAMES[0], NAMES[1]),
-            (&full.test, NAMES[2], NAMES[3]),
-        ] {
-            idx::write_images(&dir.join(images), &split.images, split.len(), 28, 28)
-                .expect("write");
+        for (split, images, labels) in [(&full.train, NAMES[0], NAMES[1]), (&full.test, NAMES[2], NAMES[3])] {
+            idx::write_images(&dir.join(images), &split.images, split.len(), 28, 28).expect("write");
             idx::write_labels(&dir.join(labels), &split.labels).expect("write");
         }
     }
     let subset = data::load_dir(&dir).expect("the committed subset loads");
-    assert!(
-        subset.train == full.train,
-        "the training subset is not the first 2,000 examples"
-    );
-    assert!(
-        subset.test == full.test,
-        "the test subset is not the first 1,000 examples"
-    );
+    assert!(subset.train == full.train, "the training subset is not the first 2,000 examples");
+    assert!(subset.test == full.test, "the test subset is not the first 1,000 examples");
 }
 
 // ---------------------------------------------------------------------------
@@ -327,8 +270,7 @@ fn idx_round_trip_raw_and_gzip() {
     assert_eq!(from_raw, from_gz);
     assert_eq!((from_raw.n, from_raw.rows, from_raw.cols), (3, 5, 7));
     assert_eq!(from_raw.bytes, raw[16..]);
-    let labels =
-        idx::parse_labels(&gzip(&idx::encode_labels(&[1, 2, 3])), Path::new("y")).expect("labels");
+    let labels = idx::parse_labels(&gzip(&idx::encode_labels(&[1, 2, 3])), Path::new("y")).expect("labels");
     assert_eq!(labels, vec![1, 2, 3]);
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -338,11 +280,7 @@ fn idx_round_trip_raw_and_gzip() {
     let p = dir.path().join("l.gz");
     idx::write_labels(&p, &[9, 0]).expect("write labels");
     assert_eq!(idx::read_labels(&p).expect("read"), vec![9, 0]);
-    assert_eq!(
-        std::fs::read(&p).expect("read")[..2],
-        [0x1f, 0x8b],
-        "written gzip-compressed"
-    );
+    assert_eq!(std::fs::read(&p).expect("read")[..2], [0x1f, 0x8b], "written gzip-compressed");
 }
 
 #[test]
@@ -350,22 +288,13 @@ fn idx_wrong_magic() {
     let p = Path::new("dir/bad-magic-images");
     let mut bytes = images_idx(2, 28, 28);
     bytes[..4].copy_from_slice(b"PK\x03\x04");
-    assert_err_contains(
-        idx::parse_images(&bytes, p),
-        &["bad-magic-images", "magic", "not an IDX file"],
-    );
+    assert_err_contains(idx::parse_images(&bytes, p), &["bad-magic-images", "magic", "not an IDX file"]);
     // A labels file given where images are expected.
     let labels = idx::encode_labels(&[1, 2]);
-    assert_err_contains(
-        idx::parse_images(&labels, p),
-        &["bad-magic-images", "magic", "0x00000801", "labels"],
-    );
+    assert_err_contains(idx::parse_images(&labels, p), &["bad-magic-images", "magic", "0x00000801", "labels"]);
     // And the other way round, compressed.
     let q = Path::new("swapped-labels.gz");
-    assert_err_contains(
-        idx::parse_labels(&gzip(&bytes_ok()), q),
-        &["swapped-labels.gz", "magic", "0x00000803"],
-    );
+    assert_err_contains(idx::parse_labels(&gzip(&bytes_ok()), q), &["swapped-labels.gz", "magic", "0x00000803"]);
 }
 
 fn bytes_ok() -> Vec<u8> {
@@ -383,10 +312,7 @@ fn idx_wrong_element_type() {
     assert!(msg.contains("f32"), "{msg}");
     let mut labels = idx::encode_labels(&[1]);
     labels[2] = 0x0C;
-    assert_err_contains(
-        idx::parse_labels(&labels, Path::new("i32-labels")),
-        &["i32-labels", "element type"],
-    );
+    assert_err_contains(idx::parse_labels(&labels, Path::new("i32-labels")), &["i32-labels", "element type"]);
 }
 
 #[test]
@@ -395,27 +321,16 @@ fn idx_truncated_data_header_and_trailing_bytes() {
     let cut = &bytes[..bytes.len() - 10];
     assert_err_contains(
         idx::parse_images(cut, Path::new("short-images")),
-        &[
-            "short-images",
-            "truncated data",
-            "2 images of 28x28",
-            "1558 bytes",
-        ],
+        &["short-images", "truncated data", "2 images of 28x28", "1558 bytes"],
     );
     assert_err_contains(
         idx::parse_images(&bytes[..10], Path::new("tiny")),
         &["tiny", "truncated header", "after 10 bytes"],
     );
-    assert_err_contains(
-        idx::parse_images(&[], Path::new("empty")),
-        &["empty", "truncated header", "after 0 bytes"],
-    );
+    assert_err_contains(idx::parse_images(&[], Path::new("empty")), &["empty", "truncated header", "after 0 bytes"]);
     let mut long = bytes.clone();
     long.extend_from_slice(b"garbage");
-    assert_err_contains(
-        idx::parse_images(&long, Path::new("long-images")),
-        &["long-images", "trailing data"],
-    );
+    assert_err_contains(idx::parse_images(&long, Path::new("long-images")), &["long-images", "trailing data"]);
     let mut labels = idx::encode_labels(&[1, 2, 3]);
     labels.pop();
     assert_err_contains(
@@ -423,14 +338,8 @@ fn idx_truncated_data_header_and_trailing_bytes() {
         &["short-labels", "truncated data", "3 labels"],
     );
     // The same checks apply to the decompressed content of a gzip file.
-    assert_err_contains(
-        idx::parse_images(&gzip(cut), Path::new("short.gz")),
-        &["short.gz", "truncated data"],
-    );
-    assert_err_contains(
-        idx::parse_images(&gzip(&long), Path::new("long.gz")),
-        &["long.gz", "trailing data"],
-    );
+    assert_err_contains(idx::parse_images(&gzip(cut), Path::new("short.gz")), &["short.gz", "truncated data"]);
+    assert_err_contains(idx::parse_images(&gzip(&long), Path::new("long.gz")), &["long.gz", "trailing data"]);
 }
 
 #[test]
@@ -438,10 +347,7 @@ fn idx_truncated_gzip() {
     let gz = gzip(&bytes_ok());
     for keep in [gz.len() - 4, gz.len() / 2, 12] {
         let path = format!("cut-{keep}.gz");
-        let msg = assert_err_contains(
-            idx::parse_images(&gz[..keep], Path::new(&path)),
-            &[&path, "truncated"],
-        );
+        let msg = assert_err_contains(idx::parse_images(&gz[..keep], Path::new(&path)), &[&path, "truncated"]);
         assert!(msg.contains("re-download"), "{msg}");
     }
     // And from a file on disk.
@@ -458,26 +364,17 @@ fn idx_corrupt_gzip() {
     let mut bad_crc = gz.clone();
     let n = bad_crc.len();
     bad_crc[n - 8] ^= 0xFF;
-    assert_err_contains(
-        idx::parse_images(&bad_crc, Path::new("bad-crc.gz")),
-        &["bad-crc.gz", "corrupt gzip"],
-    );
+    assert_err_contains(idx::parse_images(&bad_crc, Path::new("bad-crc.gz")), &["bad-crc.gz", "corrupt gzip"]);
     // Garbage in the middle of the deflate stream.
     let mut garbled = gz.clone();
     for b in &mut garbled[12..40] {
         *b = 0xFF;
     }
-    assert_err_contains(
-        idx::parse_images(&garbled, Path::new("garbled.gz")),
-        &["garbled.gz", "gzip"],
-    );
+    assert_err_contains(idx::parse_images(&garbled, Path::new("garbled.gz")), &["garbled.gz", "gzip"]);
     // A gzip header announcing an unknown compression method.
     let mut bad_method = gz;
     bad_method[2] = 7;
-    assert_err_contains(
-        idx::parse_images(&bad_method, Path::new("method.gz")),
-        &["method.gz", "gzip"],
-    );
+    assert_err_contains(idx::parse_images(&bad_method, Path::new("method.gz")), &["method.gz", "gzip"]);
 }
 
 #[test]
@@ -489,28 +386,18 @@ fn idx_huge_header_is_rejected_without_allocating() {
     header.extend_from_slice(&28u32.to_be_bytes());
     header.extend_from_slice(&[0u8; 64]); // a little data, far from what is claimed
     let start = Instant::now();
-    let (result, largest) =
-        largest_allocation(|| idx::parse_images(&header, Path::new("huge-images")));
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        start.elapsed()
-    );
+    let (result, largest) = largest_allocation(|| idx::parse_images(&header, Path::new("huge-images")));
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
     assert_err_contains(result, &["huge-images", "1 GiB", "4000000000 x 28 x 28"]);
-    assert!(
-        largest < 1 << 20,
-        "allocated {largest} bytes in one go for a hostile header"
-    );
+    assert!(largest < 1 << 20, "allocated {largest} bytes in one go for a hostile header");
 
     // Same through gzip and for labels (u32::MAX labels = 4 GiB).
-    let (result, largest) =
-        largest_allocation(|| idx::parse_images(&gzip(&header), Path::new("huge.gz")));
+    let (result, largest) = largest_allocation(|| idx::parse_images(&gzip(&header), Path::new("huge.gz")));
     assert_err_contains(result, &["huge.gz", "1 GiB"]);
     assert!(largest < 1 << 20, "allocated {largest} bytes");
     let mut labels = idx::LABELS_MAGIC.to_be_bytes().to_vec();
     labels.extend_from_slice(&u32::MAX.to_be_bytes());
-    let (result, largest) =
-        largest_allocation(|| idx::parse_labels(&labels, Path::new("huge-labels")));
+    let (result, largest) = largest_allocation(|| idx::parse_labels(&labels, Path::new("huge-labels")));
     assert_err_contains(result, &["huge-labels", "1 GiB"]);
     assert!(largest < 1 << 20, "allocated {largest} bytes");
 
@@ -523,10 +410,7 @@ fn idx_huge_header_is_rejected_without_allocating() {
     big.extend_from_slice(&[0u8; 1000]);
     let (result, largest) = largest_allocation(|| idx::parse_images(&big, Path::new("big-claim")));
     assert_err_contains(result, &["big-claim", "truncated data", "only 1000 bytes"]);
-    assert!(
-        largest < 1 << 20,
-        "allocated {largest} bytes from the header's claim"
-    );
+    assert!(largest < 1 << 20, "allocated {largest} bytes from the header's claim");
 }
 
 // ---------------------------------------------------------------------------
@@ -554,12 +438,7 @@ fn load_dir_missing_file() {
     let dir_name = dir.path().display().to_string();
     assert_err_contains(
         data::load_dir(dir.path()),
-        &[
-            &dir_name,
-            "missing",
-            "train-labels-idx1-ubyte.gz",
-            "--data-dir",
-        ],
+        &[&dir_name, "missing", "train-labels-idx1-ubyte.gz", "--data-dir"],
     );
 }
 
@@ -568,10 +447,7 @@ fn load_dir_count_mismatch_names_both_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_tiny_set(dir.path(), 5, 3);
     idx::write_labels(&dir.path().join(NAMES[1]), &[1, 2, 3, 4]).expect("write");
-    assert_err_contains(
-        data::load_dir(dir.path()),
-        &[NAMES[0], NAMES[1], "5 images", "4 labels"],
-    );
+    assert_err_contains(data::load_dir(dir.path()), &[NAMES[0], NAMES[1], "5 images", "4 labels"]);
 }
 
 #[test]
@@ -579,24 +455,14 @@ fn load_dir_label_out_of_range_names_the_index() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_tiny_set(dir.path(), 5, 6);
     idx::write_labels(&dir.path().join(NAMES[3]), &[0, 1, 2, 10, 4, 200]).expect("write");
-    assert_err_contains(
-        data::load_dir(dir.path()),
-        &[NAMES[3], "label 10 at index 3", "0 to 9"],
-    );
+    assert_err_contains(data::load_dir(dir.path()), &[NAMES[3], "label 10 at index 3", "0 to 9"]);
 }
 
 #[test]
 fn load_dir_rejects_images_that_are_not_28x28() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_tiny_set(dir.path(), 4, 4);
-    idx::write_images(
-        &dir.path().join(NAMES[2]),
-        &vec![0u8; 4 * 14 * 56],
-        4,
-        14,
-        56,
-    )
-    .expect("write");
+    idx::write_images(&dir.path().join(NAMES[2]), &vec![0u8; 4 * 14 * 56], 4, 14, 56).expect("write");
     assert_err_contains(data::load_dir(dir.path()), &[NAMES[2], "14x56", "28x28"]);
 }
 
@@ -607,10 +473,7 @@ fn load_dir_reports_a_damaged_file_by_name() {
     let p = dir.path().join(NAMES[0]);
     let gz = std::fs::read(&p).expect("read");
     std::fs::write(&p, &gz[..gz.len() / 2]).expect("write");
-    assert_err_contains(
-        data::load_dir(dir.path()),
-        &[NAMES[0], "truncated", "re-download"],
-    );
+    assert_err_contains(data::load_dir(dir.path()), &[NAMES[0], "truncated", "re-download"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -660,11 +523,7 @@ fn answer(mut stream: TcpStream, routes: &HashMap<String, Reply>) -> std::io::Re
             break;
         }
     }
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .trim_start_matches('/');
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
     let reply = routes.get(path).cloned().unwrap_or(Reply::NotFound);
     let head = |len: usize| {
         format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
@@ -703,21 +562,11 @@ fn subset_files() -> (HashMap<String, Vec<u8>>, HashTable) {
 }
 
 fn expected_of(table: &[(String, String, u64)]) -> Vec<ExpectedFile<'_>> {
-    table
-        .iter()
-        .map(|(n, h, l)| ExpectedFile {
-            name: n,
-            sha256: h,
-            len: *l,
-        })
-        .collect()
+    table.iter().map(|(n, h, l)| ExpectedFile { name: n, sha256: h, len: *l }).collect()
 }
 
 fn routes_of(files: &HashMap<String, Vec<u8>>) -> HashMap<String, Reply> {
-    files
-        .iter()
-        .map(|(k, v)| (k.clone(), Reply::Body(v.clone())))
-        .collect()
+    files.iter().map(|(k, v)| (k.clone(), Reply::Body(v.clone()))).collect()
 }
 
 #[test]
@@ -726,21 +575,12 @@ fn download_good_files_are_verified_and_put_in_place() {
     let server = serve(routes_of(&files));
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("new/sub/dir"); // created on demand
-    download::download_all_with(&server.base_url, &dest, false, &expected_of(&table))
-        .expect("download");
+    download::download_all_with(&server.base_url, &dest, false, &expected_of(&table)).expect("download");
     let mut want: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
     want.sort();
-    assert_eq!(
-        files_in(&dest),
-        want,
-        "exactly the four files, no temporary left"
-    );
+    assert_eq!(files_in(&dest), want, "exactly the four files, no temporary left");
     for name in NAMES {
-        assert_eq!(
-            std::fs::read(dest.join(name)).expect("read"),
-            files[name],
-            "{name}"
-        );
+        assert_eq!(std::fs::read(dest.join(name)).expect("read"), files[name], "{name}");
     }
     let data = data::load_dir(&dest).expect("the downloaded files load");
     assert_eq!((data.train.len(), data.test.len()), (2000, 1000));
@@ -748,13 +588,9 @@ fn download_good_files_are_verified_and_put_in_place() {
 
     // Valid files already there are not fetched again; a damaged one is.
     std::fs::write(dest.join(NAMES[3]), b"junk").expect("write");
-    download::download_all_with(&server.base_url, &dest, false, &expected_of(&table))
-        .expect("again");
+    download::download_all_with(&server.base_url, &dest, false, &expected_of(&table)).expect("again");
     assert_eq!(server.requests.load(Ordering::SeqCst), 5);
-    assert_eq!(
-        std::fs::read(dest.join(NAMES[3])).expect("read"),
-        files[NAMES[3]]
-    );
+    assert_eq!(std::fs::read(dest.join(NAMES[3])).expect("read"), files[NAMES[3]]);
 
     // A base URL without the trailing slash works too.
     let other = dir.path().join("other");
@@ -773,34 +609,16 @@ fn download_corrupted_file_is_rejected_and_nothing_is_left() {
     routes.insert(NAMES[0].to_string(), Reply::Body(gzip(&content)));
     let server = serve(routes);
     let dir = tempfile::tempdir().expect("tempdir");
-    let result =
-        download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
+    let result = download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
     let actual = sha256_hex(&content);
-    assert_err_contains(
-        result,
-        &[
-            NAMES[0],
-            &table[0].1,
-            &actual,
-            "corrupted",
-            &server.base_url,
-        ],
-    );
-    assert!(
-        files_in(dir.path()).is_empty(),
-        "left behind: {:?}",
-        files_in(dir.path())
-    );
+    assert_err_contains(result, &[NAMES[0], &table[0].1, &actual, "corrupted", &server.base_url]);
+    assert!(files_in(dir.path()).is_empty(), "left behind: {:?}", files_in(dir.path()));
 
     // Not gzip at all (an HTML error page served with 200).
     let mut routes = routes_of(&files);
-    routes.insert(
-        NAMES[1].to_string(),
-        Reply::Body(b"<html>oops</html>".to_vec()),
-    );
+    routes.insert(NAMES[1].to_string(), Reply::Body(b"<html>oops</html>".to_vec()));
     let server = serve(routes);
-    let result =
-        download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
+    let result = download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
     assert_err_contains(result, &[NAMES[1], "corrupted"]);
     // The first file was good and stays; the bad one and any temporary are gone.
     assert_eq!(files_in(dir.path()), vec![NAMES[0].to_string()]);
@@ -808,13 +626,9 @@ fn download_corrupted_file_is_rejected_and_nothing_is_left() {
     // Broken gzip.
     let mut routes = routes_of(&files);
     let gz = &files[NAMES[2]];
-    routes.insert(
-        NAMES[2].to_string(),
-        Reply::Body(gz[..gz.len() - 100].to_vec()),
-    );
+    routes.insert(NAMES[2].to_string(), Reply::Body(gz[..gz.len() - 100].to_vec()));
     let server = serve(routes);
-    let result =
-        download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
+    let result = download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
     assert_err_contains(result, &[NAMES[2], "gzip"]);
     let mut want = vec![NAMES[0].to_string(), NAMES[1].to_string()];
     want.sort();
@@ -828,8 +642,7 @@ fn download_connection_cut_leaves_no_partial_file() {
     routes.insert(NAMES[0].to_string(), Reply::Cut(files[NAMES[0]].clone()));
     let server = serve(routes);
     let dir = tempfile::tempdir().expect("tempdir");
-    let result =
-        download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
+    let result = download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
     assert_err_contains(result, &[NAMES[0], &server.base_url, "try again"]);
     let left = files_in(dir.path());
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -839,8 +652,7 @@ fn download_connection_cut_leaves_no_partial_file() {
     let mut routes = routes_of(&files);
     routes.insert(NAMES[2].to_string(), Reply::Cut(files[NAMES[2]].clone()));
     let server = serve(routes);
-    let result =
-        download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
+    let result = download::download_all_with(&server.base_url, dir.path(), false, &expected_of(&table));
     assert_err_contains(result, &[NAMES[2]]);
     let mut want = vec![NAMES[0].to_string(), NAMES[1].to_string()];
     want.sort();
@@ -857,28 +669,10 @@ fn download_http_error_and_https_are_explained() {
 
     let start = Instant::now();
     let result = download::download_all("https://127.0.0.1:9/", dir.path(), false);
-    assert_err_contains(
-        result,
-        &[
-            "https://127.0.0.1:9/",
-            "HTTPS",
-            "TLS",
-            "http://",
-            "--data-dir",
-        ],
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "an https URL must fail before any connection"
-    );
-    assert_err_contains(
-        download::download_all("ftp://x/", dir.path(), false),
-        &["ftp://x/", "http://"],
-    );
-    assert_eq!(
-        download::CANONICAL_BASE_URL,
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-    );
+    assert_err_contains(result, &["https://127.0.0.1:9/", "HTTPS", "TLS", "http://", "--data-dir"]);
+    assert!(start.elapsed() < Duration::from_secs(1), "an https URL must fail before any connection");
+    assert_err_contains(download::download_all("ftp://x/", dir.path(), false), &["ftp://x/", "http://"]);
+    assert_eq!(download::CANONICAL_BASE_URL, "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/");
 }
 
 // ---------------------------------------------------------------------------
@@ -893,20 +687,11 @@ fn dead_mirror() -> String {
 }
 
 fn paths_in(root: &Path, mirror: String) -> SearchPaths {
-    SearchPaths {
-        env_dir: None,
-        system_dir: root.join("system"),
-        cache_dir: Some(root.join("cache")),
-        mirror,
-    }
+    SearchPaths { env_dir: None, system_dir: root.join("system"), cache_dir: Some(root.join("cache")), mirror }
 }
 
 fn no_download() -> DataSource {
-    DataSource {
-        data_dir: None,
-        allow_download: false,
-        progress: false,
-    }
+    DataSource { data_dir: None, allow_download: false, progress: false }
 }
 
 #[test]
@@ -917,49 +702,19 @@ fn locate_search_order() {
         std::fs::create_dir_all(root.path().join(d)).expect("mkdir");
         write_tiny_set(&root.path().join(d), 2, 2);
     }
-    let with_dir = DataSource {
-        data_dir: Some(root.path().join("given")),
-        ..no_download()
-    };
-    let with_env = SearchPaths {
-        env_dir: Some(root.path().join("env")),
-        ..paths.clone()
-    };
-    assert_eq!(
-        data::locate_in(&with_dir, &with_env).expect("data_dir"),
-        root.path().join("given")
-    );
-    assert_eq!(
-        data::locate_in(&no_download(), &with_env).expect("env"),
-        root.path().join("env")
-    );
-    assert_eq!(
-        data::locate_in(&no_download(), &paths).expect("system"),
-        root.path().join("system")
-    );
+    let with_dir = DataSource { data_dir: Some(root.path().join("given")), ..no_download() };
+    let with_env = SearchPaths { env_dir: Some(root.path().join("env")), ..paths.clone() };
+    assert_eq!(data::locate_in(&with_dir, &with_env).expect("data_dir"), root.path().join("given"));
+    assert_eq!(data::locate_in(&no_download(), &with_env).expect("env"), root.path().join("env"));
+    assert_eq!(data::locate_in(&no_download(), &paths).expect("system"), root.path().join("system"));
     std::fs::remove_file(root.path().join("system").join(NAMES[2])).expect("rm");
-    assert_eq!(
-        data::locate_in(&no_download(), &paths).expect("cache"),
-        root.path().join("cache")
-    );
+    assert_eq!(data::locate_in(&no_download(), &paths).expect("cache"), root.path().join("cache"));
 
     // A directory the user named must hold the files: no silent fallback.
-    let wrong = DataSource {
-        data_dir: Some(root.path().join("nowhere")),
-        ..no_download()
-    };
-    assert_err_contains(
-        data::locate_in(&wrong, &paths),
-        &["nowhere", "--data-dir", "train-images-idx3-ubyte.gz"],
-    );
-    let wrong_env = SearchPaths {
-        env_dir: Some(root.path().join("system")),
-        ..paths.clone()
-    };
-    assert_err_contains(
-        data::locate_in(&no_download(), &wrong_env),
-        &["NORMLAB_DATA", "t10k-images-idx3-ubyte.gz"],
-    );
+    let wrong = DataSource { data_dir: Some(root.path().join("nowhere")), ..no_download() };
+    assert_err_contains(data::locate_in(&wrong, &paths), &["nowhere", "--data-dir", "train-images-idx3-ubyte.gz"]);
+    let wrong_env = SearchPaths { env_dir: Some(root.path().join("system")), ..paths.clone() };
+    assert_err_contains(data::locate_in(&no_download(), &wrong_env), &["NORMLAB_DATA", "t10k-images-idx3-ubyte.gz"]);
 }
 
 #[test]
@@ -968,46 +723,22 @@ fn locate_without_data_gives_one_clear_error() {
     let mirror = dead_mirror();
     let paths = paths_in(root.path(), mirror.clone());
     let cache = root.path().join("cache").display().to_string();
-    let three_ways = [
-        "--data-dir",
-        "NORMLAB_DATA",
-        "apt-get install dataset-fashion-mnist",
-        &mirror,
-        &cache,
-    ];
+    let three_ways = ["--data-dir", "NORMLAB_DATA", "apt-get install dataset-fashion-mnist", &mirror, &cache];
 
     let msg = assert_err_contains(data::locate_in(&no_download(), &paths), &three_ways);
     assert!(msg.contains("turned off"), "{msg}");
 
-    let allow = DataSource {
-        allow_download: true,
-        ..no_download()
-    };
+    let allow = DataSource { allow_download: true, ..no_download() };
     let msg = assert_err_contains(data::locate_in(&allow, &paths), &three_ways);
-    assert!(
-        msg.contains("train-images-idx3-ubyte.gz") && msg.to_lowercase().contains("connect"),
-        "{msg}"
-    );
+    assert!(msg.contains("train-images-idx3-ubyte.gz") && msg.to_lowercase().contains("connect"), "{msg}");
     let left: Vec<String> = files_in(&root.path().join("cache"));
     assert!(left.is_empty(), "left behind: {left:?}");
 
-    let https = SearchPaths {
-        mirror: "https://example.invalid/".to_string(),
-        ..paths.clone()
-    };
-    assert_err_contains(
-        data::locate_in(&allow, &https),
-        &["HTTPS", "TLS", "apt-get install dataset-fashion-mnist"],
-    );
+    let https = SearchPaths { mirror: "https://example.invalid/".to_string(), ..paths.clone() };
+    assert_err_contains(data::locate_in(&allow, &https), &["HTTPS", "TLS", "apt-get install dataset-fashion-mnist"]);
 
-    let no_cache = SearchPaths {
-        cache_dir: None,
-        ..paths
-    };
-    assert_err_contains(
-        data::locate_in(&allow, &no_cache),
-        &["HOME", "--data-dir", "apt-get"],
-    );
+    let no_cache = SearchPaths { cache_dir: None, ..paths };
+    assert_err_contains(data::locate_in(&allow, &no_cache), &["HOME", "--data-dir", "apt-get"]);
 }
 
 #[test]
@@ -1016,19 +747,12 @@ fn locate_downloads_into_the_cache_when_nothing_is_found() {
     let server = serve(routes_of(&files));
     let root = tempfile::tempdir().expect("tempdir");
     let paths = paths_in(root.path(), server.base_url.clone());
-    let allow = DataSource {
-        allow_download: true,
-        ..no_download()
-    };
+    let allow = DataSource { allow_download: true, ..no_download() };
     // The subset does not have SPEC.md's hashes, so load() through the real
     // table must refuse it: this checks that locate verifies what it fetches.
     assert_err_contains(
         data::locate_in(&allow, &paths),
-        &[
-            "train-images-idx3-ubyte.gz",
-            "c59f468a2f672dc8",
-            "corrupted",
-        ],
+        &["train-images-idx3-ubyte.gz", "c59f468a2f672dc8", "corrupted"],
     );
     assert!(files_in(&root.path().join("cache")).is_empty());
 
@@ -1038,12 +762,7 @@ fn locate_downloads_into_the_cache_when_nothing_is_found() {
     }
     let routes: HashMap<String, Reply> = NAMES
         .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                Reply::Body(std::fs::read(Path::new(FULL_DIR).join(n)).expect("read")),
-            )
-        })
+        .map(|n| (n.to_string(), Reply::Body(std::fs::read(Path::new(FULL_DIR).join(n)).expect("read"))))
         .collect();
     let server = serve(routes);
     let paths = paths_in(root.path(), server.base_url.clone());

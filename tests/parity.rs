@@ -23,22 +23,11 @@ fn bn(config: BatchNormConfig, imp: BnImpl, x: &Tensor<f32>) -> BatchNorm<f32> {
     built(BatchNorm::with_impl(config, imp), &x.shape()[1..])
 }
 
-fn check_backward(
-    f: &Fixture,
-    layer: &mut dyn Layer<f32>,
-    x: &Tensor<f32>,
-    params: &[(&str, &str)],
-    tag: &str,
-) {
+fn check_backward(f: &Fixture, layer: &mut dyn Layer<f32>, x: &Tensor<f32>, params: &[(&str, &str)], tag: &str) {
     let dx = layer.backward(x, &f.t("dy"), true).unwrap().clone();
     close_t(&format!("{tag} dx"), &dx, &f.t("dx"), TOL);
     for (param, key) in params {
-        close_t(
-            &format!("{tag} {key}"),
-            &get_grad(layer, param),
-            &f.t(key),
-            TOL,
-        );
+        close_t(&format!("{tag} {key}"), &get_grad(layer, param), &f.t(key), TOL);
     }
 }
 
@@ -66,23 +55,9 @@ fn batch_norm_training_matches_pytorch() {
                 &f.t("running_mean_out"),
                 TOL,
             );
-            close_t(
-                &format!("{tag} running_var"),
-                &get_state(&mut layer, "running_var"),
-                &f.t("running_var_out"),
-                TOL,
-            );
-            assert_eq!(
-                layer.num_batches_tracked(),
-                f.i("num_batches_tracked_out")[0]
-            );
-            check_backward(
-                &f,
-                &mut layer,
-                &x,
-                &[("weight", "dweight"), ("bias", "dbias")],
-                &tag,
-            );
+            close_t(&format!("{tag} running_var"), &get_state(&mut layer, "running_var"), &f.t("running_var_out"), TOL);
+            assert_eq!(layer.num_batches_tracked(), f.i("num_batches_tracked_out")[0]);
+            check_backward(&f, &mut layer, &x, &[("weight", "dweight"), ("bias", "dbias")], &tag);
         }
     }
 }
@@ -105,13 +80,7 @@ fn batch_norm_eval_uses_running_statistics_and_takes_one_example() {
             }
             let y = layer.forward(&x, Mode::Eval).unwrap().clone();
             close_t(&format!("{tag} y"), &y, &f.t("y"), TOL);
-            check_backward(
-                &f,
-                &mut layer,
-                &x,
-                &[("weight", "dweight"), ("bias", "dbias")],
-                &tag,
-            );
+            check_backward(&f, &mut layer, &x, &[("weight", "dweight"), ("bias", "dbias")], &tag);
             // eval updates nothing
             close_t(
                 &format!("{tag} running_mean unchanged"),
@@ -131,11 +100,7 @@ fn batch_norm_momentum_none_is_a_cumulative_average() {
     let f = fixture("bn_momentum_none");
     for imp in [BnImpl::Scratch, BnImpl::Fused] {
         let x1 = f.t("x1");
-        let mut layer = bn(
-            BatchNormConfig::pytorch().momentum(Momentum::CumulativeAverage),
-            imp,
-            &x1,
-        );
+        let mut layer = bn(BatchNormConfig::pytorch().momentum(Momentum::CumulativeAverage), imp, &x1);
         for (p, k) in [
             ("weight", "weight"),
             ("bias", "bias"),
@@ -160,10 +125,7 @@ fn batch_norm_momentum_none_is_a_cumulative_average() {
             &f.t("running_var_out"),
             TOL,
         );
-        assert_eq!(
-            layer.num_batches_tracked(),
-            f.i("num_batches_tracked_out")[0]
-        );
+        assert_eq!(layer.num_batches_tracked(), f.i("num_batches_tracked_out")[0]);
     }
 }
 
@@ -174,10 +136,7 @@ fn batch_norm_without_affine_parameters() {
         let x = f.t("x");
         let mut layer = bn(BatchNormConfig::pytorch().affine(false), imp, &x);
         let names: Vec<&str> = layer.state_mut().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(
-            names,
-            ["running_mean", "running_var", "num_batches_tracked"]
-        );
+        assert_eq!(names, ["running_mean", "running_var", "num_batches_tracked"]);
         set_state(&mut layer, "running_mean", &f.t("running_mean_in"));
         set_state(&mut layer, "running_var", &f.t("running_var_in"));
         let y = layer.forward(&x, Mode::Train).unwrap().clone();
@@ -197,11 +156,7 @@ fn batch_norm_without_running_stats_uses_batch_stats_in_eval() {
     let f = fixture("bn_no_tracking");
     for imp in [BnImpl::Scratch, BnImpl::Fused] {
         let x = f.t("x");
-        let mut layer = bn(
-            BatchNormConfig::pytorch().track_running_stats(false),
-            imp,
-            &x,
-        );
+        let mut layer = bn(BatchNormConfig::pytorch().track_running_stats(false), imp, &x);
         let names: Vec<&str> = layer.state_mut().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["weight", "bias"]);
         set_state(&mut layer, "weight", &f.t("weight"));
@@ -221,12 +176,7 @@ fn batch_norm_without_running_stats_uses_batch_stats_in_eval() {
 #[test]
 fn batch_norm_d2l_variant_matches_the_chapter_scratch_code() {
     let f = fixture("bn_d2l");
-    for (p, imp) in [
-        ("", BnImpl::Scratch),
-        ("", BnImpl::Fused),
-        ("fc_", BnImpl::Scratch),
-        ("fc_", BnImpl::Fused),
-    ] {
+    for (p, imp) in [("", BnImpl::Scratch), ("", BnImpl::Fused), ("fc_", BnImpl::Scratch), ("fc_", BnImpl::Fused)] {
         let tag = format!("d2l {p}{imp:?}");
         let x = f.t(&format!("{p}x"));
         let mut layer = bn(BatchNormConfig::d2l(), imp, &x);
@@ -252,23 +202,10 @@ fn batch_norm_d2l_variant_matches_the_chapter_scratch_code() {
             &f.t(&format!("{p}moving_var_out")),
             TOL,
         );
-        let dx = layer
-            .backward(&x, &f.t(&format!("{p}dy")), true)
-            .unwrap()
-            .clone();
+        let dx = layer.backward(&x, &f.t(&format!("{p}dy")), true).unwrap().clone();
         close_t(&format!("{tag} dx"), &dx, &f.t(&format!("{p}dx")), TOL);
-        close_t(
-            &format!("{tag} dgamma"),
-            &get_grad(&mut layer, "weight"),
-            &f.t(&format!("{p}dgamma")),
-            TOL,
-        );
-        close_t(
-            &format!("{tag} dbeta"),
-            &get_grad(&mut layer, "bias"),
-            &f.t(&format!("{p}dbeta")),
-            TOL,
-        );
+        close_t(&format!("{tag} dgamma"), &get_grad(&mut layer, "weight"), &f.t(&format!("{p}dgamma")), TOL);
+        close_t(&format!("{tag} dbeta"), &get_grad(&mut layer, "bias"), &f.t(&format!("{p}dbeta")), TOL);
     }
 }
 
@@ -278,23 +215,16 @@ fn layer_norm_matches_pytorch() {
         let f = fixture(name);
         let x = f.t("x");
         let shape = f.t::<f32>("weight").shape().to_vec();
-        for mut layer in [
-            built(LayerNorm::new(&shape), &x.shape()[1..]),
-            built(LayerNorm::trailing(dims), &x.shape()[1..]),
-        ] {
+        for mut layer in
+            [built(LayerNorm::new(&shape), &x.shape()[1..]), built(LayerNorm::trailing(dims), &x.shape()[1..])]
+        {
             set_state(&mut layer, "weight", &f.t("weight"));
             set_state(&mut layer, "bias", &f.t("bias"));
             for mode in [Mode::Train, Mode::Eval] {
                 let y = layer.forward(&x, mode).unwrap().clone();
                 close_t(&format!("{name} y {mode:?}"), &y, &f.t("y"), TOL);
             }
-            check_backward(
-                &f,
-                &mut layer,
-                &x,
-                &[("weight", "dweight"), ("bias", "dbias")],
-                name,
-            );
+            check_backward(&f, &mut layer, &x, &[("weight", "dweight"), ("bias", "dbias")], name);
         }
     }
 }
@@ -363,31 +293,11 @@ fn activations_match_pytorch() {
     let f = fixture("sigmoid_relu");
     let x = f.t("x");
     let mut s = built(Sigmoid::new(), &x.shape()[1..]);
-    close_t(
-        "sigmoid y",
-        &s.forward(&x, Mode::Train).unwrap().clone(),
-        &f.t("sigmoid_y"),
-        TOL,
-    );
-    close_t(
-        "sigmoid dx",
-        &s.backward(&x, &f.t("dy"), true).unwrap().clone(),
-        &f.t("sigmoid_dx"),
-        TOL,
-    );
+    close_t("sigmoid y", &s.forward(&x, Mode::Train).unwrap().clone(), &f.t("sigmoid_y"), TOL);
+    close_t("sigmoid dx", &s.backward(&x, &f.t("dy"), true).unwrap().clone(), &f.t("sigmoid_dx"), TOL);
     let mut r = built(ReLU::new(), &x.shape()[1..]);
-    close_t(
-        "relu y",
-        &r.forward(&x, Mode::Train).unwrap().clone(),
-        &f.t("relu_y"),
-        TOL,
-    );
-    close_t(
-        "relu dx",
-        &r.backward(&x, &f.t("dy"), true).unwrap().clone(),
-        &f.t("relu_dx"),
-        TOL,
-    );
+    close_t("relu y", &r.forward(&x, Mode::Train).unwrap().clone(), &f.t("relu_y"), TOL);
+    close_t("relu dx", &r.backward(&x, &f.t("dy"), true).unwrap().clone(), &f.t("relu_dx"), TOL);
 }
 
 #[test]
@@ -411,11 +321,7 @@ fn load_state(net: &mut Sequential<f32>, f: &Fixture, prefix: &str) {
         }
         n += 1;
     }
-    assert_eq!(
-        n,
-        f.keys_with_prefix(prefix).len(),
-        "model and fixture have the same state entries"
-    );
+    assert_eq!(n, f.keys_with_prefix(prefix).len(), "model and fixture have the same state entries");
 }
 
 fn compare_state(net: &mut Sequential<f32>, f: &Fixture, prefix: &str, tag: &str, tol: f64) {
@@ -437,10 +343,7 @@ fn labels_of(f: &Fixture, key: &str) -> Vec<usize> {
 #[test]
 fn bnlenet_sgd_step_matches_pytorch() {
     let f = fixture("bnlenet_step");
-    for kind in [
-        models::ModelKind::BnLenet,
-        models::ModelKind::BnLenetScratch,
-    ] {
+    for kind in [models::ModelKind::BnLenet, models::ModelKind::BnLenetScratch] {
         let tag = kind.name();
         let mut net = models::build::<f32>(kind, &mut rng::seeded(0)).unwrap();
         load_state(&mut net, &f, "before.");
@@ -454,23 +357,13 @@ fn bnlenet_sgd_step_matches_pytorch() {
         net.backward(&x, ce.grad()).unwrap();
         for (name, s) in net.state_mut() {
             if let StateMut::Param { grad, .. } = s {
-                close_t(
-                    &format!("{tag} grad.{name}"),
-                    grad,
-                    &f.t(&format!("grad.{name}")),
-                    TOL,
-                );
+                close_t(&format!("{tag} grad.{name}"), grad, &f.t(&format!("grad.{name}")), TOL);
             }
         }
         Sgd::new(SgdConfig::new(0.1)).unwrap().step(&mut net);
         compare_state(&mut net, &f, "after.", tag, TOL);
         net.eval();
-        close_t(
-            &format!("{tag} eval logits"),
-            net.forward(&x).unwrap(),
-            &f.t("eval_logits"),
-            TOL,
-        );
+        close_t(&format!("{tag} eval logits"), net.forward(&x).unwrap(), &f.t("eval_logits"), TOL);
     }
 }
 
@@ -479,24 +372,14 @@ fn bnlenet_two_sgd_momentum_weight_decay_steps_match_pytorch() {
     let f = fixture("bnlenet_momentum");
     let mut net = models::bn_lenet::<f32>(&mut rng::seeded(0)).unwrap();
     load_state(&mut net, &f, "before.");
-    let mut sgd = Sgd::new(SgdConfig {
-        momentum: 0.9,
-        weight_decay: 1e-3,
-        ..SgdConfig::new(0.05)
-    })
-    .unwrap();
+    let mut sgd = Sgd::new(SgdConfig { momentum: 0.9, weight_decay: 1e-3, ..SgdConfig::new(0.05) }).unwrap();
     let mut ce = CrossEntropy::new();
     for step in ["1", "2"] {
         let x = f.t(&format!("x{step}"));
         let labels = labels_of(&f, &format!("labels{step}"));
         let logits = net.forward(&x).unwrap();
         let (loss, _) = ce.forward(logits, &labels).unwrap();
-        common::assert_close(
-            &format!("momentum step {step} loss"),
-            &[loss],
-            &f.f(&format!("loss{step}")),
-            TOL,
-        );
+        common::assert_close(&format!("momentum step {step} loss"), &[loss], &f.f(&format!("loss{step}")), TOL);
         net.backward(&x, ce.grad()).unwrap();
         sgd.step(&mut net);
     }

@@ -25,26 +25,16 @@ fn metrics(epochs: usize) -> Vec<EpochMetrics> {
 }
 
 fn paths(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("{stem}.svg")),
-        dir.join(format!("{stem}.png")),
-    )
+    (dir.join(format!("{stem}.svg")), dir.join(format!("{stem}.png")))
 }
 
 /// Opens the PNG and checks its size and that it is a real picture (many
 /// colours, antialiased text and lines); returns it for further checks.
 fn check_png(path: &Path) -> image::RgbImage {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
     assert_eq!(img.dimensions(), PLOT_SIZE, "{}", path.display());
     let colours: HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
-    assert!(
-        colours.len() > 20,
-        "{}: only {} distinct colours",
-        path.display(),
-        colours.len()
-    );
+    assert!(colours.len() > 20, "{}: only {} distinct colours", path.display(), colours.len());
     img
 }
 
@@ -79,14 +69,7 @@ fn curves_write_svg_and_png_with_text() {
 
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(100)]);
-    for needle in [
-        "BN LeNet on Fashion-MNIST",
-        "train loss",
-        "val loss",
-        "train acc",
-        "val acc",
-        "epoch",
-    ] {
+    for needle in ["BN LeNet on Fashion-MNIST", "train loss", "val loss", "train acc", "val acc", "epoch"] {
         assert!(text.contains(needle), "SVG lacks {needle:?}");
     }
 
@@ -94,21 +77,11 @@ fn curves_write_svg_and_png_with_text() {
     let (w, _) = PLOT_SIZE;
     // The title, centred in the top band.
     let title = dark_pixels(&img, w / 4..3 * w / 4, 0..40);
-    assert!(
-        title > 100,
-        "only {title} dark pixels in the title band: no text?"
-    );
+    assert!(title > 100, "only {title} dark pixels in the title band: no text?");
     // The legend, right of the plot area.
     let legend = dark_pixels(&img, w - 160..w, 40..150);
-    assert!(
-        legend > 100,
-        "only {legend} dark pixels in the legend: no text?"
-    );
-    assert!(
-        tmp_files(dir.path()).is_empty(),
-        "{:?}",
-        tmp_files(dir.path())
-    );
+    assert!(legend > 100, "only {legend} dark pixels in the legend: no text?");
+    assert!(tmp_files(dir.path()).is_empty(), "{:?}", tmp_files(dir.path()));
 }
 
 #[test]
@@ -143,11 +116,7 @@ fn curves_survive_nan_and_a_single_epoch() {
     let (svg, png) = paths(dir.path(), "empty");
     plot_curves(&[], "no epochs", &svg, &png).unwrap();
     check_png(&png);
-    assert!(
-        tmp_files(dir.path()).is_empty(),
-        "{:?}",
-        tmp_files(dir.path())
-    );
+    assert!(tmp_files(dir.path()).is_empty(), "{:?}", tmp_files(dir.path()));
 }
 
 #[test]
@@ -167,43 +136,15 @@ fn lines_with_log_x_and_many_series() {
     let dir = tempfile::tempdir().unwrap();
     let lrs = [0.001, 0.01, 0.1, 1.0, 10.0];
     let series = vec![
-        Series::new(
-            "BN LeNet",
-            lrs.iter()
-                .map(|&lr: &f64| (lr, 0.9 - lr.log10().abs() * 0.1))
-                .collect(),
-        ),
-        Series::new(
-            "LeNet",
-            lrs.iter()
-                .map(|&lr: &f64| (lr, 0.8 - lr.log10().abs() * 0.15))
-                .collect(),
-        ),
+        Series::new("BN LeNet", lrs.iter().map(|&lr: &f64| (lr, 0.9 - lr.log10().abs() * 0.1)).collect()),
+        Series::new("LeNet", lrs.iter().map(|&lr: &f64| (lr, 0.8 - lr.log10().abs() * 0.15)).collect()),
         // a diverged run and a point that cannot go on a log axis
-        Series::new(
-            "LeNet no init",
-            vec![(0.0, 0.5), (0.01, 0.6), (0.1, f64::NAN), (1.0, 0.1)],
-        ),
+        Series::new("LeNet no init", vec![(0.0, 0.5), (0.01, 0.6), (0.1, f64::NAN), (1.0, 0.1)]),
     ];
     let (svg, png) = paths(dir.path(), "sweep");
-    plot_lines(
-        &series,
-        "accuracy vs learning rate",
-        "learning rate",
-        "val accuracy",
-        true,
-        &svg,
-        &png,
-    )
-    .unwrap();
+    plot_lines(&series, "accuracy vs learning rate", "learning rate", "val accuracy", true, &svg, &png).unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
-    for needle in [
-        "accuracy vs learning rate",
-        "learning rate",
-        "val accuracy",
-        "BN LeNet",
-        "LeNet no init",
-    ] {
+    for needle in ["accuracy vs learning rate", "learning rate", "val accuracy", "BN LeNet", "LeNet no init"] {
         assert!(text.contains(needle), "SVG lacks {needle:?}");
     }
     let img = check_png(&png);
@@ -215,14 +156,7 @@ fn lines_with_log_x_and_many_series() {
 
     // More series than colours, linear axes, and an empty series.
     let many: Vec<Series> = (0..13)
-        .map(|i| {
-            Series::new(
-                format!("lr {i}"),
-                (1..=8)
-                    .map(|e| (e as f64, (e * (i + 1)) as f64 * 0.01))
-                    .collect(),
-            )
-        })
+        .map(|i| Series::new(format!("lr {i}"), (1..=8).map(|e| (e as f64, (e * (i + 1)) as f64 * 0.01)).collect()))
         .chain([Series::new("nothing", vec![])])
         .collect();
     let (svg, png) = paths(dir.path(), "many");
@@ -233,28 +167,16 @@ fn lines_with_log_x_and_many_series() {
     let (svg, png) = paths(dir.path(), "none");
     plot_lines(&[], "no series", "x", "y", true, &svg, &png).unwrap();
     check_png(&png);
-    assert!(
-        tmp_files(dir.path()).is_empty(),
-        "{:?}",
-        tmp_files(dir.path())
-    );
+    assert!(tmp_files(dir.path()).is_empty(), "{:?}", tmp_files(dir.path()));
 }
 
 #[test]
 fn heatmap_has_colour_bar_labels_and_grey_nan() {
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = ["conv1", "bn1", "conv2", "bn2", "fc1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let rows: Vec<String> = ["conv1", "bn1", "conv2", "bn2", "fc1"].iter().map(|s| s.to_string()).collect();
     let cols: Vec<String> = (0..20).map(|s| format!("{}", s * 100)).collect();
-    let mut values: Vec<Vec<f64>> = (0..rows.len())
-        .map(|r| {
-            (0..cols.len())
-                .map(|c| (r as f64 + 1.0) * (c as f64 * 0.3).sin())
-                .collect()
-        })
-        .collect();
+    let mut values: Vec<Vec<f64>> =
+        (0..rows.len()).map(|r| (0..cols.len()).map(|c| (r as f64 + 1.0) * (c as f64 * 0.3).sin()).collect()).collect();
     values[2][5] = f64::NAN;
     values[3][7] = f64::INFINITY;
     let (svg, png) = paths(dir.path(), "heat");
@@ -265,50 +187,22 @@ fn heatmap_has_colour_bar_labels_and_grey_nan() {
     }
     let img = check_png(&png);
     let grey = img.pixels().filter(|p| p.0 == [160, 160, 160]).count();
-    assert!(
-        grey > 100,
-        "the NaN cells are not grey ({grey} grey pixels)"
-    );
+    assert!(grey > 100, "the NaN cells are not grey ({grey} grey pixels)");
     let (w, _) = PLOT_SIZE;
-    assert!(
-        dark_pixels(&img, w / 4..3 * w / 4, 0..40) > 100,
-        "no title text"
-    );
+    assert!(dark_pixels(&img, w / 4..3 * w / 4, 0..40) > 100, "no title text");
     // The colour bar's ends, right of the map: viridis yellow and dark purple.
-    let bar = |f: fn([u8; 3]) -> bool| {
-        img.enumerate_pixels()
-            .filter(|(x, _, p)| *x > w - 120 && f(p.0))
-            .count()
-    };
-    assert!(
-        bar(|[r, g, b]| r > 200 && g > 200 && b < 90) > 50,
-        "no yellow end on the colour bar"
-    );
-    assert!(
-        bar(|[r, g, b]| r < 90 && g < 30 && b > 70) > 50,
-        "no purple end on the colour bar"
-    );
+    let bar = |f: fn([u8; 3]) -> bool| img.enumerate_pixels().filter(|(x, _, p)| *x > w - 120 && f(p.0)).count();
+    assert!(bar(|[r, g, b]| r > 200 && g > 200 && b < 90) > 50, "no yellow end on the colour bar");
+    assert!(bar(|[r, g, b]| r < 90 && g < 30 && b > 70) > 50, "no purple end on the colour bar");
 
     // Degenerate inputs: nothing finite, constant values, no labels.
     let (svg, png) = paths(dir.path(), "flat");
-    plot_heatmap(
-        &[vec![f64::NAN, 2.0], vec![2.0]],
-        &[],
-        &[],
-        "flat",
-        &svg,
-        &png,
-    )
-    .unwrap();
+    plot_heatmap(&[vec![f64::NAN, 2.0], vec![2.0]], &[], &[], "flat", &svg, &png).unwrap();
     check_png(&png);
     let (svg, png) = paths(dir.path(), "empty");
     plot_heatmap(&[], &[], &[], "empty", &svg, &png).unwrap();
     check_png(&png);
-    assert!(
-        tmp_files(dir.path()).is_empty(),
-        "{:?}",
-        tmp_files(dir.path())
-    );
+    assert!(tmp_files(dir.path()).is_empty(), "{:?}", tmp_files(dir.path()));
 }
 
 #[test]

@@ -125,7 +125,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let mut options = TrainOptions::chapter(kind);
             options.epochs = args.epochs.unwrap_or(10);
             options.batch_size = args.batch_size;
-            options.sgd = SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay, ..SgdConfig::new(args.lr) };
+            options.sgd =
+                SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay, ..SgdConfig::new(args.lr) };
             options.seed = args.seed;
             options.limit_train = args.limit_train;
             options.limit_val = args.limit_val;

@@ -81,12 +81,7 @@ pub fn download_all(base_url: &str, dest_dir: &Path, progress: bool) -> Result<(
 
 /// [`download_all`] with the list of files and their hashes given (tests
 /// serve small files whose hashes are not SPEC.md's).
-pub fn download_all_with(
-    base_url: &str,
-    dest_dir: &Path,
-    progress: bool,
-    expected: &[ExpectedFile<'_>],
-) -> Result<()> {
+pub fn download_all_with(base_url: &str, dest_dir: &Path, progress: bool, expected: &[ExpectedFile<'_>]) -> Result<()> {
     let base = check_base_url(base_url)?;
     fs::create_dir_all(dest_dir).map_err(|e| Error::io(dest_dir, e))?;
     let agent = ureq::AgentBuilder::new()
@@ -103,13 +98,7 @@ pub fn download_all_with(
         if dest.exists() && verify_file(&dest, file).is_ok() {
             continue;
         }
-        download_one(
-            &agent,
-            &format!("{base}{}", file.name),
-            dest_dir,
-            file,
-            show,
-        )?;
+        download_one(&agent, &format!("{base}{}", file.name), dest_dir, file, show)?;
     }
     Ok(())
 }
@@ -121,9 +110,7 @@ pub fn verify_file(path: &Path, expected: &ExpectedFile<'_>) -> Result<()> {
         Ok(None) => Ok(()),
         Ok(Some(msg)) => Err(Error::data(
             path,
-            format!(
-                "{msg}; delete it and download again, or pass --data-dir pointing at good files"
-            ),
+            format!("{msg}; delete it and download again, or pass --data-dir pointing at good files"),
         )),
         Err(e) => Err(e),
     }
@@ -135,11 +122,8 @@ fn content_mismatch(path: &Path, expected: &ExpectedFile<'_>) -> Result<Option<S
     if len == expected.len && hash == expected.sha256 {
         return Ok(None);
     }
-    let len_note = if len > expected.len {
-        format!("more than {} bytes", expected.len)
-    } else {
-        format!("{len} bytes")
-    };
+    let len_note =
+        if len > expected.len { format!("more than {} bytes", expected.len) } else { format!("{len} bytes") };
     Ok(Some(format!(
         "{} is corrupted or not the expected file: its decompressed content has SHA-256 {hash} \
          ({len_note}), expected {} ({} bytes)",
@@ -156,10 +140,7 @@ pub fn content_sha256(path: &Path, limit: u64) -> Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let len = io::copy(&mut reader.take(limit + 1), &mut hasher).map_err(|e| {
         if gzip {
-            Error::data(
-                path,
-                format!("corrupt or truncated gzip data ({e}); delete it and download again"),
-            )
+            Error::data(path, format!("corrupt or truncated gzip data ({e}); delete it and download again"))
         } else {
             Error::io(path, e)
         }
@@ -186,17 +167,11 @@ fn check_base_url(base_url: &str) -> Result<String> {
     if !lower.starts_with("http://") {
         return Err(Error::config(
             "mirror URL",
-            format!(
-                "{base_url} is not an http:// URL; set {MIRROR_ENV} to e.g. {CANONICAL_BASE_URL}"
-            ),
+            format!("{base_url} is not an http:// URL; set {MIRROR_ENV} to e.g. {CANONICAL_BASE_URL}"),
         ));
     }
     // Names are appended to the base, so make sure it ends with a slash.
-    Ok(if base_url.ends_with('/') {
-        base_url.to_string()
-    } else {
-        format!("{base_url}/")
-    })
+    Ok(if base_url.ends_with('/') { base_url.to_string() } else { format!("{base_url}/") })
 }
 
 /// Removes the temporary file when dropped, unless it was renamed into place.
@@ -232,25 +207,13 @@ fn download_one(
     let dest = dest_dir.join(file.name);
     let fail = |msg: String| Error::data(&dest, format!("download from {url} failed: {msg}"));
     let response = agent.get(url).call().map_err(|e| match e {
-        ureq::Error::Status(code, r) => fail(format!(
-            "the server answered HTTP {code} {}",
-            r.status_text()
-        )),
+        ureq::Error::Status(code, r) => fail(format!("the server answered HTTP {code} {}", r.status_text())),
         ureq::Error::Transport(t) => fail(describe_transport(&t)),
     })?;
-    let content_length: Option<u64> = response
-        .header("Content-Length")
-        .and_then(|v| v.trim().parse().ok());
+    let content_length: Option<u64> = response.header("Content-Length").and_then(|v| v.trim().parse().ok());
 
-    let mut temp = TempFile {
-        path: temp_path(dest_dir, file.name),
-        armed: false,
-    };
-    let out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp.path)
-        .map_err(|e| Error::io(&temp.path, e))?;
+    let mut temp = TempFile { path: temp_path(dest_dir, file.name), armed: false };
+    let out = OpenOptions::new().write(true).create_new(true).open(&temp.path).map_err(|e| Error::io(&temp.path, e))?;
     temp.armed = true;
 
     let bar = progress_bar(content_length, file.name, show_progress);
@@ -265,14 +228,10 @@ fn download_one(
         // ureq already fails on a short body; this also catches a server
         // that sends more than it announced.
         if copied != want {
-            return Err(fail(format!(
-                "received {copied} bytes, the server announced {want}; try again"
-            )));
+            return Err(fail(format!("received {copied} bytes, the server announced {want}; try again")));
         }
     }
-    let out = writer
-        .into_inner()
-        .map_err(|e| Error::io(&temp.path, e.into_error()))?;
+    let out = writer.into_inner().map_err(|e| Error::io(&temp.path, e.into_error()))?;
     out.sync_all().map_err(|e| Error::io(&temp.path, e))?;
     drop(out);
 
@@ -287,9 +246,7 @@ fn download_one(
         Ok(Some(msg)) => return Err(bad_file(msg)),
         // Decompression errors name the temporary file, which is gone by the
         // time the user reads this: report the message alone.
-        Err(Error::Data { message, .. }) => {
-            return Err(bad_file(format!("{}: {message}", file.name)))
-        }
+        Err(Error::Data { message, .. }) => return Err(bad_file(format!("{}: {message}", file.name))),
         Err(e) => return Err(e),
     }
     fs::rename(&temp.path, &dest).map_err(|e| Error::io(&dest, e))?;
@@ -332,26 +289,20 @@ fn copy_body(from: &mut impl Read, to: &mut impl Write) -> std::result::Result<u
 }
 
 fn progress_bar(len: Option<u64>, name: &str, show: bool) -> ProgressBar {
-    let target = if show {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
+    let target = if show { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
     let bar = match len {
         Some(len) => {
             let bar = ProgressBar::with_draw_target(Some(len), target);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{msg:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar
         }
         None => {
             let bar = ProgressBar::with_draw_target(None, target);
-            if let Ok(style) =
-                ProgressStyle::with_template("{spinner} {msg:28} {bytes} {bytes_per_sec}")
-            {
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg:28} {bytes} {bytes_per_sec}") {
                 bar.set_style(style);
             }
             bar

@@ -21,18 +21,8 @@ use crate::data::idx;
 use crate::{Error, Result};
 
 /// The ten classes, indexed by label.
-pub const CLASS_NAMES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub const CLASS_NAMES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 /// Number of classes (labels are `0..NUM_CLASSES`).
 pub const NUM_CLASSES: usize = CLASS_NAMES.len();
@@ -116,11 +106,7 @@ pub struct DataSource {
 
 impl Default for DataSource {
     fn default() -> Self {
-        DataSource {
-            data_dir: None,
-            allow_download: true,
-            progress: true,
-        }
+        DataSource { data_dir: None, allow_download: true, progress: true }
     }
 }
 
@@ -186,12 +172,7 @@ pub fn find_files(dir: &Path) -> std::result::Result<DataFiles, Vec<String>> {
     }
     match <[PathBuf; 4]>::try_from(found) {
         Ok([train_images, train_labels, test_images, test_labels]) if missing.is_empty() => {
-            Ok(DataFiles {
-                train_images,
-                train_labels,
-                test_images,
-                test_labels,
-            })
+            Ok(DataFiles { train_images, train_labels, test_images, test_labels })
         }
         _ => Err(missing),
     }
@@ -208,10 +189,8 @@ pub fn locate(src: &DataSource) -> Result<PathBuf> {
 pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
     // A directory the user named must be right: falling back to other data
     // would hide the mistake (and could train on something else entirely).
-    let explicit = [
-        (src.data_dir.as_ref(), "given with --data-dir"),
-        (paths.env_dir.as_ref(), "named by NORMLAB_DATA"),
-    ];
+    let explicit =
+        [(src.data_dir.as_ref(), "given with --data-dir"), (paths.env_dir.as_ref(), "named by NORMLAB_DATA")];
     for (dir, how) in explicit {
         if let Some(dir) = dir {
             return match find_files(dir) {
@@ -248,19 +227,15 @@ pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
 
     let download_outcome = match (&paths.cache_dir, src.allow_download) {
         (_, false) => "downloading is turned off".to_string(),
-        (None, true) => {
-            "no download was tried: neither XDG_CACHE_HOME nor HOME is set, so there is no \
+        (None, true) => "no download was tried: neither XDG_CACHE_HOME nor HOME is set, so there is no \
              cache directory to download into"
-                .to_string()
-        }
+            .to_string(),
         (Some(cache), true) => match download::download_all(&paths.mirror, cache, src.progress) {
             Ok(()) => match find_files(cache) {
                 Ok(_) => return Ok(cache.clone()),
-                Err(missing) => format!(
-                    "the download finished but {} is still missing {}",
-                    cache.display(),
-                    missing.join(", ")
-                ),
+                Err(missing) => {
+                    format!("the download finished but {} is still missing {}", cache.display(), missing.join(", "))
+                }
             },
             Err(e) => format!("Download attempt: {e}"),
         },
@@ -283,10 +258,7 @@ pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
         looked.join("; "),
         paths.mirror,
     );
-    let path = paths
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| paths.system_dir.clone());
+    let path = paths.cache_dir.clone().unwrap_or_else(|| paths.system_dir.clone());
     Err(Error::data(path, message))
 }
 
@@ -325,16 +297,10 @@ pub fn load_dir(dir: &Path) -> Result<FashionMnist> {
     let (train, test) = std::thread::scope(|s| {
         let test = s.spawn(|| load_split(&files.test_images, &files.test_labels));
         let train = load_split(&files.train_images, &files.train_labels);
-        let test = test
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let test = test.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (train, test)
     });
-    Ok(FashionMnist {
-        train: train?,
-        test: test?,
-        dir: dir.to_path_buf(),
-    })
+    Ok(FashionMnist { train: train?, test: test?, dir: dir.to_path_buf() })
 }
 
 /// Reads one images file and its labels file and checks that they fit
@@ -381,10 +347,5 @@ pub fn load_split(images_path: &Path, labels_path: &Path) -> Result<Split> {
             ),
         ));
     }
-    Ok(Split {
-        images: images.bytes,
-        labels,
-        rows: images.rows,
-        cols: images.cols,
-    })
+    Ok(Split { images: images.bytes, labels, rows: images.rows, cols: images.cols })
 }

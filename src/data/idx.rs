@@ -110,11 +110,7 @@ fn decoded(bytes: &[u8]) -> (Box<dyn Read + '_>, bool) {
 /// Panics if `images.len() != n * rows * cols` or a dimension exceeds
 /// `u32::MAX`: both are programming errors, not bad input.
 pub fn encode_images(images: &[u8], n: usize, rows: usize, cols: usize) -> Vec<u8> {
-    assert_eq!(
-        images.len(),
-        n * rows * cols,
-        "encode_images: images.len() != n * rows * cols"
-    );
+    assert_eq!(images.len(), n * rows * cols, "encode_images: images.len() != n * rows * cols");
     let mut out = Vec::with_capacity(16 + images.len());
     out.extend_from_slice(&IMAGES_MAGIC.to_be_bytes());
     for d in [n, rows, cols] {
@@ -155,9 +151,7 @@ fn write_gzip(path: &Path, content: &[u8]) -> Result<()> {
     let mut encoder = GzEncoder::new(io::BufWriter::new(file), Compression::best());
     encoder.write_all(content).map_err(|e| Error::io(path, e))?;
     let writer = encoder.finish().map_err(|e| Error::io(path, e))?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
+    let file = writer.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(path, e))
 }
 
@@ -167,12 +161,7 @@ fn decode_images(mut reader: impl Read, gzip: bool, path: &Path) -> Result<Image
     let expected = checked_size(&dims, path)?;
     let what = format!("{n} images of {rows}x{cols}");
     let bytes = read_data(reader, gzip, path, expected, &what)?;
-    Ok(Images {
-        bytes,
-        n: n as usize,
-        rows: rows as usize,
-        cols: cols as usize,
-    })
+    Ok(Images { bytes, n: n as usize, rows: rows as usize, cols: cols as usize })
 }
 
 fn decode_labels(mut reader: impl Read, gzip: bool, path: &Path) -> Result<Vec<u8>> {
@@ -182,22 +171,12 @@ fn decode_labels(mut reader: impl Read, gzip: bool, path: &Path) -> Result<Vec<u
 }
 
 /// Reads and validates the magic number and the dimensions.
-fn read_header(
-    reader: &mut impl Read,
-    gzip: bool,
-    path: &Path,
-    want_dims: u8,
-    kind: &str,
-) -> Result<Vec<u32>> {
+fn read_header(reader: &mut impl Read, gzip: bool, path: &Path, want_dims: u8, kind: &str) -> Result<Vec<u32>> {
     let header_len = 4 + 4 * usize::from(want_dims);
     let mut magic = [0u8; 4];
     read_exact_or_explain(reader, &mut magic, gzip, path, header_len, 0)?;
     let magic_u32 = u32::from_be_bytes(magic);
-    let other_kind = if want_dims == 3 {
-        "a labels"
-    } else {
-        "an images"
-    };
+    let other_kind = if want_dims == 3 { "a labels" } else { "an images" };
     if magic[0] != 0 || magic[1] != 0 {
         let hint = if gzip {
             "" // a gzip file that decompresses to something that is not IDX
@@ -209,11 +188,7 @@ fn read_header(
             format!(
                 "not an IDX file: wrong magic number 0x{magic_u32:08x}{hint}, expected \
                  0x{:08x} for {kind}; {FIX}",
-                if want_dims == 3 {
-                    IMAGES_MAGIC
-                } else {
-                    LABELS_MAGIC
-                }
+                if want_dims == 3 { IMAGES_MAGIC } else { LABELS_MAGIC }
             ),
         ));
     }
@@ -235,11 +210,7 @@ fn read_header(
                 "wrong magic number 0x{magic_u32:08x}: {} dimension(s), expected {want_dims} \
                  (magic 0x{:08x}) for {kind}; is this {other_kind} file? {FIX}",
                 magic[3],
-                if want_dims == 3 {
-                    IMAGES_MAGIC
-                } else {
-                    LABELS_MAGIC
-                }
+                if want_dims == 3 { IMAGES_MAGIC } else { LABELS_MAGIC }
             ),
         ));
     }
@@ -284,19 +255,10 @@ fn checked_size(dims: &[u32], path: &Path) -> Result<u64> {
 }
 
 /// Reads exactly `expected` bytes and checks that nothing follows.
-fn read_data(
-    reader: impl Read,
-    gzip: bool,
-    path: &Path,
-    expected: u64,
-    what: &str,
-) -> Result<Vec<u8>> {
+fn read_data(reader: impl Read, gzip: bool, path: &Path, expected: u64, what: &str) -> Result<Vec<u8>> {
     // No `with_capacity(expected)`: the header is not trusted with memory.
     let mut bytes = Vec::new();
-    reader
-        .take(expected + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| read_error(e, gzip, path))?;
+    reader.take(expected + 1).read_to_end(&mut bytes).map_err(|e| read_error(e, gzip, path))?;
     let got = bytes.len() as u64;
     if got < expected {
         return Err(Error::data(
@@ -360,11 +322,7 @@ fn read_error(e: io::Error, gzip: bool, path: &Path) -> Error {
     if gzip {
         // flate2 reports a cut stream as UnexpectedEof and bad data as
         // InvalidInput/InvalidData; for the user both mean the same thing.
-        let what = if e.kind() == io::ErrorKind::UnexpectedEof {
-            "truncated gzip data"
-        } else {
-            "corrupt gzip data"
-        };
+        let what = if e.kind() == io::ErrorKind::UnexpectedEof { "truncated gzip data" } else { "corrupt gzip data" };
         Error::data(path, format!("{what} ({e}); the file is damaged, {FIX}"))
     } else {
         Error::io(path, e)

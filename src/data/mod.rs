@@ -18,7 +18,6 @@ mod fashion_mnist;
 pub mod idx;
 
 pub use fashion_mnist::{
-    find_files, load, load_dir, load_split, locate, locate_in, DataFiles, DataSource, FashionMnist,
-    SearchPaths, Split, CLASS_NAMES, DATA_ENV, IMAGE_SIDE, NUM_CLASSES, SYSTEM_DIR, TEST_IMAGES,
-    TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
+    find_files, load, load_dir, load_split, locate, locate_in, DataFiles, DataSource, FashionMnist, SearchPaths, Split,
+    CLASS_NAMES, DATA_ENV, IMAGE_SIDE, NUM_CLASSES, SYSTEM_DIR, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
 };

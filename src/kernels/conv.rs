@@ -24,10 +24,7 @@ impl ConvGeometry {
         if self.kernel == 0 || self.stride == 0 || h < self.kernel || w < self.kernel {
             return None;
         }
-        Some((
-            (h - self.kernel) / self.stride + 1,
-            (w - self.kernel) / self.stride + 1,
-        ))
+        Some(((h - self.kernel) / self.stride + 1, (w - self.kernel) / self.stride + 1))
     }
     /// Rows of the column matrix: `Cin·k·k`.
     pub fn col_rows(&self) -> usize {
@@ -37,9 +34,7 @@ impl ConvGeometry {
 
 /// `col[(c·k + i)·k + j, oh·Wo + ow] = x[c, oh·s - p + i, ow·s - p + j]` (0 outside).
 pub fn im2col<T: Real>(g: &ConvGeometry, image: &[T], col: &mut [T]) {
-    let (ho, wo) = g
-        .output_hw()
-        .expect("im2col: window larger than the padded image");
+    let (ho, wo) = g.output_hw().expect("im2col: window larger than the padded image");
     let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
     let plane = g.height * g.width;
     let mut row = 0;
@@ -62,11 +57,7 @@ pub fn im2col<T: Real>(g: &ConvGeometry, image: &[T], col: &mut [T]) {
                     } else {
                         for (ow, v) in out_row.iter_mut().enumerate() {
                             let iw = (ow * s) as isize - p + j as isize;
-                            *v = if iw < 0 || iw >= g.width as isize {
-                                T::zero()
-                            } else {
-                                src_row[iw as usize]
-                            };
+                            *v = if iw < 0 || iw >= g.width as isize { T::zero() } else { src_row[iw as usize] };
                         }
                     }
                 }
@@ -79,9 +70,7 @@ pub fn im2col<T: Real>(g: &ConvGeometry, image: &[T], col: &mut [T]) {
 /// The adjoint of [`im2col`]: adds each column entry back to the pixel it
 /// was read from. `image` is overwritten.
 pub fn col2im<T: Real>(g: &ConvGeometry, col: &[T], image: &mut [T]) {
-    let (ho, wo) = g
-        .output_hw()
-        .expect("col2im: window larger than the padded image");
+    let (ho, wo) = g.output_hw().expect("col2im: window larger than the padded image");
     let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
     let plane = g.height * g.width;
     image.fill(T::zero());
@@ -125,21 +114,10 @@ mod tests {
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         for (stride, padding) in [(1, 0), (2, 1), (3, 2)] {
-            let g = ConvGeometry {
-                channels: 2,
-                height: 7,
-                width: 6,
-                kernel: 3,
-                stride,
-                padding,
-            };
+            let g = ConvGeometry { channels: 2, height: 7, width: 6, kernel: 3, stride, padding };
             let (ho, wo) = g.output_hw().unwrap();
-            let x: Vec<f64> = (0..2 * 7 * 6)
-                .map(|i| ((i * 31 % 23) as f64) - 11.0)
-                .collect();
-            let c: Vec<f64> = (0..g.col_rows() * ho * wo)
-                .map(|i| ((i * 17 % 19) as f64) - 9.0)
-                .collect();
+            let x: Vec<f64> = (0..2 * 7 * 6).map(|i| ((i * 31 % 23) as f64) - 11.0).collect();
+            let c: Vec<f64> = (0..g.col_rows() * ho * wo).map(|i| ((i * 17 % 19) as f64) - 9.0).collect();
             let mut col = vec![0.0; c.len()];
             im2col(&g, &x, &mut col);
             let mut back = vec![0.0; x.len()];

@@ -68,22 +68,52 @@ fn forward_k<T: Real, const K: usize>(
             while ow < wo {
                 let left = wo - ow;
                 if left >= 16 && false {
-                    tile::<T, K, 16>(x, wb, cin, h, w, oh, ow, |c, t, v| {
-                        let b = bias.map_or(T::zero(), |b| b[co0 + c]);
-                        y[((co0 + c) * ho + oh) * wo + ow + t] = v + b;
-                    }, valid);
+                    tile::<T, K, 16>(
+                        x,
+                        wb,
+                        cin,
+                        h,
+                        w,
+                        oh,
+                        ow,
+                        |c, t, v| {
+                            let b = bias.map_or(T::zero(), |b| b[co0 + c]);
+                            y[((co0 + c) * ho + oh) * wo + ow + t] = v + b;
+                        },
+                        valid,
+                    );
                     ow += 16;
                 } else if left >= 8 {
-                    tile::<T, K, 8>(x, wb, cin, h, w, oh, ow, |c, t, v| {
-                        let b = bias.map_or(T::zero(), |b| b[co0 + c]);
-                        y[((co0 + c) * ho + oh) * wo + ow + t] = v + b;
-                    }, valid);
+                    tile::<T, K, 8>(
+                        x,
+                        wb,
+                        cin,
+                        h,
+                        w,
+                        oh,
+                        ow,
+                        |c, t, v| {
+                            let b = bias.map_or(T::zero(), |b| b[co0 + c]);
+                            y[((co0 + c) * ho + oh) * wo + ow + t] = v + b;
+                        },
+                        valid,
+                    );
                     ow += 8;
                 } else if left >= 4 {
-                    tile::<T, K, 4>(x, wb, cin, h, w, oh, ow, |c, t, v| {
-                        let b = bias.map_or(T::zero(), |b| b[co0 + c]);
-                        y[((co0 + c) * ho + oh) * wo + ow + t] = v + b;
-                    }, valid);
+                    tile::<T, K, 4>(
+                        x,
+                        wb,
+                        cin,
+                        h,
+                        w,
+                        oh,
+                        ow,
+                        |c, t, v| {
+                            let b = bias.map_or(T::zero(), |b| b[co0 + c]);
+                            y[((co0 + c) * ho + oh) * wo + ow + t] = v + b;
+                        },
+                        valid,
+                    );
                     ow += 4;
                 } else {
                     for c in 0..valid {
@@ -181,7 +211,8 @@ fn weight_grad_k<T: Real, const K: usize>(g: &ConvGeometry, cout: usize, x: &[T]
                 let mut acc = [[T::zero(); K]; DB];
                 let full = wo - wo % 8;
                 for ow in (0..full).step_by(8) {
-                    let lanes = wg_tile::<T, K, 8>(x, dy, (ci, i, co0, nb), (x_len, dy_len, images), (h, w, ho, wo), ow);
+                    let lanes =
+                        wg_tile::<T, K, 8>(x, dy, (ci, i, co0, nb), (x_len, dy_len, images), (h, w, ho, wo), ow);
                     for c in 0..nb {
                         for j in 0..K {
                             acc[c][j] += lanes[c][j].iter().copied().sum::<T>();
@@ -258,7 +289,9 @@ mod tests {
     /// Direct forward and weight gradient equal im2col + plain matrix products.
     #[test]
     fn matches_im2col_reference() {
-        for (cin, cout, h, w, k) in [(1, 6, 28, 28, 5), (6, 16, 12, 12, 5), (2, 3, 9, 13, 3), (3, 9, 7, 30, 3), (2, 5, 6, 6, 5)] {
+        for (cin, cout, h, w, k) in
+            [(1, 6, 28, 28, 5), (6, 16, 12, 12, 5), (2, 3, 9, 13, 3), (3, 9, 7, 30, 3), (2, 5, 6, 6, 5)]
+        {
             let g = ConvGeometry { channels: cin, height: h, width: w, kernel: k, stride: 1, padding: 0 };
             let (ho, wo) = g.output_hw().unwrap();
             let (kd, p) = (g.col_rows(), ho * wo);

@@ -29,24 +29,9 @@ pub fn gemm<T: Real>(
     beta: T,
     c: &mut [T],
 ) {
-    assert!(
-        a.len() >= m * k,
-        "gemm: a has {} values, needs {}",
-        a.len(),
-        m * k
-    );
-    assert!(
-        b.len() >= k * n,
-        "gemm: b has {} values, needs {}",
-        b.len(),
-        k * n
-    );
-    assert!(
-        c.len() >= m * n,
-        "gemm: c has {} values, needs {}",
-        c.len(),
-        m * n
-    );
+    assert!(a.len() >= m * k, "gemm: a has {} values, needs {}", a.len(), m * k);
+    assert!(b.len() >= k * n, "gemm: b has {} values, needs {}", b.len(), k * n);
+    assert!(c.len() >= m * n, "gemm: c has {} values, needs {}", c.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
@@ -61,22 +46,7 @@ pub fn gemm<T: Real>(
     // SAFETY: the asserts above guarantee every index the strides reach lies
     // inside the slices; c does not alias a or b (distinct borrows).
     unsafe {
-        T::gemm_raw(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        )
+        T::gemm_raw(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1)
     }
 }
 
@@ -98,23 +68,11 @@ pub fn gemm_reference<T: Real>(
         for j in 0..n {
             let mut acc = T::zero();
             for p in 0..k {
-                let av = if op_a == Op::N {
-                    a[i * k + p]
-                } else {
-                    a[p * m + i]
-                };
-                let bv = if op_b == Op::N {
-                    b[p * n + j]
-                } else {
-                    b[j * k + p]
-                };
+                let av = if op_a == Op::N { a[i * k + p] } else { a[p * m + i] };
+                let bv = if op_b == Op::N { b[p * n + j] } else { b[j * k + p] };
                 acc += av * bv;
             }
-            let old = if beta == T::zero() {
-                T::zero()
-            } else {
-                beta * c[i * n + j]
-            };
+            let old = if beta == T::zero() { T::zero() } else { beta * c[i * n + j] };
             c[i * n + j] = alpha * acc + old;
         }
     }
@@ -127,12 +85,8 @@ mod tests {
     #[test]
     fn matches_reference_for_every_transpose() {
         let (m, n, k) = (7, 5, 11);
-        let a: Vec<f64> = (0..m * k)
-            .map(|i| ((i * 37 % 17) as f64 - 8.0) / 3.0)
-            .collect();
-        let b: Vec<f64> = (0..k * n)
-            .map(|i| ((i * 53 % 13) as f64 - 6.0) / 5.0)
-            .collect();
+        let a: Vec<f64> = (0..m * k).map(|i| ((i * 37 % 17) as f64 - 8.0) / 3.0).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| ((i * 53 % 13) as f64 - 6.0) / 5.0).collect();
         for op_a in [Op::N, Op::T] {
             for op_b in [Op::N, Op::T] {
                 let mut c1: Vec<f64> = (0..m * n).map(|i| i as f64).collect();

@@ -22,13 +22,13 @@ fn map_into<T: Real>(src: &[T], dst: &mut [T], f: impl Fn(T) -> T + Sync) {
 /// Like [`map_into`] with two inputs.
 fn zip_into<T: Real>(a: &[T], b: &[T], dst: &mut [T], f: impl Fn(T, T) -> T + Sync) {
     if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(PAR_MIN / 4)
-            .zip(a.par_chunks(PAR_MIN / 4).zip(b.par_chunks(PAR_MIN / 4)))
-            .for_each(|(d, (a, b))| {
+        dst.par_chunks_mut(PAR_MIN / 4).zip(a.par_chunks(PAR_MIN / 4).zip(b.par_chunks(PAR_MIN / 4))).for_each(
+            |(d, (a, b))| {
                 for i in 0..d.len() {
                     d[i] = f(a[i], b[i]);
                 }
-            });
+            },
+        );
     } else {
         for i in 0..dst.len() {
             dst[i] = f(a[i], b[i]);
@@ -45,10 +45,7 @@ pub struct Sigmoid<T: Real = f32> {
 
 impl<T: Real> Sigmoid<T> {
     pub fn new() -> Self {
-        Sigmoid {
-            y: Tensor::default(),
-            dx: Tensor::default(),
-        }
+        Sigmoid { y: Tensor::default(), dx: Tensor::default() }
     }
 }
 
@@ -72,9 +69,7 @@ impl<T: Real> Layer<T> for Sigmoid<T> {
     fn backward(&mut self, _x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
         if need_dx {
             self.dx.resize(dy.shape());
-            zip_into(self.y.data(), dy.data(), self.dx.data_mut(), |y, dy| {
-                dy * y * (T::one() - y)
-            });
+            zip_into(self.y.data(), dy.data(), self.dx.data_mut(), |y, dy| dy * y * (T::one() - y));
         }
         Ok(&self.dx)
     }
@@ -95,10 +90,7 @@ pub struct ReLU<T: Real = f32> {
 
 impl<T: Real> ReLU<T> {
     pub fn new() -> Self {
-        ReLU {
-            y: Tensor::default(),
-            dx: Tensor::default(),
-        }
+        ReLU { y: Tensor::default(), dx: Tensor::default() }
     }
 }
 
@@ -111,25 +103,13 @@ impl<T: Real> Layer<T> for ReLU<T> {
     }
     fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
         self.y.resize(x.shape());
-        map_into(x.data(), self.y.data_mut(), |v| {
-            if v > T::zero() {
-                v
-            } else {
-                T::zero()
-            }
-        });
+        map_into(x.data(), self.y.data_mut(), |v| if v > T::zero() { v } else { T::zero() });
         Ok(&self.y)
     }
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
         if need_dx {
             self.dx.resize(dy.shape());
-            zip_into(x.data(), dy.data(), self.dx.data_mut(), |x, dy| {
-                if x > T::zero() {
-                    dy
-                } else {
-                    T::zero()
-                }
-            });
+            zip_into(x.data(), dy.data(), self.dx.data_mut(), |x, dy| if x > T::zero() { dy } else { T::zero() });
         }
         Ok(&self.dx)
     }

@@ -109,10 +109,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             ));
         }
         if self.out_channels == 0 || self.kernel == 0 || self.stride == 0 {
-            return Err(Error::config(
-                "Conv2d",
-                "out_channels, kernel_size and stride must be at least 1",
-            ));
+            return Err(Error::config("Conv2d", "out_channels, kernel_size and stride must be at least 1"));
         }
         let g = ConvGeometry {
             channels: input[0],
@@ -140,19 +137,8 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             self.bias = Tensor::zeros(&[self.out_channels]);
             self.bias_grad = Tensor::zeros(&[self.out_channels]);
         }
-        let bias = if self.has_bias {
-            Some(&mut self.bias)
-        } else {
-            None
-        };
-        init_weights(
-            self.init,
-            &mut self.weight,
-            bias,
-            g.channels * k * k,
-            self.out_channels * k * k,
-            rng,
-        );
+        let bias = if self.has_bias { Some(&mut self.bias) } else { None };
+        init_weights(self.init, &mut self.weight, bias, g.channels * k * k, self.out_channels * k * k, rng);
         Ok(vec![self.out_channels, ho, wo])
     }
 
@@ -264,21 +250,9 @@ impl<T: Real> Layer<T> for Conv2d<T> {
     }
 
     fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
-        let mut s = vec![(
-            "weight",
-            StateMut::Param {
-                value: &mut self.weight,
-                grad: &mut self.weight_grad,
-            },
-        )];
+        let mut s = vec![("weight", StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad })];
         if self.has_bias {
-            s.push((
-                "bias",
-                StateMut::Param {
-                    value: &mut self.bias,
-                    grad: &mut self.bias_grad,
-                },
-            ));
+            s.push(("bias", StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
         }
         s
     }

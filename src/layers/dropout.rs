@@ -26,13 +26,7 @@ impl<T: Real> Dropout<T> {
         if !(0.0..1.0).contains(&p) {
             return Err(Error::config("dropout p", format!("{p} is not in [0, 1)")));
         }
-        Ok(Dropout {
-            p,
-            rng: rng::seeded(0),
-            scaled_mask: Vec::new(),
-            y: Tensor::default(),
-            dx: Tensor::default(),
-        })
+        Ok(Dropout { p, rng: rng::seeded(0), scaled_mask: Vec::new(), y: Tensor::default(), dx: Tensor::default() })
     }
 }
 
@@ -53,22 +47,12 @@ impl<T: Real> Layer<T> for Dropout<T> {
         if mode == Mode::Train && self.p > 0.0 {
             let keep = T::from_f64(1.0 / (1.0 - self.p));
             for m in self.scaled_mask.iter_mut() {
-                *m = if self.rng.gen::<f64>() < self.p {
-                    T::zero()
-                } else {
-                    keep
-                };
+                *m = if self.rng.gen::<f64>() < self.p { T::zero() } else { keep };
             }
         } else {
             self.scaled_mask.iter_mut().for_each(|m| *m = T::one());
         }
-        for ((y, &x), &m) in self
-            .y
-            .data_mut()
-            .iter_mut()
-            .zip(x.data())
-            .zip(&self.scaled_mask)
-        {
+        for ((y, &x), &m) in self.y.data_mut().iter_mut().zip(x.data()).zip(&self.scaled_mask) {
             *y = x * m;
         }
         Ok(&self.y)
@@ -76,13 +60,7 @@ impl<T: Real> Layer<T> for Dropout<T> {
     fn backward(&mut self, _x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
         if need_dx {
             self.dx.resize(dy.shape());
-            for ((dx, &dy), &m) in self
-                .dx
-                .data_mut()
-                .iter_mut()
-                .zip(dy.data())
-                .zip(&self.scaled_mask)
-            {
+            for ((dx, &dy), &m) in self.dx.data_mut().iter_mut().zip(dy.data()).zip(&self.scaled_mask) {
                 *dx = dy * m;
             }
         }

@@ -15,11 +15,7 @@ pub struct Flatten<T: Real = f32> {
 
 impl<T: Real> Flatten<T> {
     pub fn new() -> Self {
-        Flatten {
-            features: 0,
-            y: Tensor::default(),
-            dx: Tensor::default(),
-        }
+        Flatten { features: 0, y: Tensor::default(), dx: Tensor::default() }
     }
 }
 
@@ -37,11 +33,7 @@ impl<T: Real> Layer<T> for Flatten<T> {
         if x.numel() != n * self.features {
             return Err(crate::Error::shape(
                 "Flatten",
-                format!(
-                    "expected {} values per example, got shape {:?}",
-                    self.features,
-                    x.shape()
-                ),
+                format!("expected {} values per example, got shape {:?}", self.features, x.shape()),
             ));
         }
         self.y.resize(&[n, self.features]);

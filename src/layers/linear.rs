@@ -75,19 +75,8 @@ impl<T: Real> Layer<T> for Linear<T> {
             self.bias = Tensor::zeros(&[self.out_features]);
             self.bias_grad = Tensor::zeros(&[self.out_features]);
         }
-        let bias = if self.has_bias {
-            Some(&mut self.bias)
-        } else {
-            None
-        };
-        init_weights(
-            self.init,
-            &mut self.weight,
-            bias,
-            self.in_features,
-            self.out_features,
-            rng,
-        );
+        let bias = if self.has_bias { Some(&mut self.bias) } else { None };
+        init_weights(self.init, &mut self.weight, bias, self.in_features, self.out_features, rng);
         Ok(vec![self.out_features])
     }
 
@@ -103,18 +92,7 @@ impl<T: Real> Layer<T> for Linear<T> {
             }
         }
         let beta = if self.has_bias { T::one() } else { T::zero() };
-        gemm(
-            Op::N,
-            Op::T,
-            n,
-            fo,
-            fi,
-            T::one(),
-            x.data(),
-            self.weight.data(),
-            beta,
-            y,
-        );
+        gemm(Op::N, Op::T, n, fo, fi, T::one(), x.data(), self.weight.data(), beta, y);
         Ok(&self.y)
     }
 
@@ -122,18 +100,7 @@ impl<T: Real> Layer<T> for Linear<T> {
         let n = x.dim(0);
         let (fi, fo) = (self.in_features, self.out_features);
         super::check_input("Linear (gradient)", dy, &[fo])?;
-        gemm(
-            Op::T,
-            Op::N,
-            fo,
-            fi,
-            n,
-            T::one(),
-            dy.data(),
-            x.data(),
-            T::zero(),
-            self.weight_grad.data_mut(),
-        );
+        gemm(Op::T, Op::N, fo, fi, n, T::one(), dy.data(), x.data(), T::zero(), self.weight_grad.data_mut());
         if self.has_bias {
             let db = self.bias_grad.data_mut();
             db.fill(T::zero());
@@ -145,18 +112,7 @@ impl<T: Real> Layer<T> for Linear<T> {
         }
         if need_dx {
             self.dx.resize(&[n, fi]);
-            gemm(
-                Op::N,
-                Op::N,
-                n,
-                fi,
-                fo,
-                T::one(),
-                dy.data(),
-                self.weight.data(),
-                T::zero(),
-                self.dx.data_mut(),
-            );
+            gemm(Op::N, Op::N, n, fi, fo, T::one(), dy.data(), self.weight.data(), T::zero(), self.dx.data_mut());
         }
         Ok(&self.dx)
     }
@@ -169,21 +125,9 @@ impl<T: Real> Layer<T> for Linear<T> {
     }
 
     fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
-        let mut s = vec![(
-            "weight",
-            StateMut::Param {
-                value: &mut self.weight,
-                grad: &mut self.weight_grad,
-            },
-        )];
+        let mut s = vec![("weight", StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad })];
         if self.has_bias {
-            s.push((
-                "bias",
-                StateMut::Param {
-                    value: &mut self.bias,
-                    grad: &mut self.bias_grad,
-                },
-            ));
+            s.push(("bias", StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
         }
         s
     }

@@ -55,10 +55,7 @@ pub enum Mode {
 /// `running_mean`, `running_var`, `num_batches_tracked`).
 pub enum StateMut<'a, T> {
     /// A learnable parameter and its gradient from the last backward pass.
-    Param {
-        value: &'a mut Tensor<T>,
-        grad: &'a mut Tensor<T>,
-    },
+    Param { value: &'a mut Tensor<T>, grad: &'a mut Tensor<T> },
     /// A float buffer that is saved but not learned (running statistics).
     Buffer(&'a mut Tensor<T>),
     /// An integer counter saved as int64 (`num_batches_tracked`).
@@ -122,11 +119,7 @@ pub(crate) fn check_input<T: Real>(layer: &str, x: &Tensor<T>, example: &[usize]
         want.extend(example.iter().map(|d| d.to_string()));
         return Err(crate::Error::shape(
             layer,
-            format!(
-                "expected input of shape [{}], got {:?}",
-                want.join(", "),
-                x.shape()
-            ),
+            format!("expected input of shape [{}], got {:?}", want.join(", "), x.shape()),
         ));
     }
     Ok(x.dim(0))

@@ -41,10 +41,7 @@ impl Window {
         let (ho, wo) = g.output_hw().ok_or_else(|| {
             Error::shape(
                 layer,
-                format!(
-                    "window {}x{} stride {} does not fit {:?}",
-                    self.kernel, self.kernel, self.stride, input
-                ),
+                format!("window {}x{} stride {} does not fit {:?}", self.kernel, self.kernel, self.stride, input),
             )
         })?;
         self.dims = Some((input[0], input[1], input[2], ho, wo));
@@ -60,15 +57,7 @@ pub struct AvgPool2d<T: Real = f32> {
 
 impl<T: Real> AvgPool2d<T> {
     pub fn new(kernel: usize, stride: usize) -> Self {
-        AvgPool2d {
-            window: Window {
-                kernel,
-                stride,
-                dims: None,
-            },
-            y: Tensor::default(),
-            dx: Tensor::default(),
-        }
+        AvgPool2d { window: Window { kernel, stride, dims: None }, y: Tensor::default(), dx: Tensor::default() }
     }
 }
 
@@ -86,22 +75,18 @@ impl<T: Real> Layer<T> for AvgPool2d<T> {
         let (k, s) = (self.window.kernel, self.window.stride);
         let inv = T::from_f64(1.0 / (k * k) as f64);
         self.y.resize(&[n, c, ho, wo]);
-        self.y
-            .data_mut()
-            .par_chunks_mut(ho * wo)
-            .zip(x.data().par_chunks(h * w))
-            .for_each(|(out, plane)| {
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        let mut acc = T::zero();
-                        for i in 0..k {
-                            let row = &plane[(oh * s + i) * w + ow * s..][..k];
-                            acc += row.iter().copied().sum::<T>();
-                        }
-                        out[oh * wo + ow] = acc * inv;
+        self.y.data_mut().par_chunks_mut(ho * wo).zip(x.data().par_chunks(h * w)).for_each(|(out, plane)| {
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let mut acc = T::zero();
+                    for i in 0..k {
+                        let row = &plane[(oh * s + i) * w + ow * s..][..k];
+                        acc += row.iter().copied().sum::<T>();
                     }
+                    out[oh * wo + ow] = acc * inv;
                 }
-            });
+            }
+        });
         Ok(&self.y)
     }
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
@@ -112,23 +97,19 @@ impl<T: Real> Layer<T> for AvgPool2d<T> {
         let (k, s) = (self.window.kernel, self.window.stride);
         let inv = T::from_f64(1.0 / (k * k) as f64);
         self.dx.resize(x.shape());
-        self.dx
-            .data_mut()
-            .par_chunks_mut(h * w)
-            .zip(dy.data().par_chunks(ho * wo))
-            .for_each(|(dplane, dout)| {
-                dplane.fill(T::zero());
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        let g = dout[oh * wo + ow] * inv;
-                        for i in 0..k {
-                            for d in &mut dplane[(oh * s + i) * w + ow * s..][..k] {
-                                *d += g;
-                            }
+        self.dx.data_mut().par_chunks_mut(h * w).zip(dy.data().par_chunks(ho * wo)).for_each(|(dplane, dout)| {
+            dplane.fill(T::zero());
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let g = dout[oh * wo + ow] * inv;
+                    for i in 0..k {
+                        for d in &mut dplane[(oh * s + i) * w + ow * s..][..k] {
+                            *d += g;
                         }
                     }
                 }
-            });
+            }
+        });
         Ok(&self.dx)
     }
     fn output(&self) -> &Tensor<T> {
@@ -150,11 +131,7 @@ pub struct MaxPool2d<T: Real = f32> {
 impl<T: Real> MaxPool2d<T> {
     pub fn new(kernel: usize, stride: usize) -> Self {
         MaxPool2d {
-            window: Window {
-                kernel,
-                stride,
-                dims: None,
-            },
+            window: Window { kernel, stride, dims: None },
             argmax: Vec::new(),
             y: Tensor::default(),
             dx: Tensor::default(),
@@ -189,9 +166,7 @@ impl<T: Real> Layer<T> for MaxPool2d<T> {
                             for j in 0..k {
                                 let idx = (oh * s + i) * w + ow * s + j;
                                 // NaN wins, as in PyTorch, so it is not hidden
-                                if plane[idx] > plane[best]
-                                    || plane[idx].is_nan() && !plane[best].is_nan()
-                                {
+                                if plane[idx] > plane[best] || plane[idx].is_nan() && !plane[best].is_nan() {
                                     best = idx;
                                 }
                             }
@@ -212,11 +187,7 @@ impl<T: Real> Layer<T> for MaxPool2d<T> {
         self.dx
             .data_mut()
             .par_chunks_mut(h * w)
-            .zip(
-                dy.data()
-                    .par_chunks(ho * wo)
-                    .zip(self.argmax.par_chunks(ho * wo)),
-            )
+            .zip(dy.data().par_chunks(ho * wo).zip(self.argmax.par_chunks(ho * wo)))
             .for_each(|(dplane, (dout, arg))| {
                 dplane.fill(T::zero());
                 for (&g, &a) in dout.iter().zip(arg) {

@@ -29,7 +29,9 @@ pub enum Norm {
     /// LayerNorm over each example's values (C·H·W after a convolution).
     Layer,
     /// GroupNorm with this many groups (must divide every normalized width: 6, 16, 120, 84).
-    Group { groups: usize },
+    Group {
+        groups: usize,
+    },
 }
 
 /// Normalization before the activation (the original paper, the chapter)
@@ -79,22 +81,21 @@ impl LeNetConfig {
     pub fn network<T: Real>(&self) -> Result<Sequential<T>> {
         let mut net = Sequential::new();
         let has_norm = |on: bool| on && self.norm != Norm::None;
-        let stage =
-            |net: &mut Sequential<T>, affine: Box<dyn Layer<T>>, normed: bool| -> Result<()> {
-                net.push_boxed(affine);
-                let act: Box<dyn Layer<T>> = match self.activation {
-                    Activation::Sigmoid => Box::new(Sigmoid::new()),
-                    Activation::ReLU => Box::new(ReLU::new()),
-                };
-                if normed && self.placement == NormPlacement::BeforeActivation {
-                    net.push_boxed(self.norm_layer());
-                }
-                net.push_boxed(act);
-                if normed && self.placement == NormPlacement::AfterActivation {
-                    net.push_boxed(self.norm_layer());
-                }
-                Ok(())
+        let stage = |net: &mut Sequential<T>, affine: Box<dyn Layer<T>>, normed: bool| -> Result<()> {
+            net.push_boxed(affine);
+            let act: Box<dyn Layer<T>> = match self.activation {
+                Activation::Sigmoid => Box::new(Sigmoid::new()),
+                Activation::ReLU => Box::new(ReLU::new()),
             };
+            if normed && self.placement == NormPlacement::BeforeActivation {
+                net.push_boxed(self.norm_layer());
+            }
+            net.push_boxed(act);
+            if normed && self.placement == NormPlacement::AfterActivation {
+                net.push_boxed(self.norm_layer());
+            }
+            Ok(())
+        };
         let conv_bias = self.bias_before_norm || !has_norm(self.norm_conv);
         let fc_bias = self.bias_before_norm || !has_norm(self.norm_fc);
         for channels in [6, 16] {
@@ -162,12 +163,8 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 4] = [
-        ModelKind::BnLenet,
-        ModelKind::BnLenetScratch,
-        ModelKind::Lenet,
-        ModelKind::LnLenet,
-    ];
+    pub const ALL: [ModelKind; 4] =
+        [ModelKind::BnLenet, ModelKind::BnLenetScratch, ModelKind::Lenet, ModelKind::LnLenet];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -179,28 +176,20 @@ impl ModelKind {
     }
 
     pub fn parse(name: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|m| m.name()).collect();
-                Error::config(
-                    "model",
-                    format!("unknown model '{name}'; choose one of {}", names.join(", ")),
-                )
-            })
+        Self::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|m| m.name()).collect();
+            Error::config("model", format!("unknown model '{name}'; choose one of {}", names.join(", ")))
+        })
     }
 
     pub fn config(&self) -> LeNetConfig {
         match self {
-            ModelKind::BnLenet => LeNetConfig::with_norm(Norm::Batch {
-                imp: BnImpl::Fused,
-                config: BatchNormConfig::pytorch(),
-            }),
-            ModelKind::BnLenetScratch => LeNetConfig::with_norm(Norm::Batch {
-                imp: BnImpl::Scratch,
-                config: BatchNormConfig::pytorch(),
-            }),
+            ModelKind::BnLenet => {
+                LeNetConfig::with_norm(Norm::Batch { imp: BnImpl::Fused, config: BatchNormConfig::pytorch() })
+            }
+            ModelKind::BnLenetScratch => {
+                LeNetConfig::with_norm(Norm::Batch { imp: BnImpl::Scratch, config: BatchNormConfig::pytorch() })
+            }
             ModelKind::Lenet => LeNetConfig::with_norm(Norm::None),
             ModelKind::LnLenet => LeNetConfig::with_norm(Norm::Layer),
         }

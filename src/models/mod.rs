@@ -4,8 +4,8 @@
 pub mod lenet;
 
 pub use lenet::{
-    bn_lenet, bn_lenet_scratch, build, build_config, lenet, ln_lenet, Activation, LeNetConfig,
-    ModelKind, Norm, NormPlacement, INPUT_SHAPE,
+    bn_lenet, bn_lenet_scratch, build, build_config, lenet, ln_lenet, Activation, LeNetConfig, ModelKind, Norm,
+    NormPlacement, INPUT_SHAPE,
 };
 
 use crate::layers::{Layer, Mode, StateMut};
@@ -85,19 +85,15 @@ impl<T: Real> Sequential<T> {
     /// example's output shape.
     pub fn build(&mut self, example_shape: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
         if self.layers.is_empty() {
-            return Err(Error::config(
-                "model",
-                "a Sequential needs at least one layer",
-            ));
+            return Err(Error::config("model", "a Sequential needs at least one layer"));
         }
         let mut shape = example_shape.to_vec();
         self.output_shapes.clear();
         for (i, layer) in self.layers.iter_mut().enumerate() {
             shape = layer.build(&shape, rng).map_err(|e| match e {
-                Error::Shape { layer: l, message } => Error::Shape {
-                    layer: format!("{}.{i} ({l})", self.prefix),
-                    message,
-                },
+                Error::Shape { layer: l, message } => {
+                    Error::Shape { layer: format!("{}.{i} ({l})", self.prefix), message }
+                }
                 other => other,
             })?;
             self.output_shapes.push(shape.clone());
@@ -147,10 +143,7 @@ impl<T: Real> Sequential<T> {
     /// Runs every layer in the current mode and returns the last output.
     pub fn forward(&mut self, x: &Tensor<T>) -> Result<&Tensor<T>> {
         if !self.built {
-            return Err(Error::config(
-                "model",
-                "call build() with one example's input shape before forward()",
-            ));
+            return Err(Error::config("model", "call build() with one example's input shape before forward()"));
         }
         let mode = self.mode;
         for i in 0..self.layers.len() {
@@ -171,11 +164,7 @@ impl<T: Real> Sequential<T> {
             let (done, rest) = self.layers.split_at_mut(i);
             let (layer, after) = rest.split_first_mut().expect("i < n");
             let input = if i == 0 { x } else { done[i - 1].output() };
-            let grad = if i + 1 == n {
-                dy
-            } else {
-                after[0].grad_input()
-            };
+            let grad = if i + 1 == n { dy } else { after[0].grad_input() };
             let need_dx = i > 0 || self.input_grad;
             layer
                 .backward(input, grad, need_dx)
@@ -196,7 +185,9 @@ impl<T: Real> Sequential<T> {
         self.layers
             .iter_mut()
             .zip(slots)
-            .flat_map(|(l, slot)| l.state_mut().into_iter().map(move |(name, s)| (format!("{prefix}.{slot}.{name}"), s)))
+            .flat_map(|(l, slot)| {
+                l.state_mut().into_iter().map(move |(name, s)| (format!("{prefix}.{slot}.{name}"), s))
+            })
             .collect()
     }
 
@@ -236,22 +227,13 @@ impl<T: Real> Sequential<T> {
     /// A PyTorch-like printout: index, layer, output shape, parameters.
     pub fn summary(&mut self) -> String {
         let shapes = self.output_shapes.clone();
-        let mut out = format!(
-            "{:<6} {:<14} {:<16} {:>8}\n",
-            "index", "layer", "output", "params"
-        );
+        let mut out = format!("{:<6} {:<14} {:<16} {:>8}\n", "index", "layer", "output", "params");
         let slots = self.slots();
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let params: usize = layer
                 .state_mut()
                 .into_iter()
-                .map(|(_, s)| {
-                    if let StateMut::Param { value, .. } = s {
-                        value.numel()
-                    } else {
-                        0
-                    }
-                })
+                .map(|(_, s)| if let StateMut::Param { value, .. } = s { value.numel() } else { 0 })
                 .sum();
             let shape = shapes.get(i).map(|s| format!("{s:?}")).unwrap_or_default();
             out += &format!(
@@ -268,10 +250,7 @@ impl<T: Real> Sequential<T> {
 
 fn locate(prefix: &str, i: usize, e: Error) -> Error {
     match e {
-        Error::Shape { layer, message } => Error::Shape {
-            layer: format!("{prefix}.{i} ({layer})"),
-            message,
-        },
+        Error::Shape { layer, message } => Error::Shape { layer: format!("{prefix}.{i} ({layer})"), message },
         other => other,
     }
 }

@@ -20,8 +20,7 @@ pub struct EpochMetrics {
 }
 
 impl EpochMetrics {
-    pub const CSV_HEADER: &'static str =
-        "epoch,train_loss,train_acc,val_loss,val_acc,train_seconds,eval_seconds";
+    pub const CSV_HEADER: &'static str = "epoch,train_loss,train_acc,val_loss,val_acc,train_seconds,eval_seconds";
 
     pub fn csv_row(&self) -> String {
         format!(

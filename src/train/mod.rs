@@ -68,16 +68,10 @@ impl TrainOptions {
     pub fn validate(&self) -> Result<()> {
         self.sgd.validate()?;
         if self.epochs == 0 {
-            return Err(Error::config(
-                "epochs",
-                "must be at least 1, e.g. --epochs 10",
-            ));
+            return Err(Error::config("epochs", "must be at least 1, e.g. --epochs 10"));
         }
         if self.batch_size == 0 {
-            return Err(Error::config(
-                "batch size",
-                "must be at least 1, e.g. --batch-size 128",
-            ));
+            return Err(Error::config("batch size", "must be at least 1, e.g. --batch-size 128"));
         }
         if self.batch_size == 1 && matches!(self.network.norm, models::Norm::Batch { .. }) {
             return Err(Error::config(
@@ -89,10 +83,7 @@ impl TrainOptions {
             return Err(Error::config("eval batch size", "must be at least 1"));
         }
         if self.limit_train == Some(0) || self.limit_val == Some(0) {
-            return Err(Error::config(
-                "limit",
-                "--limit-train and --limit-val must be at least 1",
-            ));
+            return Err(Error::config("limit", "--limit-train and --limit-val must be at least 1"));
         }
         Ok(())
     }
@@ -101,15 +92,7 @@ impl TrainOptions {
 /// Called as training goes, for progress bars and logs.
 pub trait Observer {
     /// After each training batch: running mean loss and examples per second.
-    fn on_batch(
-        &mut self,
-        _epoch: usize,
-        _batch: usize,
-        _batches: usize,
-        _loss: f64,
-        _examples_per_sec: f64,
-    ) {
-    }
+    fn on_batch(&mut self, _epoch: usize, _batch: usize, _batches: usize, _loss: f64, _examples_per_sec: f64) {}
 }
 
 pub struct NoObserver;
@@ -170,15 +153,8 @@ impl Trainer {
     /// One pass over the (shuffled) training set in training mode. Returns
     /// (mean loss, accuracy, seconds). Stops with [`Error::Diverged`] at the
     /// first non-finite loss.
-    pub fn train_epoch(
-        &mut self,
-        data: &Split,
-        observer: &mut dyn Observer,
-    ) -> Result<(f64, f64, f64)> {
-        let n = self
-            .options
-            .limit_train
-            .map_or(data.len(), |l| l.min(data.len()));
+    pub fn train_epoch(&mut self, data: &Split, observer: &mut dyn Observer) -> Result<(f64, f64, f64)> {
+        let n = self.options.limit_train.map_or(data.len(), |l| l.min(data.len()));
         if n == 0 {
             return Err(Error::config("training data", "the training set is empty"));
         }
@@ -193,10 +169,7 @@ impl Trainer {
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0, 0);
         for b in 0..batches {
             let idx = &self.order[b * bs..((b + 1) * bs).min(n)];
-            if idx.len() == 1
-                && b > 0
-                && matches!(self.options.network.norm, models::Norm::Batch { .. })
-            {
+            if idx.len() == 1 && b > 0 && matches!(self.options.network.norm, models::Norm::Batch { .. }) {
                 // a last batch of one example cannot be batch-normalized (PyTorch
                 // raises); it is left out of this epoch
                 continue;
@@ -218,34 +191,21 @@ impl Trainer {
             correct += right;
             seen += idx.len();
             let secs = start.elapsed().as_secs_f64();
-            observer.on_batch(
-                epoch,
-                b + 1,
-                batches,
-                loss_sum / seen as f64,
-                seen as f64 / secs.max(1e-9),
-            );
+            observer.on_batch(epoch, b + 1, batches, loss_sum / seen as f64, seen as f64 / secs.max(1e-9));
         }
-        Ok((
-            loss_sum / seen as f64,
-            correct as f64 / seen as f64,
-            start.elapsed().as_secs_f64(),
-        ))
+        Ok((loss_sum / seen as f64, correct as f64 / seen as f64, start.elapsed().as_secs_f64()))
     }
 
     /// Trains one epoch, evaluates on `val` in prediction mode, and records
     /// the epoch's metrics.
-    pub fn run_epoch(
-        &mut self,
-        train: &Split,
-        val: &Split,
-        observer: &mut dyn Observer,
-    ) -> Result<EpochMetrics> {
+    pub fn run_epoch(&mut self, train: &Split, val: &Split, observer: &mut dyn Observer) -> Result<EpochMetrics> {
         let (train_loss, train_acc, train_seconds) = self.train_epoch(train, observer)?;
         let epoch = self.epoch() + 1;
         for (name, s) in self.net.state_mut() {
             let finite = match s {
-                crate::layers::StateMut::Param { value, .. } | crate::layers::StateMut::Buffer(value) => value.all_finite(),
+                crate::layers::StateMut::Param { value, .. } | crate::layers::StateMut::Buffer(value) => {
+                    value.all_finite()
+                }
                 crate::layers::StateMut::Count(_) => true,
             };
             if !finite {
@@ -257,12 +217,7 @@ impl Trainer {
             }
         }
         let start = Instant::now();
-        let eval = evaluate(
-            &mut self.net,
-            val,
-            self.options.eval_batch_size,
-            self.options.limit_val,
-        )?;
+        let eval = evaluate(&mut self.net, val, self.options.eval_batch_size, self.options.limit_val)?;
         let m = EpochMetrics {
             epoch: self.epoch() + 1,
             train_loss,
@@ -317,28 +272,37 @@ impl Trainer {
                 Error::checkpoint(path, format!("no '{key}' in the metadata: not a training checkpoint (checkpoint.safetensors) written by `normlab train`"))
             })
         };
-        let parse_err = |key: &str, e: serde_json::Error| Error::checkpoint(path, format!("metadata '{key}' is damaged: {e}"));
+        let parse_err =
+            |key: &str, e: serde_json::Error| Error::checkpoint(path, format!("metadata '{key}' is damaged: {e}"));
         let options: TrainOptions = serde_json::from_str(get(META_OPTIONS)?).map_err(|e| parse_err(META_OPTIONS, e))?;
         let mut trainer = Trainer::new(options)?;
         let (_, extras) = checkpoint::load_with_extras(&mut trainer.net, path, MOMENTUM_PREFIX)?;
         trainer.history = serde_json::from_str(get(META_HISTORY)?).map_err(|e| parse_err(META_HISTORY, e))?;
-        trainer.shuffle_rng = serde_json::from_str(get(META_SHUFFLE_RNG)?).map_err(|e| parse_err(META_SHUFFLE_RNG, e))?;
+        trainer.shuffle_rng =
+            serde_json::from_str(get(META_SHUFFLE_RNG)?).map_err(|e| parse_err(META_SHUFFLE_RNG, e))?;
         let rngs: Vec<Rng> = serde_json::from_str(get(META_LAYER_RNGS)?).map_err(|e| parse_err(META_LAYER_RNGS, e))?;
         let mut rngs = rngs.into_iter();
         for layer in trainer.net.layers_mut() {
             if let Some(r) = layer.rng_mut() {
-                *r = rngs.next().ok_or_else(|| Error::checkpoint(path, "fewer dropout random streams than dropout layers"))?;
+                *r = rngs
+                    .next()
+                    .ok_or_else(|| Error::checkpoint(path, "fewer dropout random streams than dropout layers"))?;
             }
         }
         let sizes: Vec<usize> = trainer
             .net
             .state_mut()
             .into_iter()
-            .filter_map(|(_, s)| if let crate::layers::StateMut::Param { value, .. } = s { Some(value.numel()) } else { None })
+            .filter_map(
+                |(_, s)| if let crate::layers::StateMut::Param { value, .. } = s { Some(value.numel()) } else { None },
+            )
             .collect();
         if !extras.is_empty() {
             if extras.len() != sizes.len() || extras.iter().zip(&sizes).any(|(e, &n)| e.2.len() != n) {
-                return Err(Error::checkpoint(path, "the optimizer's momentum buffers do not match the model's parameters"));
+                return Err(Error::checkpoint(
+                    path,
+                    "the optimizer's momentum buffers do not match the model's parameters",
+                ));
             }
             trainer.sgd.set_momentum_buffers(extras.into_iter().map(|e| e.2).collect());
         }
@@ -388,10 +352,7 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let n = limit.map_or(data.len(), |l| l.min(data.len()));
     if n == 0 {
-        return Err(Error::config(
-            "validation data",
-            "the validation set is empty",
-        ));
+        return Err(Error::config("validation data", "the validation set is empty"));
     }
     let mode = net.mode();
     net.eval();
@@ -418,12 +379,7 @@ pub fn evaluate(
     net.set_mode(mode);
     result?;
     let correct: u64 = (0..classes).map(|i| confusion[i][i]).sum();
-    Ok(Evaluation {
-        examples: n,
-        loss: loss_sum / n as f64,
-        accuracy: correct as f64 / n as f64,
-        confusion,
-    })
+    Ok(Evaluation { examples: n, loss: loss_sum / n as f64, accuracy: correct as f64 / n as f64, confusion })
 }
 
 /// Recomputes every batch-norm layer's running statistics over `data` as
@@ -431,11 +387,7 @@ pub fn evaluate(
 /// `torch.optim.swa_utils.update_bn`, "precise BN"): running stats reset,
 /// momentum set to a cumulative average for the pass, then restored.
 /// Returns the number of BN layers updated.
-pub fn recompute_bn_stats(
-    net: &mut Sequential<f32>,
-    data: &Split,
-    batch_size: usize,
-) -> Result<usize> {
+pub fn recompute_bn_stats(net: &mut Sequential<f32>, data: &Split, batch_size: usize) -> Result<usize> {
     let mut saved = Vec::new();
     for layer in net.layers_mut() {
         if let Some(bn) = layer.as_batch_norm_mut() {

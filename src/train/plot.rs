@@ -55,10 +55,7 @@ pub struct Series {
 
 impl Series {
     pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
-        Series {
-            label: label.into(),
-            points,
-        }
+        Series { label: label.into(), points }
     }
 }
 
@@ -106,12 +103,7 @@ const PALETTE: [RGBColor; 10] = [
 /// `val_acc` as solid lines and `train_acc` dashed, against epoch, on
 /// `0..=last epoch` by `0..max(1, largest loss)`. Writes an SVG and a PNG
 /// ([`PLOT_SIZE`]). NaN or infinite values are left out; the rest is drawn.
-pub fn plot_curves(
-    metrics: &[EpochMetrics],
-    title: &str,
-    svg_path: &Path,
-    png_path: &Path,
-) -> Result<()> {
+pub fn plot_curves(metrics: &[EpochMetrics], title: &str, svg_path: &Path, png_path: &Path) -> Result<()> {
     let column = |label: &str, f: fn(&EpochMetrics) -> f64| Series {
         label: label.to_string(),
         points: metrics.iter().map(|m| (m.epoch as f64, f(m))).collect(),
@@ -122,34 +114,15 @@ pub fn plot_curves(
     let val_acc = column("val acc", |m| m.val_acc);
 
     let last_epoch = metrics.iter().map(|m| m.epoch).max().unwrap_or(0).max(1) as f64;
-    let max_loss = metrics
-        .iter()
-        .flat_map(|m| [m.train_loss, m.val_loss])
-        .filter(|v| v.is_finite())
-        .fold(1.0f64, f64::max);
+    let max_loss =
+        metrics.iter().flat_map(|m| [m.train_loss, m.val_loss]).filter(|v| v.is_finite()).fold(1.0f64, f64::max);
 
     let plot = LinePlot {
         lines: vec![
-            Line {
-                series: &train_loss,
-                color: PALETTE[0],
-                kind: LineKind::Solid,
-            },
-            Line {
-                series: &val_loss,
-                color: PALETTE[1],
-                kind: LineKind::Solid,
-            },
-            Line {
-                series: &train_acc,
-                color: PALETTE[2],
-                kind: LineKind::Dashed,
-            },
-            Line {
-                series: &val_acc,
-                color: PALETTE[2],
-                kind: LineKind::Solid,
-            },
+            Line { series: &train_loss, color: PALETTE[0], kind: LineKind::Solid },
+            Line { series: &val_loss, color: PALETTE[1], kind: LineKind::Solid },
+            Line { series: &train_acc, color: PALETTE[2], kind: LineKind::Dashed },
+            Line { series: &val_acc, color: PALETTE[2], kind: LineKind::Solid },
         ],
         title,
         x_label: "epoch",
@@ -184,11 +157,7 @@ pub fn plot_lines(
             .map(|(i, s)| Line {
                 series: s,
                 color: PALETTE[i % PALETTE.len()],
-                kind: if (i / PALETTE.len()).is_multiple_of(2) {
-                    LineKind::Solid
-                } else {
-                    LineKind::Dashed
-                },
+                kind: if (i / PALETTE.len()).is_multiple_of(2) { LineKind::Solid } else { LineKind::Dashed },
             })
             .collect(),
         title,
@@ -215,12 +184,7 @@ pub fn plot_heatmap(
     svg_path: &Path,
     png_path: &Path,
 ) -> Result<()> {
-    let heatmap = Heatmap {
-        values,
-        row_labels,
-        col_labels,
-        title,
-    };
+    let heatmap = Heatmap { values, row_labels, col_labels, title };
     write_both(svg_path, png_path, &heatmap)
 }
 
@@ -237,10 +201,7 @@ fn plot_err<E: std::fmt::Display>(e: E) -> String {
 }
 
 fn finite_points<'a>(s: &'a Series, log_x: bool) -> impl Iterator<Item = (f64, f64)> + 'a {
-    s.points
-        .iter()
-        .copied()
-        .filter(move |&(x, y)| x.is_finite() && y.is_finite() && (!log_x || x > 0.0))
+    s.points.iter().copied().filter(move |&(x, y)| x.is_finite() && y.is_finite() && (!log_x || x > 0.0))
 }
 
 /// Runs of consecutive drawable points; a skipped point breaks the line.
@@ -279,9 +240,7 @@ fn padded_range(lo: f64, hi: f64, log: bool) -> Range<f64> {
 }
 
 fn fit_range(values: impl Iterator<Item = f64>, log: bool) -> Range<f64> {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         // Nothing to draw: a sensible empty axis.
         return if log { 0.1..10.0 } else { 0.0..1.0 };
@@ -309,17 +268,11 @@ fn format_tick(v: f64) -> String {
 
 /// Something drawn the same way on any plotters backend (SVG and bitmap).
 trait Drawing {
-    fn draw<DB: DrawingBackend>(
-        &self,
-        root: &DrawingArea<DB, Shift>,
-    ) -> std::result::Result<(), String>;
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String>;
 }
 
 impl Drawing for LinePlot<'_> {
-    fn draw<DB: DrawingBackend>(
-        &self,
-        root: &DrawingArea<DB, Shift>,
-    ) -> std::result::Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
         draw_line_plot(root, self)
     }
 }
@@ -332,17 +285,8 @@ struct Heatmap<'a> {
 }
 
 impl Drawing for Heatmap<'_> {
-    fn draw<DB: DrawingBackend>(
-        &self,
-        root: &DrawingArea<DB, Shift>,
-    ) -> std::result::Result<(), String> {
-        draw_heatmap(
-            root,
-            self.values,
-            self.row_labels,
-            self.col_labels,
-            self.title,
-        )
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
+        draw_heatmap(root, self.values, self.row_labels, self.col_labels, self.title)
     }
 }
 
@@ -357,37 +301,21 @@ fn draw_line_plot<DB: DrawingBackend>(
     let legend_font = text(15.0);
     let mut legend_w = 0u32;
     for line in &plot.lines {
-        let (w, _) = root
-            .estimate_text_size(&line.series.label, &legend_font)
-            .map_err(plot_err)?;
+        let (w, _) = root.estimate_text_size(&line.series.label, &legend_font).map_err(plot_err)?;
         legend_w = legend_w.max(w);
     }
-    let legend_w = if plot.lines.is_empty() {
-        0
-    } else {
-        (legend_w + 60).clamp(90, width / 3)
-    };
+    let legend_w = if plot.lines.is_empty() { 0 } else { (legend_w + 60).clamp(90, width / 3) };
 
     let titled = root.titled(plot.title, text(22.0)).map_err(plot_err)?;
     let (chart_area, legend_area) = titled.split_horizontally(titled.dim_in_pixel().0 - legend_w);
 
     let x_range = match &plot.x_range {
         Some(r) => r.clone(),
-        None => fit_range(
-            plot.lines
-                .iter()
-                .flat_map(|l| finite_points(l.series, plot.log_x).map(|p| p.0)),
-            plot.log_x,
-        ),
+        None => fit_range(plot.lines.iter().flat_map(|l| finite_points(l.series, plot.log_x).map(|p| p.0)), plot.log_x),
     };
     let y_range = match &plot.y_range {
         Some(r) => r.clone(),
-        None => fit_range(
-            plot.lines
-                .iter()
-                .flat_map(|l| finite_points(l.series, plot.log_x).map(|p| p.1)),
-            false,
-        ),
+        None => fit_range(plot.lines.iter().flat_map(|l| finite_points(l.series, plot.log_x).map(|p| p.1)), false),
     };
 
     if plot.log_x {
@@ -404,20 +332,16 @@ fn draw_line_plot<DB: DrawingBackend>(
         let (x0, x1) = (8, 38);
         let ym = y + row_h / 2;
         match line.kind {
-            LineKind::Solid => legend_area
-                .draw(&PathElement::new(vec![(x0, ym), (x1, ym)], style))
-                .map_err(plot_err)?,
+            LineKind::Solid => {
+                legend_area.draw(&PathElement::new(vec![(x0, ym), (x1, ym)], style)).map_err(plot_err)?
+            }
             LineKind::Dashed => {
                 for (a, b) in [(x0, x0 + 8), (x0 + 12, x0 + 20), (x0 + 24, x1)] {
-                    legend_area
-                        .draw(&PathElement::new(vec![(a, ym), (b, ym)], style))
-                        .map_err(plot_err)?;
+                    legend_area.draw(&PathElement::new(vec![(a, ym), (b, ym)], style)).map_err(plot_err)?;
                 }
             }
         }
-        legend_area
-            .draw(&Circle::new(((x0 + x1) / 2, ym), 3, line.color.filled()))
-            .map_err(plot_err)?;
+        legend_area.draw(&Circle::new(((x0 + x1) / 2, ym), 3, line.color.filled())).map_err(plot_err)?;
         legend_area
             .draw(&Text::new(
                 line.series.label.clone(),
@@ -469,20 +393,14 @@ where
         for run in runs(line.series, plot.log_x) {
             match line.kind {
                 LineKind::Solid => {
-                    chart
-                        .draw_series(LineSeries::new(run.clone(), style))
-                        .map_err(plot_err)?;
+                    chart.draw_series(LineSeries::new(run.clone(), style)).map_err(plot_err)?;
                 }
                 LineKind::Dashed => {
-                    chart
-                        .draw_series(DashedLineSeries::new(run.clone(), 8, 5, style))
-                        .map_err(plot_err)?;
+                    chart.draw_series(DashedLineSeries::new(run.clone(), 8, 5, style)).map_err(plot_err)?;
                 }
             }
             // Markers, so that a single epoch (one point) still shows.
-            chart
-                .draw_series(run.iter().map(|&p| Circle::new(p, 3, line.color.filled())))
-                .map_err(plot_err)?;
+            chart.draw_series(run.iter().map(|&p| Circle::new(p, 3, line.color.filled()))).map_err(plot_err)?;
         }
     }
     Ok(())
@@ -508,11 +426,7 @@ fn viridis(t: f64) -> RGBColor {
         (170, 220, 50),
         (253, 231, 37),
     ];
-    let t = if t.is_finite() {
-        t.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
+    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
     let pos = t * (STOPS.len() - 1) as f64;
     let i = (pos.floor() as usize).min(STOPS.len() - 2);
     let f = pos - i as f64;
@@ -532,21 +446,13 @@ fn draw_heatmap<DB: DrawingBackend>(
 ) -> std::result::Result<(), String> {
     root.fill(&WHITE).map_err(plot_err)?;
     let rows = values.len().max(row_labels.len()).max(1);
-    let cols = values
-        .iter()
-        .map(Vec::len)
-        .max()
-        .unwrap_or(0)
-        .max(col_labels.len())
-        .max(1);
+    let cols = values.iter().map(Vec::len).max().unwrap_or(0).max(col_labels.len()).max(1);
 
     let (lo, hi) = values
         .iter()
         .flatten()
         .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let (lo, hi) = if lo > hi {
         (0.0, 1.0)
     } else if lo == hi {
@@ -576,22 +482,12 @@ fn draw_heatmap<DB: DrawingBackend>(
         .y_label_area_size(row_label_w)
         .build_cartesian_2d(0.0..cols as f64, 0.0..rows as f64)
         .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_labels(0)
-        .y_labels(0)
-        .draw()
-        .map_err(plot_err)?;
+    chart.configure_mesh().disable_mesh().x_labels(0).y_labels(0).draw().map_err(plot_err)?;
 
     let cells = values.iter().enumerate().flat_map(|(r, row)| {
         let y = (rows - 1 - r) as f64;
         row.iter().enumerate().map(move |(c, &v)| {
-            let color = if v.is_finite() {
-                viridis(scale(v))
-            } else {
-                MISSING
-            };
+            let color = if v.is_finite() { viridis(scale(v)) } else { MISSING };
             Rectangle::new([(c as f64, y), (c as f64 + 1.0, y + 1.0)], color.filled())
         })
     });
@@ -615,11 +511,7 @@ fn draw_heatmap<DB: DrawingBackend>(
     for l in col_labels {
         col_label_w = col_label_w.max(root.estimate_text_size(l, &label_font).map_err(plot_err)?.0);
     }
-    let col_step = thin_step(
-        col_labels.len().min(cols),
-        (right - left) as u32,
-        col_label_w + 12,
-    );
+    let col_step = thin_step(col_labels.len().min(cols), (right - left) as u32, col_label_w + 12);
     for (c, label) in col_labels.iter().enumerate().take(cols).step_by(col_step) {
         let (x, _) = chart.backend_coord(&(c as f64 + 0.5, 0.0));
         root.draw(&Text::new(
@@ -644,10 +536,7 @@ fn draw_heatmap<DB: DrawingBackend>(
     bar.draw_series((0..BANDS).map(|k| {
         let a = lo + (hi - lo) * k as f64 / BANDS as f64;
         let b = lo + (hi - lo) * (k + 1) as f64 / BANDS as f64;
-        Rectangle::new(
-            [(0.0, a), (1.0, b)],
-            viridis((k as f64 + 0.5) / BANDS as f64).filled(),
-        )
+        Rectangle::new([(0.0, a), (1.0, b)], viridis((k as f64 + 0.5) / BANDS as f64).filled())
     }))
     .map_err(plot_err)?;
     bar.configure_mesh()
@@ -701,20 +590,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::data(path, "not a file path"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let name = path.file_name().ok_or_else(|| Error::data(path, "not a file path"))?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -741,14 +620,8 @@ mod tests {
 
     #[test]
     fn runs_break_at_non_finite_points() {
-        let s = Series::new(
-            "s",
-            vec![(1.0, 1.0), (2.0, f64::NAN), (3.0, 3.0), (4.0, 4.0)],
-        );
-        assert_eq!(
-            runs(&s, false),
-            vec![vec![(1.0, 1.0)], vec![(3.0, 3.0), (4.0, 4.0)]]
-        );
+        let s = Series::new("s", vec![(1.0, 1.0), (2.0, f64::NAN), (3.0, 3.0), (4.0, 4.0)]);
+        assert_eq!(runs(&s, false), vec![vec![(1.0, 1.0)], vec![(3.0, 3.0), (4.0, 4.0)]]);
         let s = Series::new("s", vec![(0.0, 1.0), (0.1, 2.0)]);
         assert_eq!(runs(&s, true), vec![vec![(0.1, 2.0)]]);
     }

@@ -14,9 +14,7 @@ pub struct Fixture {
 }
 
 pub fn fixture(name: &str) -> Fixture {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.safetensors"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.safetensors"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors fixture");
     let (mut floats, mut ints) = (HashMap::new(), HashMap::new());
@@ -24,64 +22,36 @@ pub fn fixture(name: &str) -> Fixture {
         let shape = view.shape().to_vec();
         match view.dtype() {
             safetensors::Dtype::F32 => {
-                let v = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
-                    .collect();
+                let v = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect();
                 floats.insert(key, (shape, v));
             }
             safetensors::Dtype::I64 => {
-                let v = view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
+                let v = view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
                 ints.insert(key, (shape, v));
             }
             other => panic!("{name}: unexpected dtype {other:?} for {key}"),
         }
     }
-    Fixture {
-        name: name.into(),
-        floats,
-        ints,
-    }
+    Fixture { name: name.into(), floats, ints }
 }
 
 impl Fixture {
     pub fn t<T: Real>(&self, key: &str) -> Tensor<T> {
-        let (shape, v) = self
-            .floats
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: no tensor {key}", self.name));
+        let (shape, v) = self.floats.get(key).unwrap_or_else(|| panic!("{}: no tensor {key}", self.name));
         Tensor::from_f64(shape, v).unwrap()
     }
     pub fn f(&self, key: &str) -> Vec<f64> {
-        self.floats
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: no tensor {key}", self.name))
-            .1
-            .clone()
+        self.floats.get(key).unwrap_or_else(|| panic!("{}: no tensor {key}", self.name)).1.clone()
     }
     pub fn i(&self, key: &str) -> Vec<i64> {
-        self.ints
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: no int tensor {key}", self.name))
-            .1
-            .clone()
+        self.ints.get(key).unwrap_or_else(|| panic!("{}: no int tensor {key}", self.name)).1.clone()
     }
     pub fn has(&self, key: &str) -> bool {
         self.floats.contains_key(key) || self.ints.contains_key(key)
     }
     pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
-        let mut k: Vec<String> = self
-            .floats
-            .keys()
-            .chain(self.ints.keys())
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect();
+        let mut k: Vec<String> =
+            self.floats.keys().chain(self.ints.keys()).filter(|k| k.starts_with(prefix)).cloned().collect();
         k.sort();
         k
     }
@@ -90,13 +60,7 @@ impl Fixture {
 /// Largest `|got - want| / max(1, |want|)`; panics above `tol`. Prints the
 /// figure so the test log records how close each comparison is.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) -> f64 {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: {} values, expected {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
     let mut worst = 0.0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         assert!(g.is_finite(), "{what}[{i}] = {g} is not finite");
