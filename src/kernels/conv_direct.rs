@@ -67,53 +67,21 @@ fn forward_k<T: Real, const K: usize>(
             let mut ow = 0;
             while ow < wo {
                 let left = wo - ow;
-                if left >= 16 && false {
-                    tile::<T, K, 16>(
-                        x,
-                        wb,
-                        cin,
-                        h,
-                        w,
-                        oh,
-                        ow,
-                        |c, t, v| {
-                            let b = bias.map_or(T::zero(), |b| b[co0 + c]);
-                            y[((co0 + c) * ho + oh) * wo + ow + t] = v + b;
-                        },
-                        valid,
-                    );
-                    ow += 16;
-                } else if left >= 8 {
-                    tile::<T, K, 8>(
-                        x,
-                        wb,
-                        cin,
-                        h,
-                        w,
-                        oh,
-                        ow,
-                        |c, t, v| {
-                            let b = bias.map_or(T::zero(), |b| b[co0 + c]);
-                            y[((co0 + c) * ho + oh) * wo + ow + t] = v + b;
-                        },
-                        valid,
-                    );
+                // tiles of 8 output columns (one AVX vector), then 4, then scalar
+                let store = |ow: usize, c: usize, t: usize, v: T, y: &mut [T]| {
+                    y[((co0 + c) * ho + oh) * wo + ow + t] = v + bias.map_or(T::zero(), |b| b[co0 + c]);
+                };
+                if left >= 8 {
+                    let acc = tile::<T, K, 8>(x, wb, (cin, h, w), oh, ow);
+                    for (c, row) in acc.iter().enumerate().take(valid) {
+                        row.iter().enumerate().for_each(|(t, &v)| store(ow, c, t, v, y));
+                    }
                     ow += 8;
                 } else if left >= 4 {
-                    tile::<T, K, 4>(
-                        x,
-                        wb,
-                        cin,
-                        h,
-                        w,
-                        oh,
-                        ow,
-                        |c, t, v| {
-                            let b = bias.map_or(T::zero(), |b| b[co0 + c]);
-                            y[((co0 + c) * ho + oh) * wo + ow + t] = v + b;
-                        },
-                        valid,
-                    );
+                    let acc = tile::<T, K, 4>(x, wb, (cin, h, w), oh, ow);
+                    for (c, row) in acc.iter().enumerate().take(valid) {
+                        row.iter().enumerate().for_each(|(t, &v)| store(ow, c, t, v, y));
+                    }
                     ow += 4;
                 } else {
                     for c in 0..valid {
@@ -138,18 +106,13 @@ fn forward_k<T: Real, const K: usize>(
 
 /// `TW` outputs of one row for [`CB`] channels, accumulated in registers.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn tile<T: Real, const K: usize, const TW: usize>(
     x: &[T],
     wb: &[T],
-    cin: usize,
-    h: usize,
-    w: usize,
+    (cin, h, w): (usize, usize, usize),
     oh: usize,
     ow: usize,
-    mut store: impl FnMut(usize, usize, T),
-    valid: usize,
-) {
+) -> [[T; TW]; CB] {
     // flat, fixed-size accumulators: the compiler unrolls and keeps them in registers
     let mut acc = [[T::zero(); TW]; CB];
     for ci in 0..cin {
@@ -162,11 +125,7 @@ fn tile<T: Real, const K: usize, const TW: usize>(
             }
         }
     }
-    for (c, row) in acc.iter().enumerate().take(valid) {
-        for (t, &v) in row.iter().enumerate() {
-            store(c, t, v);
-        }
-    }
+    acc
 }
 
 /// `acc[c][t] + w[c]·x[t]` for the whole tile, by value so it stays in registers.
