@@ -36,8 +36,6 @@
 //! there); `NORMLAB_WRITE_CORPUS=1 cargo test --release --test robustness
 //! corpus_` regenerates them.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fmt::Debug;
@@ -75,47 +73,9 @@ const PREDICT_MAX_SIDE: u32 = 16_384;
 const PREDICT_MAX_ALLOC: u64 = 256 << 20;
 
 // ---------------------------------------------------------------------------
-// An allocator that records the largest single allocation made by the current
-// thread (as in tests/data.rs), so that "no allocation the input does not
-// justify" is measured.
-
-struct Recording;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Recording {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-}
-
-#[global_allocator]
-static ALLOCATOR: Recording = Recording;
-
-/// Runs `f` and returns its result with the largest allocation it made.
-fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    LARGEST.with(|l| l.set(0));
-    let out = f();
-    (out, LARGEST.with(|l| l.get()))
-}
+#[path = "support/largest_alloc.rs"]
+mod largest_alloc;
+use largest_alloc::largest_allocation;
 
 // ---------------------------------------------------------------------------
 // Running the command line with a hang guard, its wall time and peak memory
