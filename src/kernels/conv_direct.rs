@@ -13,132 +13,70 @@
 use super::conv::ConvGeometry;
 use crate::real::{mul_add, Real};
 
-/// Output channels computed together (weights padded with zeros to a multiple).
-pub const CB: usize = 8;
-
-/// Whether the direct kernels handle this convolution, and are the faster
-/// choice: stride 1, no padding, and a short reduction (`Cin·k·k` ≤ 64, e.g.
-/// LeNet's first layer). With a longer one (LeNet's second layer, 150) the
-/// packed matrix product wins, measured by `examples/conv_kernels.rs`.
+/// Whether the direct kernels handle this convolution: stride 1, no
+/// padding, kernel 3 or 5, and an output at least [`LANES`] wide and 4 high
+/// (a tile). Other convolutions take the im2col + matrix-product path.
 pub fn supported(g: &ConvGeometry) -> bool {
-    g.stride == 1 && g.padding == 0 && matches!(g.kernel, 3 | 5) && g.col_rows() <= 64 && g.output_hw().is_some()
+    g.stride == 1
+        && g.padding == 0
+        && matches!(g.kernel, 3 | 5)
+        && g.output_hw().is_some_and(|(ho, wo)| ho >= 4 && wo >= LANES)
 }
 
-/// Reorders `w[co][ci][i][j]` into blocks of [`CB`] output channels,
+/// Whether the direct weight gradient is the faster choice: a short
+/// reduction (`Cin·k·k` ≤ 64, LeNet's first layer). With a longer one (the
+/// second layer, 150) the packed matrix product wins, measured by
+/// `examples/conv_kernels.rs`.
+pub fn weight_grad_supported(g: &ConvGeometry) -> bool {
+    supported(g) && g.col_rows() <= 64
+}
+
+/// Output channels per forward tile and output rows per tile, chosen by the
+/// number of output channels so little of the tile is padding; measured by
+/// `examples/conv_tiles.rs` (6 channels: 6x3, 16 channels: 8x2).
+fn tile_shape(cout: usize) -> (usize, usize) {
+    if cout % 8 == 0 {
+        (8, 2)
+    } else if cout <= 6 || cout % 6 == 0 {
+        (6, 3)
+    } else {
+        (4, 4)
+    }
+}
+
+/// Reorders `w[co][ci][i][j]` into blocks of the tile's output channels,
 /// `packed[block][ci][i][j][c]`, zero-padded.
 pub fn pack_weights<T: Real>(w: &[T], cout: usize, cin: usize, k: usize, packed: &mut Vec<T>) {
-    let blocks = cout.div_ceil(CB);
+    pack_weights_blocked(w, cout, cin, k, tile_shape(cout).0, packed);
+}
+
+/// [`pack_weights`] for tiles of `cb` output channels (any [`forward_tiled`]).
+pub fn pack_weights_blocked<T: Real>(w: &[T], cout: usize, cin: usize, k: usize, cb: usize, packed: &mut Vec<T>) {
+    let blocks = cout.div_ceil(cb);
     packed.clear();
-    packed.resize(blocks * cin * k * k * CB, T::zero());
+    packed.resize(blocks * cin * k * k * cb, T::zero());
     for co in 0..cout {
-        let (b, c) = (co / CB, co % CB);
+        let (b, c) = (co / cb, co % cb);
         for ci in 0..cin {
             for t in 0..k * k {
-                packed[((b * cin + ci) * k * k + t) * CB + c] = w[(co * cin + ci) * k * k + t];
+                packed[((b * cin + ci) * k * k + t) * cb + c] = w[(co * cin + ci) * k * k + t];
             }
         }
     }
 }
 
-/// One image: `y` is overwritten with `bias + conv(x, w)`.
+/// One image: `y` is overwritten with `bias + conv(x, w)`; `packed` is
+/// [`pack_weights`] of `w`.
 pub fn forward<T: Real>(g: &ConvGeometry, cout: usize, packed: &[T], bias: Option<&[T]>, x: &[T], y: &mut [T]) {
-    match g.kernel {
-        5 => forward_k::<T, 5>(g, cout, packed, bias, x, y),
-        3 => forward_k::<T, 3>(g, cout, packed, bias, x, y),
-        k => panic!("direct convolution supports kernels 3 and 5, got {k}"),
+    match (g.kernel, tile_shape(cout)) {
+        (5, (8, 2)) => forward_tiled::<T, 5, 8, 2>(g, cout, packed, bias, x, y),
+        (5, (6, 3)) => forward_tiled::<T, 5, 6, 3>(g, cout, packed, bias, x, y),
+        (5, (4, 4)) => forward_tiled::<T, 5, 4, 4>(g, cout, packed, bias, x, y),
+        (3, (8, 2)) => forward_tiled::<T, 3, 8, 2>(g, cout, packed, bias, x, y),
+        (3, (6, 3)) => forward_tiled::<T, 3, 6, 3>(g, cout, packed, bias, x, y),
+        (3, (4, 4)) => forward_tiled::<T, 3, 4, 4>(g, cout, packed, bias, x, y),
+        (k, _) => panic!("direct convolution supports kernels 3 and 5, got {k}"),
     }
-}
-
-fn forward_k<T: Real, const K: usize>(
-    g: &ConvGeometry,
-    cout: usize,
-    packed: &[T],
-    bias: Option<&[T]>,
-    x: &[T],
-    y: &mut [T],
-) {
-    let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
-    let (cin, h, w) = (g.channels, g.height, g.width);
-    let block_len = cin * K * K * CB;
-    for (b, wb) in packed.chunks_exact(block_len).enumerate() {
-        let co0 = b * CB;
-        let valid = CB.min(cout - co0);
-        for oh in 0..ho {
-            let mut ow = 0;
-            while ow < wo {
-                let left = wo - ow;
-                // tiles of 8 output columns (one AVX vector), then 4, then scalar
-                let store = |ow: usize, c: usize, t: usize, v: T, y: &mut [T]| {
-                    y[((co0 + c) * ho + oh) * wo + ow + t] = v + bias.map_or(T::zero(), |b| b[co0 + c]);
-                };
-                if left >= 8 {
-                    let acc = tile::<T, K, 8>(x, wb, (cin, h, w), oh, ow);
-                    for (c, row) in acc.iter().enumerate().take(valid) {
-                        row.iter().enumerate().for_each(|(t, &v)| store(ow, c, t, v, y));
-                    }
-                    ow += 8;
-                } else if left >= 4 {
-                    let acc = tile::<T, K, 4>(x, wb, (cin, h, w), oh, ow);
-                    for (c, row) in acc.iter().enumerate().take(valid) {
-                        row.iter().enumerate().for_each(|(t, &v)| store(ow, c, t, v, y));
-                    }
-                    ow += 4;
-                } else {
-                    for c in 0..valid {
-                        for t in ow..wo {
-                            let mut acc = bias.map_or(T::zero(), |b| b[co0 + c]);
-                            for ci in 0..cin {
-                                for i in 0..K {
-                                    for j in 0..K {
-                                        acc += wb[((ci * K + i) * K + j) * CB + c] * x[(ci * h + oh + i) * w + t + j];
-                                    }
-                                }
-                            }
-                            y[((co0 + c) * ho + oh) * wo + t] = acc;
-                        }
-                    }
-                    ow = wo;
-                }
-            }
-        }
-    }
-}
-
-/// `TW` outputs of one row for [`CB`] channels, accumulated in registers.
-#[inline(always)]
-fn tile<T: Real, const K: usize, const TW: usize>(
-    x: &[T],
-    wb: &[T],
-    (cin, h, w): (usize, usize, usize),
-    oh: usize,
-    ow: usize,
-) -> [[T; TW]; CB] {
-    // flat, fixed-size accumulators: the compiler unrolls and keeps them in registers
-    let mut acc = [[T::zero(); TW]; CB];
-    for ci in 0..cin {
-        for i in 0..K {
-            let row = &x[(ci * h + oh + i) * w + ow..];
-            for j in 0..K {
-                let xs: [T; TW] = row[j..j + TW].try_into().expect("row holds the tile");
-                let ws: [T; CB] = wb[((ci * K + i) * K + j) * CB..][..CB].try_into().expect("packed block");
-                acc = fma_tile(acc, ws, xs);
-            }
-        }
-    }
-    acc
-}
-
-/// `acc[c][t] + w[c]·x[t]` for the whole tile, by value so it stays in registers.
-#[inline(always)]
-fn fma_tile<T: Real, const R: usize, const TW: usize>(mut acc: [[T; TW]; R], w: [T; R], x: [T; TW]) -> [[T; TW]; R] {
-    for c in 0..R {
-        let wc = w[c];
-        let a = &mut acc[c];
-        for t in 0..TW {
-            a[t] = mul_add(wc, x[t], a[t]);
-        }
-    }
-    acc
 }
 
 /// Consecutive images `x` (and their `dy`):
@@ -162,37 +100,52 @@ fn weight_grad_k<T: Real, const K: usize>(g: &ConvGeometry, cout: usize, x: &[T]
     let (x_len, dy_len) = (cin * h * w, cout * ho * wo);
     let images = x.len() / x_len;
     assert_eq!(dy.len(), images * dy_len, "one dy per image");
+    let full = wo - wo % LANES;
     for co0 in (0..cout).step_by(DB) {
         let nb = DB.min(cout - co0);
         for ci in 0..cin {
             for i in 0..K {
-                // acc[c][j]: Σ over the images of dy[co0+c] · x[ci] shifted by (i, j)
-                let mut acc = [[T::zero(); K]; DB];
-                let full = wo - wo % 8;
-                for ow in (0..full).step_by(8) {
-                    let lanes =
-                        wg_tile::<T, K, 8>(x, dy, (ci, i, co0, nb), (x_len, dy_len, images), (h, w, ho, wo), ow);
-                    for c in 0..nb {
-                        for j in 0..K {
-                            acc[c][j] += lanes[c][j].iter().copied().sum::<T>();
-                        }
-                    }
-                }
+                // lanes[c][j]: partial sums of dy[co0+c] · x[ci] shifted by (i, j), one per column lane
+                let mut lanes = [[[T::zero(); LANES]; K]; DB];
+                let mut tail = [[T::zero(); K]; DB];
                 for img in 0..images {
-                    let (xi, di) = (&x[img * x_len..], &dy[img * dy_len..]);
-                    for c in 0..nb {
-                        for j in 0..K {
-                            for oh in 0..ho {
-                                for t in full..wo {
-                                    acc[c][j] += di[((co0 + c) * ho + oh) * wo + t] * xi[(ci * h + oh + i) * w + t + j];
+                    let (xi, di) = (&x[img * x_len..][..x_len], &dy[img * dy_len..][..dy_len]);
+                    for oh in 0..ho {
+                        let x_row = &xi[(ci * h + oh + i) * w..][..w];
+                        // channels past the last one repeat it and are discarded
+                        let dy_rows: [&[T]; DB] =
+                            std::array::from_fn(|c| &di[((co0 + c.min(nb - 1)) * ho + oh) * wo..][..wo]);
+                        for ow in (0..full).step_by(LANES) {
+                            let d: [[T; LANES]; DB] =
+                                std::array::from_fn(|c| dy_rows[c][ow..ow + LANES].try_into().expect("dy row"));
+                            let x_seg = &x_row[ow..ow + LANES + K - 1];
+                            for j in 0..K {
+                                separate_loads();
+                                let xs: [T; LANES] = x_seg[j..j + LANES].try_into().expect("x row");
+                                for c in 0..DB {
+                                    for t in 0..LANES {
+                                        lanes[c][j][t] = mul_add(d[c][t], xs[t], lanes[c][j][t]);
+                                    }
+                                }
+                            }
+                        }
+                        for ow in full..wo {
+                            for c in 0..DB {
+                                for j in 0..K {
+                                    tail[c][j] += dy_rows[c][ow] * x_row[ow + j];
                                 }
                             }
                         }
                     }
                 }
-                for c in 0..nb {
+                // constant indices only, so `lanes` lives in registers (see `separate_loads`)
+                for c in 0..DB {
                     for j in 0..K {
-                        dw[(((co0 + c) * cin + ci) * K + i) * K + j] += acc[c][j];
+                        let v = lanes[c][j];
+                        let total = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])) + tail[c][j];
+                        if c < nb {
+                            dw[(((co0 + c) * cin + ci) * K + i) * K + j] += total;
+                        }
                     }
                 }
             }
@@ -200,39 +153,85 @@ fn weight_grad_k<T: Real, const K: usize>(g: &ConvGeometry, cout: usize, x: &[T]
     }
 }
 
-/// Columns `ow..ow+TW` of every output row of every image, as `DB·K`
-/// vectors of partial sums kept in registers.
+/// Keeps the compiler from merging the `K` overlapping row loads of the
+/// weight gradient into one load and a chain of shuffles, which it does
+/// when the loop over `j` is unrolled and which made that kernel 2x slower
+/// than plain unaligned vector loads. An empty `asm!` may touch memory as far
+/// as the compiler knows, so loads are not moved across it; it emits nothing.
 #[inline(always)]
-fn wg_tile<T: Real, const K: usize, const TW: usize>(
+fn separate_loads() {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    // SAFETY: an empty instruction string with no operands does nothing.
+    unsafe {
+        std::arch::asm!("", options(nostack, preserves_flags));
+    }
+}
+
+/// Output columns per vector: one AVX register of f32.
+pub const LANES: usize = 8;
+
+/// Start of each tile of `len` along an axis of `n` (≥ `len`): `0, len, 2·len, …`
+/// and, when `len` does not divide `n`, one last tile flush with the end that
+/// overlaps the one before (its outputs are simply written twice).
+fn tile_starts(n: usize, len: usize) -> impl Iterator<Item = usize> {
+    let tail = (n % len != 0).then_some(n - len);
+    (0..n / len).map(move |t| t * len).chain(tail)
+}
+
+/// Forward on one image by tiles of `CB` channels × `R` output rows × [`LANES`]
+/// output columns, `CB·R` vector accumulators. Each tap `(ci, i, j)` loads `R`
+/// input vectors and `CB` broadcast weights for `CB·R` multiply-adds.
+/// `packed` is [`pack_weights_blocked`] with `cb = CB`.
+/// Needs `Ho ≥ R`, `Wo ≥ LANES`.
+pub fn forward_tiled<T: Real, const K: usize, const CB: usize, const R: usize>(
+    g: &ConvGeometry,
+    cout: usize,
+    packed: &[T],
+    bias: Option<&[T]>,
     x: &[T],
-    dy: &[T],
-    (ci, i, co0, nb): (usize, usize, usize, usize),
-    (x_len, dy_len, images): (usize, usize, usize),
-    (h, w, ho, wo): (usize, usize, usize, usize),
-    ow: usize,
-) -> [[[T; TW]; K]; DB] {
-    let mut lanes = [[[T::zero(); TW]; K]; DB];
-    for img in 0..images {
-        let (xi, di) = (&x[img * x_len..(img + 1) * x_len], &dy[img * dy_len..(img + 1) * dy_len]);
-        for oh in 0..ho {
-            let row = &xi[(ci * h + oh + i) * w + ow..];
-            let mut xs = [[T::zero(); TW]; K];
-            for j in 0..K {
-                xs[j] = row[j..j + TW].try_into().expect("row holds the tile");
-            }
-            for c in 0..DB {
-                // channels past the last one read a valid row and are discarded
-                let cc = (co0 + c).min(co0 + nb - 1);
-                let d: [T; TW] = di[(cc * ho + oh) * wo + ow..][..TW].try_into().expect("dy row");
-                for j in 0..K {
-                    for t in 0..TW {
-                        lanes[c][j][t] = mul_add(d[t], xs[j][t], lanes[c][j][t]);
+    y: &mut [T],
+) {
+    let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
+    let (cin, h, w) = (g.channels, g.height, g.width);
+    assert!(ho >= R && wo >= LANES && x.len() == cin * h * w && y.len() == cout * ho * wo);
+    for (b, wb) in packed.chunks_exact(cin * K * K * CB).enumerate() {
+        let co0 = b * CB;
+        let valid = CB.min(cout - co0);
+        for oh in tile_starts(ho, R) {
+            for ow in tile_starts(wo, LANES) {
+                let mut acc = [[[T::zero(); LANES]; R]; CB];
+                for ci in 0..cin {
+                    for i in 0..K {
+                        let rows: [&[T]; R] = std::array::from_fn(|r| {
+                            let start = (ci * h + oh + r + i) * w + ow;
+                            &x[start..start + LANES + K - 1]
+                        });
+                        let taps: &[T] = &wb[(ci * K + i) * K * CB..][..K * CB];
+                        for j in 0..K {
+                            let ws: [T; CB] = taps[j * CB..][..CB].try_into().expect("packed block");
+                            for r in 0..R {
+                                let xs: [T; LANES] = rows[r][j..j + LANES].try_into().expect("tile");
+                                for c in 0..CB {
+                                    for t in 0..LANES {
+                                        acc[c][r][t] = mul_add(ws[c], xs[t], acc[c][r][t]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for (c, planes) in acc.iter().enumerate().take(valid) {
+                    let b = bias.map_or(T::zero(), |b| b[co0 + c]);
+                    for (r, v) in planes.iter().enumerate() {
+                        let out = &mut y[((co0 + c) * ho + oh + r) * wo + ow..][..LANES];
+                        for t in 0..LANES {
+                            out[t] = v[t] + b;
+                        }
                     }
                 }
             }
         }
     }
-    lanes
 }
 
 #[cfg(test)]
@@ -248,10 +247,18 @@ mod tests {
     /// Direct forward and weight gradient equal im2col + plain matrix products.
     #[test]
     fn matches_im2col_reference() {
-        for (cin, cout, h, w, k) in
-            [(1, 6, 28, 28, 5), (6, 16, 12, 12, 5), (2, 3, 9, 13, 3), (3, 9, 7, 30, 3), (2, 5, 6, 6, 5)]
-        {
+        // every tile shape (cout 16: 8x2, 6 and 5 and 12: 6x3, 9: 4x4), outputs that
+        // are and are not multiples of the tile, both kernels
+        for (cin, cout, h, w, k) in [
+            (1, 6, 28, 28, 5),
+            (6, 16, 12, 12, 5),
+            (2, 5, 9, 13, 3),
+            (3, 9, 7, 30, 3),
+            (2, 12, 9, 12, 5),
+            (4, 16, 10, 11, 3),
+        ] {
             let g = ConvGeometry { channels: cin, height: h, width: w, kernel: k, stride: 1, padding: 0 };
+            assert!(supported(&g));
             let (ho, wo) = g.output_hw().unwrap();
             let (kd, p) = (g.col_rows(), ho * wo);
             let x = values(cin * h * w, 1);
@@ -286,5 +293,34 @@ mod tests {
                 assert!((a - 2.0 * b).abs() < 1e-9, "weight grad of two images: {a} vs {}", 2.0 * b);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod geometry_tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_the_axis_exactly_once_or_twice() {
+        for (n, len) in [(8, 8), (12, 8), (24, 8), (7, 3), (9, 3), (4, 4)] {
+            let mut hits = vec![0; n];
+            for s in tile_starts(n, len) {
+                hits[s..s + len].iter_mut().for_each(|h| *h += 1);
+            }
+            assert!(hits.iter().all(|&h| h == 1 || h == 2), "{n} by {len}: {hits:?}");
+            assert_eq!(hits.iter().filter(|&&h| h == 1).count() == n, n % len == 0);
+        }
+    }
+
+    #[test]
+    fn too_small_outputs_take_the_general_path() {
+        let g =
+            |h: usize, w: usize| ConvGeometry { channels: 1, height: h, width: w, kernel: 5, stride: 1, padding: 0 };
+        assert!(supported(&g(8, 12)));
+        assert!(!supported(&g(7, 12)), "3 output rows");
+        assert!(!supported(&g(12, 11)), "7 output columns");
+        assert!(!supported(&ConvGeometry { padding: 1, ..g(12, 12) }));
+        assert!(weight_grad_supported(&g(28, 28)));
+        assert!(!weight_grad_supported(&ConvGeometry { channels: 6, ..g(12, 12) }));
     }
 }

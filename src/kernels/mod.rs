@@ -25,3 +25,53 @@ pub fn sum<T: Real>(v: &[T]) -> T {
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
+
+/// `dst += src` for short rows (LeNet's are 8 to 24 long): eight at a time
+/// in fixed-size blocks, because the compiler's own vector loop only starts
+/// at 32 elements and would leave such rows to a scalar loop.
+#[inline(always)]
+pub fn add_row<T: Real>(dst: &mut [T], src: &[T]) {
+    assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d8, s8) in (&mut d).zip(&mut s) {
+        let (d8, s8): (&mut [T; 8], &[T; 8]) = (d8.try_into().unwrap(), s8.try_into().unwrap());
+        for l in 0..8 {
+            d8[l] += s8[l];
+        }
+    }
+    for (x, &y) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *x += y;
+    }
+}
+
+/// `dst = src` for short rows, eight at a time (see [`add_row`]); a
+/// `copy_from_slice` of 8 values is a call to `memcpy`.
+#[inline(always)]
+pub fn copy_row<T: Real>(dst: &mut [T], src: &[T]) {
+    assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d8, s8) in (&mut d).zip(&mut s) {
+        let s8: [T; 8] = s8.try_into().unwrap();
+        d8.copy_from_slice(&s8);
+    }
+    d.into_remainder().copy_from_slice(s.remainder());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_rows_add_and_copy_every_element() {
+        for len in [0, 1, 7, 8, 9, 12, 16, 24, 31] {
+            let src: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
+            let mut dst: Vec<f32> = (0..len).map(|i| 100.0 * i as f32).collect();
+            add_row(&mut dst, &src);
+            assert!(dst.iter().enumerate().all(|(i, &v)| v == 101.0 * i as f32 + 0.5), "add {len}");
+            copy_row(&mut dst, &src);
+            assert_eq!(dst, src, "copy {len}");
+        }
+    }
+}

@@ -6,9 +6,13 @@
 //! Backward: `dW = Σₙ dy_n · col(x_n)ᵀ`, `db = Σₙ,ₚ dy`,
 //!           `dx_n = col2im(Wᵀ · dy_n)`
 //!
-//! Images run in parallel. The weight gradient is summed in fixed groups of
-//! images, then the groups in order, so it is bitwise the same for any
-//! number of threads.
+//! Stride 1 without padding (LeNet) runs the register-blocked direct kernels
+//! of `kernels::conv_direct` instead of im2col for the forward pass (and for
+//! the weight gradient when `Cin·k·k` is small).
+//!
+//! Groups of images run in parallel. The weight gradient is summed per fixed
+//! group, then the groups in order, so it is bitwise the same for any number
+//! of threads.
 
 use rayon::prelude::*;
 
@@ -21,8 +25,9 @@ use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-/// Images per partial weight gradient; fixed so the summation order is too.
-const GRAD_GROUP: usize = 8;
+/// Images per task, and per partial weight gradient: fixed so the summation
+/// order is too. Each task has one im2col buffer, reused image after image.
+const GROUP: usize = 8;
 
 pub struct Conv2d<T: Real = f32> {
     out_channels: usize,
@@ -36,7 +41,8 @@ pub struct Conv2d<T: Real = f32> {
     bias: Tensor<T>,
     weight_grad: Tensor<T>,
     bias_grad: Tensor<T>,
-    /// im2col of every image of the last forward, kept for the weight gradient.
+    /// One im2col buffer per group of images (recomputed in backward: cheaper
+    /// than keeping every image's columns, which would not stay in cache).
     cols: Vec<T>,
     dcols: Vec<T>,
     partial_grads: Vec<T>,
@@ -158,21 +164,23 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             });
             return Ok(&self.y);
         }
-        self.cols.resize(n * kdim * p, T::zero());
+        self.cols.resize(n.div_ceil(GROUP) * kdim * p, T::zero());
         let weight = self.weight.data();
         x.data()
-            .par_chunks(image_len)
+            .par_chunks(GROUP * image_len)
+            .zip(self.y.data_mut().par_chunks_mut(GROUP * co * p))
             .zip(self.cols.par_chunks_mut(kdim * p))
-            .zip(self.y.data_mut().par_chunks_mut(co * p))
-            .for_each(|((image, col), out)| {
-                im2col(&g, image, col);
-                if let Some(bias) = bias {
-                    for (plane, &b) in out.chunks_exact_mut(p).zip(bias) {
-                        plane.fill(b);
+            .for_each(|((images, outs), col)| {
+                for (image, out) in images.chunks_exact(image_len).zip(outs.chunks_exact_mut(co * p)) {
+                    im2col(&g, image, col);
+                    if let Some(bias) = bias {
+                        for (plane, &b) in out.chunks_exact_mut(p).zip(bias) {
+                            plane.fill(b);
+                        }
                     }
+                    let beta = if bias.is_some() { T::one() } else { T::zero() };
+                    gemm(Op::N, Op::N, co, p, kdim, T::one(), weight, col, beta, out);
                 }
-                let beta = if bias.is_some() { T::one() } else { T::zero() };
-                gemm(Op::N, Op::N, co, p, kdim, T::one(), weight, col, beta, out);
             });
         Ok(&self.y)
     }
@@ -194,29 +202,28 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             }
         }
 
-        let groups = n.div_ceil(GRAD_GROUP);
+        let groups = n.div_ceil(GROUP);
         self.partial_grads.resize(groups * co * kdim, T::zero());
-        let cols = &self.cols;
-        let direct = conv_direct::supported(&g);
+        self.cols.resize(groups * kdim * p, T::zero());
+        let direct = conv_direct::weight_grad_supported(&g);
         let (xd, image_len) = (x.data(), g.channels * g.height * g.width);
-        self.partial_grads.par_chunks_mut(co * kdim).enumerate().for_each(|(gi, partial)| {
-            let first = gi * GRAD_GROUP;
-            if direct {
-                partial.fill(T::zero());
-            }
-            let last = (first + GRAD_GROUP).min(n);
-            if direct {
-                let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
-                conv_direct::weight_grad(&g, co, xs, dys, partial);
-                return;
-            }
-            for img in first..last {
-                let dy_n = &dyd[img * co * p..(img + 1) * co * p];
-                let beta = if img == first { T::zero() } else { T::one() };
-                let col_n = &cols[img * kdim * p..(img + 1) * kdim * p];
-                gemm(Op::N, Op::T, co, kdim, p, T::one(), dy_n, col_n, beta, partial);
-            }
-        });
+        self.partial_grads.par_chunks_mut(co * kdim).zip(self.cols.par_chunks_mut(kdim * p)).enumerate().for_each(
+            |(gi, (partial, col))| {
+                let (first, last) = (gi * GROUP, ((gi + 1) * GROUP).min(n));
+                if direct {
+                    partial.fill(T::zero());
+                    let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
+                    conv_direct::weight_grad(&g, co, xs, dys, partial);
+                    return;
+                }
+                for img in first..last {
+                    im2col(&g, &xd[img * image_len..(img + 1) * image_len], col);
+                    let dy_n = &dyd[img * co * p..(img + 1) * co * p];
+                    let beta = if img == first { T::zero() } else { T::one() };
+                    gemm(Op::N, Op::T, co, kdim, p, T::one(), dy_n, col, beta, partial);
+                }
+            },
+        );
         let dw = self.weight_grad.data_mut();
         dw.copy_from_slice(&self.partial_grads[..co * kdim]);
         for partial in self.partial_grads[co * kdim..].chunks_exact(co * kdim) {
@@ -227,16 +234,18 @@ impl<T: Real> Layer<T> for Conv2d<T> {
 
         if need_dx {
             self.dx.resize(x.shape());
-            self.dcols.resize(n * kdim * p, T::zero());
+            self.dcols.resize(groups * kdim * p, T::zero());
             let weight = self.weight.data();
             self.dx
                 .data_mut()
-                .par_chunks_mut(image_len)
+                .par_chunks_mut(GROUP * image_len)
                 .zip(self.dcols.par_chunks_mut(kdim * p))
-                .zip(dyd.par_chunks(co * p))
-                .for_each(|((dx_n, dcol), dy_n)| {
-                    gemm(Op::T, Op::N, kdim, p, co, T::one(), weight, dy_n, T::zero(), dcol);
-                    col2im(&g, dcol, dx_n);
+                .zip(dyd.par_chunks(GROUP * co * p))
+                .for_each(|((dxs, dcol), dys)| {
+                    for (dx_n, dy_n) in dxs.chunks_exact_mut(image_len).zip(dys.chunks_exact(co * p)) {
+                        gemm(Op::T, Op::N, kdim, p, co, T::one(), weight, dy_n, T::zero(), dcol);
+                        col2im(&g, dcol, dx_n);
+                    }
                 });
         }
         Ok(&self.dx)
