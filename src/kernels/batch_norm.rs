@@ -38,7 +38,7 @@ pub fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
 
 /// Runs `per_channel(c)` for every channel, in parallel when the tensor is
 /// large, and collects the results in channel order.
-fn per_channel<R: Send>(c: usize, total: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+pub fn per_channel<R: Send>(c: usize, total: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
     if total >= PAR_MIN && c > 1 {
         (0..c).into_par_iter().map(f).collect()
     } else {
@@ -67,14 +67,17 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64
         }
         return (mean, sq.iter().map(|v| v / m).collect());
     }
-    per_channel(c, x.len(), |ch| {
-        let runs = || (0..n).map(move |i| &x[(i * c + ch) * s..(i * c + ch + 1) * s]);
-        let mean = runs().map(|r| lane_sum(r, r, |a, _| a)).sum::<f64>() / m;
-        let var = runs().map(|r| lane_sum(r, r, |a, _| (a - mean) * (a - mean))).sum::<f64>() / m;
-        (mean, var)
-    })
-    .into_iter()
-    .unzip()
+    per_channel(c, x.len(), |ch| channel_mean_var(x, (n, c, s), ch)).into_iter().unzip()
+}
+
+/// Mean and biased variance of channel `ch` of `(N, C, S)` input: two passes
+/// over its `N` runs, in f64.
+pub fn channel_mean_var<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f64, f64) {
+    let m = (n * s) as f64;
+    let runs = || (0..n).map(move |i| &x[(i * c + ch) * s..(i * c + ch + 1) * s]);
+    let mean = runs().map(|r| lane_sum(r, r, |a, _| a)).sum::<f64>() / m;
+    let var = runs().map(|r| lane_sum(r, r, |a, _| (a - mean) * (a - mean))).sum::<f64>() / m;
+    (mean, var)
 }
 
 /// `y = (x - mean[c])·scale[c] + shift[c]`.
@@ -163,20 +166,31 @@ pub fn backward_apply<T: Real>(
     }
 }
 
-/// Shares one output buffer between channel tasks that write disjoint runs.
-struct ChannelOut<T>(*mut T);
-// SAFETY: each task writes only the runs of its own channel (see below).
-unsafe impl<T: Send> Send for ChannelOut<T> {}
-unsafe impl<T: Send> Sync for ChannelOut<T> {}
+/// Shares one output buffer between channel tasks that write disjoint runs
+/// (in NCHW a channel's values are `N` runs, interleaved with the other
+/// channels', so the buffer cannot be split with `chunks_mut`).
+pub struct ChannelOut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _buffer: std::marker::PhantomData<&'a mut [T]>,
+}
+// SAFETY: each task writes only the runs of its own channel (see `run`).
+unsafe impl<T: Send> Send for ChannelOut<'_, T> {}
+unsafe impl<T: Send> Sync for ChannelOut<'_, T> {}
 
-impl<T> ChannelOut<T> {
+impl<'a, T> ChannelOut<'a, T> {
+    pub fn new(buffer: &'a mut [T]) -> Self {
+        ChannelOut { ptr: buffer.as_mut_ptr(), len: buffer.len(), _buffer: std::marker::PhantomData }
+    }
+
     /// The run of `len` values at `start`.
     ///
     /// # Safety
-    /// `start..start + len` lies inside the buffer and no other task touches it.
+    /// No other task touches `start..start + len` while the slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn run(&self, start: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    pub unsafe fn run(&self, start: usize, len: usize) -> &mut [T] {
+        assert!(start + len <= self.len, "run {start}+{len} outside a buffer of {}", self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }
 }
 
@@ -196,12 +210,10 @@ pub fn stats_and_normalize<T: Real>(
     eps: f64,
 ) -> (Vec<f64>, Vec<f64>) {
     assert!(x.len() == n * c * s && y.len() == x.len() && s > 1, "stats_and_normalize: shapes");
-    let out = ChannelOut(y.as_mut_ptr());
-    let m = (n * s) as f64;
+    let out = ChannelOut::new(y);
     per_channel(c, x.len(), |ch| {
         let runs = || (0..n).map(move |i| (i * c + ch) * s);
-        let mean = runs().map(|r| lane_sum(&x[r..r + s], &x[r..r + s], |a, _| a)).sum::<f64>() / m;
-        let var = runs().map(|r| lane_sum(&x[r..r + s], &x[r..r + s], |a, _| (a - mean) * (a - mean))).sum::<f64>() / m;
+        let (mean, var) = channel_mean_var(x, (n, c, s), ch);
         let (mu, scale, shift) = (T::from_f64(mean), gamma[ch] * T::from_f64(1.0 / (var + eps).sqrt()), beta[ch]);
         for r in runs() {
             // SAFETY: run r belongs to channel ch alone and lies inside y (asserted sizes)
@@ -230,7 +242,7 @@ pub fn backward_fused<T: Real>(
     coef: impl Fn(usize, f64, f64) -> (T, T, T) + Sync + Send,
 ) -> (Vec<f64>, Vec<f64>) {
     assert!(x.len() == n * c * s && dy.len() == x.len() && dx.len() == x.len() && s > 1, "backward_fused: shapes");
-    let out = ChannelOut(dx.as_mut_ptr());
+    let out = ChannelOut::new(dx);
     per_channel(c, x.len(), |ch| {
         let mu = mean[ch];
         let muf = mu.as_f64();

@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::{BatchNorm, BatchNormConfig, BnImpl, BnParts};
-use crate::kernels::batch_norm::PAR_MIN;
+use crate::kernels::batch_norm::{channel_mean_var, per_channel, ChannelOut, PAR_MIN};
 use crate::layers::activation::sigmoid;
 use crate::layers::{Layer, Mode, StateMut};
 use crate::real::Real;
@@ -49,16 +49,56 @@ impl<T: Real> BnSigmoidPool<T> {
     }
 }
 
-/// Applies `f(plane index, plane)` to every `(H·W)`-sized plane, in parallel when large.
-fn for_planes<T: Real, F>(data: &mut [T], plane: usize, f: F)
-where
-    F: Fn(usize, &mut [T]) + Sync + Send,
-{
-    if data.len() >= PAR_MIN {
-        data.par_chunks_mut(plane).enumerate().for_each(|(i, p)| f(i, p));
-    } else {
-        data.chunks_mut(plane).enumerate().for_each(|(i, p)| f(i, p));
+/// One plane: `s = sigmoid((z - mean)·scale + shift)`, then `y` = the 2x2
+/// means of `s` (`w` is the plane's width).
+#[inline]
+fn sigmoid_pool_plane<T: Real>(z: &[T], (mean, scale, shift): (T, T, T), w: usize, s: &mut [T], y: &mut [T]) {
+    for (v, &x) in s.iter_mut().zip(z) {
+        *v = sigmoid((x - mean) * scale + shift);
     }
+    let quarter = T::from_f64(0.25);
+    for (y_row, rows) in y.chunks_exact_mut(w / 2).zip(s.chunks_exact(2 * w)) {
+        let (r0, r1) = rows.split_at(w);
+        for ((o, a), b) in y_row.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            *o = ((a[0] + a[1]) + (b[0] + b[1])) * quarter;
+        }
+    }
+}
+
+/// `dh = (g / 4)·s·(1 - s)` over one plane: the pooled gradient `g` spread
+/// over its 2x2 window, times the sigmoid's slope.
+#[inline]
+fn pooled_grad_times_sigmoid_slope<T: Real>(g: &[T], s: &[T], w: usize, dh: &mut [T]) {
+    let quarter = T::from_f64(0.25);
+    for (r, dh_row) in dh.chunks_exact_mut(w).enumerate() {
+        for (pair, &gv) in dh_row.chunks_exact_mut(2).zip(&g[(r / 2) * (w / 2)..][..w / 2]) {
+            pair[0] = gv * quarter;
+            pair[1] = gv * quarter;
+        }
+    }
+    for (d, &sv) in dh.iter_mut().zip(s) {
+        *d = *d * sv * (T::one() - sv);
+    }
+}
+
+/// `(Σ dh, Σ dh·(z - mu))` over one plane, eight lanes in T, then f64.
+#[inline]
+fn dh_sums<T: Real>(dh: &[T], z: &[T], mu: T) -> (f64, f64) {
+    let (mut a, mut b) = ([T::zero(); 8], [T::zero(); 8]);
+    let (dc, zc) = (dh.chunks_exact(8), z.chunks_exact(8));
+    let (dr, zr) = (dc.remainder(), zc.remainder());
+    for (d, x) in dc.zip(zc) {
+        for l in 0..8 {
+            a[l] += d[l];
+            b[l] += d[l] * (x[l] - mu);
+        }
+    }
+    for (l, (&d, &x)) in dr.iter().zip(zr).enumerate() {
+        a[l] += d;
+        b[l] += d * (x - mu);
+    }
+    let total = |v: [T; 8]| (((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))).as_f64();
+    (total(a), total(b))
 }
 
 impl<T: Real> Layer<T> for BnSigmoidPool<T> {
@@ -83,35 +123,47 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
     }
 
     fn forward(&mut self, z: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
-        let (n, c, _) = self.bn.prepare(z, mode)?;
         let (_, h, w) = self.dims;
         let (ho, wo) = (h / 2, w / 2);
-        let scale: Vec<T> = (0..c).map(|ch| self.bn.gamma_at(ch) * self.bn.saved.inv_std[ch]).collect();
-        let shift: Vec<T> = (0..c).map(|ch| self.bn.beta_at(ch)).collect();
-        let center = &self.bn.saved.center;
-        self.s.resize(z.numel(), T::zero());
-        self.y.resize(&[n, c, ho, wo]);
-        let quarter = T::from_f64(0.25);
+        let (hw, pooled) = (h * w, ho * wo);
         let zd = z.data();
-        let (s_buf, y_buf) = (&mut self.s, self.y.data_mut());
-        let work = |(idx, (sp, yp)): (usize, (&mut [T], &mut [T]))| {
-            let ch = idx % c;
-            let (m, sc, sh) = (center[ch], scale[ch], shift[ch]);
-            let zp = &zd[idx * h * w..(idx + 1) * h * w];
-            for (v, &x) in sp.iter_mut().zip(zp) {
-                *v = sigmoid((x - m) * sc + sh);
-            }
-            for (oh, yr) in yp.chunks_exact_mut(wo).enumerate() {
-                let (r0, r1) = (&sp[2 * oh * w..][..w], &sp[(2 * oh + 1) * w..][..w]);
-                for (ow, o) in yr.iter_mut().enumerate() {
-                    *o = ((r0[2 * ow] + r0[2 * ow + 1]) + (r1[2 * ow] + r1[2 * ow + 1])) * quarter;
+        let (n, c, _) = self.bn.view(z)?;
+        self.s.resize(zd.len(), T::zero());
+        self.y.resize(&[n, c, ho, wo]);
+        let (s_buf, y_buf) = (&mut self.s, &mut self.y);
+        // Training: each channel's statistics, then its sigmoid and pooling,
+        // in one task while the channel's values are still in cache.
+        let (_, done) = self.bn.prepare_using(z, mode, |bn, (n, c, sp)| {
+            let (s_out, y_out) = (ChannelOut::new(s_buf), ChannelOut::new(y_buf.data_mut()));
+            let eps = bn.config.eps;
+            let stats = per_channel(c, zd.len(), |ch| {
+                let (mean, var) = channel_mean_var(zd, (n, c, sp), ch);
+                let scale = bn.gamma_at(ch) * T::from_f64(1.0 / (var + eps).sqrt());
+                for plane in (0..n).map(|i| i * c + ch) {
+                    // SAFETY: the planes of channel ch belong to this task alone
+                    let (s, y) = unsafe { (s_out.run(plane * hw, hw), y_out.run(plane * pooled, pooled)) };
+                    sigmoid_pool_plane(&zd[plane * hw..][..hw], (T::from_f64(mean), scale, bn.beta_at(ch)), w, s, y);
                 }
+                (mean, var)
+            });
+            (stats.into_iter().unzip(), true)
+        })?;
+        if !done {
+            // evaluation with running statistics
+            let coef: Vec<(T, T, T)> = (0..c)
+                .map(|ch| {
+                    (self.bn.saved.center[ch], self.bn.gamma_at(ch) * self.bn.saved.inv_std[ch], self.bn.beta_at(ch))
+                })
+                .collect();
+            let work = |(plane, (s, y)): (usize, (&mut [T], &mut [T]))| {
+                sigmoid_pool_plane(&zd[plane * hw..][..hw], coef[plane % c], w, s, y);
+            };
+            let (s, y) = (&mut self.s, self.y.data_mut());
+            if zd.len() >= PAR_MIN {
+                s.par_chunks_mut(hw).zip(y.par_chunks_mut(pooled)).enumerate().for_each(work);
+            } else {
+                s.chunks_mut(hw).zip(y.chunks_mut(pooled)).enumerate().for_each(work);
             }
-        };
-        if zd.len() >= PAR_MIN {
-            s_buf.par_chunks_mut(h * w).zip(y_buf.par_chunks_mut(ho * wo)).enumerate().for_each(work);
-        } else {
-            s_buf.chunks_mut(h * w).zip(y_buf.chunks_mut(ho * wo)).enumerate().for_each(work);
         }
         Ok(&self.y)
     }
@@ -126,71 +178,47 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
                 format!("gradient shape {:?}, expected {:?}", dy.shape(), [n, c, ho, wo]),
             ));
         }
+        let (hw, pooled) = (h * w, ho * wo);
         let (zd, dyd, s) = (z.data(), dy.data(), &self.s);
-        let mean = &self.bn.saved.mean;
-        let quarter = T::from_f64(0.25);
-        // dh for one row of one plane: the pooled gradient spread over its
-        // window, times the sigmoid's derivative
-        // dh for one whole plane (whole planes keep the loops long enough to
-        // vectorize): the pooled gradient spread over its window, times the
-        // sigmoid's derivative
-        let dh_plane = |plane: usize, out: &mut [T]| {
-            for (r, orow) in out.chunks_exact_mut(w).enumerate() {
-                let g = &dyd[(plane * ho + r / 2) * wo..][..wo];
-                for (pair, &gv) in orow.chunks_exact_mut(2).zip(g) {
-                    pair[0] = gv * quarter;
-                    pair[1] = gv * quarter;
-                }
-            }
-            for (o, &sv) in out.iter_mut().zip(&s[plane * h * w..(plane + 1) * h * w]) {
-                *o = *o * sv * (T::one() - sv);
-            }
-        };
-        // Σ dh and Σ dh·(z - mean) per channel, each channel on one thread in
-        // a fixed order
-        let sums = |ch: usize| {
-            let mu = mean[ch];
-            let mut dh = vec![T::zero(); h * w];
-            let mut centred = vec![T::zero(); h * w];
-            let (mut a, mut b) = (0.0f64, 0.0f64);
-            for i in 0..n {
-                let plane = i * c + ch;
-                dh_plane(plane, &mut dh);
-                for ((o, &d), &x) in centred.iter_mut().zip(&dh).zip(&zd[plane * h * w..(plane + 1) * h * w]) {
-                    *o = d * (x - mu);
-                }
-                a += crate::kernels::sum(&dh).as_f64();
-                b += crate::kernels::sum(&centred).as_f64();
-            }
-            (a, b)
-        };
-        let (dbeta, sum_dh_xmu): (Vec<f64>, Vec<f64>) =
-            if zd.len() >= PAR_MIN { (0..c).into_par_iter().map(sums).unzip() } else { (0..c).map(sums).unzip() };
-        let inv_std = &self.bn.saved.inv_std;
+        let bn = &self.bn;
+        let (mean, inv_std, batch) = (&bn.saved.mean, &bn.saved.inv_std, bn.saved.batch_stats);
         let m = (n * sp) as f64;
-        let dgamma: Vec<f64> = (0..c).map(|ch| sum_dh_xmu[ch] * inv_std[ch].as_f64()).collect();
         if need_dx {
-            let batch = self.bn.saved.batch_stats;
-            let coef: Vec<(T, T, T)> = (0..c)
-                .map(|ch| {
-                    let a = (self.bn.gamma_at(ch) * inv_std[ch]).as_f64();
-                    let is = inv_std[ch].as_f64();
-                    let (b, k) =
-                        if batch { (-a * is * is * sum_dh_xmu[ch] / m, -a * dbeta[ch] / m) } else { (0.0, 0.0) };
-                    (T::from_f64(a), T::from_f64(b), T::from_f64(k))
-                })
-                .collect();
             self.dz.resize(z.shape());
-            for_planes(self.dz.data_mut(), h * w, |plane, out| {
-                let ch = plane % c;
-                let (a, b, k) = coef[ch];
-                let mu = mean[ch];
-                dh_plane(plane, out);
-                for (d, &x) in out.iter_mut().zip(&zd[plane * h * w..(plane + 1) * h * w]) {
-                    *d = a * *d + b * (x - mu) + k;
-                }
-            });
         }
+        let dz_out = ChannelOut::new(self.dz.data_mut());
+        // Per channel: Σ dh and Σ dh·(z - mean), then (while the channel is
+        // still in cache) dz = a·dh + b·(z - mean) + k, each channel on one
+        // thread in a fixed order.
+        let sums = per_channel(c, zd.len(), |ch| {
+            let mu = mean[ch];
+            let mut dh = vec![T::zero(); hw];
+            let (mut sum_dh, mut sum_dh_xmu) = (0.0f64, 0.0f64);
+            for plane in (0..n).map(|i| i * c + ch) {
+                let (zp, sp) = (&zd[plane * hw..][..hw], &s[plane * hw..][..hw]);
+                pooled_grad_times_sigmoid_slope(&dyd[plane * pooled..][..pooled], sp, w, &mut dh);
+                let (a, b) = dh_sums(&dh, zp, mu);
+                sum_dh += a;
+                sum_dh_xmu += b;
+            }
+            if need_dx {
+                let a = (bn.gamma_at(ch) * inv_std[ch]).as_f64();
+                let is = inv_std[ch].as_f64();
+                let (b, k) = if batch { (-a * is * is * sum_dh_xmu / m, -a * sum_dh / m) } else { (0.0, 0.0) };
+                let (a, b, k) = (T::from_f64(a), T::from_f64(b), T::from_f64(k));
+                for plane in (0..n).map(|i| i * c + ch) {
+                    // SAFETY: the planes of channel ch belong to this task alone
+                    let out = unsafe { dz_out.run(plane * hw, hw) };
+                    pooled_grad_times_sigmoid_slope(&dyd[plane * pooled..][..pooled], &s[plane * hw..][..hw], w, out);
+                    for (d, &x) in out.iter_mut().zip(&zd[plane * hw..][..hw]) {
+                        *d = a * *d + b * (x - mu) + k;
+                    }
+                }
+            }
+            (sum_dh, sum_dh_xmu)
+        });
+        let (dbeta, sum_dh_xmu): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
+        let dgamma: Vec<f64> = (0..c).map(|ch| sum_dh_xmu[ch] * inv_std[ch].as_f64()).collect();
         self.bn.set_affine_grads(&dgamma, &dbeta);
         Ok(&self.dz)
     }

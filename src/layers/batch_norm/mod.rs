@@ -340,19 +340,44 @@ impl<T: Real> BatchNorm<T> {
 
     /// The first half of the forward pass: statistics (batch or running),
     /// the running-statistics update in training mode, and the per-channel
-    /// values kept for the backward pass. Returns the `(N, C, S)` view.
-    fn prepare(&mut self, x: &Tensor<T>, mode: Mode) -> Result<(usize, usize, usize)> {
-        self.prepare_and_maybe_normalize(x, mode, false).map(|(dims, _)| dims)
-    }
-
-    /// [`Self::prepare`]; with `write_y`, the fused implementation may also
-    /// write the output in the same sweep (returns whether it did).
+    /// values kept for the backward pass; with `write_y`, the fused
+    /// implementation may also write the output in the same sweep (returns
+    /// the `(N, C, S)` view and whether it did).
     fn prepare_and_maybe_normalize(
         &mut self,
         x: &Tensor<T>,
         mode: Mode,
         write_y: bool,
     ) -> Result<((usize, usize, usize), bool)> {
+        self.prepare_using(x, mode, |bn, (n, c, s)| {
+            let one_sweep = write_y && bn.imp == BnImpl::Fused && bn.config.parts == BnParts::Full && s > 1;
+            match bn.imp {
+                BnImpl::Scratch => (scratch::batch_stats(x.data(), n, c, s), false),
+                BnImpl::Fused if one_sweep => {
+                    let (gamma, beta) = affine_or_identity(bn.config.affine, &bn.weight, &bn.bias, c);
+                    bn.y.resize(x.shape());
+                    let y = bn.y.data_mut();
+                    let eps = bn.config.eps;
+                    (crate::kernels::batch_norm::stats_and_normalize(x.data(), y, (n, c, s), &gamma, &beta, eps), true)
+                }
+                BnImpl::Fused => (crate::kernels::batch_norm::channel_stats(x.data(), n, c, s), false),
+            }
+        })
+    }
+
+    /// [`Self::prepare_and_maybe_normalize`] with the batch statistics (mean, biased variance per
+    /// channel) computed by `batch_stats`, which may also write the layer's
+    /// output while the data is in cache and says whether it did. Called only
+    /// when batch statistics are used: in training, or without running ones.
+    pub(super) fn prepare_using<F>(
+        &mut self,
+        x: &Tensor<T>,
+        mode: Mode,
+        batch_stats_of: F,
+    ) -> Result<((usize, usize, usize), bool)>
+    where
+        F: FnOnce(&mut Self, (usize, usize, usize)) -> ((Vec<f64>, Vec<f64>), bool),
+    {
         let mut normalized = false;
         let (n, c, s) = self.view(x)?;
         let batch_stats = mode == Mode::Train || !self.config.track_running_stats;
@@ -367,29 +392,12 @@ impl<T: Real> BatchNorm<T> {
                     ),
                 ));
             }
-            let one_sweep = write_y && self.imp == BnImpl::Fused && self.config.parts == BnParts::Full && s > 1;
-            let (mean, var) = match self.imp {
-                BnImpl::Scratch => scratch::batch_stats(x.data(), n, c, s),
-                BnImpl::Fused if one_sweep => {
-                    let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
-                    self.y.resize(x.shape());
-                    normalized = true;
-                    let y = self.y.data_mut();
-                    crate::kernels::batch_norm::stats_and_normalize(
-                        x.data(),
-                        y,
-                        (n, c, s),
-                        &gamma,
-                        &beta,
-                        self.config.eps,
-                    )
-                }
-                BnImpl::Fused => crate::kernels::batch_norm::channel_stats(x.data(), n, c, s),
-            };
+            let (stats, wrote) = batch_stats_of(self, (n, c, s));
+            normalized = wrote;
             if mode == Mode::Train && self.config.track_running_stats {
-                self.update_running_stats(&mean, &var, n * s)?;
+                self.update_running_stats(&stats.0, &stats.1, n * s)?;
             }
-            (mean, var)
+            stats
         } else {
             (self.running_mean.to_f64_vec(), self.running_var.to_f64_vec())
         };
