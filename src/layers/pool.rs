@@ -75,7 +75,18 @@ impl<T: Real> Layer<T> for AvgPool2d<T> {
         let (k, s) = (self.window.kernel, self.window.stride);
         let inv = T::from_f64(1.0 / (k * k) as f64);
         self.y.resize(&[n, c, ho, wo]);
+        let halving = k == 2 && s == 2 && h % 2 == 0 && w % 2 == 0;
         self.y.data_mut().par_chunks_mut(ho * wo).zip(x.data().par_chunks(h * w)).for_each(|(out, plane)| {
+            if halving {
+                // LeNet's 2x2 stride 2: two input rows per output row, pairs summed in the same order
+                for (out_row, rows) in out.chunks_exact_mut(wo).zip(plane.chunks_exact(2 * w)) {
+                    let (r0, r1) = rows.split_at(w);
+                    for ((o, a), b) in out_row.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                        *o = ((a[0] + a[1]) + (b[0] + b[1])) * inv;
+                    }
+                }
+                return;
+            }
             for oh in 0..ho {
                 for ow in 0..wo {
                     let mut acc = T::zero();
@@ -97,7 +108,20 @@ impl<T: Real> Layer<T> for AvgPool2d<T> {
         let (k, s) = (self.window.kernel, self.window.stride);
         let inv = T::from_f64(1.0 / (k * k) as f64);
         self.dx.resize(x.shape());
+        let halving = k == 2 && s == 2 && h % 2 == 0 && w % 2 == 0;
         self.dx.data_mut().par_chunks_mut(h * w).zip(dy.data().par_chunks(ho * wo)).for_each(|(dplane, dout)| {
+            if halving {
+                // windows tile the plane: every input gets exactly its window's share
+                for (rows, g) in dplane.chunks_exact_mut(2 * w).zip(dout.chunks_exact(wo)) {
+                    for row in rows.chunks_exact_mut(w) {
+                        for (pair, &gv) in row.chunks_exact_mut(2).zip(g) {
+                            pair[0] = gv * inv;
+                            pair[1] = gv * inv;
+                        }
+                    }
+                }
+                return;
+            }
             dplane.fill(T::zero());
             for oh in 0..ho {
                 for ow in 0..wo {
