@@ -87,8 +87,9 @@ pub fn col2im<T: Real>(g: &ConvGeometry, col: &[T], image: &mut [T]) {
     if g.stride == 1 && g.padding == 0 {
         // Kernel column j outermost: consecutive adds then hit the same pixels
         // as an add a few steps before (kernel row i+1 meets the output row
-        // oh+1 of row i), so the CPU forwards the stored sums instead of
-        // stalling on partly overlapping stores (2x faster on LeNet's conv2).
+        // oh+1 of row i), so the CPU can forward the stored sums instead of
+        // waiting on partly overlapping stores: 0.82 instead of 1.32 µs per
+        // image of LeNet's conv2, one thread.
         let (h, w, k) = (g.height, g.width, g.kernel);
         for c in 0..g.channels {
             for j in 0..k {

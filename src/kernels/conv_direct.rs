@@ -35,9 +35,9 @@ pub fn weight_grad_supported(g: &ConvGeometry) -> bool {
 /// number of output channels so little of the tile is padding; measured by
 /// `examples/conv_tiles.rs` (6 channels: 6x3, 16 channels: 8x2).
 fn tile_shape(cout: usize) -> (usize, usize) {
-    if cout % 8 == 0 {
+    if cout.is_multiple_of(8) {
         (8, 2)
-    } else if cout <= 6 || cout % 6 == 0 {
+    } else if cout <= 6 || cout.is_multiple_of(6) {
         (6, 3)
     } else {
         (4, 4)
@@ -174,7 +174,7 @@ pub const LANES: usize = 8;
 /// and, when `len` does not divide `n`, one last tile flush with the end that
 /// overlaps the one before (its outputs are simply written twice).
 fn tile_starts(n: usize, len: usize) -> impl Iterator<Item = usize> {
-    let tail = (n % len != 0).then_some(n - len);
+    let tail = (!n.is_multiple_of(len)).then_some(n - len);
     (0..n / len).map(move |t| t * len).chain(tail)
 }
 
