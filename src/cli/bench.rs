@@ -67,7 +67,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "\n{:<11} {:<8} {:<17} {:<18} {:>9} {:>9} {:>7}",
+        "\n{:<11} {:<16} {:<17} {:<18} {:>9} {:>9} {:>7}",
         "kernel", "impl", "pass", "shape", "ms", "rate", "limit"
     );
     for k in &kernels {
@@ -78,9 +78,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         let name = k.model.clone().unwrap_or_else(|| k.implementation.clone());
         println!(
-            "{:<11} {:<8} {:<17} {:<18} {:>9.3} {:>9} {:>6.1}%",
+            "{:<11} {:<16} {:<17} {:<18} {:>9.3} {:>9} {:>6.1}%",
             k.kernel,
-            name.chars().take(8).collect::<String>(),
+            name,
             k.pass,
             format!("{:?}", k.shape),
             k.ms,
