@@ -192,24 +192,26 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         super::check_input("Conv2d (gradient)", dy, &[co, ho, wo])?;
         let dyd = dy.data();
 
-        if self.has_bias {
-            let db = self.bias_grad.data_mut();
-            db.fill(T::zero());
-            for image in dyd.chunks_exact(co * p) {
-                for (d, plane) in db.iter_mut().zip(image.chunks_exact(p)) {
-                    *d += crate::kernels::sum(plane);
-                }
-            }
-        }
-
+        // Each group of images writes its partial weight gradient, then its
+        // partial bias gradient, into its own slot; the slots are added in order.
         let groups = n.div_ceil(GROUP);
-        self.partial_grads.resize(groups * co * kdim, T::zero());
+        let slot = co * kdim + co;
+        self.partial_grads.resize(groups * slot, T::zero());
         self.cols.resize(groups * kdim * p, T::zero());
         let direct = conv_direct::weight_grad_supported(&g);
-        let (xd, image_len) = (x.data(), g.channels * g.height * g.width);
-        self.partial_grads.par_chunks_mut(co * kdim).zip(self.cols.par_chunks_mut(kdim * p)).enumerate().for_each(
+        let (xd, image_len, has_bias) = (x.data(), g.channels * g.height * g.width, self.has_bias);
+        self.partial_grads.par_chunks_mut(slot).zip(self.cols.par_chunks_mut(kdim * p)).enumerate().for_each(
             |(gi, (partial, col))| {
                 let (first, last) = (gi * GROUP, ((gi + 1) * GROUP).min(n));
+                let (partial, partial_bias) = partial.split_at_mut(co * kdim);
+                if has_bias {
+                    partial_bias.fill(T::zero());
+                    for image in dyd[first * co * p..last * co * p].chunks_exact(co * p) {
+                        for (d, plane) in partial_bias.iter_mut().zip(image.chunks_exact(p)) {
+                            *d += crate::kernels::sum(plane);
+                        }
+                    }
+                }
                 if direct {
                     partial.fill(T::zero());
                     let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
@@ -224,11 +226,18 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                 }
             },
         );
-        let dw = self.weight_grad.data_mut();
-        dw.copy_from_slice(&self.partial_grads[..co * kdim]);
-        for partial in self.partial_grads[co * kdim..].chunks_exact(co * kdim) {
-            for (d, &v) in dw.iter_mut().zip(partial) {
+        let (dw, db) = (self.weight_grad.data_mut(), self.bias_grad.data_mut());
+        dw.fill(T::zero());
+        db.fill(T::zero());
+        for partial in self.partial_grads.chunks_exact(slot) {
+            let (pw, pb) = partial.split_at(co * kdim);
+            for (d, &v) in dw.iter_mut().zip(pw) {
                 *d += v;
+            }
+            if has_bias {
+                for (d, &v) in db.iter_mut().zip(pb) {
+                    *d += v;
+                }
             }
         }
 
