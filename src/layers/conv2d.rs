@@ -197,10 +197,14 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         let groups = n.div_ceil(GROUP);
         let slot = co * kdim + co;
         self.partial_grads.resize(groups * slot, T::zero());
-        self.cols.resize(groups * kdim * p, T::zero());
+        // per group: one image's columns, or the group's transposed dy
+        let scratch = (kdim * p).max(GROUP * 16 * p);
+        self.cols.resize(groups * scratch, T::zero());
+        // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by channels
         let direct = conv_direct::weight_grad_supported(&g);
+        let by_channels = !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
         let (xd, image_len, has_bias) = (x.data(), g.channels * g.height * g.width, self.has_bias);
-        self.partial_grads.par_chunks_mut(slot).zip(self.cols.par_chunks_mut(kdim * p)).enumerate().for_each(
+        self.partial_grads.par_chunks_mut(slot).zip(self.cols.par_chunks_mut(scratch)).enumerate().for_each(
             |(gi, (partial, col))| {
                 let (first, last) = (gi * GROUP, ((gi + 1) * GROUP).min(n));
                 let (partial, partial_bias) = partial.split_at_mut(co * kdim);
@@ -212,12 +216,17 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                         }
                     }
                 }
+                let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
                 if direct {
                     partial.fill(T::zero());
-                    let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
                     conv_direct::weight_grad(&g, co, xs, dys, partial);
                     return;
                 }
+                if by_channels {
+                    conv_direct::weight_grad_by_channels(&g, co, xs, dys, col, partial);
+                    return;
+                }
+                let col = &mut col[..kdim * p];
                 for img in first..last {
                     im2col(&g, &xd[img * image_len..(img + 1) * image_len], col);
                     let dy_n = &dyd[img * co * p..(img + 1) * co * p];
