@@ -11,6 +11,10 @@
 //! backward:              dh = (dy[h/2][w/2] / 4) · s · (1 - s)
 //!                        then batch norm's backward on dh (see fused.rs)
 //! ```
+//!
+//! `s` is not kept: the backward pass recomputes it from `z` and the saved
+//! statistics (bitwise the same values), which costs less than writing and
+//! re-reading a tensor the size of `z` through memory.
 
 use rayon::prelude::*;
 
@@ -27,8 +31,6 @@ pub struct BnSigmoidPool<T: Real = f32> {
     bn: BatchNorm<T>,
     /// (C, H, W) of the input.
     dims: (usize, usize, usize),
-    /// The sigmoid's output, kept for the backward pass.
-    s: Vec<T>,
     y: Tensor<T>,
     dz: Tensor<T>,
 }
@@ -42,20 +44,32 @@ impl<T: Real> BnSigmoidPool<T> {
         Ok(BnSigmoidPool {
             bn: BatchNorm::with_impl(config, BnImpl::Fused),
             dims: (0, 0, 0),
-            s: Vec::new(),
             y: Tensor::default(),
             dz: Tensor::default(),
         })
     }
+
+    /// `(mean, scale, shift)` of channel `ch` as the last forward pass used
+    /// them: `h = (z - mean)·scale + shift`.
+    fn coef(&self, ch: usize) -> (T, T, T) {
+        let bn = &self.bn;
+        (bn.saved.center[ch], bn.gamma_at(ch) * bn.saved.inv_std[ch], bn.beta_at(ch))
+    }
 }
 
-/// One plane: `s = sigmoid((z - mean)·scale + shift)`, then `y` = the 2x2
-/// means of `s` (`w` is the plane's width).
+/// One plane: `s = sigmoid((z - mean)·scale + shift)`.
 #[inline]
-fn sigmoid_pool_plane<T: Real>(z: &[T], (mean, scale, shift): (T, T, T), w: usize, s: &mut [T], y: &mut [T]) {
+fn sigmoid_plane<T: Real>(z: &[T], (mean, scale, shift): (T, T, T), s: &mut [T]) {
     for (v, &x) in s.iter_mut().zip(z) {
         *v = sigmoid((x - mean) * scale + shift);
     }
+}
+
+/// One plane: [`sigmoid_plane`] into `s`, then `y` = the 2x2 means of `s`
+/// (`w` is the plane's width).
+#[inline]
+fn sigmoid_pool_plane<T: Real>(z: &[T], coef: (T, T, T), w: usize, s: &mut [T], y: &mut [T]) {
+    sigmoid_plane(z, coef, s);
     let quarter = T::from_f64(0.25);
     for (y_row, rows) in y.chunks_exact_mut(w / 2).zip(s.chunks_exact(2 * w)) {
         let (r0, r1) = rows.split_at(w);
@@ -128,21 +142,22 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         let (hw, pooled) = (h * w, ho * wo);
         let zd = z.data();
         let (n, c, _) = self.bn.view(z)?;
-        self.s.resize(zd.len(), T::zero());
         self.y.resize(&[n, c, ho, wo]);
-        let (s_buf, y_buf) = (&mut self.s, &mut self.y);
+        let y_buf = &mut self.y;
         // Training: each channel's statistics, then its sigmoid and pooling,
         // in one task while the channel's values are still in cache.
         let (_, done) = self.bn.prepare_using(z, mode, |bn, (n, c, sp)| {
-            let (s_out, y_out) = (ChannelOut::new(s_buf), ChannelOut::new(y_buf.data_mut()));
+            let y_out = ChannelOut::new(y_buf.data_mut());
             let eps = bn.config.eps;
             let stats = per_channel(c, zd.len(), |ch| {
                 let (mean, var) = channel_mean_var(zd, (n, c, sp), ch);
                 let scale = bn.gamma_at(ch) * T::from_f64(1.0 / (var + eps).sqrt());
+                let mut s = vec![T::zero(); hw];
                 for plane in (0..n).map(|i| i * c + ch) {
                     // SAFETY: the planes of channel ch belong to this task alone
-                    let (s, y) = unsafe { (s_out.run(plane * hw, hw), y_out.run(plane * pooled, pooled)) };
-                    sigmoid_pool_plane(&zd[plane * hw..][..hw], (T::from_f64(mean), scale, bn.beta_at(ch)), w, s, y);
+                    let y = unsafe { y_out.run(plane * pooled, pooled) };
+                    let coef = (T::from_f64(mean), scale, bn.beta_at(ch));
+                    sigmoid_pool_plane(&zd[plane * hw..][..hw], coef, w, &mut s, y);
                 }
                 (mean, var)
             });
@@ -150,19 +165,16 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         })?;
         if !done {
             // evaluation with running statistics
-            let coef: Vec<(T, T, T)> = (0..c)
-                .map(|ch| {
-                    (self.bn.saved.center[ch], self.bn.gamma_at(ch) * self.bn.saved.inv_std[ch], self.bn.beta_at(ch))
-                })
-                .collect();
-            let work = |(plane, (s, y)): (usize, (&mut [T], &mut [T]))| {
+            let coef: Vec<(T, T, T)> = (0..c).map(|ch| self.coef(ch)).collect();
+            let work = |s: &mut Vec<T>, (plane, y): (usize, &mut [T])| {
                 sigmoid_pool_plane(&zd[plane * hw..][..hw], coef[plane % c], w, s, y);
             };
-            let (s, y) = (&mut self.s, self.y.data_mut());
+            let y = self.y.data_mut();
             if zd.len() >= PAR_MIN {
-                s.par_chunks_mut(hw).zip(y.par_chunks_mut(pooled)).enumerate().for_each(work);
+                y.par_chunks_mut(pooled).enumerate().for_each_init(|| vec![T::zero(); hw], work);
             } else {
-                s.chunks_mut(hw).zip(y.chunks_mut(pooled)).enumerate().for_each(work);
+                let mut s = vec![T::zero(); hw];
+                y.chunks_mut(pooled).enumerate().for_each(|p| work(&mut s, p));
             }
         }
         Ok(&self.y)
@@ -179,7 +191,8 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
             ));
         }
         let (hw, pooled) = (h * w, ho * wo);
-        let (zd, dyd, s) = (z.data(), dy.data(), &self.s);
+        let (zd, dyd) = (z.data(), dy.data());
+        let coefs: Vec<(T, T, T)> = (0..c).map(|ch| self.coef(ch)).collect();
         let bn = &self.bn;
         let (mean, inv_std, batch) = (&bn.saved.mean, &bn.saved.inv_std, bn.saved.batch_stats);
         let m = (n * sp) as f64;
@@ -187,17 +200,20 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
             self.dz.resize(z.shape());
         }
         let dz_out = ChannelOut::new(self.dz.data_mut());
-        // Per channel: Σ dh and Σ dh·(z - mean), then (while the channel is
-        // still in cache) dz = a·dh + b·(z - mean) + k, each channel on one
-        // thread in a fixed order.
+        // Per channel: dh (into dz's planes) with Σ dh and Σ dh·(z - mean),
+        // then (while the channel is still in cache) dz = a·dh + b·(z - mean) + k,
+        // each channel on one thread in a fixed order.
         let sums = per_channel(c, zd.len(), |ch| {
-            let mu = mean[ch];
-            let mut dh = vec![T::zero(); hw];
+            let (mu, coef) = (mean[ch], coefs[ch]);
+            let (mut s, mut scratch) = (vec![T::zero(); hw], vec![T::zero(); if need_dx { 0 } else { hw }]);
             let (mut sum_dh, mut sum_dh_xmu) = (0.0f64, 0.0f64);
             for plane in (0..n).map(|i| i * c + ch) {
-                let (zp, sp) = (&zd[plane * hw..][..hw], &s[plane * hw..][..hw]);
-                pooled_grad_times_sigmoid_slope(&dyd[plane * pooled..][..pooled], sp, w, &mut dh);
-                let (a, b) = dh_sums(&dh, zp, mu);
+                let zp = &zd[plane * hw..][..hw];
+                // SAFETY: the planes of channel ch belong to this task alone
+                let dh = if need_dx { unsafe { dz_out.run(plane * hw, hw) } } else { &mut scratch[..] };
+                sigmoid_plane(zp, coef, &mut s);
+                pooled_grad_times_sigmoid_slope(&dyd[plane * pooled..][..pooled], &s, w, dh);
+                let (a, b) = dh_sums(dh, zp, mu);
                 sum_dh += a;
                 sum_dh_xmu += b;
             }
@@ -206,10 +222,10 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
                 let is = inv_std[ch].as_f64();
                 let (b, k) = if batch { (-a * is * is * sum_dh_xmu / m, -a * sum_dh / m) } else { (0.0, 0.0) };
                 let (a, b, k) = (T::from_f64(a), T::from_f64(b), T::from_f64(k));
-                for plane in (0..n).map(|i| i * c + ch) {
-                    // SAFETY: the planes of channel ch belong to this task alone
+                // backwards: the planes just written are still in cache
+                for plane in (0..n).rev().map(|i| i * c + ch) {
+                    // SAFETY: as above
                     let out = unsafe { dz_out.run(plane * hw, hw) };
-                    pooled_grad_times_sigmoid_slope(&dyd[plane * pooled..][..pooled], &s[plane * hw..][..hw], w, out);
                     for (d, &x) in out.iter_mut().zip(&zd[plane * hw..][..hw]) {
                         *d = a * *d + b * (x - mu) + k;
                     }
