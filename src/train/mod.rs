@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod metrics;
 pub mod plot;
 
+use rayon::prelude::*;
 use std::path::Path;
 use std::time::Instant;
 
@@ -103,12 +104,14 @@ pub fn fill_batch(split: &Split, indices: &[usize], x: &mut Tensor<f32>, labels:
     let size = split.image_len();
     x.resize(&[indices.len(), 1, split.rows, split.cols]);
     labels.clear();
-    for (dst, &i) in x.data_mut().chunks_exact_mut(size).zip(indices) {
+    labels.extend(indices.iter().map(|&i| split.labels[i] as usize));
+    // images are read in random order, so each waits on memory: two threads
+    // wait at once
+    x.data_mut().par_chunks_mut(size).zip(indices).with_min_len(16).for_each(|(dst, &i)| {
         for (d, &p) in dst.iter_mut().zip(split.image(i)) {
             *d = p as f32 * (1.0 / 255.0);
         }
-        labels.push(split.labels[i] as usize);
-    }
+    });
 }
 
 /// The state of a run: model, optimizer, data order and history.
