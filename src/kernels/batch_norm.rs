@@ -36,6 +36,30 @@ pub fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
+/// `(Σ f(a_i, b_i).0, Σ f(a_i, b_i).1)`: two sums in one pass, in f64 with
+/// eight lanes each (four registers in flight instead of two, and each value
+/// read once), in the same fixed order as [`lane_sum`].
+#[inline(always)]
+pub fn lane_sums2<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> (f64, f64)) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (ca, cb) in ac.zip(bc) {
+        for l in 0..LANES {
+            let (u, v) = f(ca[l].as_f64(), cb[l].as_f64());
+            s1[l] += u;
+            s2[l] += v;
+        }
+    }
+    for (l, (&x, &y)) in ar.iter().zip(br).enumerate() {
+        let (u, v) = f(x.as_f64(), y.as_f64());
+        s1[l] += u;
+        s2[l] += v;
+    }
+    let total = |a: [f64; LANES]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    (total(s1), total(s2))
+}
+
 /// Runs `per_channel(c)` for every channel, in parallel when the tensor is
 /// large, and collects the results in channel order.
 pub fn per_channel<R: Send>(c: usize, total: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
@@ -251,8 +275,9 @@ pub fn backward_fused<T: Real>(
         let (mut sdy, mut sdyx) = (0.0, 0.0);
         for i in 0..n {
             let r = (i * c + ch) * s..(i * c + ch + 1) * s;
-            sdy += lane_sum(&dy[r.clone()], &dy[r.clone()], |g, _| g);
-            sdyx += lane_sum(&dy[r.clone()], &x[r], |g, v| g * (v - muf));
+            let (a, b) = lane_sums2(&dy[r.clone()], &x[r], |g, v| (g, g * (v - muf)));
+            sdy += a;
+            sdyx += b;
         }
         let (a, b, k) = coef(ch, sdy, sdyx);
         // Backwards: a channel of a large tensor (1.6 MB of x and dy at

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::{check_built, Layer, Mode, StateMut, PAR_MIN};
-use crate::kernels::batch_norm::lane_sum;
+use crate::kernels::batch_norm::lane_sums2;
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -103,23 +103,8 @@ impl<T: Real> LayerNorm<T> {
 fn row_stats<T: Real>(x: &[T], eps: f64) -> (T, T) {
     let d = x.len() as f64;
     let k = x.first().map_or(0.0, |v| v.as_f64());
-    let (mut s1, mut s2) = ([0.0f64; 8], [0.0f64; 8]);
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..8 {
-            let v = c[l].as_f64() - k;
-            s1[l] += v;
-            s2[l] += v * v;
-        }
-    }
-    for (l, &v) in rest.iter().enumerate() {
-        let v = v.as_f64() - k;
-        s1[l] += v;
-        s2[l] += v * v;
-    }
-    let total = |a: [f64; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-    let (shifted_mean, mean_square) = (total(s1) / d, total(s2) / d);
+    let (s1, s2) = lane_sums2(x, x, |v, _| ((v - k), (v - k) * (v - k)));
+    let (shifted_mean, mean_square) = (s1 / d, s2 / d);
     let var = (mean_square - shifted_mean * shifted_mean).max(0.0);
     (T::from_f64(k + shifted_mean), T::from_f64(1.0 / (var + eps).sqrt()))
 }
@@ -253,8 +238,7 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
                         dxr.copy_from_slice(gr);
                     }
                     let (mf, isf) = (m.as_f64(), is.as_f64());
-                    let sg = lane_sum(dxr, dxr, |g, _| g);
-                    let sgx = lane_sum(dxr, xr, |g, v| g * (v - mf) * isf);
+                    let (sg, sgx) = lane_sums2(dxr, xr, |g, v| (g, g * (v - mf) * isf));
                     let (mg, mgx) = (T::from_f64(sg / d as f64), T::from_f64(sgx / d as f64));
                     for (o, &v) in dxr.iter_mut().zip(xr) {
                         *o = is * (*o - mg - (v - m) * is * mgx);
