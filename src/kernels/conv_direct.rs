@@ -100,45 +100,11 @@ fn weight_grad_k<T: Real, const K: usize>(g: &ConvGeometry, cout: usize, x: &[T]
     let (x_len, dy_len) = (cin * h * w, cout * ho * wo);
     let images = x.len() / x_len;
     assert_eq!(dy.len(), images * dy_len, "one dy per image");
-    let full = wo - wo % LANES;
     for co0 in (0..cout).step_by(DB) {
         let nb = DB.min(cout - co0);
         for ci in 0..cin {
             for i in 0..K {
-                // lanes[c][j]: partial sums of dy[co0+c] · x[ci] shifted by (i, j), one per column lane
-                let mut lanes = [[[T::zero(); LANES]; K]; DB];
-                let mut tail = [[T::zero(); K]; DB];
-                for img in 0..images {
-                    let (xi, di) = (&x[img * x_len..][..x_len], &dy[img * dy_len..][..dy_len]);
-                    for oh in 0..ho {
-                        let x_row = &xi[(ci * h + oh + i) * w..][..w];
-                        // channels past the last one repeat it and are discarded
-                        let dy_rows: [&[T]; DB] =
-                            std::array::from_fn(|c| &di[((co0 + c.min(nb - 1)) * ho + oh) * wo..][..wo]);
-                        for ow in (0..full).step_by(LANES) {
-                            let d: [[T; LANES]; DB] =
-                                std::array::from_fn(|c| dy_rows[c][ow..ow + LANES].try_into().expect("dy row"));
-                            let x_seg = &x_row[ow..ow + LANES + K - 1];
-                            for j in 0..K {
-                                separate_loads();
-                                let xs: [T; LANES] = x_seg[j..j + LANES].try_into().expect("x row");
-                                for c in 0..DB {
-                                    for t in 0..LANES {
-                                        lanes[c][j][t] = mul_add(d[c][t], xs[t], lanes[c][j][t]);
-                                    }
-                                }
-                            }
-                        }
-                        for ow in full..wo {
-                            for c in 0..DB {
-                                for j in 0..K {
-                                    tail[c][j] += dy_rows[c][ow] * x_row[ow + j];
-                                }
-                            }
-                        }
-                    }
-                }
-                // constant indices only, so `lanes` lives in registers (see `separate_loads`)
+                let (lanes, tail) = weight_grad_taps::<T, K>(x, dy, (co0, nb, ci, i), (x_len, dy_len), (h, w, ho, wo));
                 for c in 0..DB {
                     for j in 0..K {
                         let v = lanes[c][j];
@@ -151,6 +117,53 @@ fn weight_grad_k<T: Real, const K: usize>(g: &ConvGeometry, cout: usize, x: &[T]
             }
         }
     }
+}
+
+/// For output channels `co0..co0+nb` (up to [`DB`]), input channel `ci` and
+/// kernel row `i`: `lanes[c][j]`, the partial sums of `dy[co0+c] · x[ci]`
+/// shifted by `(i, j)`, one per column lane, and `tail[c][j]` for columns past
+/// the last whole vector. Returned by value so they stay in registers (see
+/// `accumulate_taps`).
+#[inline(always)]
+fn weight_grad_taps<T: Real, const K: usize>(
+    x: &[T],
+    dy: &[T],
+    (co0, nb, ci, i): (usize, usize, usize, usize),
+    (x_len, dy_len): (usize, usize),
+    (h, w, ho, wo): (usize, usize, usize, usize),
+) -> ([[[T; LANES]; K]; DB], [[T; K]; DB]) {
+    let mut lanes = [[[T::zero(); LANES]; K]; DB];
+    let mut tail = [[T::zero(); K]; DB];
+    let full = wo - wo % LANES;
+    for (xi, di) in x.chunks_exact(x_len).zip(dy.chunks_exact(dy_len)) {
+        for oh in 0..ho {
+            let x_row = &xi[(ci * h + oh + i) * w..][..w];
+            // channels past the last one repeat it and are discarded
+            let dy_rows: [&[T]; DB] = std::array::from_fn(|c| &di[((co0 + c.min(nb - 1)) * ho + oh) * wo..][..wo]);
+            for ow in (0..full).step_by(LANES) {
+                let d: [[T; LANES]; DB] =
+                    std::array::from_fn(|c| dy_rows[c][ow..ow + LANES].try_into().expect("dy row"));
+                let x_seg = &x_row[ow..ow + LANES + K - 1];
+                for j in 0..K {
+                    separate_loads();
+                    let xs: [T; LANES] = x_seg[j..j + LANES].try_into().expect("x row");
+                    for c in 0..DB {
+                        for t in 0..LANES {
+                            lanes[c][j][t] = mul_add(d[c][t], xs[t], lanes[c][j][t]);
+                        }
+                    }
+                }
+            }
+            for ow in full..wo {
+                for c in 0..DB {
+                    for j in 0..K {
+                        tail[c][j] += dy_rows[c][ow] * x_row[ow + j];
+                    }
+                }
+            }
+        }
+    }
+    (lanes, tail)
 }
 
 /// Whether [`weight_grad_by_channels`] handles this convolution: the direct
@@ -214,33 +227,56 @@ fn weight_grad_by_channels_cv<T: Real, const CV: usize, const TB: usize>(
     for t0 in (0..taps).step_by(TB) {
         // taps past the last one repeat it and are discarded
         let offsets: [usize; TB] = std::array::from_fn(|b| offset((t0 + b).min(taps - 1)));
-        let mut acc = [[[T::zero(); LANES]; CV]; TB];
-        for (xi, dti) in x.chunks_exact(x_len).zip(dy_t.chunks_exact(width * p)) {
-            for oh in 0..ho {
-                for ow in 0..wo {
-                    let d: [[T; LANES]; CV] = std::array::from_fn(|v| {
-                        dti[(oh * wo + ow) * width + v * LANES..][..LANES].try_into().expect("dy_t row")
-                    });
-                    let base = oh * w + ow;
-                    for b in 0..TB {
-                        let xv = xi[base + offsets[b]];
-                        for v in 0..CV {
-                            for l in 0..LANES {
-                                acc[b][v][l] = mul_add(d[v][l], xv, acc[b][v][l]);
-                            }
+        let acc = accumulate_taps::<T, CV, TB>(x, dy_t, &offsets, (x_len, w, wo));
+        // constant indices into `acc` only: an index computed at run time would
+        // keep the accumulators in memory, stored back on every step of the loop above
+        for (b, a) in acc.iter().enumerate() {
+            for (v, lanes) in a.iter().enumerate() {
+                for (l, &value) in lanes.iter().enumerate() {
+                    let co = v * LANES + l;
+                    if t0 + b < taps && co < cout {
+                        dw[co * taps + t0 + b] = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `acc[b][v] = Σ_images Σ_positions dy_t[position][v] · x[tap b at position]`,
+/// the accumulators local values returned by value, which keeps them in
+/// registers (updated in place in an array that is read afterwards, the
+/// compiler stored them back to memory on every step).
+#[inline(always)]
+fn accumulate_taps<T: Real, const CV: usize, const TB: usize>(
+    x: &[T],
+    dy_t: &[T],
+    offsets: &[usize; TB],
+    (x_len, w, wo): (usize, usize, usize),
+) -> [[[T; LANES]; CV]; TB] {
+    let mut acc = [[[T::zero(); LANES]; CV]; TB];
+    let width = CV * LANES;
+    let dy_per_image = dy_t.len() / (x.len() / x_len);
+    for (xi, dti) in x.chunks_exact(x_len).zip(dy_t.chunks_exact(dy_per_image)) {
+        for (oh, d_row) in dti.chunks_exact(wo * width).enumerate() {
+            // each tap's input row for this output row, sliced once so the
+            // loop below indexes without bounds checks
+            let x_rows: [&[T]; TB] = std::array::from_fn(|b| &xi[oh * w + offsets[b]..][..wo]);
+            for (ow, d_pos) in d_row.chunks_exact(width).enumerate() {
+                let d: [[T; LANES]; CV] =
+                    std::array::from_fn(|v| d_pos[v * LANES..][..LANES].try_into().expect("dy_t row"));
+                for b in 0..TB {
+                    let xv = x_rows[b][ow];
+                    for v in 0..CV {
+                        for l in 0..LANES {
+                            acc[b][v][l] = mul_add(d[v][l], xv, acc[b][v][l]);
                         }
                     }
                 }
             }
         }
-        for (b, a) in acc.iter().enumerate() {
-            if t0 + b < taps {
-                for co in 0..cout {
-                    dw[co * taps + t0 + b] = a[co / LANES][co % LANES];
-                }
-            }
-        }
     }
+    acc
 }
 
 /// Keeps the compiler from merging the `K` overlapping row loads of the
