@@ -123,7 +123,7 @@ fn weight_grad_k<T: Real, const K: usize>(g: &ConvGeometry, cout: usize, x: &[T]
 /// kernel row `i`: `lanes[c][j]`, the partial sums of `dy[co0+c] · x[ci]`
 /// shifted by `(i, j)`, one per column lane, and `tail[c][j]` for columns past
 /// the last whole vector. Returned by value so they stay in registers (see
-/// `accumulate_taps`).
+/// `accumulate_row`).
 #[inline(always)]
 fn weight_grad_taps<T: Real, const K: usize>(
     x: &[T],
@@ -227,7 +227,15 @@ fn weight_grad_by_channels_cv<T: Real, const CV: usize, const TB: usize>(
     for t0 in (0..taps).step_by(TB) {
         // taps past the last one repeat it and are discarded
         let offsets: [usize; TB] = std::array::from_fn(|b| offset((t0 + b).min(taps - 1)));
-        let acc = accumulate_taps::<T, CV, TB>(x, dy_t, &offsets, (x_len, w, wo));
+        let mut acc = [[[T::zero(); LANES]; CV]; TB];
+        for (xi, dti) in x.chunks_exact(x_len).zip(dy_t.chunks_exact(width * p)) {
+            for (oh, d_row) in dti.chunks_exact(wo * width).enumerate() {
+                // each tap's input row for this output row, sliced once so the
+                // row's loop indexes without bounds checks
+                let x_rows: [&[T]; TB] = std::array::from_fn(|b| &xi[oh * w + offsets[b]..][..wo]);
+                acc = accumulate_row(acc, &x_rows, d_row);
+            }
+        }
         // constant indices into `acc` only: an index computed at run time would
         // keep the accumulators in memory, stored back on every step of the loop above
         for (b, a) in acc.iter().enumerate() {
@@ -243,35 +251,23 @@ fn weight_grad_by_channels_cv<T: Real, const CV: usize, const TB: usize>(
     }
 }
 
-/// `acc[b][v] = Σ_images Σ_positions dy_t[position][v] · x[tap b at position]`,
-/// the accumulators local values returned by value, which keeps them in
-/// registers (updated in place in an array that is read afterwards, the
-/// compiler stored them back to memory on every step).
+/// `acc[b][v] += dy_t[ow][v] · x_rows[b][ow]` over one output row. The
+/// accumulators go in and come out by value, which keeps them in registers
+/// during the row (updated in place in an array, or with the loops over
+/// rows and images inside, the compiler stored them back on every step).
 #[inline(always)]
-fn accumulate_taps<T: Real, const CV: usize, const TB: usize>(
-    x: &[T],
-    dy_t: &[T],
-    offsets: &[usize; TB],
-    (x_len, w, wo): (usize, usize, usize),
+fn accumulate_row<T: Real, const CV: usize, const TB: usize>(
+    mut acc: [[[T; LANES]; CV]; TB],
+    x_rows: &[&[T]; TB],
+    d_row: &[T],
 ) -> [[[T; LANES]; CV]; TB] {
-    let mut acc = [[[T::zero(); LANES]; CV]; TB];
-    let width = CV * LANES;
-    let dy_per_image = dy_t.len() / (x.len() / x_len);
-    for (xi, dti) in x.chunks_exact(x_len).zip(dy_t.chunks_exact(dy_per_image)) {
-        for (oh, d_row) in dti.chunks_exact(wo * width).enumerate() {
-            // each tap's input row for this output row, sliced once so the
-            // loop below indexes without bounds checks
-            let x_rows: [&[T]; TB] = std::array::from_fn(|b| &xi[oh * w + offsets[b]..][..wo]);
-            for (ow, d_pos) in d_row.chunks_exact(width).enumerate() {
-                let d: [[T; LANES]; CV] =
-                    std::array::from_fn(|v| d_pos[v * LANES..][..LANES].try_into().expect("dy_t row"));
-                for b in 0..TB {
-                    let xv = x_rows[b][ow];
-                    for v in 0..CV {
-                        for l in 0..LANES {
-                            acc[b][v][l] = mul_add(d[v][l], xv, acc[b][v][l]);
-                        }
-                    }
+    for (ow, d_pos) in d_row.chunks_exact(CV * LANES).enumerate() {
+        let d: [[T; LANES]; CV] = std::array::from_fn(|v| d_pos[v * LANES..][..LANES].try_into().expect("dy_t row"));
+        for b in 0..TB {
+            let xv = x_rows[b][ow];
+            for v in 0..CV {
+                for l in 0..LANES {
+                    acc[b][v][l] = mul_add(d[v][l], xv, acc[b][v][l]);
                 }
             }
         }
