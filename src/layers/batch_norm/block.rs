@@ -84,14 +84,21 @@ fn sigmoid_pool_plane<T: Real>(z: &[T], coef: (T, T, T), w: usize, s: &mut [T], 
 #[inline]
 fn pooled_grad_times_sigmoid_slope<T: Real>(g: &[T], s: &[T], w: usize, dh: &mut [T]) {
     let quarter = T::from_f64(0.25);
-    for (r, dh_row) in dh.chunks_exact_mut(w).enumerate() {
-        for (pair, &gv) in dh_row.chunks_exact_mut(2).zip(&g[(r / 2) * (w / 2)..][..w / 2]) {
-            pair[0] = gv * quarter;
-            pair[1] = gv * quarter;
+    for (r, (dh_row, s_row)) in dh.chunks_exact_mut(w).zip(s.chunks_exact(w)).enumerate() {
+        let g_row = &g[(r / 2) * (w / 2)..][..w / 2];
+        // eight at a time from four pooled values: one shuffle instead of
+        // eight scalar stores
+        let (mut d8s, mut s8s, mut g4s) = (dh_row.chunks_exact_mut(8), s_row.chunks_exact(8), g_row.chunks_exact(4));
+        for ((d8, s8), g4) in (&mut d8s).zip(&mut s8s).zip(&mut g4s) {
+            let g8: [T; 8] = std::array::from_fn(|k| g4[k / 2] * quarter);
+            for k in 0..8 {
+                d8[k] = g8[k] * s8[k] * (T::one() - s8[k]);
+            }
         }
-    }
-    for (d, &sv) in dh.iter_mut().zip(s) {
-        *d = *d * sv * (T::one() - sv);
+        let g_rest = g4s.remainder();
+        for (k, (d, &sv)) in d8s.into_remainder().iter_mut().zip(s8s.remainder()).enumerate() {
+            *d = g_rest[k / 2] * quarter * sv * (T::one() - sv);
+        }
     }
 }
 
