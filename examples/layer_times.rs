@@ -6,6 +6,11 @@ use normlab::models::{self, ModelKind};
 use normlab::{rng, Tensor};
 
 fn main() {
+    // on a pool thread, as `normlab` runs its commands (see cli/mod.rs)
+    rayon::ThreadPoolBuilder::new().build().unwrap().install(profile);
+}
+
+fn profile() {
     let kind = std::env::args().nth(1).map(|s| ModelKind::parse(&s).unwrap()).unwrap_or(ModelKind::BnLenet);
     let mut net = models::build::<f32>(kind, &mut rng::seeded(0)).unwrap();
     let x = Tensor::from_vec(&[128, 1, 28, 28], (0..128 * 784).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect())
