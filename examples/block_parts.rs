@@ -19,6 +19,11 @@ fn time(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // on a pool thread, as `normlab` runs its commands
+    rayon::ThreadPoolBuilder::new().build().unwrap().install(profile);
+}
+
+fn profile() {
     for (c, h) in [(6usize, 24usize), (16, 8)] {
         let n = 128;
         let z = Tensor::from_vec(
