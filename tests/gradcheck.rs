@@ -175,6 +175,13 @@ fn conv_linear_pool_activation_gradients() {
     gradcheck("Conv2d k3 s2 p1", &mut built(Conv2d::new(4, 3).stride(2).padding(1), &[3, 7, 6]), &img, Mode::Train);
     gradcheck("Conv2d k5 no bias", &mut built(Conv2d::new(2, 5).bias(false), &[3, 7, 6]), &img, Mode::Train);
     gradcheck("Conv2d k2 s1 p2", &mut built(Conv2d::new(3, 2).padding(2), &[3, 7, 6]), &img, Mode::Train);
+    // the direct kernels (outputs at least 8 wide): the direct weight gradient
+    // (27 taps), and the channels-in-lanes one (100 taps, 9 channels: one
+    // vector and a padded one); 9 images, so a group of 8 and a group of 1
+    let wide = random(&[9, 3, 10, 11], &mut rng, 1.0, 0.0);
+    gradcheck("Conv2d k3 direct", &mut built(Conv2d::new(5, 3), &[3, 10, 11]), &wide, Mode::Train);
+    let deep = random(&[9, 4, 12, 13], &mut rng, 1.0, 0.0);
+    gradcheck("Conv2d k5 by channels", &mut built(Conv2d::new(9, 5), &[4, 12, 13]), &deep, Mode::Train);
     let flat = random(&[5, 7], &mut rng, 1.0, 0.0);
     gradcheck("Linear", &mut built(Linear::new(4), &[7]), &flat, Mode::Train);
     gradcheck("Linear no bias", &mut built(Linear::new(3).bias(false), &[7]), &flat, Mode::Train);
