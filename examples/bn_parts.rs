@@ -29,7 +29,6 @@ fn main() {
     }
 }
 
-#[allow(dead_code)]
 fn kernel_only(shape: &[usize], x: &Tensor<f32>, dy: &Tensor<f32>) {
     let (n, c, s) = (shape[0], shape[1], shape[2] * shape[3]);
     let mean = vec![0.1f32; c];

@@ -65,8 +65,7 @@ fn main() {
     }
 }
 
-#[allow(dead_code)]
-pub fn backward_parts() {
+fn backward_parts() {
     use normlab::kernels::conv::col2im;
     let g = ConvGeometry { channels: 6, height: 12, width: 12, kernel: 5, stride: 1, padding: 0 };
     let (kd, p, co) = (150, 64, 16);

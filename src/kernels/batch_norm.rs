@@ -33,7 +33,7 @@ pub fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
     for (l, (&x, &y)) in ar.iter().zip(br).enumerate() {
         acc[l] += f(x.as_f64(), y.as_f64());
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    super::sum8(acc)
 }
 
 /// `(Σ f(a_i, b_i).0, Σ f(a_i, b_i).1)`: two sums in one pass, in f64 with
@@ -56,8 +56,7 @@ pub fn lane_sums2<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> (f64, f64))
         s1[l] += u;
         s2[l] += v;
     }
-    let total = |a: [f64; LANES]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-    (total(s1), total(s2))
+    (super::sum8(s1), super::sum8(s2))
 }
 
 /// Runs `per_channel(c)` for every channel, in parallel when the tensor is

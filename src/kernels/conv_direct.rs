@@ -24,9 +24,10 @@ pub fn supported(g: &ConvGeometry) -> bool {
 }
 
 /// Whether the direct weight gradient is the faster choice: a short
-/// reduction (`Cin·k·k` ≤ 64, LeNet's first layer). With a longer one (the
-/// second layer, 150) the packed matrix product wins, measured by
-/// `examples/conv_kernels.rs`.
+/// reduction (`Cin·k·k` ≤ 64, LeNet's first layer: 86 GFLOP/s per thread
+/// against 20 for im2col + matrix product, `examples/conv_kernels.rs`). A
+/// longer one with up to 16 channels (the second layer) takes
+/// [`weight_grad_by_channels`].
 pub fn weight_grad_supported(g: &ConvGeometry) -> bool {
     supported(g) && g.col_rows() <= 64
 }
@@ -107,8 +108,7 @@ fn weight_grad_k<T: Real, const K: usize>(g: &ConvGeometry, cout: usize, x: &[T]
                 let (lanes, tail) = weight_grad_taps::<T, K>(x, dy, (co0, nb, ci, i), (x_len, dy_len), (h, w, ho, wo));
                 for c in 0..DB {
                     for j in 0..K {
-                        let v = lanes[c][j];
-                        let total = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])) + tail[c][j];
+                        let total = super::sum8(lanes[c][j]) + tail[c][j];
                         if c < nb {
                             dw[(((co0 + c) * cin + ci) * K + i) * K + j] += total;
                         }

@@ -23,7 +23,27 @@ pub fn sum<T: Real>(v: &[T]) -> T {
     for (l, &x) in rest.iter().enumerate() {
         acc[l] += x;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    sum8(acc)
+}
+
+/// The eight lanes of a vector accumulator added pairwise in a fixed order
+/// (the order every reduction here uses, so results do not depend on threads).
+#[inline(always)]
+pub fn sum8<T: Real>(v: [T; 8]) -> T {
+    ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+}
+
+/// 2x2 average pooling with stride 2 of one plane `w` wide (`w` even):
+/// `y[oh][ow] = ((x[2oh][2ow] + x[2oh][2ow+1]) + (x[2oh+1][2ow] + x[2oh+1][2ow+1]))/4`.
+#[inline]
+pub fn avg_pool_2x2<T: Real>(x: &[T], w: usize, y: &mut [T]) {
+    let quarter = T::from_f64(0.25);
+    for (y_row, rows) in y.chunks_exact_mut(w / 2).zip(x.chunks_exact(2 * w)) {
+        let (r0, r1) = rows.split_at(w);
+        for ((o, a), b) in y_row.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            *o = ((a[0] + a[1]) + (b[0] + b[1])) * quarter;
+        }
+    }
 }
 
 /// `dst += src` for short rows (LeNet's are 8 to 24 long): eight at a time

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::{BatchNorm, BatchNormConfig, BnImpl, BnParts};
 use crate::kernels::batch_norm::{channel_mean_var, per_channel, ChannelOut, PAR_MIN};
+use crate::kernels::{avg_pool_2x2, sum8};
 use crate::layers::activation::sigmoid;
 use crate::layers::{Layer, Mode, StateMut};
 use crate::real::Real;
@@ -70,13 +71,7 @@ fn sigmoid_plane<T: Real>(z: &[T], (mean, scale, shift): (T, T, T), s: &mut [T])
 #[inline]
 fn sigmoid_pool_plane<T: Real>(z: &[T], coef: (T, T, T), w: usize, s: &mut [T], y: &mut [T]) {
     sigmoid_plane(z, coef, s);
-    let quarter = T::from_f64(0.25);
-    for (y_row, rows) in y.chunks_exact_mut(w / 2).zip(s.chunks_exact(2 * w)) {
-        let (r0, r1) = rows.split_at(w);
-        for ((o, a), b) in y_row.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
-            *o = ((a[0] + a[1]) + (b[0] + b[1])) * quarter;
-        }
-    }
+    avg_pool_2x2(s, w, y);
 }
 
 /// `dh = (g / 4)·s·(1 - s)` over one plane: the pooled gradient `g` spread
@@ -118,8 +113,7 @@ fn dh_sums<T: Real>(dh: &[T], z: &[T], mu: T) -> (f64, f64) {
         a[l] += d;
         b[l] += d * (x - mu);
     }
-    let total = |v: [T; 8]| (((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))).as_f64();
-    (total(a), total(b))
+    (sum8(a).as_f64(), sum8(b).as_f64())
 }
 
 impl<T: Real> Layer<T> for BnSigmoidPool<T> {
@@ -132,7 +126,12 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
     }
 
     fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
-        if input.len() != 3 || input[1] % 2 != 0 || input[2] % 2 != 0 || input[1] == 0 || input[2] == 0 {
+        if input.len() != 3
+            || !input[1].is_multiple_of(2)
+            || !input[2].is_multiple_of(2)
+            || input[1] == 0
+            || input[2] == 0
+        {
             return Err(Error::shape(
                 "BatchNorm2d+Sigmoid+AvgPool2d",
                 format!("expected (N, C, H, W) with even H and W, got one example of shape {input:?}"),
@@ -159,11 +158,11 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
             let stats = per_channel(c, zd.len(), |ch| {
                 let (mean, var) = channel_mean_var(zd, (n, c, sp), ch);
                 let scale = bn.gamma_at(ch) * T::from_f64(1.0 / (var + eps).sqrt());
+                let coef = (T::from_f64(mean), scale, bn.beta_at(ch));
                 let mut s = vec![T::zero(); hw];
                 for plane in (0..n).map(|i| i * c + ch) {
                     // SAFETY: the planes of channel ch belong to this task alone
                     let y = unsafe { y_out.run(plane * pooled, pooled) };
-                    let coef = (T::from_f64(mean), scale, bn.beta_at(ch));
                     sigmoid_pool_plane(&zd[plane * hw..][..hw], coef, w, &mut s, y);
                 }
                 (mean, var)
