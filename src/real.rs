@@ -15,6 +15,9 @@ pub trait Real:
     fn from_f64(x: f64) -> Self;
     fn as_f64(self) -> f64;
 
+    /// Eight values widened to f64 lanes (exactly).
+    fn widen8(chunk: &[Self; 8]) -> crate::kernels::lanes::F64x8;
+
     /// `exp(x)`, in a form the compiler vectorizes (no libm call) for f32;
     /// within 2 ulp of the correctly rounded value. f64 uses the exact one,
     /// so the f64 gradient checks see true derivatives.
@@ -67,6 +70,10 @@ impl Real for f32 {
         self as f64
     }
     #[inline(always)]
+    fn widen8(chunk: &[f32; 8]) -> crate::kernels::lanes::F64x8 {
+        crate::kernels::lanes::F64x8::from_f32(chunk)
+    }
+    #[inline(always)]
     fn exp_fast(self) -> f32 {
         exp_f32(self)
     }
@@ -99,6 +106,10 @@ impl Real for f64 {
     #[inline(always)]
     fn as_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn widen8(chunk: &[f64; 8]) -> crate::kernels::lanes::F64x8 {
+        crate::kernels::lanes::F64x8::from_f64(chunk)
     }
     #[inline(always)]
     fn exp_fast(self) -> f64 {

@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use super::lanes::{sums2, F64x8};
 use crate::real::Real;
 
 /// Channels are reduced in parallel above this many elements in total.
@@ -34,29 +35,6 @@ pub fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
         acc[l] += f(x.as_f64(), y.as_f64());
     }
     super::sum8(acc)
-}
-
-/// `(Σ f(a_i, b_i).0, Σ f(a_i, b_i).1)`: two sums in one pass, in f64 with
-/// eight lanes each (four registers in flight instead of two, and each value
-/// read once), in the same fixed order as [`lane_sum`].
-#[inline(always)]
-pub fn lane_sums2<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> (f64, f64)) -> (f64, f64) {
-    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (ca, cb) in ac.zip(bc) {
-        for l in 0..LANES {
-            let (u, v) = f(ca[l].as_f64(), cb[l].as_f64());
-            s1[l] += u;
-            s2[l] += v;
-        }
-    }
-    for (l, (&x, &y)) in ar.iter().zip(br).enumerate() {
-        let (u, v) = f(x.as_f64(), y.as_f64());
-        s1[l] += u;
-        s2[l] += v;
-    }
-    (super::sum8(s1), super::sum8(s2))
 }
 
 /// Runs `per_channel(c)` for every channel, in parallel when the tensor is
@@ -93,16 +71,53 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64
     per_channel(c, x.len(), |ch| channel_mean_var(x, (n, c, s), ch)).into_iter().unzip()
 }
 
-/// Mean and biased variance of channel `ch` of `(N, C, S)` input: two passes
-/// over its `N` runs, in f64.
+/// Mean and biased variance of channel `ch` of `(N, C, S)` input, in f64,
+/// in one pass over its `N` runs (see [`ShiftedSums`]).
 pub fn channel_mean_var<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f64, f64) {
-    let m = (n * s) as f64;
-    let run = |i: usize| &x[(i * c + ch) * s..(i * c + ch + 1) * s];
-    let mean = (0..n).map(|i| lane_sum(run(i), run(i), |a, _| a)).sum::<f64>() / m;
-    // second pass backwards: it starts with the runs the first pass read last,
-    // still in cache (see `backward_fused`)
-    let var = (0..n).rev().map(|i| lane_sum(run(i), run(i), |a, _| (a - mean) * (a - mean))).sum::<f64>() / m;
-    (mean, var)
+    let mut sums = ShiftedSums::new(x[ch * s]);
+    for i in 0..n {
+        sums.add(&x[(i * c + ch) * s..(i * c + ch + 1) * s]);
+    }
+    sums.mean_var()
+}
+
+/// Running sums for a mean and variance in one pass:
+/// `var = E[(x - k)²] - E[x - k]²` with the shift `k` one of the values
+/// (the channel's first), so that the subtraction does not cancel when the
+/// mean is large against the spread, as the unshifted formula would: since
+/// `k` is one of the `m` values, `var ≥ (mean - k)²/m`, and the rounding
+/// error of the f64 sums stays below about `m·2⁻⁵³` of the variance. One
+/// pass instead of two (mean, then squares about it) halves the reads, and
+/// for a large tensor the second pass was the forward's bottleneck.
+pub struct ShiftedSums {
+    shift: f64,
+    k: F64x8,
+    sum: f64,
+    sum_sq: f64,
+    count: usize,
+}
+
+impl ShiftedSums {
+    pub fn new<T: Real>(shift: T) -> Self {
+        let shift = shift.as_f64();
+        ShiftedSums { shift, k: F64x8::splat(shift), sum: 0.0, sum_sq: 0.0, count: 0 }
+    }
+
+    #[inline]
+    pub fn add<T: Real>(&mut self, values: &[T]) {
+        let k = self.k;
+        let (s1, s2) = sums2(values, values, |v, _| (v - k, (v - k) * (v - k)));
+        self.sum += s1;
+        self.sum_sq += s2;
+        self.count += values.len();
+    }
+
+    /// `(mean, biased variance)`.
+    pub fn mean_var(&self) -> (f64, f64) {
+        let m = self.count as f64;
+        let (shifted_mean, mean_sq) = (self.sum / m, self.sum_sq / m);
+        (self.shift + shifted_mean, (mean_sq - shifted_mean * shifted_mean).max(0.0))
+    }
 }
 
 /// `y = (x - mean[c])·scale[c] + shift[c]`.
@@ -235,22 +250,45 @@ pub fn stats_and_normalize<T: Real>(
     eps: f64,
 ) -> (Vec<f64>, Vec<f64>) {
     assert!(x.len() == n * c * s && y.len() == x.len() && s > 1, "stats_and_normalize: shapes");
+    assert!(
+        gamma.len() == c && beta.len() == c,
+        "stats_and_normalize: {c} channels, gamma/beta of {}/{}",
+        gamma.len(),
+        beta.len()
+    );
     let out = ChannelOut::new(y);
+    let dims = (n, c, s);
+    let coefficients = |ch: usize, (mean, var): (f64, f64)| {
+        (T::from_f64(mean), gamma[ch] * T::from_f64(1.0 / (var + eps).sqrt()), beta[ch])
+    };
     per_channel(c, x.len(), |ch| {
-        let runs = || (0..n).map(move |i| (i * c + ch) * s);
-        let (mean, var) = channel_mean_var(x, (n, c, s), ch);
-        let (mu, scale, shift) = (T::from_f64(mean), gamma[ch] * T::from_f64(1.0 / (var + eps).sqrt()), beta[ch]);
-        for r in runs() {
-            // SAFETY: run r belongs to channel ch alone and lies inside y (asserted sizes)
-            let yr = unsafe { out.run(r, s) };
-            for (o, &v) in yr.iter_mut().zip(&x[r..r + s]) {
-                *o = (v - mu) * scale + shift;
-            }
+        let stats = channel_mean_var(x, dims, ch);
+        let coef = coefficients(ch, stats);
+        for i in 0..n {
+            normalize_run(x, &out, dims, ch, i, coef);
         }
-        (mean, var)
+        stats
     })
     .into_iter()
     .unzip()
+}
+
+/// `y = (x - mean)·scale + shift` over run `i` of channel `ch`.
+#[inline]
+fn normalize_run<T: Real>(
+    x: &[T],
+    out: &ChannelOut<'_, T>,
+    (_, c, s): (usize, usize, usize),
+    ch: usize,
+    i: usize,
+    (mu, scale, shift): (T, T, T),
+) {
+    let r = (i * c + ch) * s;
+    // SAFETY: run r belongs to channel ch, whose task this is
+    let yr = unsafe { out.run(r, s) };
+    for (o, &v) in yr.iter_mut().zip(&x[r..r + s]) {
+        *o = (v - mu) * scale + shift;
+    }
 }
 
 /// For `(N, C, S)` input with `S > 1`: per channel, in one task while its
@@ -269,29 +307,86 @@ pub fn backward_fused<T: Real>(
     assert!(x.len() == n * c * s && dy.len() == x.len() && dx.len() == x.len() && s > 1, "backward_fused: shapes");
     let out = ChannelOut::new(dx);
     per_channel(c, x.len(), |ch| {
-        let mu = mean[ch];
-        let muf = mu.as_f64();
-        let (mut sdy, mut sdyx) = (0.0, 0.0);
-        for i in 0..n {
-            let r = (i * c + ch) * s..(i * c + ch + 1) * s;
-            let (a, b) = lane_sums2(&dy[r.clone()], &x[r], |g, v| (g, g * (v - muf)));
-            sdy += a;
-            sdyx += b;
-        }
+        let (sdy, sdyx) = channel_backward_sums(x, dy, (n, c, s), ch, mean[ch]);
         let (a, b, k) = coef(ch, sdy, sdyx);
-        // Backwards: a channel of a large tensor (1.6 MB of x and dy at
-        // (64,64,56,56)) does not fit in L2, and a forward second pass would
-        // find every run evicted; backwards it starts with the runs just read.
-        for i in (0..n).rev() {
-            let r = (i * c + ch) * s;
-            // SAFETY: run r belongs to channel ch alone and lies inside dx (asserted sizes)
-            let dr = unsafe { out.run(r, s) };
-            for ((o, &v), &g) in dr.iter_mut().zip(&x[r..r + s]).zip(&dy[r..r + s]) {
-                *o = a * g + b * (v - mu) + k;
-            }
-        }
+        channel_backward_apply(x, dy, &out, (n, c, s), ch, mean[ch], (a, b, k));
         (sdy, sdyx)
     })
     .into_iter()
     .unzip()
+}
+
+/// `(Σ dy, Σ dy·(x - mu))` over channel `ch`.
+#[inline]
+fn channel_backward_sums<T: Real>(x: &[T], dy: &[T], (n, c, s): (usize, usize, usize), ch: usize, mu: T) -> (f64, f64) {
+    let muv = F64x8::splat(mu.as_f64());
+    let (mut sdy, mut sdyx) = (0.0, 0.0);
+    for i in 0..n {
+        let r = (i * c + ch) * s..(i * c + ch + 1) * s;
+        let (a, b) = sums2(&dy[r.clone()], &x[r], |g, v| (g, g * (v - muv)));
+        sdy += a;
+        sdyx += b;
+    }
+    (sdy, sdyx)
+}
+
+/// `dx = a·dy + b·(x - mu) + k` over channel `ch`.
+#[inline]
+fn channel_backward_apply<T: Real>(
+    x: &[T],
+    dy: &[T],
+    out: &ChannelOut<'_, T>,
+    (n, c, s): (usize, usize, usize),
+    ch: usize,
+    mu: T,
+    (a, b, k): (T, T, T),
+) {
+    // Backwards: a channel of a large tensor (1.6 MB of x and dy at
+    // (64,64,56,56)) does not fit in L2, and a forward second pass would
+    // find every run evicted; backwards it starts with the runs just read.
+    for i in (0..n).rev() {
+        let r = (i * c + ch) * s;
+        // SAFETY: run r belongs to channel ch alone, whose task this is
+        let dr = unsafe { out.run(r, s) };
+        for ((o, &v), &g) in dr.iter_mut().zip(&x[r..r + s]).zip(&dy[r..r + s]) {
+            *o = a * g + b * (v - mu) + k;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mean and variance in f64 by the textbook two passes.
+    fn two_pass(v: &[f64]) -> (f64, f64) {
+        let m = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / m;
+        (mean, v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / m)
+    }
+
+    #[test]
+    fn one_pass_statistics_hold_on_a_large_mean_with_an_outlier_first() {
+        // channel 1 of (3, 2, 37): mean 1e4, std about 1e-2, and its first
+        // value (the shift) 1e4 + 50, far out
+        let (n, c, s) = (3, 2, 37);
+        let x: Vec<f64> = (0..n * c * s)
+            .map(|i| {
+                let (img, ch, j) = (i / (c * s), (i / s) % c, i % s);
+                let noise = (((i * 7919) % 1000) as f64 / 1000.0 - 0.5) * 0.035;
+                match (ch, img, j) {
+                    (1, 0, 0) => 1e4 + 50.0,
+                    (1, _, _) => 1e4 + noise,
+                    _ => noise,
+                }
+            })
+            .collect();
+        let channel: Vec<f64> = (0..n).flat_map(|i| x[(i * c + 1) * s..(i * c + 2) * s].to_vec()).collect();
+        let (mean, var) = channel_mean_var(&x, (n, c, s), 1);
+        let (want_mean, want_var) = two_pass(&channel);
+        assert!((mean - want_mean).abs() <= 1e-12 * want_mean, "mean {mean} vs {want_mean}");
+        // unshifted, E[x²] - E[x]² (x² near 1e8) missed the variance (22.3,
+        // from the outlier) by 7e-10 of itself; shifted, it is under 1e-10
+        assert!((var - want_var).abs() <= 1e-10 * want_var, "variance {var} vs {want_var}");
+    }
 }

@@ -5,6 +5,7 @@ pub mod batch_norm;
 pub mod conv;
 pub mod conv_direct;
 pub mod gemm;
+pub mod lanes;
 
 use crate::real::Real;
 

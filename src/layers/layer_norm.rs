@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::{check_built, Layer, Mode, StateMut, PAR_MIN};
-use crate::kernels::batch_norm::lane_sums2;
+use crate::kernels::lanes::{sums2, F64x8};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -103,7 +103,8 @@ impl<T: Real> LayerNorm<T> {
 fn row_stats<T: Real>(x: &[T], eps: f64) -> (T, T) {
     let d = x.len() as f64;
     let k = x.first().map_or(0.0, |v| v.as_f64());
-    let (s1, s2) = lane_sums2(x, x, |v, _| ((v - k), (v - k) * (v - k)));
+    let kv = F64x8::splat(k);
+    let (s1, s2) = sums2(x, x, |v, _| ((v - kv), (v - kv) * (v - kv)));
     let (shifted_mean, mean_square) = (s1 / d, s2 / d);
     let var = (mean_square - shifted_mean * shifted_mean).max(0.0);
     (T::from_f64(k + shifted_mean), T::from_f64(1.0 / (var + eps).sqrt()))
@@ -237,8 +238,8 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
                     } else {
                         dxr.copy_from_slice(gr);
                     }
-                    let (mf, isf) = (m.as_f64(), is.as_f64());
-                    let (sg, sgx) = lane_sums2(dxr, xr, |g, v| (g, g * (v - mf) * isf));
+                    let (mf, isf) = (F64x8::splat(m.as_f64()), F64x8::splat(is.as_f64()));
+                    let (sg, sgx) = sums2(dxr, xr, |g, v| (g, g * (v - mf) * isf));
                     let (mg, mgx) = (T::from_f64(sg / d as f64), T::from_f64(sgx / d as f64));
                     for (o, &v) in dxr.iter_mut().zip(xr) {
                         *o = is * (*o - mg - (v - m) * is * mgx);
