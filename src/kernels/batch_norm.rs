@@ -74,9 +74,14 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64
 /// Mean and biased variance of channel `ch` of `(N, C, S)` input, in f64,
 /// in one pass over its `N` runs (see [`ShiftedSums`]).
 pub fn channel_mean_var<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f64, f64) {
+    let run = |i: usize| &x[(i * c + ch) * s..(i * c + ch + 1) * s];
+    let prefetch = std::mem::size_of_val(x) >= super::PREFETCH_MIN_BYTES;
     let mut sums = ShiftedSums::new(x[ch * s]);
     for i in 0..n {
-        sums.add(&x[(i * c + ch) * s..(i * c + ch + 1) * s]);
+        if prefetch && i + 1 < n {
+            super::prefetch(run(i + 1));
+        }
+        sums.add(run(i));
     }
     sums.mean_var()
 }
@@ -320,9 +325,15 @@ pub fn backward_fused<T: Real>(
 #[inline]
 fn channel_backward_sums<T: Real>(x: &[T], dy: &[T], (n, c, s): (usize, usize, usize), ch: usize, mu: T) -> (f64, f64) {
     let muv = F64x8::splat(mu.as_f64());
+    let run = |i: usize| (i * c + ch) * s..(i * c + ch + 1) * s;
+    let prefetch = std::mem::size_of_val(x) >= super::PREFETCH_MIN_BYTES;
     let (mut sdy, mut sdyx) = (0.0, 0.0);
     for i in 0..n {
-        let r = (i * c + ch) * s..(i * c + ch + 1) * s;
+        if prefetch && i + 1 < n {
+            super::prefetch(&x[run(i + 1)]);
+            super::prefetch(&dy[run(i + 1)]);
+        }
+        let r = run(i);
         let (a, b) = sums2(&dy[r.clone()], &x[r], |g, v| (g, g * (v - muv)));
         sdy += a;
         sdyx += b;

@@ -27,6 +27,33 @@ pub fn sum<T: Real>(v: &[T]) -> T {
     sum8(acc)
 }
 
+/// Asks the CPU to bring `v` into its L2 cache ahead of use (a hint: no
+/// effect on results, nothing on targets without the instruction).
+///
+/// For a channel of an NCHW tensor, whose values are `N` runs of `H·W` far
+/// apart, the hardware prefetcher starts over at every run; fetching run
+/// `i + 1` while run `i` is summed made BN's backward at (64,64,56,56) 12%
+/// faster (7.5 -> 6.7 ms, 2 threads).
+#[inline]
+pub fn prefetch<T>(v: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let bytes = std::mem::size_of_val(v);
+        let base = v.as_ptr() as *const i8;
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: the address lies inside v; a prefetch never faults
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(base.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
+/// Tensors from this size on (bytes) are beyond what the cores' caches
+/// hold, and their strided reductions [`prefetch`] the next run.
+pub const PREFETCH_MIN_BYTES: usize = 8 << 20;
+
 /// The eight lanes of a vector accumulator added pairwise in a fixed order
 /// (the order every reduction here uses, so results do not depend on threads).
 #[inline(always)]
