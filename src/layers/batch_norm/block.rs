@@ -75,24 +75,21 @@ fn sigmoid_pool_plane<T: Real>(z: &[T], coef: (T, T, T), w: usize, s: &mut [T], 
 }
 
 /// `dh = (g / 4)·s·(1 - s)` over one plane: the pooled gradient `g` spread
-/// over its 2x2 window, times the sigmoid's slope.
+/// over its 2x2 window, times the sigmoid's slope. `spread` holds one row
+/// (`w` values) of `g / 4` spread out, shared by the two rows of a window.
 #[inline]
-fn pooled_grad_times_sigmoid_slope<T: Real>(g: &[T], s: &[T], w: usize, dh: &mut [T]) {
+fn pooled_grad_times_sigmoid_slope<T: Real>(g: &[T], s: &[T], w: usize, dh: &mut [T], spread: &mut [T]) {
     let quarter = T::from_f64(0.25);
-    for (r, (dh_row, s_row)) in dh.chunks_exact_mut(w).zip(s.chunks_exact(w)).enumerate() {
-        let g_row = &g[(r / 2) * (w / 2)..][..w / 2];
-        // eight at a time from four pooled values: one shuffle instead of
-        // eight scalar stores
-        let (mut d8s, mut s8s, mut g4s) = (dh_row.chunks_exact_mut(8), s_row.chunks_exact(8), g_row.chunks_exact(4));
-        for ((d8, s8), g4) in (&mut d8s).zip(&mut s8s).zip(&mut g4s) {
-            let g8: [T; 8] = std::array::from_fn(|k| g4[k / 2] * quarter);
-            for k in 0..8 {
-                d8[k] = g8[k] * s8[k] * (T::one() - s8[k]);
-            }
+    let spread = &mut spread[..w];
+    for (g_row, (dh_rows, s_rows)) in g.chunks_exact(w / 2).zip(dh.chunks_exact_mut(2 * w).zip(s.chunks_exact(2 * w))) {
+        for (pair, &gv) in spread.chunks_exact_mut(2).zip(g_row) {
+            pair[0] = gv * quarter;
+            pair[1] = gv * quarter;
         }
-        let g_rest = g4s.remainder();
-        for (k, (d, &sv)) in d8s.into_remainder().iter_mut().zip(s8s.remainder()).enumerate() {
-            *d = g_rest[k / 2] * quarter * sv * (T::one() - sv);
+        for (dh_row, s_row) in dh_rows.chunks_exact_mut(w).zip(s_rows.chunks_exact(w)) {
+            for ((d, &sv), &gv) in dh_row.iter_mut().zip(s_row).zip(spread.iter()) {
+                *d = gv * sv * (T::one() - sv);
+            }
         }
     }
 }
@@ -212,13 +209,14 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         let sums = per_channel(c, zd.len(), |ch| {
             let (mu, coef) = (mean[ch], coefs[ch]);
             let (mut s, mut scratch) = (vec![T::zero(); hw], vec![T::zero(); if need_dx { 0 } else { hw }]);
+            let mut spread = vec![T::zero(); w];
             let (mut sum_dh, mut sum_dh_xmu) = (0.0f64, 0.0f64);
             for plane in (0..n).map(|i| i * c + ch) {
                 let zp = &zd[plane * hw..][..hw];
                 // SAFETY: the planes of channel ch belong to this task alone
                 let dh = if need_dx { unsafe { dz_out.run(plane * hw, hw) } } else { &mut scratch[..] };
                 sigmoid_plane(zp, coef, &mut s);
-                pooled_grad_times_sigmoid_slope(&dyd[plane * pooled..][..pooled], &s, w, dh);
+                pooled_grad_times_sigmoid_slope(&dyd[plane * pooled..][..pooled], &s, w, dh, &mut spread);
                 let (a, b) = dh_sums(dh, zp, mu);
                 sum_dh += a;
                 sum_dh_xmu += b;
