@@ -94,6 +94,7 @@ pub fn channel_mean_var<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: 
 /// error of the f64 sums stays below about `m·2⁻⁵³` of the variance. One
 /// pass instead of two (mean, then squares about it) halves the reads, and
 /// for a large tensor the second pass was the forward's bottleneck.
+#[derive(Clone)]
 pub struct ShiftedSums {
     shift: f64,
     k: F64x8,
@@ -115,6 +116,14 @@ impl ShiftedSums {
         self.sum += s1;
         self.sum_sq += s2;
         self.count += values.len();
+    }
+
+    /// Adds the sums of `other`, taken with the same shift over other values.
+    pub fn absorb(&mut self, other: &ShiftedSums) {
+        debug_assert_eq!(self.shift.to_bits(), other.shift.to_bits(), "sums with different shifts");
+        self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
+        self.count += other.count;
     }
 
     /// `(mean, biased variance)`.
