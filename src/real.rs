@@ -23,6 +23,13 @@ pub trait Real:
     /// so the f64 gradient checks see true derivatives.
     fn exp_fast(self) -> Self;
 
+    /// `out[i] = sigmoid((z[i] - mean)·scale + shift)`: see
+    /// [`crate::kernels::sigmoid`] (f32 has a 16-wide form).
+    #[inline]
+    fn sigmoid_affine(z: &[Self], coef: (Self, Self, Self), out: &mut [Self]) {
+        crate::kernels::sigmoid::sigmoid_affine(z, coef, out)
+    }
+
     /// `C = alpha * A·B + beta * C` on strided matrices (see [`crate::kernels::gemm`]).
     ///
     /// # Safety
@@ -76,6 +83,10 @@ impl Real for f32 {
     #[inline(always)]
     fn exp_fast(self) -> f32 {
         exp_f32(self)
+    }
+    #[inline]
+    fn sigmoid_affine(z: &[f32], coef: (f32, f32, f32), out: &mut [f32]) {
+        crate::kernels::sigmoid::sigmoid_affine_f32(z, coef, out)
     }
     unsafe fn gemm_raw(
         m: usize,
@@ -140,26 +151,33 @@ impl Real for f64 {
 /// the float's exponent bits. Branch-free, so loops over it vectorize.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two so that n·LN2_HI is exact
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    use exp_consts::*;
     let x = x.clamp(-87.0, 88.0);
-    let n = mul_add(x, LOG2E, 0.5).floor();
+    let n = mul_add(x, std::f32::consts::LOG2_E, 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4_f32;
-    let p = mul_add(p, r, 1.398_199_9e-3);
-    let p = mul_add(p, r, 8.333_452e-3);
-    let p = mul_add(p, r, 4.166_579_6e-2);
-    let p = mul_add(p, r, 1.666_666_5e-1);
-    let p = mul_add(p, r, 5.000_000_1e-1);
+    let mut p = P[0];
+    for &c in &P[1..] {
+        p = mul_add(p, r, c);
+    }
     let er = mul_add(p, r * r, r) + 1.0;
     // 2^n from n's bits: adding 1.5·2^23 puts the integer n in the low
     // mantissa bits (no float-to-int conversion, which would not vectorize)
-    const SHIFTER: f32 = 12_582_912.0;
     let n_bits = (n + SHIFTER).to_bits().wrapping_sub(SHIFTER.to_bits());
     let two_n = f32::from_bits(n_bits.wrapping_add(127) << 23);
     er * two_n
+}
+
+/// The constants of [`exp_f32`], shared with its 16-wide form in
+/// `kernels::sigmoid`.
+pub(crate) mod exp_consts {
+    /// ln 2 split in two so that n·LN2_HI is exact
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// `(exp(r) - 1 - r)/r²` on |r| ≤ ln2/2, highest power first
+    pub const P: [f32; 6] =
+        [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+    /// 1.5·2^23
+    pub const SHIFTER: f32 = 12_582_912.0;
 }
 
 #[cfg(test)]

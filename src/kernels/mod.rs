@@ -6,6 +6,7 @@ pub mod conv;
 pub mod conv_direct;
 pub mod gemm;
 pub mod lanes;
+pub mod sigmoid;
 
 use crate::real::Real;
 

@@ -49,10 +49,7 @@ impl<T: Real> Sigmoid<T> {
     }
 }
 
-#[inline(always)]
-pub(crate) fn sigmoid<T: Real>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp_fast())
-}
+use crate::kernels::sigmoid::sigmoid;
 
 impl<T: Real> Layer<T> for Sigmoid<T> {
     fn kind(&self) -> String {

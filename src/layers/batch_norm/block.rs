@@ -23,7 +23,6 @@ use rayon::prelude::*;
 use super::{BatchNorm, BatchNormConfig, BnImpl, BnParts};
 use crate::kernels::batch_norm::{ChannelOut, ShiftedSums, PAR_MIN};
 use crate::kernels::{avg_pool_2x2, sum8};
-use crate::layers::activation::sigmoid;
 use crate::layers::{Layer, Mode, StateMut};
 use crate::real::Real;
 use crate::rng::Rng;
@@ -62,10 +61,8 @@ impl<T: Real> BnSigmoidPool<T> {
 
 /// One plane: `s = sigmoid((z - mean)·scale + shift)`.
 #[inline]
-fn sigmoid_plane<T: Real>(z: &[T], (mean, scale, shift): (T, T, T), s: &mut [T]) {
-    for (v, &x) in s.iter_mut().zip(z) {
-        *v = sigmoid((x - mean) * scale + shift);
-    }
+fn sigmoid_plane<T: Real>(z: &[T], coef: (T, T, T), s: &mut [T]) {
+    T::sigmoid_affine(z, coef, s);
 }
 
 /// One plane: [`sigmoid_plane`] into `s`, then `y` = the 2x2 means of `s`
