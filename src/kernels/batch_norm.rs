@@ -1,5 +1,5 @@
 //! The fused batch-norm kernels: per-channel statistics with f64
-//! accumulators, then one sweep that applies `y = (x - mean)·scale + beta`
+//! accumulators (in [`super::lanes`]), then one sweep that applies `y = (x - mean)·scale + beta`
 //! with `scale = gamma / sqrt(var + eps)` precomputed per channel; backward
 //! in two sweeps (one reduction, one apply).
 //!
@@ -47,7 +47,9 @@ pub fn per_channel<R: Send>(c: usize, total: usize, f: impl Fn(usize) -> R + Syn
     }
 }
 
-/// Batch mean and biased variance of each channel, two passes in f64.
+/// Batch mean and biased variance of each channel in f64: two passes for
+/// `(N, C)` input (short columns), one shifted pass per channel for images
+/// ([`channel_mean_var`]).
 pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64>, Vec<f64>) {
     let m = (n * s) as f64;
     if s == 1 {
@@ -220,9 +222,10 @@ pub fn backward_apply<T: Real>(
     }
 }
 
-/// Shares one output buffer between channel tasks that write disjoint runs
-/// (in NCHW a channel's values are `N` runs, interleaved with the other
-/// channels', so the buffer cannot be split with `chunks_mut`).
+/// Shares one output buffer between tasks that write disjoint runs (in NCHW
+/// a channel's values are `N` runs, interleaved with the other channels', so
+/// the buffer cannot be split with `chunks_mut`; the fused block's tasks
+/// take groups of images through the same type).
 pub struct ChannelOut<'a, T> {
     ptr: *mut T,
     len: usize,
