@@ -1,7 +1,8 @@
 //! The fused batch-norm kernels: per-channel statistics with f64
-//! accumulators (in [`super::lanes`]), then one sweep that applies `y = (x - mean)·scale + beta`
-//! with `scale = gamma / sqrt(var + eps)` precomputed per channel; backward
-//! in two sweeps (one reduction, one apply).
+//! accumulators (in [`super::lanes`]), then one sweep that applies
+//! `y = (x - mean)·scale + beta` with `scale = gamma / sqrt(var + eps)`
+//! precomputed per channel; backward in two sweeps (one reduction, one
+//! apply).
 //!
 //! Data is viewed as `(N, C, S)`: S = 1 for `(N, C)` input, `H·W` for images.
 //! Each channel's reduction runs on one thread in a fixed order, so results
