@@ -173,9 +173,9 @@ pub(crate) mod exp_consts {
     /// ln 2 split in two so that n·LN2_HI is exact
     pub const LN2_HI: f32 = 0.693_359_4;
     pub const LN2_LO: f32 = -2.121_944_4e-4;
-    /// `(exp(r) - 1 - r)/r²` on |r| ≤ ln2/2, highest power first
-    pub const P: [f32; 6] =
-        [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+    /// `(exp(r) - 1 - r)/r²` on |r| ≤ ln2/2, highest power first (Cephes lists
+    /// the last as 5.0000001e-1, which is 0.5 in f32)
+    pub const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
     /// 1.5·2^23
     pub const SHIFTER: f32 = 12_582_912.0;
 }
