@@ -69,6 +69,12 @@ pub fn pack_weights_blocked<T: Real>(w: &[T], cout: usize, cin: usize, k: usize,
 /// One image: `y` is overwritten with `bias + conv(x, w)`; `packed` is
 /// [`pack_weights`] of `w`.
 pub fn forward<T: Real>(g: &ConvGeometry, cout: usize, packed: &[T], bias: Option<&[T]>, x: &[T], y: &mut [T]) {
+    if wide::applies::<T>(g, cout) {
+        // SAFETY: applies() checked that T is f32
+        let f32s = |v: &[T]| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
+        let y = unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr() as *mut f32, y.len()) };
+        return wide::forward_8x4(g, cout, f32s(packed), bias.map(f32s), f32s(x), y);
+    }
     match (g.kernel, tile_shape(cout)) {
         (5, (8, 2)) => forward_tiled::<T, 5, 8, 2>(g, cout, packed, bias, x, y),
         (5, (6, 3)) => forward_tiled::<T, 5, 6, 3>(g, cout, packed, bias, x, y),
@@ -356,6 +362,82 @@ pub fn forward_tiled<T: Real, const K: usize, const CB: usize, const R: usize>(
     }
 }
 
+/// The forward tile for outputs 8 wide (LeNet's second layer) on AVX-512:
+/// 8 channels × 4 rows × 8 columns, two output rows per 16-lane vector, so
+/// each multiply-add does 16 outputs where the 8-lane tiles do 8. The same
+/// products in the same order as [`forward_tiled`]'s 8x2 tile, so bitwise
+/// the same outputs (tested). Alone 1.6x faster (conv2's forward 0.225 ->
+/// 0.14 ms, 2 threads); the training epoch moved within its noise.
+mod wide {
+    use super::ConvGeometry;
+    use crate::real::Real;
+
+    const CB: usize = 8;
+    const R: usize = 4;
+    const K: usize = 5;
+
+    pub fn applies<T: Real>(g: &ConvGeometry, cout: usize) -> bool {
+        cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))
+            && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+            && g.kernel == K
+            && g.stride == 1
+            && g.padding == 0
+            && cout.is_multiple_of(CB)
+            && g.output_hw().is_some_and(|(ho, wo)| wo == 8 && ho.is_multiple_of(R))
+    }
+
+    /// `packed` is `pack_weights_blocked` with `cb = 8` (the 8x2 tile's).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+    pub fn forward_8x4(g: &ConvGeometry, cout: usize, packed: &[f32], bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
+        let (cin, h, w) = (g.channels, g.height, g.width);
+        assert!(x.len() == cin * h * w && y.len() == cout * ho * wo && packed.len() == cout * cin * K * K);
+        let (xp, wp) = (x.as_ptr(), packed.as_ptr());
+        for (b, co0) in (0..cout).step_by(CB).enumerate() {
+            for oh in (0..ho).step_by(R) {
+                // SAFETY (intrinsics): compiled only with AVX-512F and FMA
+                let mut acc = unsafe { [[_mm512_setzero_ps(); 2]; CB] };
+                for ci in 0..cin {
+                    for i in 0..K {
+                        for j in 0..K {
+                            // SAFETY: rows oh + i .. oh + i + 3 < h and columns
+                            // j .. j + 8 ≤ w (wo = 8 = w - K + 1); the packed
+                            // block of 8 weights lies inside packed (asserted sizes)
+                            unsafe {
+                                let row = |r: usize| xp.add((ci * h + oh + r + i) * w + j);
+                                let lo = _mm512_castps256_ps512(_mm256_loadu_ps(row(0)));
+                                let rows01 = _mm512_insertf32x8::<1>(lo, _mm256_loadu_ps(row(1)));
+                                let lo = _mm512_castps256_ps512(_mm256_loadu_ps(row(2)));
+                                let rows23 = _mm512_insertf32x8::<1>(lo, _mm256_loadu_ps(row(3)));
+                                let ws = wp.add((((b * cin + ci) * K + i) * K + j) * CB);
+                                for (c, a) in acc.iter_mut().enumerate() {
+                                    let wb = _mm512_set1_ps(*ws.add(c));
+                                    a[0] = _mm512_fmadd_ps(wb, rows01, a[0]);
+                                    a[1] = _mm512_fmadd_ps(wb, rows23, a[1]);
+                                }
+                            }
+                        }
+                    }
+                }
+                for (c, a) in acc.iter().enumerate() {
+                    let bias = bias.map_or(0.0, |b| b[co0 + c]);
+                    for (half, &v) in a.iter().enumerate() {
+                        let out = &mut y[((co0 + c) * ho + oh + 2 * half) * wo..][..2 * wo];
+                        // SAFETY: out holds the 16 values of two output rows
+                        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(v, _mm512_set1_ps(bias))) };
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
+    pub fn forward_8x4(_: &ConvGeometry, _: usize, _: &[f32], _: Option<&[f32]>, _: &[f32], _: &mut [f32]) {
+        unreachable!("applies() is false without AVX-512")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,5 +539,39 @@ mod geometry_tests {
         assert!(!supported(&ConvGeometry { padding: 1, ..g(12, 12) }));
         assert!(weight_grad_supported(&g(28, 28)));
         assert!(!weight_grad_supported(&ConvGeometry { channels: 6, ..g(12, 12) }));
+    }
+
+    #[test]
+    fn wide_tile_is_bitwise_the_eight_lane_tile() {
+        for (cin, cout, h) in [(6, 16, 12), (3, 8, 16), (1, 24, 8)] {
+            let g = ConvGeometry { channels: cin, height: h, width: 12, kernel: 5, stride: 1, padding: 0 };
+            let built_for_it = cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"));
+            assert_eq!(wide::applies::<f32>(&g, cout), built_for_it, "{g:?}");
+            if !built_for_it {
+                return;
+            }
+            let (ho, wo) = g.output_hw().unwrap();
+            let values = |n: usize, seed: usize| -> Vec<f32> {
+                (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 500.0).collect()
+            };
+            let (x, w) = (values(cin * h * 12, 1), values(cout * cin * 25, 2));
+            let bias: Vec<f32> = (0..cout).map(|c| c as f32 * 0.25 - 1.0).collect();
+            let mut packed = Vec::new();
+            pack_weights(&w, cout, cin, 5, &mut packed);
+            let (mut wide_y, mut tiled_y) = (vec![f32::NAN; cout * ho * wo], vec![f32::NAN; cout * ho * wo]);
+            forward(&g, cout, &packed, Some(&bias), &x, &mut wide_y);
+            forward_tiled::<f32, 5, 8, 2>(&g, cout, &packed, Some(&bias), &x, &mut tiled_y);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&wide_y), bits(&tiled_y), "{cin} -> {cout}, {h}x12");
+        }
+    }
+
+    #[test]
+    fn wide_tile_only_where_it_fits() {
+        let g = ConvGeometry { channels: 6, height: 12, width: 12, kernel: 5, stride: 1, padding: 0 };
+        assert!(!wide::applies::<f64>(&g, 16));
+        assert!(!wide::applies::<f32>(&g, 12), "channels not a multiple of 8");
+        assert!(!wide::applies::<f32>(&ConvGeometry { width: 13, ..g }, 16), "9 columns");
+        assert!(!wide::applies::<f32>(&ConvGeometry { height: 13, ..g }, 16), "9 rows");
     }
 }
