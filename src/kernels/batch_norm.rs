@@ -174,18 +174,7 @@ pub fn backward_sums<T: Real>(x: &[T], dy: &[T], n: usize, c: usize, s: usize, m
         }
         return (sdy, sdyx);
     }
-    per_channel(c, x.len(), |ch| {
-        let mu = mean[ch].as_f64();
-        let (mut a, mut b) = (0.0, 0.0);
-        for i in 0..n {
-            let r = (i * c + ch) * s..(i * c + ch + 1) * s;
-            a += lane_sum(&dy[r.clone()], &dy[r.clone()], |g, _| g);
-            b += lane_sum(&dy[r.clone()], &x[r], |g, v| g * (v - mu));
-        }
-        (a, b)
-    })
-    .into_iter()
-    .unzip()
+    per_channel(c, x.len(), |ch| channel_backward_sums(x, dy, (n, c, s), ch, mean[ch])).into_iter().unzip()
 }
 
 /// `dx = a[c]·dy + b[c]·(x - mean[c]) + k[c]`.
@@ -275,38 +264,20 @@ pub fn stats_and_normalize<T: Real>(
         beta.len()
     );
     let out = ChannelOut::new(y);
-    let dims = (n, c, s);
-    let coefficients = |ch: usize, (mean, var): (f64, f64)| {
-        (T::from_f64(mean), gamma[ch] * T::from_f64(1.0 / (var + eps).sqrt()), beta[ch])
-    };
     per_channel(c, x.len(), |ch| {
-        let stats = channel_mean_var(x, dims, ch);
-        let coef = coefficients(ch, stats);
-        for i in 0..n {
-            normalize_run(x, &out, dims, ch, i, coef);
+        let (mean, var) = channel_mean_var(x, (n, c, s), ch);
+        let (mu, scale, shift) = (T::from_f64(mean), gamma[ch] * T::from_f64(1.0 / (var + eps).sqrt()), beta[ch]);
+        for r in (0..n).map(|i| (i * c + ch) * s) {
+            // SAFETY: run r belongs to channel ch alone and lies inside y (asserted sizes)
+            let yr = unsafe { out.run(r, s) };
+            for (o, &v) in yr.iter_mut().zip(&x[r..r + s]) {
+                *o = (v - mu) * scale + shift;
+            }
         }
-        stats
+        (mean, var)
     })
     .into_iter()
     .unzip()
-}
-
-/// `y = (x - mean)·scale + shift` over run `i` of channel `ch`.
-#[inline]
-fn normalize_run<T: Real>(
-    x: &[T],
-    out: &ChannelOut<'_, T>,
-    (_, c, s): (usize, usize, usize),
-    ch: usize,
-    i: usize,
-    (mu, scale, shift): (T, T, T),
-) {
-    let r = (i * c + ch) * s;
-    // SAFETY: run r belongs to channel ch, whose task this is
-    let yr = unsafe { out.run(r, s) };
-    for (o, &v) in yr.iter_mut().zip(&x[r..r + s]) {
-        *o = (v - mu) * scale + shift;
-    }
 }
 
 /// For `(N, C, S)` input with `S > 1`: per channel, in one task while its
