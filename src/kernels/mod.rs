@@ -4,6 +4,7 @@
 pub mod batch_norm;
 pub mod conv;
 pub mod conv_direct;
+pub mod conv_input_grad;
 pub mod gemm;
 pub mod lanes;
 pub mod sigmoid;

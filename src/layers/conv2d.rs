@@ -8,7 +8,8 @@
 //!
 //! Stride 1 without padding (LeNet) runs the register-blocked direct kernels
 //! of `kernels::conv_direct` instead of im2col for the forward pass (and for
-//! the weight gradient when `Cin·k·k` is small).
+//! the weight gradient when `Cin·k·k` is small), and, for 5x5 kernels in f32
+//! on AVX2, `kernels::conv_input_grad` for the input gradient.
 //!
 //! Groups of images run in parallel. The weight gradient is summed per fixed
 //! group, then the groups in order, so it is bitwise the same for any number
@@ -19,6 +20,7 @@ use rayon::prelude::*;
 use super::{check_built, init_weights, Init, Layer, Mode, StateMut};
 use crate::kernels::conv::{col2im, im2col, ConvGeometry};
 use crate::kernels::conv_direct;
+use crate::kernels::conv_input_grad;
 use crate::kernels::gemm::{gemm, Op};
 use crate::real::Real;
 use crate::rng::Rng;
@@ -48,6 +50,8 @@ pub struct Conv2d<T: Real = f32> {
     partial_grads: Vec<T>,
     /// Weights reordered for the direct kernel (stride 1, no padding).
     packed: Vec<T>,
+    /// Weights reordered for the direct input gradient.
+    packed_for_dx: Vec<f32>,
     y: Tensor<T>,
     dx: Tensor<T>,
 }
@@ -71,6 +75,7 @@ impl<T: Real> Conv2d<T> {
             dcols: Vec::new(),
             partial_grads: Vec::new(),
             packed: Vec::new(),
+            packed_for_dx: Vec::new(),
             y: Tensor::default(),
             dx: Tensor::default(),
         }
@@ -250,7 +255,20 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             }
         }
 
-        if need_dx {
+        if need_dx && conv_input_grad::applies::<T>(&g) {
+            self.dx.resize(x.shape());
+            // SAFETY (both casts): applies() checked that T is f32
+            let weight = unsafe { &*(self.weight.data() as *const [T] as *const [f32]) };
+            conv_input_grad::pack_weights(weight, co, g.channels, &mut self.packed_for_dx);
+            let dx = unsafe { &mut *(self.dx.data_mut() as *mut [T] as *mut [f32]) };
+            let dy = unsafe { &*(dyd as *const [T] as *const [f32]) };
+            let packed = &self.packed_for_dx;
+            dx.par_chunks_mut(GROUP * image_len).zip(dy.par_chunks(GROUP * co * p)).for_each(|(dxs, dys)| {
+                for (dx_n, dy_n) in dxs.chunks_exact_mut(image_len).zip(dys.chunks_exact(co * p)) {
+                    conv_input_grad::input_grad(&g, co, packed, dy_n, dx_n);
+                }
+            });
+        } else if need_dx {
             self.dx.resize(x.shape());
             self.dcols.resize(groups * kdim * p, T::zero());
             let weight = self.weight.data();
