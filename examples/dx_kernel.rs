@@ -1,4 +1,4 @@
-//! conv2's input gradient alone on one image in a loop (a profiling aid).
+//! conv2's input and weight gradients alone, in cache, one thread (a profiling aid).
 use std::time::Instant;
 
 use normlab::kernels::conv::ConvGeometry;
@@ -17,5 +17,22 @@ fn main() {
         conv_input_grad::input_grad(&g, 16, &packed, std::hint::black_box(&dy), &mut dx);
     }
     let s = t.elapsed().as_secs_f64() / iters as f64;
-    println!("{:.3} us per image, {:.1} GFLOP/s ({})", s * 1e6, 16.0 * 64.0 * 150.0 * 2.0 / s / 1e9, dx[5]);
+    println!("input grad: {:.3} us per image, {:.1} GFLOP/s ({})", s * 1e6, 16.0 * 64.0 * 150.0 * 2.0 / s / 1e9, dx[5]);
+    weight_grad();
+}
+
+/// conv2's weight gradient alone on a group of 8 images in a loop.
+fn weight_grad() {
+    use normlab::kernels::conv_direct;
+    let g = ConvGeometry { channels: 6, height: 12, width: 12, kernel: 5, stride: 1, padding: 0 };
+    let x: Vec<f32> = (0..8 * 864).map(|i| (i % 7) as f32 * 0.1).collect();
+    let dy: Vec<f32> = (0..8 * 16 * 64).map(|i| (i % 5) as f32 * 0.1).collect();
+    let (mut dy_t, mut dw) = (vec![0.0f32; 8 * 64 * 16], vec![0.0f32; 16 * 150]);
+    let iters = 20_000;
+    let t = Instant::now();
+    for _ in 0..iters {
+        conv_direct::weight_grad_by_channels(&g, 16, std::hint::black_box(&x), &dy, &mut dy_t, &mut dw);
+    }
+    let s = t.elapsed().as_secs_f64() / iters as f64 / 8.0;
+    println!("weight grad: {:.3} us per image, {:.1} GFLOP/s", s * 1e6, 16.0 * 64.0 * 150.0 * 2.0 / s / 1e9);
 }

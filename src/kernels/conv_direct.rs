@@ -193,27 +193,15 @@ pub fn weight_grad_by_channels<T: Real>(
     dy_t: &mut [T],
     dw: &mut [T],
 ) {
-    match cout.div_ceil(LANES) {
-        1 => weight_grad_by_channels_cv::<T, 1, 16>(g, cout, x, dy, dy_t, dw),
-        2 => weight_grad_by_channels_cv::<T, 2, 8>(g, cout, x, dy, dy_t, dw),
-        _ => panic!("weight_grad_by_channels: {cout} output channels, at most 16"),
-    }
-}
-
-/// `CV` vectors of output channels, `TB` taps per block (`CV·TB` accumulators).
-fn weight_grad_by_channels_cv<T: Real, const CV: usize, const TB: usize>(
-    g: &ConvGeometry,
-    cout: usize,
-    x: &[T],
-    dy: &[T],
-    dy_t: &mut [T],
-    dw: &mut [T],
-) {
     let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
-    let (cin, h, w, k) = (g.channels, g.height, g.width, g.kernel);
-    let (width, p, x_len, taps) = (CV * LANES, ho * wo, cin * h * w, cin * k * k);
+    let (p, x_len, taps) = (ho * wo, g.channels * g.height * g.width, g.col_rows());
+    let vectors = cout.div_ceil(LANES);
+    let width = vectors * LANES;
     let images = x.len() / x_len;
-    assert!(dy.len() == images * cout * p && dw.len() == cout * taps, "weight_grad_by_channels: shapes");
+    assert!(
+        (1..=2).contains(&vectors) && dy.len() == images * cout * p && dw.len() == cout * taps,
+        "weight_grad_by_channels: {cout} output channels (at most 16), or shapes"
+    );
     let dy_t = &mut dy_t[..images * p * width];
     if width > cout {
         dy_t.fill(T::zero());
@@ -225,6 +213,30 @@ fn weight_grad_by_channels_cv<T: Real, const CV: usize, const TB: usize>(
             }
         }
     }
+    if wide::weight_grad_applies::<T>(g, cout) {
+        // SAFETY: weight_grad_applies() checked that T is f32
+        let f32s = |v: &[T]| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
+        let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr() as *mut f32, dw.len()) };
+        return wide::weight_grad_16(g, cout, f32s(x), f32s(dy_t), dw);
+    }
+    match vectors {
+        1 => weight_grad_by_channels_cv::<T, 1, 16>(g, cout, x, dy_t, dw),
+        _ => weight_grad_by_channels_cv::<T, 2, 8>(g, cout, x, dy_t, dw),
+    }
+}
+
+/// `CV` vectors of output channels, `TB` taps per block (`CV·TB` accumulators);
+/// `dy_t` is the transposed gradient, `CV·8` values per position.
+fn weight_grad_by_channels_cv<T: Real, const CV: usize, const TB: usize>(
+    g: &ConvGeometry,
+    cout: usize,
+    x: &[T],
+    dy_t: &[T],
+    dw: &mut [T],
+) {
+    let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
+    let (cin, h, w, k) = (g.channels, g.height, g.width, g.kernel);
+    let (width, p, x_len, taps) = (CV * LANES, ho * wo, cin * h * w, cin * k * k);
     // offset of tap t = (ci, i, j) from an output position's top-left input
     let offset = |t: usize| {
         let (ci, ij) = (t / (k * k), t % (k * k));
@@ -432,6 +444,71 @@ mod wide {
         }
     }
 
+    /// Whether [`weight_grad_16`] takes [`super::weight_grad_by_channels`]'s
+    /// work: f32 on AVX-512, kernel 5, 9 to 16 output channels (one 16-lane
+    /// vector where the portable kernel uses two of 8).
+    pub fn weight_grad_applies<T: Real>(g: &ConvGeometry, cout: usize) -> bool {
+        cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))
+            && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+            && g.kernel == K
+            && (9..=16).contains(&cout)
+    }
+
+    /// `weight_grad_by_channels_cv`'s sums with the 16 channels in one vector
+    /// and one input channel's 25 taps per block (25 accumulators): each
+    /// position loads its 16 gradients once and broadcasts 25 inputs, which
+    /// lie in 5 rows at fixed offsets. Products and additions in the same
+    /// order as the 8-lane kernel, so bitwise the same (tested). `dy_t` holds
+    /// 16 values per position.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+    pub fn weight_grad_16(g: &ConvGeometry, cout: usize, x: &[f32], dy_t: &[f32], dw: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
+        let (cin, h, w) = (g.channels, g.height, g.width);
+        let (p, x_len, taps) = (ho * wo, cin * h * w, cin * K * K);
+        let images = x.len() / x_len;
+        assert!(dy_t.len() >= images * p * 16 && dw.len() == cout * taps, "weight_grad_16: shapes");
+        for ci in 0..cin {
+            // SAFETY (intrinsics): compiled only with AVX-512F and FMA
+            let mut acc = unsafe { [_mm512_setzero_ps(); K * K] };
+            for n in 0..images {
+                for oh in 0..ho {
+                    let rows: [&[f32]; K] = std::array::from_fn(|i| &x[n * x_len + (ci * h + oh + i) * w..][..w]);
+                    let d_row = &dy_t[(n * p + oh * wo) * 16..][..wo * 16];
+                    for ow in 0..wo {
+                        // SAFETY: ow + j < wo + K - 1 = w, and 16 values per position
+                        unsafe {
+                            // each input value straight from memory into its
+                            // multiply-add: carried over from the previous
+                            // position in registers, they spilled the accumulators
+                            super::separate_loads();
+                            let d = _mm512_loadu_ps(d_row.as_ptr().add(ow * 16));
+                            for i in 0..K {
+                                for j in 0..K {
+                                    let xv = _mm512_set1_ps(*rows[i].get_unchecked(ow + j));
+                                    acc[i * K + j] = _mm512_fmadd_ps(d, xv, acc[i * K + j]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let mut lanes = [0.0f32; 16];
+            for (t, a) in acc.iter().enumerate() {
+                // SAFETY: lanes holds 16 values
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+                for (co, &v) in lanes.iter().enumerate().take(cout) {
+                    dw[co * taps + ci * K * K + t] = v;
+                }
+            }
+        }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
+    pub fn weight_grad_16(_: &ConvGeometry, _: usize, _: &[f32], _: &[f32], _: &mut [f32]) {
+        unreachable!("weight_grad_applies() is false without AVX-512")
+    }
+
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
     pub fn forward_8x4(_: &ConvGeometry, _: usize, _: &[f32], _: Option<&[f32]>, _: &[f32], _: &mut [f32]) {
         unreachable!("applies() is false without AVX-512")
@@ -541,19 +618,22 @@ mod geometry_tests {
         assert!(!weight_grad_supported(&ConvGeometry { channels: 6, ..g(12, 12) }));
     }
 
+    /// Whether this build has the `wide` kernels.
+    const WIDE_BUILD: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"));
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 500.0).collect()
+    }
+
     #[test]
     fn wide_tile_is_bitwise_the_eight_lane_tile() {
         for (cin, cout, h) in [(6, 16, 12), (3, 8, 16), (1, 24, 8)] {
             let g = ConvGeometry { channels: cin, height: h, width: 12, kernel: 5, stride: 1, padding: 0 };
-            let built_for_it = cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"));
-            assert_eq!(wide::applies::<f32>(&g, cout), built_for_it, "{g:?}");
-            if !built_for_it {
+            assert_eq!(wide::applies::<f32>(&g, cout), WIDE_BUILD, "{g:?}");
+            if !WIDE_BUILD {
                 return;
             }
             let (ho, wo) = g.output_hw().unwrap();
-            let values = |n: usize, seed: usize| -> Vec<f32> {
-                (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 500.0).collect()
-            };
             let (x, w) = (values(cin * h * 12, 1), values(cout * cin * 25, 2));
             let bias: Vec<f32> = (0..cout).map(|c| c as f32 * 0.25 - 1.0).collect();
             let mut packed = Vec::new();
@@ -567,11 +647,36 @@ mod geometry_tests {
     }
 
     #[test]
+    fn wide_weight_grad_is_bitwise_the_eight_lane_one() {
+        // LeNet's conv2 over 3 images; 12 channels (4 padding lanes) on a non-square input
+        for (cin, cout, h, w, images) in [(6, 16, 12, 12, 3), (2, 12, 9, 13, 2)] {
+            let g = ConvGeometry { channels: cin, height: h, width: w, kernel: 5, stride: 1, padding: 0 };
+            assert_eq!(wide::weight_grad_applies::<f32>(&g, cout), WIDE_BUILD, "{g:?}");
+            if !WIDE_BUILD {
+                return;
+            }
+            let (ho, wo) = g.output_hw().unwrap();
+            let (x, dy) = (values(images * cin * h * w, 1), values(images * cout * ho * wo, 2));
+            let mut dy_t = vec![0.0; images * ho * wo * 16];
+            let mut wide_dw = vec![f32::NAN; cout * g.col_rows()];
+            weight_grad_by_channels(&g, cout, &x, &dy, &mut dy_t, &mut wide_dw);
+            // dy_t now holds the transposed gradient the 8-lane kernel reads
+            let mut lanes_dw = vec![f32::NAN; cout * g.col_rows()];
+            weight_grad_by_channels_cv::<f32, 2, 8>(&g, cout, &x, &dy_t, &mut lanes_dw);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&wide_dw), bits(&lanes_dw), "{cin} -> {cout}, {h}x{w}");
+        }
+    }
+
+    #[test]
     fn wide_tile_only_where_it_fits() {
         let g = ConvGeometry { channels: 6, height: 12, width: 12, kernel: 5, stride: 1, padding: 0 };
         assert!(!wide::applies::<f64>(&g, 16));
         assert!(!wide::applies::<f32>(&g, 12), "channels not a multiple of 8");
         assert!(!wide::applies::<f32>(&ConvGeometry { width: 13, ..g }, 16), "9 columns");
         assert!(!wide::applies::<f32>(&ConvGeometry { height: 13, ..g }, 16), "9 rows");
+        assert!(!wide::weight_grad_applies::<f64>(&g, 16));
+        assert!(!wide::weight_grad_applies::<f32>(&g, 8), "8 channels: one 8-lane vector already");
+        assert!(!wide::weight_grad_applies::<f32>(&ConvGeometry { kernel: 3, ..g }, 16));
     }
 }
