@@ -3,6 +3,8 @@
 //! [`Real`], so the f64 checks exercise exactly the code that trains.
 
 use std::fmt::Debug;
+
+use crate::kernels::sigmoid::PooledPlane;
 use std::iter::Sum;
 use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
@@ -28,6 +30,13 @@ pub trait Real:
     #[inline]
     fn sigmoid_affine(z: &[Self], coef: (Self, Self, Self), out: &mut [Self]) {
         crate::kernels::sigmoid::sigmoid_affine(z, coef, out)
+    }
+
+    /// The gradient through sigmoid and 2x2 pooling with BN's two sums: see
+    /// [`crate::kernels::sigmoid::pooled_sigmoid_grad`] (f32 has a 16-wide form).
+    #[inline]
+    fn pooled_sigmoid_grad(plane: &PooledPlane<Self>, dh: &mut [Self], spread: &mut [Self]) -> (f64, f64) {
+        crate::kernels::sigmoid::pooled_sigmoid_grad(plane, dh, spread)
     }
 
     /// `C = alpha * A·B + beta * C` on strided matrices (see [`crate::kernels::gemm`]).
@@ -87,6 +96,10 @@ impl Real for f32 {
     #[inline]
     fn sigmoid_affine(z: &[f32], coef: (f32, f32, f32), out: &mut [f32]) {
         crate::kernels::sigmoid::sigmoid_affine_f32(z, coef, out)
+    }
+    #[inline]
+    fn pooled_sigmoid_grad(plane: &PooledPlane<f32>, dh: &mut [f32], spread: &mut [f32]) -> (f64, f64) {
+        crate::kernels::sigmoid::pooled_sigmoid_grad_f32(plane, dh, spread)
     }
     unsafe fn gemm_raw(
         m: usize,

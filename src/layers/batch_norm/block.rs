@@ -21,8 +21,9 @@
 use rayon::prelude::*;
 
 use super::{BatchNorm, BatchNormConfig, BnImpl, BnParts};
+use crate::kernels::avg_pool_2x2;
 use crate::kernels::batch_norm::{ChannelOut, ShiftedSums, PAR_MIN};
-use crate::kernels::{avg_pool_2x2, sum8};
+use crate::kernels::sigmoid::PooledPlane;
 use crate::layers::{Layer, Mode, StateMut};
 use crate::real::Real;
 use crate::rng::Rng;
@@ -71,45 +72,6 @@ fn sigmoid_plane<T: Real>(z: &[T], coef: (T, T, T), s: &mut [T]) {
 fn sigmoid_pool_plane<T: Real>(z: &[T], coef: (T, T, T), w: usize, s: &mut [T], y: &mut [T]) {
     sigmoid_plane(z, coef, s);
     avg_pool_2x2(s, w, y);
-}
-
-/// `dh = (g / 4)·s·(1 - s)` over one plane: the pooled gradient `g` spread
-/// over its 2x2 window, times the sigmoid's slope. `spread` holds one row
-/// (`w` values) of `g / 4` spread out, shared by the two rows of a window.
-#[inline]
-fn pooled_grad_times_sigmoid_slope<T: Real>(g: &[T], s: &[T], w: usize, dh: &mut [T], spread: &mut [T]) {
-    let quarter = T::from_f64(0.25);
-    let spread = &mut spread[..w];
-    for (g_row, (dh_rows, s_rows)) in g.chunks_exact(w / 2).zip(dh.chunks_exact_mut(2 * w).zip(s.chunks_exact(2 * w))) {
-        for (pair, &gv) in spread.chunks_exact_mut(2).zip(g_row) {
-            pair[0] = gv * quarter;
-            pair[1] = gv * quarter;
-        }
-        for (dh_row, s_row) in dh_rows.chunks_exact_mut(w).zip(s_rows.chunks_exact(w)) {
-            for ((d, &sv), &gv) in dh_row.iter_mut().zip(s_row).zip(spread.iter()) {
-                *d = gv * sv * (T::one() - sv);
-            }
-        }
-    }
-}
-
-/// `(Σ dh, Σ dh·(z - mu))` over one plane, eight lanes in T, then f64.
-#[inline]
-fn dh_sums<T: Real>(dh: &[T], z: &[T], mu: T) -> (f64, f64) {
-    let (mut a, mut b) = ([T::zero(); 8], [T::zero(); 8]);
-    let (dc, zc) = (dh.chunks_exact(8), z.chunks_exact(8));
-    let (dr, zr) = (dc.remainder(), zc.remainder());
-    for (d, x) in dc.zip(zc) {
-        for l in 0..8 {
-            a[l] += d[l];
-            b[l] += d[l] * (x[l] - mu);
-        }
-    }
-    for (l, (&d, &x)) in dr.iter().zip(zr).enumerate() {
-        a[l] += d;
-        b[l] += d * (x - mu);
-    }
-    (sum8(a).as_f64(), sum8(b).as_f64())
 }
 
 /// Images per task when a pass splits the batch: a fixed number, so the
@@ -223,16 +185,16 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         // then dz = a·dh + b·(z - mean) + k from the totals.
         let dz_out = ChannelOut::new(self.dz.data_mut());
         let partials = by_image_groups(n, zd.len(), |images| {
-            let (mut s, mut scratch) = (vec![T::zero(); hw], vec![T::zero(); if need_dx { 0 } else { hw }]);
-            let mut spread = vec![T::zero(); w];
+            let mut scratch = vec![T::zero(); if need_dx { 0 } else { hw }];
+            let mut spread = vec![T::zero(); 2 * w];
             let mut sums = vec![(0.0f64, 0.0f64); c];
             for plane in images.start * c..images.end * c {
                 let (ch, zp) = (plane % c, &zd[plane * hw..][..hw]);
                 // SAFETY: the planes of this group's images belong to this task alone
                 let dh = if need_dx { unsafe { dz_out.run(plane * hw, hw) } } else { &mut scratch[..] };
-                sigmoid_plane(zp, coefs[ch], &mut s);
-                pooled_grad_times_sigmoid_slope(&dyd[plane * pooled..][..pooled], &s, w, dh, &mut spread);
-                let (a, b) = dh_sums(dh, zp, mean[ch]);
+                let g = &dyd[plane * pooled..][..pooled];
+                let inputs = PooledPlane { z: zp, g, width: w, coef: coefs[ch], mu: mean[ch] };
+                let (a, b) = T::pooled_sigmoid_grad(&inputs, dh, &mut spread);
                 sums[ch].0 += a;
                 sums[ch].1 += b;
             }
