@@ -105,13 +105,23 @@ pub fn fill_batch(split: &Split, indices: &[usize], x: &mut Tensor<f32>, labels:
     x.resize(&[indices.len(), 1, split.rows, split.cols]);
     labels.clear();
     labels.extend(indices.iter().map(|&i| split.labels[i] as usize));
-    // images are read in random order, so each waits on memory: two threads
-    // wait at once
-    x.data_mut().par_chunks_mut(size).zip(indices).with_min_len(16).for_each(|(dst, &i)| {
-        for (d, &p) in dst.iter_mut().zip(split.image(i)) {
-            *d = p as f32 * (1.0 / 255.0);
-        }
-    });
+    // Images are read in random order, each from a different page, which the
+    // training step in between has pushed out of every cache: read one by
+    // one, each waited on memory (0.08 ms per batch of 128). Each task first
+    // asks for all of its images at once, so the waits overlap.
+    const IMAGES_PER_TASK: usize = 16;
+    x.data_mut().par_chunks_mut(size * IMAGES_PER_TASK).zip(indices.par_chunks(IMAGES_PER_TASK)).for_each(
+        |(dst, images)| {
+            for &i in images {
+                crate::kernels::prefetch(split.image(i));
+            }
+            for (dst, &i) in dst.chunks_exact_mut(size).zip(images) {
+                for (d, &p) in dst.iter_mut().zip(split.image(i)) {
+                    *d = p as f32 * (1.0 / 255.0);
+                }
+            }
+        },
+    );
 }
 
 /// The state of a run: model, optimizer, data order and history.
