@@ -37,6 +37,7 @@ pub mod optim;
 pub mod real;
 pub mod rng;
 pub mod tensor;
+pub mod threads;
 pub mod train;
 
 pub use error::{Error, Result};

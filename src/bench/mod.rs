@@ -192,6 +192,6 @@ pub fn train_step_seconds(kind: ModelKind, budget: f64) -> Result<f64> {
         let logits = net.forward(&x).expect("fixed shapes");
         loss.forward(logits, &labels).expect("fixed shapes");
         net.backward(&x, loss.grad()).expect("fixed shapes");
-        sgd.step(&mut net);
+        crate::threads::keep_pool_awake(|| sgd.step(&mut net));
     }))
 }

@@ -112,6 +112,11 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         "Conv2d".into()
     }
 
+    /// Groups of images in parallel, always.
+    fn splits_work(&self, _input_len: usize) -> bool {
+        true
+    }
+
     fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
         if input.len() != 3 {
             return Err(Error::shape(

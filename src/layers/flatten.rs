@@ -23,6 +23,11 @@ impl<T: Real> Layer<T> for Flatten<T> {
     fn kind(&self) -> String {
         "Flatten".into()
     }
+
+    /// A copy, on one thread.
+    fn splits_work(&self, _input_len: usize) -> bool {
+        false
+    }
     fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
         self.features = input.iter().product();
         Ok(vec![self.features])

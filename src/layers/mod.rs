@@ -104,6 +104,15 @@ pub trait Layer<T: Real>: Send {
         None
     }
 
+    /// Whether this layer's passes split their work across threads for an
+    /// input of `input_len` values. Only a scheduling hint: a model keeps a
+    /// pool thread awake through runs of layers that do not (see
+    /// [`crate::threads`]). By default, from [`PAR_MIN`] values on, the size
+    /// at which the elementwise loops here go parallel.
+    fn splits_work(&self, input_len: usize) -> bool {
+        input_len >= PAR_MIN
+    }
+
     /// This layer as a [`BatchNorm`], for code that works on BN layers
     /// (population statistics, inspection); `None` for every other layer.
     fn as_batch_norm_mut(&mut self) -> Option<&mut BatchNorm<T>> {
@@ -144,7 +153,7 @@ pub(crate) fn uniform<T: Real>(t: &mut Tensor<T>, bound: f64, rng: &mut Rng) {
 
 /// Elementwise loops run on rayon above this many elements; below it the
 /// thread hand-off costs more than the work.
-pub(crate) const PAR_MIN: usize = 1 << 15;
+pub const PAR_MIN: usize = 1 << 15;
 
 /// How a convolution or linear layer draws its initial weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

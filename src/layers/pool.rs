@@ -65,6 +65,10 @@ impl<T: Real> Layer<T> for AvgPool2d<T> {
     fn kind(&self) -> String {
         "AvgPool2d".into()
     }
+    /// Planes in parallel, always.
+    fn splits_work(&self, _input_len: usize) -> bool {
+        true
+    }
     fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
         self.window.build("AvgPool2d", input)
     }
@@ -161,6 +165,10 @@ impl<T: Real> MaxPool2d<T> {
 impl<T: Real> Layer<T> for MaxPool2d<T> {
     fn kind(&self) -> String {
         "MaxPool2d".into()
+    }
+    /// Planes in parallel, always.
+    fn splits_work(&self, _input_len: usize) -> bool {
+        true
     }
     fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
         self.window.build("MaxPool2d", input)

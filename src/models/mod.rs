@@ -12,6 +12,7 @@ use crate::layers::{Layer, Mode, StateMut};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+use crate::threads;
 use crate::{Error, Result};
 
 /// Layers applied in order, like PyTorch's `nn.Sequential`, held in an
@@ -31,6 +32,12 @@ use crate::{Error, Result};
 /// assert_eq!(y.shape(), &[4, 3]);
 /// assert_eq!(net.state_names()[0], "net.0.weight");
 /// ```
+/// Consecutive layers of a [`Sequential`]; see `Sequential::runs`.
+struct Run {
+    layers: std::ops::Range<usize>,
+    serial: bool,
+}
+
 pub struct Sequential<T: Real = f32> {
     prefix: String,
     layers: Vec<Box<dyn Layer<T>>>,
@@ -146,29 +153,64 @@ impl<T: Real> Sequential<T> {
             return Err(Error::config("model", "call build() with one example's input shape before forward()"));
         }
         let mode = self.mode;
-        for i in 0..self.layers.len() {
-            let (done, rest) = self.layers.split_at_mut(i);
-            let input = if i == 0 { x } else { done[i - 1].output() };
-            rest[0]
-                .forward(input, mode)
-                .map_err(|e| locate(&self.prefix, self.slot_base.get(i).copied().unwrap_or(i), e))?;
+        for run in self.runs(x.dim(0)) {
+            let one = |i: usize, layers: &mut [Box<dyn Layer<T>>]| {
+                let (done, rest) = layers.split_at_mut(i);
+                let input = if i == 0 { x } else { done[i - 1].output() };
+                rest[0]
+                    .forward(input, mode)
+                    .map(|_| ())
+                    .map_err(|e| locate(&self.prefix, self.slot_base.get(i).copied().unwrap_or(i), e))
+            };
+            let layers = &mut self.layers;
+            if run.serial {
+                threads::keep_pool_awake(|| run.layers.clone().try_for_each(|i| one(i, layers)))?;
+            } else {
+                run.layers.clone().try_for_each(|i| one(i, layers))?;
+            }
         }
         Ok(self.layers[self.layers.len() - 1].output())
+    }
+
+    /// The layers in runs, in order: each either one layer that splits its
+    /// work across threads, or consecutive layers that do not (`serial`),
+    /// which run with the pool kept awake for the layer after them.
+    fn runs(&self, batch: usize) -> Vec<Run> {
+        let mut runs: Vec<Run> = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let input_len =
+                batch * if i == 0 { &self.example_shape } else { &self.output_shapes[i - 1] }.iter().product::<usize>();
+            let serial = !layer.splits_work(input_len);
+            match runs.last_mut() {
+                Some(run) if run.serial && serial => run.layers.end = i + 1,
+                _ => runs.push(Run { layers: i..i + 1, serial }),
+            }
+        }
+        runs
     }
 
     /// Back-propagates `dy` (the loss gradient with respect to the output of
     /// the last forward on the same `x`), storing every parameter gradient.
     pub fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>) -> Result<()> {
         let n = self.layers.len();
-        for i in (0..n).rev() {
-            let (done, rest) = self.layers.split_at_mut(i);
-            let (layer, after) = rest.split_first_mut().expect("i < n");
-            let input = if i == 0 { x } else { done[i - 1].output() };
-            let grad = if i + 1 == n { dy } else { after[0].grad_input() };
-            let need_dx = i > 0 || self.input_grad;
-            layer
-                .backward(input, grad, need_dx)
-                .map_err(|e| locate(&self.prefix, self.slot_base.get(i).copied().unwrap_or(i), e))?;
+        let input_grad = self.input_grad;
+        for run in self.runs(x.dim(0)).into_iter().rev() {
+            let one = |i: usize, layers: &mut [Box<dyn Layer<T>>]| {
+                let (done, rest) = layers.split_at_mut(i);
+                let (layer, after) = rest.split_first_mut().expect("i < n");
+                let input = if i == 0 { x } else { done[i - 1].output() };
+                let grad = if i + 1 == n { dy } else { after[0].grad_input() };
+                layer
+                    .backward(input, grad, i > 0 || input_grad)
+                    .map(|_| ())
+                    .map_err(|e| locate(&self.prefix, self.slot_base.get(i).copied().unwrap_or(i), e))
+            };
+            let layers = &mut self.layers;
+            if run.serial {
+                threads::keep_pool_awake(|| run.layers.clone().rev().try_for_each(|i| one(i, layers)))?;
+            } else {
+                run.layers.clone().rev().try_for_each(|i| one(i, layers))?;
+            }
         }
         Ok(())
     }
@@ -252,5 +294,24 @@ fn locate(prefix: &str, i: usize, e: Error) -> Error {
     match e {
         Error::Shape { layer, message } => Error::Shape { layer: format!("{prefix}.{i} ({layer})"), message },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BNLeNet's layers in runs: the convolutions and fused blocks one by
+    /// one, the fully connected part as one run on one thread.
+    #[test]
+    fn fully_connected_layers_form_one_serial_run() {
+        let net = bn_lenet::<f32>(&mut crate::rng::seeded(0)).unwrap();
+        let runs: Vec<(std::ops::Range<usize>, bool)> =
+            net.runs(128).into_iter().map(|r| (r.layers, r.serial)).collect();
+        let n = net.len();
+        assert_eq!(runs, vec![(0..1, false), (1..2, false), (2..3, false), (3..4, false), (4..n, true)]);
+        // a batch of 2: the blocks' inputs fall under the parallel size
+        let small = net.runs(2);
+        assert_eq!(small.last().unwrap().layers, 3..n);
     }
 }

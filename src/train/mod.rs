@@ -199,7 +199,9 @@ impl Trainer {
                 )));
             }
             self.net.backward(&self.x, self.loss.grad())?;
-            self.sgd.step(&mut self.net);
+            // one thread; the next batch's filling splits across threads
+            let (sgd, net) = (&mut self.sgd, &mut self.net);
+            crate::threads::keep_pool_awake(|| sgd.step(net));
             loss_sum += loss * idx.len() as f64;
             correct += right;
             seen += idx.len();
