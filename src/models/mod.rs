@@ -301,15 +301,19 @@ fn locate(prefix: &str, i: usize, e: Error) -> Error {
 mod tests {
     use super::*;
 
-    /// BNLeNet's layers in runs: the convolutions and fused blocks one by
-    /// one, the fully connected part as one run on one thread.
+    /// BNLeNet's layers in runs: the convolutions, fused blocks and the two
+    /// larger linear layers one by one, what lies between them (flatten,
+    /// BN1d and sigmoid, the last linear layer) in runs on one thread.
     #[test]
-    fn fully_connected_layers_form_one_serial_run() {
+    fn layers_too_small_to_split_form_serial_runs() {
         let net = bn_lenet::<f32>(&mut crate::rng::seeded(0)).unwrap();
         let runs: Vec<(std::ops::Range<usize>, bool)> =
             net.runs(128).into_iter().map(|r| (r.layers, r.serial)).collect();
         let n = net.len();
-        assert_eq!(runs, vec![(0..1, false), (1..2, false), (2..3, false), (3..4, false), (4..n, true)]);
+        let (par, ser) = (false, true);
+        let want = [(0..1, par), (1..2, par), (2..3, par), (3..4, par), (4..5, ser), (5..6, par), (6..8, ser)];
+        assert_eq!(runs[..7], want);
+        assert_eq!(runs[7..], [(8..9, par), (9..n, ser)]);
         // a batch of 2: the blocks' inputs fall under the parallel size
         let small = net.runs(2);
         assert_eq!(small.last().unwrap().layers, 3..n);
