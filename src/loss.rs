@@ -12,11 +12,13 @@ use crate::{Error, Result};
 #[derive(Default)]
 pub struct CrossEntropy<T: Real = f32> {
     grad: Tensor<T>,
+    /// One row's `exp(z - max)`, computed once for the sum and the softmax.
+    exps: Vec<f64>,
 }
 
 impl<T: Real> CrossEntropy<T> {
     pub fn new() -> Self {
-        CrossEntropy { grad: Tensor::default() }
+        CrossEntropy { grad: Tensor::default(), exps: Vec::new() }
     }
 
     /// Returns the mean loss and keeps `dloss/dlogits` for [`Self::grad`].
@@ -38,11 +40,12 @@ impl<T: Real> CrossEntropy<T> {
         let mut correct = 0;
         for ((z, g), &y) in logits.data().chunks_exact(k).zip(self.grad.data_mut().chunks_exact_mut(k)).zip(labels) {
             let max = z.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.as_f64()));
-            let sum_exp: f64 = z.iter().map(|v| (v.as_f64() - max).exp()).sum();
-            let log_z = max + sum_exp.ln();
-            total += log_z - z[y].as_f64();
-            for (j, (gj, zj)) in g.iter_mut().zip(z).enumerate() {
-                let p = (zj.as_f64() - log_z).exp();
+            self.exps.clear();
+            self.exps.extend(z.iter().map(|v| (v.as_f64() - max).exp()));
+            let sum_exp: f64 = self.exps.iter().sum();
+            total += max + sum_exp.ln() - z[y].as_f64();
+            for (j, (gj, &e)) in g.iter_mut().zip(&self.exps).enumerate() {
+                let p = e / sum_exp;
                 *gj = T::from_f64((p - if j == y { 1.0 } else { 0.0 }) * inv_n);
             }
             let argmax = (0..k).fold(0, |best, j| if z[j] > z[best] { j } else { best });
