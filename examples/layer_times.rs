@@ -3,6 +3,7 @@ use std::time::Instant;
 
 use normlab::loss::CrossEntropy;
 use normlab::models::{self, ModelKind};
+use normlab::threads::keep_pool_awake;
 use normlab::{rng, Tensor};
 
 fn main() {
@@ -26,7 +27,13 @@ fn profile() {
             let (done, rest) = layers.split_at_mut(i);
             let input = if i == 0 { &x } else { done[i - 1].output() };
             let t = Instant::now();
-            rest[0].forward(input, normlab::layers::Mode::Train).unwrap();
+            // as Sequential runs them: the pool kept awake through one-thread layers
+            let layer = &mut rest[0];
+            if layer.splits_work(input.numel()) {
+                layer.forward(input, normlab::layers::Mode::Train).unwrap();
+            } else {
+                keep_pool_awake(|| layer.forward(input, normlab::layers::Mode::Train).map(|_| ())).unwrap();
+            }
             if it >= 20 {
                 fwd[i] += t.elapsed().as_secs_f64();
             }
@@ -38,7 +45,11 @@ fn profile() {
             let input = if i == 0 { &x } else { done[i - 1].output() };
             let dy = if i + 1 == n { ce.grad() } else { after[0].grad_input() };
             let t = Instant::now();
-            layer.backward(input, dy, i > 0).unwrap();
+            if layer.splits_work(input.numel()) {
+                layer.backward(input, dy, i > 0).unwrap();
+            } else {
+                keep_pool_awake(|| layer.backward(input, dy, i > 0).map(|_| ())).unwrap();
+            }
             if it >= 20 {
                 bwd[i] += t.elapsed().as_secs_f64();
             }
