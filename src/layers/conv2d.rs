@@ -18,6 +18,7 @@
 use rayon::prelude::*;
 
 use super::{check_built, init_weights, Init, Layer, Mode, StateMut};
+use crate::kernels::batch_norm::ChannelOut;
 use crate::kernels::conv::{col2im, im2col, ConvGeometry};
 use crate::kernels::conv_direct;
 use crate::kernels::conv_input_grad;
@@ -214,9 +215,30 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         let direct = conv_direct::weight_grad_supported(&g);
         let by_channels = !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
         let (xd, image_len, has_bias) = (x.data(), g.channels * g.height * g.width, self.has_bias);
+        // The direct input gradient runs in the same task, on the group's dy
+        // while it is in cache, without a second round of thread hand-offs.
+        let direct_dx = need_dx && conv_input_grad::applies::<T>(&g);
+        if direct_dx {
+            self.dx.resize(x.shape());
+            // SAFETY: applies() checked that T is f32
+            let weight = unsafe { &*(self.weight.data() as *const [T] as *const [f32]) };
+            conv_input_grad::pack_weights(weight, co, g.channels, &mut self.packed_for_dx);
+        }
+        let packed_for_dx = &self.packed_for_dx;
+        let dx_out = ChannelOut::new(if direct_dx { self.dx.data_mut() } else { &mut [] });
         self.partial_grads.par_chunks_mut(slot).zip(self.cols.par_chunks_mut(scratch)).enumerate().for_each(
             |(gi, (partial, col))| {
                 let (first, last) = (gi * GROUP, ((gi + 1) * GROUP).min(n));
+                if direct_dx {
+                    // SAFETY: these images' part of dx belongs to this task alone
+                    let dxs = unsafe { dx_out.run(first * image_len, (last - first) * image_len) };
+                    let dxs = unsafe { &mut *(dxs as *mut [T] as *mut [f32]) };
+                    let dys = &dyd[first * co * p..last * co * p];
+                    let dys = unsafe { &*(dys as *const [T] as *const [f32]) };
+                    for (dx_n, dy_n) in dxs.chunks_exact_mut(image_len).zip(dys.chunks_exact(co * p)) {
+                        conv_input_grad::input_grad(&g, co, packed_for_dx, dy_n, dx_n);
+                    }
+                }
                 let (partial, partial_bias) = partial.split_at_mut(co * kdim);
                 if has_bias {
                     partial_bias.fill(T::zero());
@@ -260,20 +282,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             }
         }
 
-        if need_dx && conv_input_grad::applies::<T>(&g) {
-            self.dx.resize(x.shape());
-            // SAFETY (both casts): applies() checked that T is f32
-            let weight = unsafe { &*(self.weight.data() as *const [T] as *const [f32]) };
-            conv_input_grad::pack_weights(weight, co, g.channels, &mut self.packed_for_dx);
-            let dx = unsafe { &mut *(self.dx.data_mut() as *mut [T] as *mut [f32]) };
-            let dy = unsafe { &*(dyd as *const [T] as *const [f32]) };
-            let packed = &self.packed_for_dx;
-            dx.par_chunks_mut(GROUP * image_len).zip(dy.par_chunks(GROUP * co * p)).for_each(|(dxs, dys)| {
-                for (dx_n, dy_n) in dxs.chunks_exact_mut(image_len).zip(dys.chunks_exact(co * p)) {
-                    conv_input_grad::input_grad(&g, co, packed, dy_n, dx_n);
-                }
-            });
-        } else if need_dx {
+        if need_dx && !direct_dx {
             self.dx.resize(x.shape());
             self.dcols.resize(groups * kdim * p, T::zero());
             let weight = self.weight.data();
