@@ -32,12 +32,6 @@ use crate::{Error, Result};
 /// assert_eq!(y.shape(), &[4, 3]);
 /// assert_eq!(net.state_names()[0], "net.0.weight");
 /// ```
-/// Consecutive layers of a [`Sequential`]; see `Sequential::runs`.
-struct Run {
-    layers: std::ops::Range<usize>,
-    serial: bool,
-}
-
 pub struct Sequential<T: Real = f32> {
     prefix: String,
     layers: Vec<Box<dyn Layer<T>>>,
@@ -48,6 +42,12 @@ pub struct Sequential<T: Real = f32> {
     mode: Mode,
     input_grad: bool,
     built: bool,
+}
+
+/// Consecutive layers of a [`Sequential`]; see `Sequential::runs`.
+struct Run {
+    layers: std::ops::Range<usize>,
+    serial: bool,
 }
 
 impl<T: Real> Default for Sequential<T> {
