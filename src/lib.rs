@@ -22,7 +22,8 @@
 //! The layout follows the data flow: [`kernels`] (hot loops) are used by
 //! [`layers`] (forward and backward side by side), used by [`models`], used
 //! by [`train`], used by the `normlab` command line. [`data`] reads
-//! Fashion-MNIST.
+//! Fashion-MNIST; [`threads`] keeps the thread pool ready between the
+//! parallel layers of a model.
 
 pub mod bench;
 pub mod data;
