@@ -3,10 +3,10 @@
 //! [`Real`], so the f64 checks exercise exactly the code that trains.
 
 use std::fmt::Debug;
-
-use crate::kernels::sigmoid::PooledPlane;
 use std::iter::Sum;
 use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+use crate::kernels::sigmoid::PooledPlane;
 
 pub trait Real:
     num_traits::Float + Default + Debug + Send + Sync + AddAssign + SubAssign + MulAssign + DivAssign + Sum + 'static

@@ -68,11 +68,10 @@ pub struct PooledPlane<'a, T> {
 /// returns (Σ dh, Σ dh·(z - mu))
 /// ```
 ///
-/// `g` is the pooled gradient (`w/2` per row), `spread` scratch of `2w`.
-/// Panics if the lengths do not fit.
-/// The sums run in 16 lanes over each pair of rows (value `k` of a pair in
-/// lane `k % 16`), then across the lanes, so the 16-wide form gives bitwise
-/// the same results.
+/// `g` is the pooled gradient (`w/2` per row), `spread` scratch of `2w`;
+/// panics if the lengths do not fit. The sums run in 16 lanes over each pair
+/// of rows (value `k` of a pair in lane `k % 16`), then across the lanes, so
+/// the 16-wide form gives bitwise the same results.
 pub fn pooled_sigmoid_grad<T: Real>(plane: &PooledPlane<T>, dh: &mut [T], spread: &mut [T]) -> (f64, f64) {
     let &PooledPlane { z, g, width: w, coef: (mean, scale, shift), mu } = plane;
     let (mut a, mut b) = ([T::zero(); 16], [T::zero(); 16]);

@@ -60,13 +60,18 @@ impl<T: Real> Linear<T> {
 /// BNLeNet's first two layers (3.9 M and 1.3 M at batch 128), not its last.
 const SPLIT_MIN: usize = 1 << 20;
 
+/// Whether a pass over `n` examples splits (see [`SPLIT_MIN`]).
+fn splits(n: usize, in_features: usize, out_features: usize) -> bool {
+    n * in_features * out_features >= SPLIT_MIN
+}
+
 impl<T: Real> Layer<T> for Linear<T> {
     fn kind(&self) -> String {
         "Linear".into()
     }
 
     fn splits_work(&self, input_len: usize) -> bool {
-        input_len * self.out_features >= SPLIT_MIN
+        splits(input_len, 1, self.out_features)
     }
 
     fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
@@ -104,7 +109,7 @@ impl<T: Real> Layer<T> for Linear<T> {
         }
         let beta = if self.has_bias { T::one() } else { T::zero() };
         let w = self.weight.data();
-        if n * fi * fo >= SPLIT_MIN {
+        if splits(n, fi, fo) {
             // fixed halves of the batch, whatever the number of threads
             let half = n.div_ceil(2);
             x.data().par_chunks(half * fi).zip(y.par_chunks_mut(half * fo)).for_each(|(xs, ys)| {
@@ -141,7 +146,7 @@ impl<T: Real> Layer<T> for Linear<T> {
         let dx = self.dx.data_mut();
         let mut input_grad = || gemm(Op::N, Op::N, n, fi, fo, T::one(), dyd, w, T::zero(), dx);
         // the two products are independent
-        if n * fi * fo >= SPLIT_MIN {
+        if splits(n, fi, fo) {
             rayon::join(param_grads, input_grad);
         } else {
             param_grads();
