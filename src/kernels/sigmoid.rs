@@ -13,7 +13,7 @@
 //! batch norm's two sums (once three sweeps: block backward at
 //! (128,6,24,24), 2 threads, 0.30 -> 0.21-0.25 ms).
 
-use crate::real::Real;
+use crate::real::{mul_add, Real};
 
 /// `1 / (1 + exp(-x))` with [`Real::exp_fast`].
 #[inline(always)]
@@ -25,7 +25,7 @@ pub fn sigmoid<T: Real>(x: T) -> T {
 #[inline]
 pub fn sigmoid_affine<T: Real>(z: &[T], (mean, scale, shift): (T, T, T), out: &mut [T]) {
     for (o, &x) in out.iter_mut().zip(z) {
-        *o = sigmoid((x - mean) * scale + shift);
+        *o = sigmoid(mul_add(x - mean, scale, shift));
     }
 }
 
@@ -81,7 +81,7 @@ pub fn pooled_sigmoid_grad<T: Real>(plane: &PooledPlane<T>, dh: &mut [T], spread
         spread_row_pair(g_row, &mut spread[..pair]);
         for ((d16, z16), s16) in dh_pair.chunks_mut(16).zip(z_pair.chunks(16)).zip(spread.chunks(16)) {
             for (l, ((d, &x), &gv)) in d16.iter_mut().zip(z16).zip(s16).enumerate() {
-                let s = sigmoid((x - mean) * scale + shift);
+                let s = sigmoid(mul_add(x - mean, scale, shift));
                 *d = gv * s * (T::one() - s);
                 a[l] += *d;
                 b[l] += *d * (x - mu);
@@ -143,31 +143,25 @@ mod avx512 {
         // SAFETY (every intrinsic here): this module is compiled only where
         // the target has AVX-512F and FMA
         unsafe {
-            let h = _mm512_add_ps(
-                _mm512_mul_ps(_mm512_sub_ps(x, _mm512_set1_ps(mean)), _mm512_set1_ps(scale)),
-                _mm512_set1_ps(shift),
-            );
-            // exp(-h); negation flips the sign bit, as scalar `-x` does
-            let x = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(h), _mm512_set1_epi32(i32::MIN)));
+            // -h = (x - mean)·(-scale) - shift, the negation of the
+            // portable form's multiply-add
+            let x =
+                _mm512_fmadd_ps(_mm512_sub_ps(x, _mm512_set1_ps(mean)), _mm512_set1_ps(-scale), _mm512_set1_ps(-shift));
             // clamp(-87, 88) letting NaN through: max/min return their
             // second operand when either is NaN
             let x = _mm512_min_ps(_mm512_set1_ps(88.0), _mm512_max_ps(_mm512_set1_ps(-87.0), x));
             let n = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(0.5));
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(n);
-            let r = _mm512_sub_ps(
-                _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(LN2_HI))),
-                _mm512_mul_ps(n, _mm512_set1_ps(LN2_LO)),
-            );
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x));
             let mut p = _mm512_set1_ps(P[0]);
             for &coef in &P[1..] {
                 p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
             }
-            let er = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
-            let shifter = _mm512_set1_ps(SHIFTER);
-            let n_bits = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(n, shifter)), _mm512_castps_si512(shifter));
-            let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n_bits, _mm512_set1_epi32(127))));
-            let e = _mm512_mul_ps(er, two_n);
             let one = _mm512_set1_ps(1.0);
+            let er = _mm512_fmadd_ps(_mm512_fmadd_ps(p, r, one), r, one);
+            // er·2^n in one instruction; n stays within -126..127 (the
+            // clamp), where this is exactly the portable form's product
+            let e = _mm512_scalef_ps(er, n);
             _mm512_div_ps(one, _mm512_add_ps(one, e))
         }
     }
@@ -216,7 +210,7 @@ mod avx512 {
     }
 
     use super::PooledPlane;
-    use crate::real::exp_consts::{LN2_HI, LN2_LO, P, SHIFTER};
+    use crate::real::exp_consts::{LN2_HI, LN2_LO, P};
 }
 
 #[cfg(test)]
