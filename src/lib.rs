@@ -25,6 +25,7 @@
 //! Fashion-MNIST; [`threads`] keeps the thread pool ready between the
 //! parallel layers of a model.
 
+pub mod aligned;
 pub mod bench;
 pub mod data;
 pub mod error;

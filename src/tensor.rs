@@ -1,30 +1,32 @@
-//! A contiguous, row-major tensor: a shape and a `Vec` of scalars. Images are
-//! NCHW as in PyTorch. Nothing clever: no strides, no views, no autograd.
-//! Layers own their output tensors and resize them in place, so a training
-//! step reuses the same allocations batch after batch.
+//! A contiguous, row-major tensor: a shape and a buffer of scalars whose
+//! start is 64-byte aligned ([`AlignedVec`]). Images are NCHW as in
+//! PyTorch. Nothing clever: no strides, no views, no autograd. Layers own
+//! their output tensors and resize them in place, so a training step reuses
+//! the same allocations batch after batch.
 
+use crate::aligned::AlignedVec;
 use crate::real::Real;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Tensor<T = f32> {
+pub struct Tensor<T: Copy = f32> {
     shape: Vec<usize>,
-    data: Vec<T>,
+    data: AlignedVec<T>,
 }
 
 impl<T: Real> Default for Tensor<T> {
     fn default() -> Self {
-        Tensor { shape: vec![0], data: Vec::new() }
+        Tensor { shape: vec![0], data: AlignedVec::new() }
     }
 }
 
 impl<T: Real> Tensor<T> {
     pub fn zeros(shape: &[usize]) -> Self {
-        Tensor { shape: shape.to_vec(), data: vec![T::zero(); shape.iter().product()] }
+        Tensor { shape: shape.to_vec(), data: AlignedVec::from_elem(T::zero(), shape.iter().product()) }
     }
 
     pub fn full(shape: &[usize], value: T) -> Self {
-        Tensor { shape: shape.to_vec(), data: vec![value; shape.iter().product()] }
+        Tensor { shape: shape.to_vec(), data: AlignedVec::from_elem(value, shape.iter().product()) }
     }
 
     /// Wraps `data`; fails if its length is not the product of `shape`.
@@ -33,7 +35,7 @@ impl<T: Real> Tensor<T> {
         if numel != data.len() {
             return Err(Error::shape("Tensor", format!("shape {shape:?} needs {numel} values, got {}", data.len())));
         }
-        Ok(Tensor { shape: shape.to_vec(), data })
+        Ok(Tensor { shape: shape.to_vec(), data: AlignedVec::from_slice(&data) })
     }
 
     /// Converts from f64 values (tests and fixtures).
@@ -54,13 +56,13 @@ impl<T: Real> Tensor<T> {
         self.data.len()
     }
     pub fn data(&self) -> &[T] {
-        &self.data
+        self.data.as_slice()
     }
     pub fn data_mut(&mut self) -> &mut [T] {
-        &mut self.data
+        self.data.as_mut_slice()
     }
     pub fn into_vec(self) -> Vec<T> {
-        self.data
+        self.data.as_slice().to_vec()
     }
 
     /// Sets the shape, keeping the allocation when it is large enough. The
@@ -85,23 +87,24 @@ impl<T: Real> Tensor<T> {
     }
 
     pub fn fill(&mut self, value: T) {
-        self.data.iter_mut().for_each(|v| *v = value);
+        self.data.as_mut_slice().fill(value);
     }
 
     pub fn copy_from(&mut self, other: &Tensor<T>) {
         self.resize(other.shape());
-        self.data.copy_from_slice(other.data());
+        self.data.as_mut_slice().copy_from_slice(other.data());
     }
 
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        self.data.iter().map(|v| v.as_f64()).collect()
+        self.data().iter().map(|v| v.as_f64()).collect()
     }
 
     pub fn cast<U: Real>(&self) -> Tensor<U> {
-        Tensor { shape: self.shape.clone(), data: self.data.iter().map(|v| U::from_f64(v.as_f64())).collect() }
+        let data: Vec<U> = self.data().iter().map(|v| U::from_f64(v.as_f64())).collect();
+        Tensor { shape: self.shape.clone(), data: AlignedVec::from_slice(&data) }
     }
 
     pub fn all_finite(&self) -> bool {
-        self.data.iter().all(|v| v.is_finite())
+        self.data().iter().all(|v| v.is_finite())
     }
 }

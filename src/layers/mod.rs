@@ -53,7 +53,7 @@ pub enum Mode {
 /// A mutable view of one named entry of a layer's state, in the order and
 /// with the names of PyTorch's `state_dict` (`weight`, `bias`,
 /// `running_mean`, `running_var`, `num_batches_tracked`).
-pub enum StateMut<'a, T> {
+pub enum StateMut<'a, T: Copy> {
     /// A learnable parameter and its gradient from the last backward pass.
     Param { value: &'a mut Tensor<T>, grad: &'a mut Tensor<T> },
     /// A float buffer that is saved but not learned (running statistics).
