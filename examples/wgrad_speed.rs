@@ -27,6 +27,16 @@ fn main() {
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
         println!("  kernel alone: {:.2} us, {:.1} GFLOP/s", s * 1e6, flop / s / 1e9);
+        // the whole batch, group after group, as one thread of the layer sees it
+        let (xb, dyb) = (x.repeat(16), dy.repeat(16));
+        let t = Instant::now();
+        for _ in 0..reps / 16 {
+            for (xg, dyg) in xb.chunks_exact(x.len()).zip(dyb.chunks_exact(dy.len())) {
+                conv_direct::weight_grad_by_channels(&g, cout, xg, dyg, &mut dy_t, &mut dw);
+            }
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!("  128 images, per group: {:.2} us", s * 1e6);
     }
 }
 

@@ -159,6 +159,29 @@ impl Real for f64 {
     }
 }
 
+/// `v` as the f32 slice it is, for the f32-only kernels (whose `applies()`
+/// checks the type first). Panics if `T` is not f32.
+pub fn as_f32<T: Real>(v: &[T]) -> &[f32] {
+    assert_f32::<T>();
+    // SAFETY: T is f32 (checked above)
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) }
+}
+
+/// [`as_f32`] for a mutable slice.
+pub fn as_f32_mut<T: Real>(v: &mut [T]) -> &mut [f32] {
+    assert_f32::<T>();
+    // SAFETY: T is f32 (checked above)
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) }
+}
+
+fn assert_f32<T: Real>() {
+    assert!(
+        std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>(),
+        "an f32 kernel called on {}",
+        std::any::type_name::<T>()
+    );
+}
+
 /// `e^x = 2^n · e^r` with `n = round(x·log2 e)` and `|r| ≤ ln2/2`; `e^r` by
 /// Horner's rule on a degree-7 polynomial (Cephes' `expf` coefficients),
 /// `2^n` by building the float's exponent bits. Branch-free, so loops over

@@ -11,6 +11,7 @@
 //! multiplying them.
 
 use super::conv::ConvGeometry;
+use super::image_lanes;
 use crate::real::{mul_add, Real};
 
 /// Whether the direct kernels handle this convolution: stride 1, no
@@ -207,11 +208,11 @@ pub fn weight_grad_by_channels<T: Real>(
         dy_t.fill(T::zero());
     }
     for (src, dst) in dy.chunks_exact(cout * p).zip(dy_t.chunks_exact_mut(width * p)) {
-        if width == 16 && wide::transpose_applies::<T>(p) {
-            // SAFETY: transpose_applies() checked that T is f32
+        if width == 16 && image_lanes::applies::<T>(p) {
+            // SAFETY: applies() checked that T is f32
             let f32s = |v: &[T]| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
             let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut f32, dst.len()) };
-            wide::transpose_to_positions(f32s(src), cout, dst);
+            image_lanes::to_lanes(f32s(src), cout, p, p, dst);
             continue;
         }
         for (co, plane) in src.chunks_exact(p).enumerate() {
@@ -320,7 +321,7 @@ pub const LANES: usize = 8;
 /// Start of each tile of `len` along an axis of `n` (≥ `len`): `0, len, 2·len, …`
 /// and, when `len` does not divide `n`, one last tile flush with the end that
 /// overlaps the one before (its outputs are simply written twice).
-fn tile_starts(n: usize, len: usize) -> impl Iterator<Item = usize> {
+pub(crate) fn tile_starts(n: usize, len: usize) -> impl Iterator<Item = usize> {
     let tail = (!n.is_multiple_of(len)).then_some(n - len);
     (0..n / len).map(move |t| t * len).chain(tail)
 }
@@ -511,74 +512,6 @@ pub mod wide {
         }
     }
 
-    /// Whether [`transpose_to_positions`] handles one image of `p` positions:
-    /// f32 on AVX-512, whole blocks of 16 positions.
-    pub fn transpose_applies<T: Real>(p: usize) -> bool {
-        cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))
-            && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-            && p.is_multiple_of(16)
-    }
-
-    /// `dst[q·16 + co] = src[co·p + q]` for one image (`cout` ≤ 16 planes of
-    /// `p` values, `p` a multiple of 16; lanes past `cout` get zeros), by
-    /// 16x16 blocks in registers: four rounds of two-source permutes, each
-    /// swapping one bit of the row index with the same bit of the column
-    /// index. Written one value at a time the transposition took 6 of the
-    /// 20 µs of an 8-image weight gradient in cache.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-    pub fn transpose_to_positions(src: &[f32], cout: usize, dst: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let p = dst.len() / 16;
-        assert!(cout <= 16 && p.is_multiple_of(16) && src.len() == cout * p && dst.len() == 16 * p);
-        // round `bit`: rows r and r|bit exchange the elements whose column has
-        // that bit set with the other row's elements whose column has it clear
-        let index = |bit: usize, upper: bool| -> [i32; 16] {
-            std::array::from_fn(|c| {
-                let set = c & bit != 0;
-                (match (upper, set) {
-                    (false, false) => c,
-                    (false, true) => 16 + (c ^ bit),
-                    (true, false) => c | bit,
-                    (true, true) => 16 + c,
-                }) as i32
-            })
-        };
-        // SAFETY (every intrinsic here): compiled only with AVX-512F and FMA;
-        // loads read src[co·p + q0 ..][..16] for co < cout, q0 + 16 ≤ p, and
-        // stores write dst[(q0 + r)·16 ..][..16] with q0 + r < p (asserted sizes)
-        unsafe {
-            let lower: [__m512i; 4] =
-                std::array::from_fn(|k| _mm512_loadu_si512(index(1 << k, false).as_ptr() as *const _));
-            let upper: [__m512i; 4] =
-                std::array::from_fn(|k| _mm512_loadu_si512(index(1 << k, true).as_ptr() as *const _));
-            for q0 in (0..p).step_by(16) {
-                let mut rows: [__m512; 16] = std::array::from_fn(|co| {
-                    if co < cout {
-                        _mm512_loadu_ps(src.as_ptr().add(co * p + q0))
-                    } else {
-                        _mm512_setzero_ps()
-                    }
-                });
-                for k in 0..4 {
-                    let bit = 1 << k;
-                    for r in (0..16).filter(|r| r & bit == 0) {
-                        let (a, b) = (rows[r], rows[r | bit]);
-                        rows[r] = _mm512_permutex2var_ps(a, lower[k], b);
-                        rows[r | bit] = _mm512_permutex2var_ps(a, upper[k], b);
-                    }
-                }
-                for (r, row) in rows.iter().enumerate() {
-                    _mm512_storeu_ps(dst.as_mut_ptr().add((q0 + r) * 16), *row);
-                }
-            }
-        }
-    }
-
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-    pub fn transpose_to_positions(_: &[f32], _: usize, _: &mut [f32]) {
-        unreachable!("transpose_applies() is false without AVX-512")
-    }
-
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
     pub fn weight_grad_16(_: &ConvGeometry, _: usize, _: &[f32], _: &[f32], _: &mut [f32]) {
         unreachable!("weight_grad_applies() is false without AVX-512")
@@ -740,31 +673,6 @@ mod geometry_tests {
             weight_grad_by_channels_cv::<f32, 2, 8>(&g, cout, &x, &dy_t, &mut lanes_dw);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&wide_dw), bits(&lanes_dw), "{cin} -> {cout}, {h}x{w}");
-        }
-    }
-
-    #[test]
-    fn wide_transpose_puts_each_value_at_its_position_and_channel() {
-        assert!(!wide::transpose_applies::<f32>(40), "40 positions: not whole blocks of 16");
-        assert!(!wide::transpose_applies::<f64>(64));
-        for (cout, p) in [(16, 64), (12, 32), (1, 16)] {
-            assert_eq!(wide::transpose_applies::<f32>(p), WIDE_BUILD);
-            if !WIDE_BUILD {
-                return;
-            }
-            let src = values(cout * p, 3);
-            let mut dst = vec![f32::NAN; 16 * p];
-            wide::transpose_to_positions(&src, cout, &mut dst);
-            for q in 0..p {
-                for co in 0..16 {
-                    let want = if co < cout { src[co * p + q] } else { 0.0 };
-                    assert_eq!(
-                        dst[q * 16 + co].to_bits(),
-                        want.to_bits(),
-                        "{cout} channels, {p} positions: ({q}, {co})"
-                    );
-                }
-            }
         }
     }
 

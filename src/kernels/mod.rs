@@ -5,7 +5,9 @@ pub mod batch_norm;
 pub mod conv;
 pub mod conv_direct;
 pub mod conv_input_grad;
+pub mod conv_lanes;
 pub mod gemm;
+pub mod image_lanes;
 pub mod lanes;
 pub mod sigmoid;
 

@@ -9,7 +9,9 @@
 //! Stride 1 without padding (LeNet) runs the register-blocked direct kernels
 //! of `kernels::conv_direct` instead of im2col for the forward pass (and for
 //! the weight gradient when `Cin·k·k` is small), and, for 5x5 kernels in f32
-//! on AVX2, `kernels::conv_input_grad` for the input gradient.
+//! on AVX2, `kernels::conv_input_grad` for the input gradient. One input
+//! channel into at most 8 (LeNet's first layer) in f32 on AVX-512 runs
+//! `kernels::conv_lanes`, 16 images at a time in the lanes of a vector.
 //!
 //! Groups of images run in parallel. The weight gradient is summed per fixed
 //! group, then the groups in order, so it is bitwise the same for any number
@@ -18,12 +20,14 @@
 use rayon::prelude::*;
 
 use super::{check_built, init_weights, Init, Layer, Mode, StateMut};
+use crate::aligned::AlignedVec;
 use crate::kernels::batch_norm::ChannelOut;
 use crate::kernels::conv::{col2im, im2col, ConvGeometry};
 use crate::kernels::conv_direct;
 use crate::kernels::conv_input_grad;
+use crate::kernels::conv_lanes;
 use crate::kernels::gemm::{gemm, Op};
-use crate::real::Real;
+use crate::real::{as_f32, as_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -53,6 +57,8 @@ pub struct Conv2d<T: Real = f32> {
     packed: Vec<T>,
     /// Weights reordered for the direct input gradient.
     packed_for_dx: Vec<f32>,
+    /// Per group of 16 images, `conv_lanes`' scratch (images in lanes).
+    lane_scratch: AlignedVec<f32>,
     y: Tensor<T>,
     dx: Tensor<T>,
 }
@@ -77,6 +83,7 @@ impl<T: Real> Conv2d<T> {
             partial_grads: Vec::new(),
             packed: Vec::new(),
             packed_for_dx: Vec::new(),
+            lane_scratch: AlignedVec::new(),
             y: Tensor::default(),
             dx: Tensor::default(),
         }
@@ -167,6 +174,17 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         self.y.resize(&[n, co, ho, wo]);
         let image_len = g.channels * g.height * g.width;
         let bias = self.has_bias.then_some(self.bias.data());
+        if conv_lanes::applies::<T>(&g, co) {
+            let len = conv_lanes::scratch_len(&g, co);
+            self.lane_scratch.resize(n.div_ceil(conv_lanes::IMAGES) * len, 0.0);
+            let (weight, bias) = (as_f32(self.weight.data()), bias.map(as_f32));
+            as_f32(x.data())
+                .par_chunks(conv_lanes::IMAGES * image_len)
+                .zip(as_f32_mut(self.y.data_mut()).par_chunks_mut(conv_lanes::IMAGES * co * p))
+                .zip(self.lane_scratch.as_mut_slice().par_chunks_mut(len))
+                .for_each(|((images, out), scratch)| conv_lanes::forward(&g, co, weight, bias, images, out, scratch));
+            return Ok(&self.y);
+        }
         if conv_direct::supported(&g) {
             conv_direct::pack_weights(self.weight.data(), co, g.channels, g.kernel, &mut self.packed);
             let packed = &self.packed;
@@ -205,68 +223,85 @@ impl<T: Real> Layer<T> for Conv2d<T> {
 
         // Each group of images writes its partial weight gradient, then its
         // partial bias gradient, into its own slot; the slots are added in order.
-        let groups = n.div_ceil(GROUP);
+        let lanes = conv_lanes::applies::<T>(&g, co);
+        let group = if lanes { conv_lanes::IMAGES } else { GROUP };
+        let groups = n.div_ceil(group);
         let slot = co * kdim + co;
         self.partial_grads.resize(groups * slot, T::zero());
-        // per group: one image's columns, or the group's transposed dy
-        let scratch = (kdim * p).max(GROUP * 16 * p);
-        self.cols.resize(groups * scratch, T::zero());
-        // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by channels
-        let direct = conv_direct::weight_grad_supported(&g);
-        let by_channels = !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
         let (xd, image_len, has_bias) = (x.data(), g.channels * g.height * g.width, self.has_bias);
+        let bias_grad = |first: usize, last: usize, partial_bias: &mut [T]| {
+            if has_bias {
+                partial_bias.fill(T::zero());
+                for image in dyd[first * co * p..last * co * p].chunks_exact(co * p) {
+                    for (d, plane) in partial_bias.iter_mut().zip(image.chunks_exact(p)) {
+                        *d += crate::kernels::sum(plane);
+                    }
+                }
+            }
+        };
         // The direct input gradient runs in the same task, on the group's dy
         // while it is in cache, without a second round of thread hand-offs.
-        let direct_dx = need_dx && conv_input_grad::applies::<T>(&g);
-        if direct_dx {
-            self.dx.resize(x.shape());
-            // SAFETY: applies() checked that T is f32
-            let weight = unsafe { &*(self.weight.data() as *const [T] as *const [f32]) };
-            conv_input_grad::pack_weights(weight, co, g.channels, &mut self.packed_for_dx);
-        }
-        let packed_for_dx = &self.packed_for_dx;
-        let dx_out = ChannelOut::new(if direct_dx { self.dx.data_mut() } else { &mut [] });
-        self.partial_grads.par_chunks_mut(slot).zip(self.cols.par_chunks_mut(scratch)).enumerate().for_each(
-            |(gi, (partial, col))| {
-                let (first, last) = (gi * GROUP, ((gi + 1) * GROUP).min(n));
-                if direct_dx {
-                    // SAFETY: these images' part of dx belongs to this task alone
-                    let dxs = unsafe { dx_out.run(first * image_len, (last - first) * image_len) };
-                    let dxs = unsafe { &mut *(dxs as *mut [T] as *mut [f32]) };
-                    let dys = &dyd[first * co * p..last * co * p];
-                    let dys = unsafe { &*(dys as *const [T] as *const [f32]) };
-                    for (dx_n, dy_n) in dxs.chunks_exact_mut(image_len).zip(dys.chunks_exact(co * p)) {
-                        conv_input_grad::input_grad(&g, co, packed_for_dx, dy_n, dx_n);
-                    }
-                }
-                let (partial, partial_bias) = partial.split_at_mut(co * kdim);
-                if has_bias {
-                    partial_bias.fill(T::zero());
-                    for image in dyd[first * co * p..last * co * p].chunks_exact(co * p) {
-                        for (d, plane) in partial_bias.iter_mut().zip(image.chunks_exact(p)) {
-                            *d += crate::kernels::sum(plane);
+        let direct_dx = need_dx && !lanes && conv_input_grad::applies::<T>(&g);
+        if lanes {
+            let len = conv_lanes::scratch_len(&g, co);
+            self.lane_scratch.resize(groups * len, 0.0);
+            self.partial_grads
+                .par_chunks_mut(slot)
+                .zip(self.lane_scratch.as_mut_slice().par_chunks_mut(len))
+                .enumerate()
+                .for_each(|(gi, (partial, scratch))| {
+                    let (first, last) = (gi * group, ((gi + 1) * group).min(n));
+                    let (partial, partial_bias) = partial.split_at_mut(co * kdim);
+                    bias_grad(first, last, partial_bias);
+                    let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
+                    conv_lanes::weight_grad(&g, co, as_f32(xs), as_f32(dys), as_f32_mut(partial), scratch);
+                });
+        } else {
+            // per group: one image's columns, or the group's transposed dy
+            let scratch = (kdim * p).max(GROUP * 16 * p);
+            self.cols.resize(groups * scratch, T::zero());
+            // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by channels
+            let direct = conv_direct::weight_grad_supported(&g);
+            let by_channels = !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
+            if direct_dx {
+                self.dx.resize(x.shape());
+                conv_input_grad::pack_weights(as_f32(self.weight.data()), co, g.channels, &mut self.packed_for_dx);
+            }
+            let packed_for_dx = &self.packed_for_dx;
+            let dx_out = ChannelOut::new(if direct_dx { self.dx.data_mut() } else { &mut [] });
+            self.partial_grads.par_chunks_mut(slot).zip(self.cols.par_chunks_mut(scratch)).enumerate().for_each(
+                |(gi, (partial, col))| {
+                    let (first, last) = (gi * GROUP, ((gi + 1) * GROUP).min(n));
+                    if direct_dx {
+                        // SAFETY: these images' part of dx belongs to this task alone
+                        let dxs = as_f32_mut(unsafe { dx_out.run(first * image_len, (last - first) * image_len) });
+                        let dys = as_f32(&dyd[first * co * p..last * co * p]);
+                        for (dx_n, dy_n) in dxs.chunks_exact_mut(image_len).zip(dys.chunks_exact(co * p)) {
+                            conv_input_grad::input_grad(&g, co, packed_for_dx, dy_n, dx_n);
                         }
                     }
-                }
-                let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
-                if direct {
-                    partial.fill(T::zero());
-                    conv_direct::weight_grad(&g, co, xs, dys, partial);
-                    return;
-                }
-                if by_channels {
-                    conv_direct::weight_grad_by_channels(&g, co, xs, dys, col, partial);
-                    return;
-                }
-                let col = &mut col[..kdim * p];
-                for img in first..last {
-                    im2col(&g, &xd[img * image_len..(img + 1) * image_len], col);
-                    let dy_n = &dyd[img * co * p..(img + 1) * co * p];
-                    let beta = if img == first { T::zero() } else { T::one() };
-                    gemm(Op::N, Op::T, co, kdim, p, T::one(), dy_n, col, beta, partial);
-                }
-            },
-        );
+                    let (partial, partial_bias) = partial.split_at_mut(co * kdim);
+                    bias_grad(first, last, partial_bias);
+                    let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
+                    if direct {
+                        partial.fill(T::zero());
+                        conv_direct::weight_grad(&g, co, xs, dys, partial);
+                        return;
+                    }
+                    if by_channels {
+                        conv_direct::weight_grad_by_channels(&g, co, xs, dys, col, partial);
+                        return;
+                    }
+                    let col = &mut col[..kdim * p];
+                    for img in first..last {
+                        im2col(&g, &xd[img * image_len..(img + 1) * image_len], col);
+                        let dy_n = &dyd[img * co * p..(img + 1) * co * p];
+                        let beta = if img == first { T::zero() } else { T::one() };
+                        gemm(Op::N, Op::T, co, kdim, p, T::one(), dy_n, col, beta, partial);
+                    }
+                },
+            );
+        }
         let (dw, db) = (self.weight_grad.data_mut(), self.bias_grad.data_mut());
         dw.fill(T::zero());
         db.fill(T::zero());
@@ -284,7 +319,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
 
         if need_dx && !direct_dx {
             self.dx.resize(x.shape());
-            self.dcols.resize(groups * kdim * p, T::zero());
+            self.dcols.resize(n.div_ceil(GROUP) * kdim * p, T::zero());
             let weight = self.weight.data();
             self.dx
                 .data_mut()
