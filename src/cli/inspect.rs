@@ -37,7 +37,7 @@ fn stats(v: &[f32]) -> serde_json::Value {
 pub fn run(args: InspectArgs) -> Result<()> {
     let (mut net, info) = checkpoint::load(&args.checkpoint)?;
     let mut layers = Vec::new();
-    let slot_names: Vec<String> = (0..net.len()).map(|i| net.layer_name(i)).collect();
+    let slot_names: Vec<String> = (0..net.len()).map(|i| net.batch_norm_name(i)).collect();
     for (i, layer) in net.layers_mut().iter_mut().enumerate() {
         let Some(bn) = layer.as_batch_norm_mut() else {
             continue;

@@ -75,7 +75,7 @@ pub fn scratch_len(g: &ConvGeometry, cout: usize) -> usize {
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::*;
@@ -98,40 +98,40 @@ mod avx512 {
         /// Checks every slice against the geometry; the kernels below index
         /// inside these sizes only.
         pub fn new(g: &ConvGeometry, cout: usize, x: usize, w_len: usize, z: usize, scratch: usize) -> Dims {
-            assert!(applies::<f32>(g, cout), "conv_lanes: unsupported {g:?} with {cout} channels");
-            let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
-            let images = x / (g.height * g.width);
+            let d = Dims::of(g, cout, x / (g.height * g.width));
             assert!(
-                (1..=IMAGES).contains(&images)
-                    && x == images * g.height * g.width
-                    && z == images * cout * ho * wo
+                x == d.images * g.height * g.width
+                    && z == d.images * cout * d.p()
                     && w_len == cout * K * K
                     && scratch >= scratch_len(g, cout),
-                "conv_lanes: {images} images, or slice lengths"
+                "conv_lanes: slice lengths"
             );
+            d
+        }
+
+        /// The sizes of `images` images through this convolution.
+        pub fn of(g: &ConvGeometry, cout: usize, images: usize) -> Dims {
+            assert!(applies::<f32>(g, cout), "conv_lanes: unsupported {g:?} with {cout} channels");
+            assert!((1..=IMAGES).contains(&images), "conv_lanes: {images} images (1 to 16)");
+            let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
             let band = band_rows(wo);
             Dims { w: g.width, ho, wo, band, band_p: band * wo, cout, images }
+        }
+
+        /// Output positions per channel.
+        pub fn p(&self) -> usize {
+            self.ho * self.wo
         }
     }
 
     pub fn forward(d: &Dims, weight: &[f32], bias: Option<&[f32]>, x: &[f32], z: &mut [f32], scratch: &mut [f32]) {
-        let (xt, band) = scratch.split_at_mut(x.len() / d.images * LANES);
-        image_lanes::to_lanes(x, d.images, x.len() / d.images, x.len() / d.images, xt);
-        let p = d.ho * d.wo;
+        let plane = x.len() / d.images;
+        let (xt, band) = scratch.split_at_mut(plane * LANES);
+        image_lanes::to_lanes(x, d.images, plane, plane, xt);
+        let p = d.p();
         for oh0 in (0..d.ho).step_by(d.band) {
-            // SAFETY: Dims::new checked the lengths the band reads and writes
-            unsafe {
-                match d.cout {
-                    1 => forward_band::<1>(d, weight, bias, xt, oh0, band),
-                    2 => forward_band::<2>(d, weight, bias, xt, oh0, band),
-                    3 => forward_band::<3>(d, weight, bias, xt, oh0, band),
-                    4 => forward_band::<4>(d, weight, bias, xt, oh0, band),
-                    5 => forward_band::<5>(d, weight, bias, xt, oh0, band),
-                    6 => forward_band::<6>(d, weight, bias, xt, oh0, band),
-                    7 => forward_band::<7>(d, weight, bias, xt, oh0, band),
-                    _ => forward_band::<8>(d, weight, bias, xt, oh0, band),
-                }
-            }
+            let out = Lanes { values: band, channel_stride: d.band_p, first: 0 };
+            forward_band(d, weight, bias, xt, oh0, out);
             for co in 0..d.cout {
                 let lanes = &band[co * d.band_p * LANES..][..d.band_p * LANES];
                 image_lanes::from_lanes(lanes, d.images, d.band_p, &mut z[co * p + oh0 * d.wo..], d.cout * p);
@@ -139,22 +139,49 @@ mod avx512 {
         }
     }
 
-    /// Output rows `oh0..oh0 + band` of every channel into `band` (laid out
-    /// `[channel][position in band][image]`), by tiles of [`TILE`] columns.
-    ///
+    /// Where a band of outputs goes, in lanes: position `q` of the band in
+    /// channel `co` at `values[(co·channel_stride + first + q)·16 ..]`.
+    pub struct Lanes<'a> {
+        pub values: &'a mut [f32],
+        pub channel_stride: usize,
+        pub first: usize,
+    }
+
+    /// Output rows `oh0..oh0 + band` of every channel into `out`, by tiles
+    /// of [`TILE`] columns. `xt` is the input in lanes.
+    pub fn forward_band(d: &Dims, weight: &[f32], bias: Option<&[f32]>, xt: &[f32], oh0: usize, out: Lanes) {
+        let needed = ((d.cout - 1) * out.channel_stride + out.first + d.band_p) * LANES;
+        assert!(
+            out.values.len() >= needed && xt.len() >= (oh0 + d.band + K - 1) * d.w * LANES && oh0 + d.band <= d.ho,
+            "conv_lanes: band buffers"
+        );
+        // SAFETY: the lengths checked above bound every load and store
+        unsafe {
+            match d.cout {
+                1 => forward_band_co::<1>(d, weight, bias, xt, oh0, out),
+                2 => forward_band_co::<2>(d, weight, bias, xt, oh0, out),
+                3 => forward_band_co::<3>(d, weight, bias, xt, oh0, out),
+                4 => forward_band_co::<4>(d, weight, bias, xt, oh0, out),
+                5 => forward_band_co::<5>(d, weight, bias, xt, oh0, out),
+                6 => forward_band_co::<6>(d, weight, bias, xt, oh0, out),
+                7 => forward_band_co::<7>(d, weight, bias, xt, oh0, out),
+                _ => forward_band_co::<8>(d, weight, bias, xt, oh0, out),
+            }
+        }
+    }
+
     /// # Safety
-    /// `xt` is the input in lanes and `band` holds `cout·band_p·16` values
-    /// (as `Dims::new` checks).
+    /// As [`forward_band`] checks.
     #[inline(always)]
-    unsafe fn forward_band<const CO: usize>(
+    unsafe fn forward_band_co<const CO: usize>(
         d: &Dims,
         weight: &[f32],
         bias: Option<&[f32]>,
         xt: &[f32],
         oh0: usize,
-        band: &mut [f32],
+        out: Lanes,
     ) {
-        let (xp, wp, bp) = (xt.as_ptr(), weight.as_ptr(), band.as_mut_ptr());
+        let (xp, wp, op) = (xt.as_ptr(), weight.as_ptr(), out.values.as_mut_ptr());
         for oh in oh0..oh0 + d.band {
             for ow0 in super::super::conv_direct::tile_starts(d.wo, TILE) {
                 let mut acc = [[_mm512_setzero_ps(); CO]; TILE];
@@ -170,14 +197,14 @@ mod avx512 {
                         }
                     }
                 }
-                let q = (oh - oh0) * d.wo + ow0;
+                let q = out.first + (oh - oh0) * d.wo + ow0;
                 for (k, acc_k) in acc.iter().enumerate() {
                     for (co, &a) in acc_k.iter().enumerate() {
                         let v = match bias {
                             Some(b) => _mm512_add_ps(a, _mm512_set1_ps(b[co])),
                             None => a,
                         };
-                        _mm512_storeu_ps(bp.add((co * d.band_p + q + k) * LANES), v);
+                        _mm512_storeu_ps(op.add((co * out.channel_stride + q + k) * LANES), v);
                     }
                 }
             }
@@ -187,43 +214,68 @@ mod avx512 {
     /// Per block of [`BLOCK`] channels and kernel row `i`: `acc[c][j]`.
     type Sums = [[__m512; K]; BLOCK];
 
+    /// The weight gradient's sums, in lanes, added band by band.
+    pub struct GradSums {
+        sums: Vec<Sums>,
+    }
+
+    impl GradSums {
+        pub fn new(d: &Dims) -> Self {
+            // SAFETY (intrinsics): AVX-512F is compiled in
+            GradSums { sums: vec![unsafe { [[_mm512_setzero_ps(); K]; BLOCK] }; d.cout.div_ceil(BLOCK) * K] }
+        }
+
+        /// Adds `dz · x` over the band of rows from `oh0`: `band` holds the
+        /// band's output gradient in lanes (`[channel][position][image]`),
+        /// `xt` the input in lanes.
+        pub fn add_band(&mut self, d: &Dims, xt: &[f32], band: &[f32], oh0: usize) {
+            assert!(
+                band.len() >= d.cout * d.band_p * LANES
+                    && xt.len() >= (oh0 + d.band + K - 1) * d.w * LANES
+                    && oh0 + d.band <= d.ho,
+                "conv_lanes: band buffers"
+            );
+            for (bi, s) in self.sums.iter_mut().enumerate() {
+                let (co0, i) = ((bi / K) * BLOCK, bi % K);
+                // SAFETY: the lengths checked above bound every load
+                *s = unsafe {
+                    match (d.cout - co0).min(BLOCK) {
+                        1 => band_grad::<1>(*s, d, xt, band, co0, oh0, i),
+                        2 => band_grad::<2>(*s, d, xt, band, co0, oh0, i),
+                        _ => band_grad::<3>(*s, d, xt, band, co0, oh0, i),
+                    }
+                };
+            }
+        }
+
+        /// `dw[co][i][j]` (overwritten): the lanes added in a fixed order.
+        pub fn write(&self, d: &Dims, dw: &mut [f32]) {
+            for (bi, s) in self.sums.iter().enumerate() {
+                let (co0, i) = ((bi / K) * BLOCK, bi % K);
+                for (c, row) in s.iter().enumerate().take((d.cout - co0).min(BLOCK)) {
+                    for (j, &v) in row.iter().enumerate() {
+                        // SAFETY: AVX-512F is compiled in
+                        dw[((co0 + c) * K + i) * K + j] = unsafe { _mm512_reduce_add_ps(v) };
+                    }
+                }
+            }
+        }
+    }
+
     pub fn weight_grad(d: &Dims, x: &[f32], dz: &[f32], dw: &mut [f32], scratch: &mut [f32]) {
         let plane = x.len() / d.images;
         let (xt, band) = scratch.split_at_mut(plane * LANES);
         image_lanes::to_lanes(x, d.images, plane, plane, xt);
-        let p = d.ho * d.wo;
-        let blocks = d.cout.div_ceil(BLOCK);
-        // SAFETY (intrinsics): AVX-512F is compiled in
-        let mut sums: Vec<Sums> = vec![unsafe { [[_mm512_setzero_ps(); K]; BLOCK] }; blocks * K];
+        let p = d.p();
+        let mut sums = GradSums::new(d);
         for oh0 in (0..d.ho).step_by(d.band) {
             for co in 0..d.cout {
                 let lanes = &mut band[co * d.band_p * LANES..][..d.band_p * LANES];
                 image_lanes::to_lanes(&dz[co * p + oh0 * d.wo..], d.images, d.cout * p, d.band_p, lanes);
             }
-            for b in 0..blocks {
-                let co0 = b * BLOCK;
-                for i in 0..K {
-                    let s = &mut sums[b * K + i];
-                    // SAFETY: Dims::new checked the lengths the band reads
-                    *s = unsafe {
-                        match (d.cout - co0).min(BLOCK) {
-                            1 => band_grad::<1>(*s, d, xt, band, co0, oh0, i),
-                            2 => band_grad::<2>(*s, d, xt, band, co0, oh0, i),
-                            _ => band_grad::<3>(*s, d, xt, band, co0, oh0, i),
-                        }
-                    };
-                }
-            }
+            sums.add_band(d, xt, band, oh0);
         }
-        for (bi, s) in sums.iter().enumerate() {
-            let (co0, i) = ((bi / K) * BLOCK, bi % K);
-            for (c, row) in s.iter().enumerate().take(d.cout.saturating_sub(co0).min(BLOCK)) {
-                for (j, &v) in row.iter().enumerate() {
-                    // SAFETY: AVX-512F is compiled in
-                    dw[((co0 + c) * K + i) * K + j] = unsafe { _mm512_reduce_add_ps(v) };
-                }
-            }
-        }
+        sums.write(d, dw);
     }
 
     /// `acc[c][j] += dz[co0 + c][q] · x[q shifted by (i, j)]` over the band's
@@ -231,7 +283,7 @@ mod avx512 {
     /// keeps them in registers through the loop.
     ///
     /// # Safety
-    /// As [`forward_band`]; `band` holds the gradient's band in lanes.
+    /// As [`GradSums::add_band`] checks.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // constant indices keep `acc` in registers
     unsafe fn band_grad<const NB: usize>(

@@ -124,7 +124,7 @@ fn sum16<T: Real>(lanes: &[T; 16]) -> f64 {
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     /// [`crate::real::exp_f32`] and the sigmoid around it, step for step.

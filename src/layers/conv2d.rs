@@ -107,6 +107,21 @@ impl<T: Real> Conv2d<T> {
     pub fn weight(&self) -> &Tensor<T> {
         &self.weight
     }
+    /// The bias, when the layer has one.
+    pub fn bias_values(&self) -> Option<&Tensor<T>> {
+        self.has_bias.then_some(&self.bias)
+    }
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+    /// The input geometry, once built.
+    pub fn geometry(&self) -> Option<ConvGeometry> {
+        self.geometry
+    }
+    /// The weight and bias gradients, for a layer that computes them itself.
+    pub(crate) fn grads_mut(&mut self) -> (&mut Tensor<T>, Option<&mut Tensor<T>>) {
+        (&mut self.weight_grad, self.has_bias.then_some(&mut self.bias_grad))
+    }
 
     fn dims(&self) -> (ConvGeometry, usize, usize) {
         let g = self.geometry.expect("checked by check_built");

@@ -28,7 +28,9 @@ pub mod linear;
 pub mod pool;
 
 pub use activation::{ReLU, Sigmoid};
-pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, BnParts, BnSigmoidPool, Momentum, RunningVar};
+pub use batch_norm::{
+    BatchNorm, BatchNormConfig, BnImpl, BnParts, BnSigmoidPool, ConvBnSigmoidPool, Momentum, RunningVar,
+};
 pub use conv2d::Conv2d;
 pub use dropout::Dropout;
 pub use flatten::Flatten;
@@ -117,6 +119,12 @@ pub trait Layer<T: Real>: Send {
     /// (population statistics, inspection); `None` for every other layer.
     fn as_batch_norm_mut(&mut self) -> Option<&mut BatchNorm<T>> {
         None
+    }
+
+    /// Which of this layer's `nn.Sequential` entries (see [`Layer::slots`])
+    /// its batch norm is: 0, unless a fused layer puts a convolution first.
+    fn batch_norm_entry(&self) -> usize {
+        0
     }
 }
 

@@ -11,7 +11,7 @@
 
 use super::Sequential;
 use crate::layers::{
-    AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, BnParts, BnSigmoidPool, Conv2d, Dropout, Flatten, Init, Layer,
+    AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, BnParts, Conv2d, ConvBnSigmoidPool, Dropout, Flatten, Init, Layer,
     LayerNorm, Linear, ReLU, Sigmoid,
 };
 use crate::real::Real;
@@ -99,13 +99,13 @@ impl LeNetConfig {
         let conv_bias = self.bias_before_norm || !has_norm(self.norm_conv);
         let fc_bias = self.bias_before_norm || !has_norm(self.norm_fc);
         for channels in [6, 16] {
-            let conv = Box::new(Conv2d::new(channels, 5).bias(conv_bias).init(Init::XavierUniform));
-            if let Some(block) = self.fused_block()? {
-                net.push_boxed(conv);
-                net.push_boxed(block);
-            } else {
-                stage(&mut net, conv, has_norm(self.norm_conv))?;
-                net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
+            let conv = Conv2d::new(channels, 5).bias(conv_bias).init(Init::XavierUniform);
+            match self.fused_bn() {
+                Some(config) => net.push_boxed(Box::new(ConvBnSigmoidPool::new(conv, config)?)),
+                None => {
+                    stage(&mut net, Box::new(conv), has_norm(self.norm_conv))?;
+                    net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
+                }
             }
         }
         net.push_boxed(Box::new(Flatten::new()));
@@ -123,9 +123,11 @@ impl LeNetConfig {
         Ok(net)
     }
 
-    /// `BatchNorm2d -> Sigmoid -> AvgPool2d` as one fused layer, where the
-    /// configuration is exactly that (fused BN, full, before a sigmoid).
-    fn fused_block<T: Real>(&self) -> Result<Option<Box<dyn Layer<T>>>> {
+    /// The batch norm configuration of a convolutional stage that runs as
+    /// one fused layer (`Conv2d -> BatchNorm2d -> Sigmoid -> AvgPool2d`),
+    /// where the configuration is exactly that (fused BN, full, before a
+    /// sigmoid).
+    fn fused_bn(&self) -> Option<BatchNormConfig> {
         match self.norm {
             Norm::Batch { imp: BnImpl::Fused, config }
                 if config.parts == BnParts::Full
@@ -133,9 +135,9 @@ impl LeNetConfig {
                     && self.placement == NormPlacement::BeforeActivation
                     && self.activation == Activation::Sigmoid =>
             {
-                Ok(Some(Box::new(BnSigmoidPool::new(config)?)))
+                Some(config)
             }
-            _ => Ok(None),
+            _ => None,
         }
     }
 

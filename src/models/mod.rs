@@ -230,7 +230,10 @@ impl<T: Real> Sequential<T> {
             .iter_mut()
             .zip(slots)
             .flat_map(|(l, slot)| {
-                l.state_mut().into_iter().map(move |(name, s)| (format!("{prefix}.{slot}.{name}"), s))
+                l.state_mut().into_iter().map(move |(name, s)| {
+                    let (offset, name) = entry_offset(name);
+                    (format!("{prefix}.{}.{name}", slot + offset), s)
+                })
             })
             .collect()
     }
@@ -251,6 +254,12 @@ impl<T: Real> Sequential<T> {
     /// The state-name prefix of layer `i`, e.g. `net.1`.
     pub fn layer_name(&self, i: usize) -> String {
         format!("{}.{}", self.prefix, self.slots()[i])
+    }
+
+    /// The state-name prefix of layer `i`'s batch norm, e.g. `net.1` for
+    /// the fused first stage, whose convolution is `net.0`.
+    pub fn batch_norm_name(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, self.slots()[i] + self.layers[i].batch_norm_entry())
     }
 
     pub fn state_names(&mut self) -> Vec<String> {
@@ -292,6 +301,13 @@ impl<T: Real> Sequential<T> {
     }
 }
 
+/// A fused layer names the state of its `k`-th `nn.Sequential` entry
+/// `"k.name"` (see `Layer::slots`): `(k, name)`, or `(0, name)` for a plain
+/// name.
+fn entry_offset(name: &str) -> (usize, &str) {
+    name.split_once('.').and_then(|(k, rest)| Some((k.parse().ok()?, rest))).unwrap_or((0, name))
+}
+
 fn locate(prefix: &str, i: usize, e: Error) -> Error {
     match e {
         Error::Shape { layer, message } => Error::Shape { layer: format!("{prefix}.{i} ({layer})"), message },
@@ -303,7 +319,7 @@ fn locate(prefix: &str, i: usize, e: Error) -> Error {
 mod tests {
     use super::*;
 
-    /// BNLeNet's layers in runs: the convolutions, fused blocks and the two
+    /// BNLeNet's layers in runs: the two convolutional stages and the two
     /// larger linear layers one by one, what lies between them (flatten,
     /// BN1d and sigmoid, the last linear layer) in runs on one thread.
     #[test]
@@ -313,11 +329,10 @@ mod tests {
             net.runs(128).into_iter().map(|r| (r.layers, r.serial)).collect();
         let n = net.len();
         let (par, ser) = (false, true);
-        let want = [(0..1, par), (1..2, par), (2..3, par), (3..4, par), (4..5, ser), (5..6, par), (6..8, ser)];
-        assert_eq!(runs[..7], want);
-        assert_eq!(runs[7..], [(8..9, par), (9..n, ser)]);
-        // a batch of 2: the blocks' inputs fall under the parallel size
+        let want = [(0..1, par), (1..2, par), (2..3, ser), (3..4, par), (4..6, ser), (6..7, par), (7..n, ser)];
+        assert_eq!(runs, want);
+        // a batch of 2: the linear layers fall under the parallel size
         let small = net.runs(2);
-        assert_eq!(small.last().unwrap().layers, 3..n);
+        assert_eq!(small.last().unwrap().layers, 2..n);
     }
 }

@@ -31,7 +31,7 @@ use crate::tensor::Tensor;
 use crate::{Error, Result};
 
 pub struct BnSigmoidPool<T: Real = f32> {
-    bn: BatchNorm<T>,
+    pub(super) bn: BatchNorm<T>,
     /// (C, H, W) of the input.
     dims: (usize, usize, usize),
     y: Tensor<T>,
@@ -54,7 +54,7 @@ impl<T: Real> BnSigmoidPool<T> {
 
     /// `(mean, scale, shift)` of channel `ch` as the last forward pass used
     /// them: `h = (z - mean)·scale + shift`.
-    fn coef(&self, ch: usize) -> (T, T, T) {
+    pub(super) fn coef(&self, ch: usize) -> (T, T, T) {
         let bn = &self.bn;
         (bn.saved.center[ch], bn.gamma_at(ch) * bn.saved.inv_std[ch], bn.beta_at(ch))
     }
@@ -88,6 +88,28 @@ fn by_image_groups<R: Send>(n: usize, total: usize, f: impl Fn(std::ops::Range<u
     } else {
         (0..groups).map(|g| f(images(g))).collect()
     }
+}
+
+/// Batch norm's backward from the block's per-channel sums `(Σ dh,
+/// Σ dh·(z - mean))` over `m` values each: sets gamma's and beta's
+/// gradients and returns per channel `(a, b, k)` of
+/// `dz = a·dh + b·(z - mean) + k` (`b = k = 0` with running statistics).
+pub(super) fn finish_backward<T: Real>(bn: &mut BatchNorm<T>, sums: &[(f64, f64)], m: f64) -> Vec<(T, T, T)> {
+    let (inv_std, batch) = (&bn.saved.inv_std, bn.saved.batch_stats);
+    let apply = sums
+        .iter()
+        .enumerate()
+        .map(|(ch, &(sum_dh, sum_dh_xmu))| {
+            let a = (bn.gamma_at(ch) * inv_std[ch]).as_f64();
+            let is = inv_std[ch].as_f64();
+            let (b, k) = if batch { (-a * is * is * sum_dh_xmu / m, -a * sum_dh / m) } else { (0.0, 0.0) };
+            (T::from_f64(a), T::from_f64(b), T::from_f64(k))
+        })
+        .collect();
+    let dbeta: Vec<f64> = sums.iter().map(|s| s.0).collect();
+    let dgamma: Vec<f64> = sums.iter().zip(inv_std).map(|(s, is)| s.1 * is.as_f64()).collect();
+    bn.set_affine_grads(&dgamma, &dbeta);
+    apply
 }
 
 impl<T: Real> Layer<T> for BnSigmoidPool<T> {
@@ -174,8 +196,7 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         let (hw, pooled) = (h * w, ho * wo);
         let (zd, dyd) = (z.data(), dy.data());
         let coefs: Vec<(T, T, T)> = (0..c).map(|ch| self.coef(ch)).collect();
-        let bn = &self.bn;
-        let (mean, inv_std, batch) = (&bn.saved.mean, &bn.saved.inv_std, bn.saved.batch_stats);
+        let mean = self.bn.saved.mean.clone();
         let m = (n * sp) as f64;
         if need_dx {
             self.dz.resize(z.shape());
@@ -207,16 +228,8 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
                 total.1 += part.1;
             }
         }
+        let apply = finish_backward(&mut self.bn, &sums, m);
         if need_dx {
-            let apply: Vec<(T, T, T)> = (0..c)
-                .map(|ch| {
-                    let (sum_dh, sum_dh_xmu) = sums[ch];
-                    let a = (bn.gamma_at(ch) * inv_std[ch]).as_f64();
-                    let is = inv_std[ch].as_f64();
-                    let (b, k) = if batch { (-a * is * is * sum_dh_xmu / m, -a * sum_dh / m) } else { (0.0, 0.0) };
-                    (T::from_f64(a), T::from_f64(b), T::from_f64(k))
-                })
-                .collect();
             by_image_groups(n, zd.len(), |images| {
                 for plane in images.start * c..images.end * c {
                     let ((a, b, k), mu) = (apply[plane % c], mean[plane % c]);
@@ -228,9 +241,6 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
                 }
             });
         }
-        let (dbeta, sum_dh_xmu): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
-        let dgamma: Vec<f64> = (0..c).map(|ch| sum_dh_xmu[ch] * inv_std[ch].as_f64()).collect();
-        self.bn.set_affine_grads(&dgamma, &dbeta);
         Ok(&self.dz)
     }
 

@@ -40,10 +40,12 @@
 //! ```
 
 mod block;
+mod conv_block;
 mod fused;
 mod scratch;
 
 pub use block::BnSigmoidPool;
+pub use conv_block::ConvBnSigmoidPool;
 
 use super::{check_built, Layer, Mode, StateMut};
 use crate::real::Real;
@@ -378,17 +380,32 @@ impl<T: Real> BatchNorm<T> {
     where
         F: FnOnce(&mut Self, (usize, usize, usize)) -> ((Vec<f64>, Vec<f64>), bool),
     {
+        let dims = self.view(x)?;
+        let normalized = self.prepare_with_shape(x.shape(), dims, mode, batch_stats_of)?;
+        Ok((dims, normalized))
+    }
+
+    /// [`Self::prepare_using`] for an input of `shape`, `(n, c, s)` (batch,
+    /// channels, values per channel per example), not held as one tensor.
+    pub(super) fn prepare_with_shape<F>(
+        &mut self,
+        shape: &[usize],
+        (n, c, s): (usize, usize, usize),
+        mode: Mode,
+        batch_stats_of: F,
+    ) -> Result<bool>
+    where
+        F: FnOnce(&mut Self, (usize, usize, usize)) -> ((Vec<f64>, Vec<f64>), bool),
+    {
         let mut normalized = false;
-        let (n, c, s) = self.view(x)?;
         let batch_stats = mode == Mode::Train || !self.config.track_running_stats;
         let (mean, var): (Vec<f64>, Vec<f64>) = if batch_stats {
             if mode == Mode::Train && n * s <= 1 {
                 return Err(Error::shape(
                     self.name(),
                     format!(
-                        "expected more than 1 value per channel when training, got input of shape {:?}; \
-                         train with a batch of 2 or more, or use eval mode for single examples",
-                        x.shape()
+                        "expected more than 1 value per channel when training, got input of shape {shape:?}; \
+                         train with a batch of 2 or more, or use eval mode for single examples"
                     ),
                 ));
             }
@@ -416,7 +433,7 @@ impl<T: Real> BatchNorm<T> {
                 _ => T::from_f64(1.0 / (v + eps).sqrt()),
             })
             .collect();
-        Ok(((n, c, s), normalized))
+        Ok(normalized)
     }
 
     /// `running = (1 - w)·running + w·batch` after one more tracked batch.
