@@ -102,7 +102,8 @@ mod avx512 {
         storage: &mut [f32],
         sums: &mut [ShiftedSums],
     ) {
-        let cout = sums.len();
+        let cout = weight.len() / 25;
+        assert!(sums.is_empty() || sums.len() == cout, "conv_bn_lanes: one sum per channel, or none");
         let plane = g.height * g.width;
         let d = Dims::of(g, cout, x.len() / plane);
         assert!(x.len() == d.images * plane && weight.len() == cout * 25, "conv_bn_lanes: input or weight length");
@@ -268,7 +269,8 @@ pub enum DzOut<'a> {
 
 /// Pass A: `x` (up to 16 one-channel images) into lanes and its
 /// convolution into the group's `storage` ([`group_len`] values, 64-byte
-/// aligned), adding each channel's values to `sums` (one per channel).
+/// aligned), adding each channel's values to `sums` (one per channel, or
+/// none where the statistics are not needed).
 pub fn forward_conv(
     g: &ConvGeometry,
     weight: &[f32],

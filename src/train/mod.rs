@@ -187,21 +187,24 @@ impl Trainer {
                 // raises); it is left out of this epoch
                 continue;
             }
-            fill_batch(data, idx, &mut self.x, &mut self.labels);
-            let logits = self.net.forward(&self.x)?;
-            let (loss, right) = self.loss.forward(logits, &self.labels)?;
-            if !loss.is_finite() {
-                return Err(Error::Diverged(format!(
-                    "training diverged at epoch {epoch}, batch {}/{batches}: the loss is {loss}; \
-                     try a smaller learning rate (now --lr {:?})",
-                    b + 1,
-                    self.options.sgd.lr
-                )));
-            }
-            self.net.backward(&self.x, self.loss.grad())?;
-            // one thread; the next batch's filling splits across threads
-            let (sgd, net) = (&mut self.sgd, &mut self.net);
-            crate::threads::keep_pool_awake(|| sgd.step(net));
+            // the whole step with the pool kept awake: its parallel passes
+            // follow one another with short one-thread stretches between them
+            let (loss, right) = crate::threads::keep_pool_awake(|| -> Result<(f64, usize)> {
+                fill_batch(data, idx, &mut self.x, &mut self.labels);
+                let logits = self.net.forward(&self.x)?;
+                let (loss, right) = self.loss.forward(logits, &self.labels)?;
+                if !loss.is_finite() {
+                    return Err(Error::Diverged(format!(
+                        "training diverged at epoch {epoch}, batch {}/{batches}: the loss is {loss}; \
+                         try a smaller learning rate (now --lr {:?})",
+                        b + 1,
+                        self.options.sgd.lr
+                    )));
+                }
+                self.net.backward(&self.x, self.loss.grad())?;
+                self.sgd.step(&mut self.net);
+                Ok((loss, right))
+            })?;
             loss_sum += loss * idx.len() as f64;
             correct += right;
             seen += idx.len();
@@ -379,7 +382,8 @@ pub fn evaluate(
     let result = (|| {
         for idx in indices.chunks(batch_size) {
             fill_batch(data, idx, &mut x, &mut labels);
-            let logits = net.forward(&x)?;
+            // the pool kept awake through each batch, as in training
+            let logits = crate::threads::keep_pool_awake(|| net.forward(&x))?;
             let mut ce = CrossEntropy::new();
             let (loss, _) = ce.forward(logits, &labels)?;
             loss_sum += loss * idx.len() as f64;

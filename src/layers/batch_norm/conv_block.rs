@@ -72,6 +72,8 @@ impl<T: Real> ConvBnSigmoidPool<T> {
         let (plane, p, pooled) = (g.height * g.width, ho * wo, ho * wo / 4);
         let len = conv_bn_lanes::group_len(&g, c);
         self.groups.resize(n.div_ceil(IMAGES) * len, 0.0);
+        // as BatchNorm decides: the batch's statistics, or the running ones
+        let batch_stats = mode == Mode::Train || !self.block.bn.config().track_running_stats;
         let (xs, weight) = (as_f32(x.data()), as_f32(self.conv.weight().data()));
         let bias = self.conv.bias_values().map(|b| as_f32(b.data()));
         // the sums are shifted by the first image's first output of each
@@ -87,7 +89,8 @@ impl<T: Real> ConvBnSigmoidPool<T> {
             .par_chunks(IMAGES * plane)
             .zip(self.groups.as_mut_slice().par_chunks_mut(len))
             .map(|(images, storage)| {
-                let mut sums: Vec<ShiftedSums> = shifts.iter().map(|&k| ShiftedSums::new(k)).collect();
+                let mut sums: Vec<ShiftedSums> =
+                    if batch_stats { shifts.iter().map(|&k| ShiftedSums::new(k)).collect() } else { Vec::new() };
                 conv_bn_lanes::forward_conv(&g, weight, bias, images, storage, &mut sums);
                 sums
             })
