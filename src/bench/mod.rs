@@ -188,10 +188,13 @@ pub fn train_step_seconds(kind: ModelKind, budget: f64) -> Result<f64> {
     let labels: Vec<usize> = (0..128).map(|i| i % 10).collect();
     let mut loss = CrossEntropy::new();
     let mut sgd = Sgd::new(SgdConfig::new(0.01))?;
+    // as the trainer runs a step: the pool kept awake throughout
     Ok(time_median(budget, || {
-        let logits = net.forward(&x).expect("fixed shapes");
-        loss.forward(logits, &labels).expect("fixed shapes");
-        net.backward(&x, loss.grad()).expect("fixed shapes");
-        crate::threads::keep_pool_awake(|| sgd.step(&mut net));
+        crate::threads::keep_pool_awake(|| {
+            let logits = net.forward(&x).expect("fixed shapes");
+            loss.forward(logits, &labels).expect("fixed shapes");
+            net.backward(&x, loss.grad()).expect("fixed shapes");
+            sgd.step(&mut net);
+        })
     }))
 }
