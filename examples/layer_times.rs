@@ -22,38 +22,8 @@ fn profile() {
     let (mut fwd, mut bwd) = (vec![0.0; n], vec![0.0; n]);
     let iters = 200;
     for it in 0..iters + 20 {
-        let layers = net.layers_mut();
-        for i in 0..n {
-            let (done, rest) = layers.split_at_mut(i);
-            let input = if i == 0 { &x } else { done[i - 1].output() };
-            let t = Instant::now();
-            // as Sequential runs them: the pool kept awake through one-thread layers
-            let layer = &mut rest[0];
-            if layer.splits_work(input.numel()) {
-                layer.forward(input, normlab::layers::Mode::Train).unwrap();
-            } else {
-                keep_pool_awake(|| layer.forward(input, normlab::layers::Mode::Train).map(|_| ())).unwrap();
-            }
-            if it >= 20 {
-                fwd[i] += t.elapsed().as_secs_f64();
-            }
-        }
-        ce.forward(layers[n - 1].output(), &labels).unwrap();
-        for i in (0..n).rev() {
-            let (done, rest) = layers.split_at_mut(i);
-            let (layer, after) = rest.split_first_mut().unwrap();
-            let input = if i == 0 { &x } else { done[i - 1].output() };
-            let dy = if i + 1 == n { ce.grad() } else { after[0].grad_input() };
-            let t = Instant::now();
-            if layer.splits_work(input.numel()) {
-                layer.backward(input, dy, i > 0).unwrap();
-            } else {
-                keep_pool_awake(|| layer.backward(input, dy, i > 0).map(|_| ())).unwrap();
-            }
-            if it >= 20 {
-                bwd[i] += t.elapsed().as_secs_f64();
-            }
-        }
+        // as the trainer runs a step: the pool kept awake throughout
+        keep_pool_awake(|| step(&mut net, &x, &labels, &mut ce, it >= 20, &mut fwd, &mut bwd));
     }
     let mut total = 0.0;
     for (i, l) in net.layers().iter().enumerate() {
@@ -62,4 +32,42 @@ fn profile() {
         println!("{i:>2} {:<12} fwd {f:7.3} ms  bwd {b:7.3} ms", l.kind());
     }
     println!("total {total:.3} ms per step -> {:.2} s per 469-batch epoch", total * 469.0 / 1e3);
+}
+
+/// One forward and backward pass, layer by layer, adding each layer's time
+/// to `fwd` and `bwd` when `timed`.
+fn step(
+    net: &mut normlab::models::Sequential<f32>,
+    x: &Tensor<f32>,
+    labels: &[usize],
+    ce: &mut CrossEntropy,
+    timed: bool,
+    fwd: &mut [f64],
+    bwd: &mut [f64],
+) {
+    let n = net.len();
+    {
+        let layers = net.layers_mut();
+        for i in 0..n {
+            let (done, rest) = layers.split_at_mut(i);
+            let input = if i == 0 { x } else { done[i - 1].output() };
+            let t = Instant::now();
+            rest[0].forward(input, normlab::layers::Mode::Train).unwrap();
+            if timed {
+                fwd[i] += t.elapsed().as_secs_f64();
+            }
+        }
+        ce.forward(layers[n - 1].output(), labels).unwrap();
+        for i in (0..n).rev() {
+            let (done, rest) = layers.split_at_mut(i);
+            let (layer, after) = rest.split_first_mut().unwrap();
+            let input = if i == 0 { x } else { done[i - 1].output() };
+            let dy = if i + 1 == n { ce.grad() } else { after[0].grad_input() };
+            let t = Instant::now();
+            layer.backward(input, dy, i > 0).unwrap();
+            if timed {
+                bwd[i] += t.elapsed().as_secs_f64();
+            }
+        }
+    }
 }
