@@ -29,17 +29,20 @@ fn profile() {
         order.shuffle(&mut r);
         let start = Instant::now();
         for idx in order.chunks(128) {
-            let s0 = Instant::now();
-            fill_batch(train, idx, &mut x, &mut labels);
-            let s1 = Instant::now();
-            let logits = net.forward(&x).unwrap();
-            let s2 = Instant::now();
-            ce.forward(logits, &labels).unwrap();
-            let s3 = Instant::now();
-            net.backward(&x, ce.grad()).unwrap();
-            let s4 = Instant::now();
-            sgd.step(&mut net);
-            let s5 = Instant::now();
+            // as the trainer runs a step: the pool kept awake throughout
+            let [s0, s1, s2, s3, s4, s5] = normlab::threads::keep_pool_awake(|| {
+                let s0 = Instant::now();
+                fill_batch(train, idx, &mut x, &mut labels);
+                let s1 = Instant::now();
+                let logits = net.forward(&x).unwrap();
+                let s2 = Instant::now();
+                ce.forward(logits, &labels).unwrap();
+                let s3 = Instant::now();
+                net.backward(&x, ce.grad()).unwrap();
+                let s4 = Instant::now();
+                sgd.step(&mut net);
+                [s0, s1, s2, s3, s4, Instant::now()]
+            });
             if epoch > 0 {
                 for (k, (a, b)) in [(s0, s1), (s1, s2), (s2, s3), (s3, s4), (s4, s5)].into_iter().enumerate() {
                     t[k] += (b - a).as_secs_f64();
