@@ -23,7 +23,8 @@
 //! [`layers`] (forward and backward side by side), used by [`models`], used
 //! by [`train`], used by the `normlab` command line. [`data`] reads
 //! Fashion-MNIST; [`threads`] keeps the thread pool ready between the
-//! parallel layers of a model.
+//! parallel layers of a model; [`aligned`] is the 64-byte-aligned buffer
+//! under every [`Tensor`].
 
 pub mod aligned;
 pub mod bench;
