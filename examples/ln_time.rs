@@ -1,8 +1,10 @@
-//! LayerNorm forward and backward at (4096, 768), for profiling.
+//! LayerNorm forward and backward at (ROWS, 768), ROWS from the first
+//! argument (default 4096), for profiling.
 use normlab::layers::{Layer, LayerNorm, Mode};
 use normlab::{rng, Tensor};
 fn main() {
-    let x = Tensor::from_vec(&[4096, 768], (0..4096 * 768).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect())
+    let rows: usize = std::env::args().nth(1).map_or(4096, |a| a.parse().expect("rows"));
+    let x = Tensor::from_vec(&[rows, 768], (0..rows * 768).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect())
         .unwrap();
     let mut ln = LayerNorm::<f32>::trailing(1);
     ln.build(&[768], &mut rng::seeded(0)).unwrap();

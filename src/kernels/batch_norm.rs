@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{sums2, F64x8};
+use super::stream::{self, MapF32};
 use crate::real::{as_f32, as_f32_mut, Real};
 
 /// Channels are reduced in parallel above this many elements in total.
@@ -267,18 +268,18 @@ pub fn stats_and_normalize<T: Real>(
     per_channel(c, x.len(), |ch| {
         let (mean, var) = channel_mean_var(x, (n, c, s), ch);
         let (mu, scale, shift) = (T::from_f64(mean), gamma[ch] * T::from_f64(1.0 / (var + eps).sqrt()), beta[ch]);
-        let stream = streams::<T>(std::mem::size_of_val(x));
+        let stream = stream::applies::<T>(std::mem::size_of_val(x));
         for r in (0..n).map(|i| (i * c + ch) * s) {
             // SAFETY: run r belongs to channel ch alone and lies inside y (asserted sizes)
             let yr = unsafe { out.run(r, s) };
-            if stream && streaming::affine(as_f32(&x[r..r + s]), as_f32_mut(yr), (mu, scale, shift).map_f32()) {
+            if stream && stream::affine(as_f32(&x[r..r + s]), as_f32_mut(yr), (mu, scale, shift).map_f32()) {
                 continue;
             }
             for (o, &v) in yr.iter_mut().zip(&x[r..r + s]) {
                 *o = (v - mu) * scale + shift;
             }
         }
-        streaming::fence(stream);
+        stream::fence(stream);
         (mean, var)
     })
     .into_iter()
@@ -344,131 +345,20 @@ fn channel_backward_apply<T: Real>(
     // Backwards: a channel of a large tensor (1.6 MB of x and dy at
     // (64,64,56,56)) does not fit in L2, and a forward second pass would
     // find every run evicted; backwards it starts with the runs just read.
-    let stream = streams::<T>(std::mem::size_of_val(x));
+    let stream = stream::applies::<T>(std::mem::size_of_val(x));
     for i in (0..n).rev() {
         let r = (i * c + ch) * s;
         // SAFETY: run r belongs to channel ch alone, whose task this is
         let dr = unsafe { out.run(r, s) };
         let (xr, dyr) = (&x[r..r + s], &dy[r..r + s]);
-        if stream && streaming::gradient(as_f32(xr), as_f32(dyr), as_f32_mut(dr), (a, b, k, mu).map_f32()) {
+        if stream && stream::bn_gradient(as_f32(xr), as_f32(dyr), as_f32_mut(dr), (a, b, k, mu).map_f32()) {
             continue;
         }
         for ((o, &v), &g) in dr.iter_mut().zip(xr).zip(dyr) {
             *o = a * g + b * (v - mu) + k;
         }
     }
-    streaming::fence(stream);
-}
-
-/// Whether a pass over a tensor of `bytes` writes its output with streaming
-/// stores: f32 on AVX-512, tensors past [`super::PREFETCH_MIN_BYTES`]. Their
-/// output does not fit in the caches anyway, and a normal store first reads
-/// the line it writes. At (64,64,56,56), 2 threads, `normlab bench`: forward
-/// 3.7-3.9 -> 2.7-2.8 ms, forward+backward 11.2-12.1 -> 7.6-7.8 ms (73-74%
-/// -> 106-111% of the triad measured in the same run). Tried once before,
-/// when tensors started on 16-byte boundaries and streaming stores
-/// straddled cache lines: slower then (8 -> 12 ms).
-fn streams<T: Real>(bytes: usize) -> bool {
-    cfg!(all(target_arch = "x86_64", target_feature = "avx512f"))
-        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && bytes >= super::PREFETCH_MIN_BYTES
-}
-
-/// Coefficient tuples as f32, for [`streaming`] (only called where
-/// [`streams`] checked that `T` is f32).
-trait MapF32 {
-    type Out;
-    fn map_f32(self) -> Self::Out;
-}
-impl<T: Real> MapF32 for (T, T, T) {
-    type Out = (f32, f32, f32);
-    fn map_f32(self) -> (f32, f32, f32) {
-        (self.0.as_f64() as f32, self.1.as_f64() as f32, self.2.as_f64() as f32)
-    }
-}
-impl<T: Real> MapF32 for (T, T, T, T) {
-    type Out = (f32, f32, f32, f32);
-    fn map_f32(self) -> (f32, f32, f32, f32) {
-        (self.0.as_f64() as f32, self.1.as_f64() as f32, self.2.as_f64() as f32, self.3.as_f64() as f32)
-    }
-}
-
-/// BN's output sweeps with streaming stores, the same arithmetic in the
-/// same order as the loops they stand in for (so bitwise the same values).
-mod streaming {
-    /// `y = (x - mu)·scale + shift`; false (nothing written) unless `y` is
-    /// 64-byte aligned and whole vectors.
-    #[inline]
-    pub fn affine(x: &[f32], y: &mut [f32], (mu, scale, shift): (f32, f32, f32)) -> bool {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-        {
-            use std::arch::x86_64::*;
-            if !fits(y, x.len()) {
-                return false;
-            }
-            // SAFETY: AVX-512F is compiled in; x and y hold the same whole
-            // number of vectors and y is 64-byte aligned (fits())
-            unsafe {
-                let (m, sc, sh) = (_mm512_set1_ps(mu), _mm512_set1_ps(scale), _mm512_set1_ps(shift));
-                for (o, v) in y.chunks_exact_mut(16).zip(x.chunks_exact(16)) {
-                    let v = _mm512_loadu_ps(v.as_ptr());
-                    let r = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, m), sc), sh);
-                    _mm512_stream_ps(o.as_mut_ptr(), r);
-                }
-            }
-            true
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-        {
-            let _ = (x, y, mu, scale, shift);
-            false
-        }
-    }
-
-    /// `dx = a·dy + b·(x - mu) + k`; false (nothing written) unless `dx`
-    /// is 64-byte aligned and whole vectors.
-    #[inline]
-    pub fn gradient(x: &[f32], dy: &[f32], dx: &mut [f32], (a, b, k, mu): (f32, f32, f32, f32)) -> bool {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-        {
-            use std::arch::x86_64::*;
-            if !fits(dx, x.len()) || dy.len() != x.len() {
-                return false;
-            }
-            // SAFETY: as in affine()
-            unsafe {
-                let (av, bv, kv, m) = (_mm512_set1_ps(a), _mm512_set1_ps(b), _mm512_set1_ps(k), _mm512_set1_ps(mu));
-                for ((o, v), g) in dx.chunks_exact_mut(16).zip(x.chunks_exact(16)).zip(dy.chunks_exact(16)) {
-                    let (v, g) = (_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(g.as_ptr()));
-                    let r =
-                        _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(av, g), _mm512_mul_ps(bv, _mm512_sub_ps(v, m))), kv);
-                    _mm512_stream_ps(o.as_mut_ptr(), r);
-                }
-            }
-            true
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-        {
-            let _ = (x, dy, dx, a, b, k, mu);
-            false
-        }
-    }
-
-    /// Orders a task's streaming stores before whatever reads them next.
-    #[inline]
-    pub fn fence(streamed: bool) {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-        if streamed {
-            // SAFETY: sfence has no preconditions
-            unsafe { std::arch::x86_64::_mm_sfence() };
-        }
-        let _ = streamed;
-    }
-
-    #[allow(dead_code)]
-    fn fits(out: &[f32], len: usize) -> bool {
-        out.len() == len && len.is_multiple_of(16) && (out.as_ptr() as usize).is_multiple_of(64)
-    }
+    stream::fence(stream);
 }
 
 #[cfg(test)]
@@ -476,14 +366,17 @@ mod tests {
     use super::*;
     use crate::aligned::AlignedVec;
 
-    /// Past 8 MiB the output sweeps use streaming stores where a run is
+    /// Past 32 MiB the output sweeps use streaming stores where a run is
     /// whole aligned vectors: the same values, bit for bit, as the plain
-    /// loops, on runs that stream (2^18 values) and runs that cannot (3 more).
+    /// loops, on runs that stream (2^20 values) and runs that cannot (3 more).
     #[test]
     fn streaming_sweeps_write_what_the_plain_loops_write() {
-        for (n, c, s) in [(4, 2, 1 << 18), (4, 2, (1 << 18) + 3)] {
+        for (n, c, s) in [(4, 2, 1 << 20), (4, 2, (1 << 20) + 3)] {
             let len = n * c * s;
-            assert!(streams::<f32>(len * 4) == cfg!(all(target_arch = "x86_64", target_feature = "avx512f")));
+            assert!(
+                super::super::stream::applies::<f32>(len * 4)
+                    == cfg!(all(target_arch = "x86_64", target_feature = "avx512f"))
+            );
             let values = |seed: usize| -> Vec<f32> {
                 (0..len).map(|i| (((i * 7919 + seed) % 1000) as f32) / 500.0 - 1.0).collect()
             };

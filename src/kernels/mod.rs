@@ -11,6 +11,7 @@ pub mod gemm;
 pub mod image_lanes;
 pub mod lanes;
 pub mod sigmoid;
+pub mod stream;
 
 use crate::real::Real;
 

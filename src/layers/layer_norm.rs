@@ -18,7 +18,8 @@ use rayon::prelude::*;
 
 use super::{check_built, Layer, Mode, StateMut, PAR_MIN};
 use crate::kernels::lanes::{sums2, F64x8};
-use crate::real::Real;
+use crate::kernels::stream::{self, MapF32};
+use crate::real::{as_f32, as_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -162,10 +163,15 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
         self.inv_std.resize(rows, T::zero());
         let (eps, affine) = (self.eps, self.affine);
         let (gamma, beta) = (self.weight.data(), self.bias.data());
+        let stream = affine && stream::applies::<T>(std::mem::size_of_val(x.data()));
         let body = |((yr, xr), (mu, is)): ((&mut [T], &[T]), (&mut T, &mut T))| {
             let (m, i) = row_stats(xr, eps);
             *mu = m;
             *is = i;
+            let (m32, i32) = (m.as_f64() as f32, i.as_f64() as f32);
+            if stream && stream::layer_norm_row(as_f32(xr), as_f32(gamma), as_f32(beta), as_f32_mut(yr), (m32, i32)) {
+                return;
+            }
             // zipped iterators, not indices: no bounds checks, so the loop vectorizes
             if affine {
                 for (((y, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
@@ -185,7 +191,8 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
                 .zip(x.data().par_chunks(k * d))
                 .zip(mean.par_chunks_mut(k).zip(inv_std.par_chunks_mut(k)))
                 .for_each(|((ys, xs), (ms, is))| {
-                    ys.chunks_mut(d).zip(xs.chunks(d)).zip(ms.iter_mut().zip(is.iter_mut())).for_each(body)
+                    ys.chunks_mut(d).zip(xs.chunks(d)).zip(ms.iter_mut().zip(is.iter_mut())).for_each(body);
+                    stream::fence(stream);
                 });
         } else {
             y.chunks_mut(d).zip(x.data().chunks(d)).zip(mean.iter_mut().zip(inv_std.iter_mut())).for_each(body);
@@ -213,11 +220,13 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
         if need_dx {
             self.dx.resize(x.shape());
         }
+        let stream = need_dx && stream::applies::<T>(std::mem::size_of_val(x.data()));
         let block = |bi: usize, part: &mut [T], dx_block: &mut [T]| {
             let first = bi * ROWS_PER_PARTIAL;
             if affine {
                 part.fill(T::zero());
             }
+            let mut g_row = vec![T::zero(); if stream { d } else { 0 }];
             for r in first..(first + ROWS_PER_PARTIAL).min(rows) {
                 let (xr, gr) = (&x.data()[r * d..(r + 1) * d], &dy.data()[r * d..(r + 1) * d]);
                 let (m, is) = (mean[r], inv_std[r]);
@@ -230,22 +239,33 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
                 }
                 if need_dx {
                     let dxr = &mut dx_block[(r - first) * d..][..d];
-                    // g = dy·gamma, kept in dx's row while the sums are taken
+                    // g = dy·gamma, in dx's row while the sums are taken (in a
+                    // scratch row when dx is stored streaming)
+                    let target: &mut [T] = if stream { &mut g_row } else { &mut *dxr };
                     if affine {
-                        for ((o, &g), &w) in dxr.iter_mut().zip(gr).zip(gamma) {
+                        for ((o, &g), &w) in target.iter_mut().zip(gr).zip(gamma) {
                             *o = g * w;
                         }
                     } else {
-                        dxr.copy_from_slice(gr);
+                        target.copy_from_slice(gr);
                     }
+                    let g: &[T] = if stream { &g_row } else { &*dxr };
                     let (mf, isf) = (F64x8::splat(m.as_f64()), F64x8::splat(is.as_f64()));
-                    let (sg, sgx) = sums2(dxr, xr, |g, v| (g, g * (v - mf) * isf));
+                    let (sg, sgx) = sums2(g, xr, |g, v| (g, g * (v - mf) * isf));
                     let (mg, mgx) = (T::from_f64(sg / d as f64), T::from_f64(sgx / d as f64));
+                    if stream {
+                        let coef = (m, is, mg, mgx).map_f32();
+                        if stream::layer_norm_gradient(as_f32(xr), as_f32(&g_row), as_f32_mut(dxr), coef) {
+                            continue;
+                        }
+                        dxr.copy_from_slice(&g_row);
+                    }
                     for (o, &v) in dxr.iter_mut().zip(xr) {
                         *o = is * (*o - mg - (v - m) * is * mgx);
                     }
                 }
             }
+            stream::fence(stream);
         };
         // one (partial, dx rows) pair of slices per block; empty where not wanted
         let partials: Vec<&mut [T]> =
@@ -299,6 +319,36 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
 #[cfg(test)]
 mod tests {
     use super::row_stats;
+    use super::*;
+
+    /// Rows of a tensor past 32 MiB (stored with streaming stores where the
+    /// build has them) come out bitwise as the same rows in a small tensor
+    /// (plain stores), forward and input gradient.
+    #[test]
+    fn large_tensors_write_the_rows_small_ones_write() {
+        let (rows, d) = (11_000, 768);
+        assert!(rows * d * 4 >= crate::kernels::stream::MIN_BYTES);
+        let value = |i: usize, seed: usize| (((i * 7919 + seed) % 1000) as f32) / 500.0 - 1.0;
+        let run = |rows: usize| {
+            let mut ln = LayerNorm::<f32>::new(&[d]);
+            ln.build(&[d], &mut crate::rng::seeded(0)).unwrap();
+            for (name, st) in ln.state_mut() {
+                if let StateMut::Param { value: v, .. } = st {
+                    let shift = if name == "weight" { 0.5 } else { -0.25 };
+                    v.data_mut().iter_mut().enumerate().for_each(|(j, w)| *w = shift + j as f32 * 1e-3);
+                }
+            }
+            let x = Tensor::from_vec(&[rows, d], (0..rows * d).map(|i| value(i, 1)).collect()).unwrap();
+            let dy = Tensor::from_vec(&[rows, d], (0..rows * d).map(|i| value(i, 2)).collect()).unwrap();
+            let y = ln.forward(&x, Mode::Train).unwrap().clone();
+            let dx = ln.backward(&x, &dy, true).unwrap().clone();
+            (y, dx)
+        };
+        let (big, small) = (run(rows), run(16));
+        let bits = |t: &Tensor<f32>| t.data()[..16 * d].iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&big.0), bits(&small.0), "forward");
+        assert_eq!(bits(&big.1), bits(&small.1), "input gradient");
+    }
 
     /// The one-pass shifted statistics against the two-pass definition, on
     /// rows where an unshifted one-pass formula loses every digit: a large
