@@ -46,6 +46,7 @@ pub fn group_len(g: &ConvGeometry, cout: usize) -> usize {
     conv_lanes::scratch_len(g, cout) + (2 * cout * p + cout * p / 4) * LANES
 }
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
 /// The group's storage cut into its parts.
 struct Parts<'a> {
     x: &'a mut [f32],
@@ -55,6 +56,7 @@ struct Parts<'a> {
     band: &'a mut [f32],
 }
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
 fn parts<'a>(g: &ConvGeometry, cout: usize, storage: &'a mut [f32]) -> Parts<'a> {
     assert!(storage.len() >= group_len(g, cout), "conv_bn_lanes: group storage");
     let (ho, wo) = g.output_hw().expect("applies() checked the geometry");

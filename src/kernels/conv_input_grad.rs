@@ -39,7 +39,10 @@ pub const CB: usize = 2;
 
 /// Lane indices that move lane `t` of each 8-lane group to lane `t + j`
 /// (mod 8), one table per kernel column `j`, for `L` lanes.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(
+    target_arch = "x86_64",
+    any(target_feature = "avx512f", all(target_feature = "avx2", target_feature = "fma"))
+))]
 const fn rotations<const L: usize>() -> [[i32; L]; K] {
     let mut idx = [[0; L]; K];
     let mut j = 0;

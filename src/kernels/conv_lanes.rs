@@ -29,6 +29,7 @@ const K: usize = 5;
 /// Output columns per forward tile (3 positions × up to 8 channels = 24
 /// accumulators, plus the 7 input vectors a row of taps reads).
 const TILE: usize = 3;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
 /// Output channels per weight-gradient block (3 × 5 taps = 15 accumulators).
 const BLOCK: usize = 3;
 /// At most this many output channels.

@@ -78,6 +78,7 @@ pub fn from_lanes(lanes: &[f32], rows: usize, len: usize, dst: &mut [f32], strid
     }
 }
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
 /// The row-major side holds `rows` rows of `len` values `stride` apart; the
 /// lane side `16·len` values.
 fn check(row_side: usize, rows: usize, stride: usize, len: usize, lane_side: usize) {
@@ -90,6 +91,7 @@ fn check(row_side: usize, rows: usize, stride: usize, len: usize, lane_side: usi
     );
 }
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
 /// Round `k` of the transposition swaps bit `k` of the row index with bit
 /// `k` of the column index: rows r and r|bit trade the elements whose
 /// column has that bit set for the other row's elements whose column has it
