@@ -12,7 +12,7 @@
 
 use super::conv::ConvGeometry;
 use super::image_lanes;
-use crate::real::{mul_add, Real};
+use crate::real::{as_f32, as_f32_mut, mul_add, Real};
 
 /// Whether the direct kernels handle this convolution: stride 1, no
 /// padding, kernel 3 or 5, and an output at least [`LANES`] wide and 4 high
@@ -71,10 +71,7 @@ pub fn pack_weights_blocked<T: Real>(w: &[T], cout: usize, cin: usize, k: usize,
 /// [`pack_weights`] of `w`.
 pub fn forward<T: Real>(g: &ConvGeometry, cout: usize, packed: &[T], bias: Option<&[T]>, x: &[T], y: &mut [T]) {
     if wide::applies::<T>(g, cout) {
-        // SAFETY: applies() checked that T is f32
-        let f32s = |v: &[T]| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
-        let y = unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr() as *mut f32, y.len()) };
-        return wide::forward_8x4(g, cout, f32s(packed), bias.map(f32s), f32s(x), y);
+        return wide::forward_8x4(g, cout, as_f32(packed), bias.map(as_f32), as_f32(x), as_f32_mut(y));
     }
     match (g.kernel, tile_shape(cout)) {
         (5, (8, 2)) => forward_tiled::<T, 5, 8, 2>(g, cout, packed, bias, x, y),
@@ -209,10 +206,7 @@ pub fn weight_grad_by_channels<T: Real>(
     }
     for (src, dst) in dy.chunks_exact(cout * p).zip(dy_t.chunks_exact_mut(width * p)) {
         if width == 16 && image_lanes::applies::<T>(p) {
-            // SAFETY: applies() checked that T is f32
-            let f32s = |v: &[T]| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
-            let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut f32, dst.len()) };
-            image_lanes::to_lanes(f32s(src), cout, p, p, dst);
+            image_lanes::to_lanes(as_f32(src), cout, p, p, as_f32_mut(dst));
             continue;
         }
         for (co, plane) in src.chunks_exact(p).enumerate() {
@@ -222,10 +216,7 @@ pub fn weight_grad_by_channels<T: Real>(
         }
     }
     if wide::weight_grad_applies::<T>(g, cout) {
-        // SAFETY: weight_grad_applies() checked that T is f32
-        let f32s = |v: &[T]| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
-        let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr() as *mut f32, dw.len()) };
-        return wide::weight_grad_16(g, cout, f32s(x), f32s(dy_t), dw);
+        return wide::weight_grad_16(g, cout, as_f32(x), as_f32(dy_t), as_f32_mut(dw));
     }
     match vectors {
         1 => weight_grad_by_channels_cv::<T, 1, 16>(g, cout, x, dy_t, dw),
