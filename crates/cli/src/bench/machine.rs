@@ -1,0 +1,99 @@
+//! The machine's own limits, measured in the same run as the kernels so
+//! every figure can be read as a fraction of what the hardware does:
+//! peak fused multiply-add throughput and STREAM-style triad bandwidth.
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Limits {
+    /// f32 GFLOP/s of independent FMA chains on every thread.
+    pub fma_gflops: f64,
+    /// GB/s of `a[i] = b[i] + s·c[i]` over arrays much larger than the caches.
+    pub triad_gbs: f64,
+    pub threads: usize,
+    pub vector_isa: &'static str,
+}
+
+const CHAINS: usize = 12;
+
+/// Runs `iters` rounds of `CHAINS` independent FMA chains on 16-wide
+/// vectors; returns a value so nothing is optimized away.
+fn fma_loop_portable(iters: usize, seed: f32) -> f32 {
+    let mut acc = [[seed; 16]; CHAINS];
+    let (a, b) = ([0.999_999f32; 16], [1e-7f32; 16]);
+    for _ in 0..iters {
+        for chain in acc.iter_mut() {
+            for l in 0..16 {
+                chain[l] = normlab::real::mul_add(chain[l], a[l], b[l]);
+            }
+        }
+    }
+    acc.iter().flatten().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_avx512(iters: usize, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(seed); CHAINS];
+    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    for _ in 0..iters {
+        for chain in acc.iter_mut() {
+            *chain = _mm512_fmadd_ps(*chain, a, b);
+        }
+    }
+    let mut total = 0.0;
+    for chain in acc {
+        total += _mm512_reduce_add_ps(chain);
+    }
+    total
+}
+
+/// The widest FMA loop this CPU runs, and its name.
+fn fma_loop(iters: usize, seed: f32) -> (f32, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above
+            return (unsafe { fma_loop_avx512(iters, seed) }, "avx512");
+        }
+    }
+    (
+        fma_loop_portable(iters, seed),
+        if cfg!(target_feature = "avx2") { "avx2 (portable loop)" } else { "portable loop" },
+    )
+}
+
+pub fn measure() -> Limits {
+    let threads = rayon::current_num_threads();
+    let iters = 20_000_000;
+    let mut best_fma = 0.0f64;
+    let mut isa = "";
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let results: Vec<(f32, &str)> = (0..threads).into_par_iter().map(|i| fma_loop(iters, i as f32)).collect();
+        let secs = t.elapsed().as_secs_f64();
+        isa = results[0].1;
+        std::hint::black_box(&results);
+        let flops = (threads * iters * CHAINS * 16 * 2) as f64;
+        best_fma = best_fma.max(flops / secs / 1e9);
+    }
+    let n = 1 << 24; // 64 MiB per array
+    let mut a = vec![0.0f32; n];
+    let b = vec![1.0f32; n];
+    let c = vec![2.0f32; n];
+    let mut best_triad = 0.0f64;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        a.par_chunks_mut(1 << 16).zip(b.par_chunks(1 << 16).zip(c.par_chunks(1 << 16))).for_each(|(a, (b, c))| {
+            for i in 0..a.len() {
+                a[i] = b[i] + 3.0 * c[i];
+            }
+        });
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(&a);
+        best_triad = best_triad.max((3 * 4 * n) as f64 / secs / 1e9);
+    }
+    Limits { fma_gflops: best_fma, triad_gbs: best_triad, threads, vector_isa: isa }
+}

@@ -1,0 +1,99 @@
+//! `normlab bench`: kernels, training step and epoch, against the machine's
+//! own measured limits.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::bench::{self, machine};
+use normlab::models::ModelKind;
+use normlab::train::{NoObserver, TrainOptions, Trainer};
+
+use super::DataArgs;
+
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Time the kernels, the BNLeNet training step and a full epoch, with the machine's FMA peak and memory bandwidth",
+    after_help = "Examples:\n  normlab bench --threads 2             # text tables\n  normlab bench --threads 2 --json      # one JSON object (bench/compare/compare.py reads it)\n  normlab bench --no-epoch --budget 0.1 # quick"
+)]
+pub struct BenchArgs {
+    /// Seconds of repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 0.3)]
+    budget: f64,
+    /// Skip the full training epoch on Fashion-MNIST.
+    #[arg(long)]
+    no_epoch: bool,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if !(args.budget > 0.0 && args.budget <= 60.0) {
+        return Err(normlab::Error::config("--budget", "must be between 0 and 60 seconds").into());
+    }
+    let limits = machine::measure();
+    if !args.json {
+        println!(
+            "machine: {} threads, FMA peak {:.0} GFLOP/s ({}), triad {:.1} GB/s",
+            limits.threads, limits.fma_gflops, limits.vector_isa, limits.triad_gbs
+        );
+    }
+    let kernels = bench::kernels(&limits, args.budget)?;
+    let mut epochs = Vec::new();
+    if !args.no_epoch {
+        let fm = crate::locate::load(&args.data.source(false))?;
+        for kind in [ModelKind::BnLenet, ModelKind::BnLenetScratch] {
+            let mut options = TrainOptions::chapter(kind);
+            options.epochs = 1;
+            let mut trainer = Trainer::new(options)?;
+            let t = Instant::now();
+            let (_, _, secs) = trainer.train_epoch(&fm.train, &mut NoObserver)?;
+            let _ = t;
+            epochs
+                .push(json!({"model": kind.name(), "seconds": secs, "examples_per_sec": fm.train.len() as f64 / secs}));
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({"impl": "normlab", "normlab_version": env!("CARGO_PKG_VERSION"), "threads": limits.threads,
+                   "machine": limits, "kernels": kernels, "epochs": epochs})
+        );
+        return Ok(());
+    }
+    println!(
+        "\n{:<11} {:<16} {:<17} {:<18} {:>9} {:>9} {:>7}",
+        "kernel", "impl", "pass", "shape", "ms", "rate", "limit"
+    );
+    for k in &kernels {
+        let rate = match (k.gbs, k.gflops) {
+            (Some(g), _) => format!("{g:.1} GB/s"),
+            (_, Some(f)) => format!("{f:.1} GF/s"),
+            _ => String::new(),
+        };
+        let name = k.model.clone().unwrap_or_else(|| k.implementation.clone());
+        println!(
+            "{:<11} {:<16} {:<17} {:<18} {:>9.3} {:>9} {:>6.1}%",
+            k.kernel,
+            name,
+            k.pass,
+            format!("{:?}", k.shape),
+            k.ms,
+            rate,
+            100.0 * k.fraction_of_limit.unwrap_or(f64::NAN)
+        );
+    }
+    for e in &epochs {
+        println!(
+            "epoch {:<18} {:.2} s, {:.0} examples/s",
+            e["model"].as_str().unwrap_or(""),
+            e["seconds"].as_f64().unwrap_or(f64::NAN),
+            e["examples_per_sec"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}

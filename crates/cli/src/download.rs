@@ -1,0 +1,324 @@
+//! Downloading Fashion-MNIST from a plain-HTTP mirror, verified and atomic.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use normlab_cli::download::{download_all, CANONICAL_BASE_URL};
+//!
+//! download_all(CANONICAL_BASE_URL, Path::new("/tmp/fashion-mnist"), true)?;
+//! # Ok::<(), normlab::Error>(())
+//! ```
+//!
+//! Each file goes to a temporary file in the destination directory, is
+//! checked (SHA-256 and length of the DECOMPRESSED content: mirrors recompress
+//! the files, so the gzip bytes differ while the content does not), synced to
+//! disk and only then renamed to its final name. A reader of the directory
+//! therefore sees either no file or a complete, verified one, and every error
+//! path (HTTP error, connection cut, bad hash, panic) removes the temporary.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use normlab::data::idx;
+use normlab::{Error, Result};
+
+/// The canonical Fashion-MNIST mirror (Zalando's S3 website endpoint, which
+/// still answers plain HTTP; this build has no TLS).
+pub const CANONICAL_BASE_URL: &str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/";
+
+/// Environment variable that replaces [`CANONICAL_BASE_URL`].
+pub const MIRROR_ENV: &str = "NORMLAB_MIRROR";
+
+/// What a downloaded file must decompress to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedFile<'a> {
+    /// File name on the mirror and on disk (e.g. `train-images-idx3-ubyte.gz`).
+    pub name: &'a str,
+    /// SHA-256 of the decompressed content, lowercase hex.
+    pub sha256: &'a str,
+    /// Length of the decompressed content in bytes.
+    pub len: u64,
+}
+
+/// The four Fashion-MNIST files with the hashes of SPEC.md.
+pub const FASHION_MNIST_FILES: [ExpectedFile<'static>; 4] = [
+    ExpectedFile {
+        name: "train-images-idx3-ubyte.gz",
+        sha256: "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        len: 47_040_016,
+    },
+    ExpectedFile {
+        name: "train-labels-idx1-ubyte.gz",
+        sha256: "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        len: 60_008,
+    },
+    ExpectedFile {
+        name: "t10k-images-idx3-ubyte.gz",
+        sha256: "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        len: 7_840_016,
+    },
+    ExpectedFile {
+        name: "t10k-labels-idx1-ubyte.gz",
+        sha256: "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        len: 10_008,
+    },
+];
+
+/// Suffix of the temporary files; nothing else in a data directory ends so.
+pub const TEMP_SUFFIX: &str = ".normlab-part";
+
+/// Downloads the four Fashion-MNIST files from `base_url` into `dest_dir`,
+/// checking them against SPEC.md's hashes. Files already there and valid are
+/// kept, so an interrupted download resumes file by file.
+pub fn download_all(base_url: &str, dest_dir: &Path, progress: bool) -> Result<()> {
+    download_all_with(base_url, dest_dir, progress, &FASHION_MNIST_FILES)
+}
+
+/// [`download_all`] with the list of files and their hashes given (tests
+/// serve small files whose hashes are not SPEC.md's).
+pub fn download_all_with(base_url: &str, dest_dir: &Path, progress: bool, expected: &[ExpectedFile<'_>]) -> Result<()> {
+    let base = check_base_url(base_url)?;
+    fs::create_dir_all(dest_dir).map_err(|e| Error::io(dest_dir, e))?;
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(15))
+        // Per read, not for the whole body: a slow link may take minutes
+        // for the 26 MB file, but a stalled one should not hang forever.
+        .timeout_read(Duration::from_secs(60))
+        .timeout_write(Duration::from_secs(30))
+        .user_agent(concat!("normlab/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let show = progress && io::stderr().is_terminal();
+    for file in expected {
+        let dest = dest_dir.join(file.name);
+        if dest.exists() && verify_file(&dest, file).is_ok() {
+            continue;
+        }
+        download_one(&agent, &format!("{base}{}", file.name), dest_dir, file, show)?;
+    }
+    Ok(())
+}
+
+/// Checks that `path` decompresses to content of the expected length and
+/// SHA-256; the error names the file and both hashes.
+pub fn verify_file(path: &Path, expected: &ExpectedFile<'_>) -> Result<()> {
+    match content_mismatch(path, expected) {
+        Ok(None) => Ok(()),
+        Ok(Some(msg)) => Err(Error::data(
+            path,
+            format!("{msg}; delete it and download again, or pass --data-dir pointing at good files"),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// `Ok(Some(description))` when the content is not the expected one.
+fn content_mismatch(path: &Path, expected: &ExpectedFile<'_>) -> Result<Option<String>> {
+    let (hash, len) = content_sha256(path, expected.len)?;
+    if len == expected.len && hash == expected.sha256 {
+        return Ok(None);
+    }
+    let len_note =
+        if len > expected.len { format!("more than {} bytes", expected.len) } else { format!("{len} bytes") };
+    Ok(Some(format!(
+        "{} is corrupted or not the expected file: its decompressed content has SHA-256 {hash} \
+         ({len_note}), expected {} ({} bytes)",
+        expected.name, expected.sha256, expected.len
+    )))
+}
+
+/// SHA-256 (lowercase hex) and length of the decoded (decompressed if gzip)
+/// content of a file. Reads at most `limit + 1` decoded bytes, so a
+/// decompression bomb costs no more than a file of the right size; a length
+/// of `limit + 1` means "longer than `limit`".
+pub fn content_sha256(path: &Path, limit: u64) -> Result<(String, u64)> {
+    let (reader, gzip) = idx::open_decoded(path)?;
+    let mut hasher = Sha256::new();
+    let len = io::copy(&mut reader.take(limit + 1), &mut hasher).map_err(|e| {
+        if gzip {
+            Error::data(path, format!("corrupt or truncated gzip data ({e}); delete it and download again"))
+        } else {
+            Error::io(path, e)
+        }
+    })?;
+    Ok((hex(&hasher.finalize()), len))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_base_url(base_url: &str) -> Result<String> {
+    let lower = base_url.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Err(Error::config(
+            "mirror URL",
+            format!(
+                "{base_url} uses HTTPS, which this build cannot fetch (it has no TLS support); \
+                 use a plain-HTTP mirror such as {CANONICAL_BASE_URL} (set {MIRROR_ENV}), or \
+                 download the four files yourself and pass --data-dir DIR"
+            ),
+        ));
+    }
+    if !lower.starts_with("http://") {
+        return Err(Error::config(
+            "mirror URL",
+            format!("{base_url} is not an http:// URL; set {MIRROR_ENV} to e.g. {CANONICAL_BASE_URL}"),
+        ));
+    }
+    // Names are appended to the base, so make sure it ends with a slash.
+    Ok(if base_url.ends_with('/') { base_url.to_string() } else { format!("{base_url}/") })
+}
+
+/// Removes the temporary file when dropped, unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            // Best effort: the error that got us here matters more.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn temp_path(dest_dir: &Path, name: &str) -> PathBuf {
+    // Unique per process and per call, so concurrent downloads (two normlab
+    // runs sharing the cache) never write to the same temporary file.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dest_dir.join(format!(".{name}.{}.{n}{TEMP_SUFFIX}", std::process::id()))
+}
+
+fn download_one(
+    agent: &ureq::Agent,
+    url: &str,
+    dest_dir: &Path,
+    file: &ExpectedFile<'_>,
+    show_progress: bool,
+) -> Result<()> {
+    let dest = dest_dir.join(file.name);
+    let fail = |msg: String| Error::data(&dest, format!("download from {url} failed: {msg}"));
+    let response = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::Status(code, r) => fail(format!("the server answered HTTP {code} {}", r.status_text())),
+        ureq::Error::Transport(t) => fail(describe_transport(&t)),
+    })?;
+    let content_length: Option<u64> = response.header("Content-Length").and_then(|v| v.trim().parse().ok());
+
+    let mut temp = TempFile { path: temp_path(dest_dir, file.name), armed: false };
+    let out = OpenOptions::new().write(true).create_new(true).open(&temp.path).map_err(|e| Error::io(&temp.path, e))?;
+    temp.armed = true;
+
+    let bar = progress_bar(content_length, file.name, show_progress);
+    let mut body = bar.wrap_read(response.into_reader());
+    let mut writer = BufWriter::new(out);
+    let copied = copy_body(&mut body, &mut writer).map_err(|e| match e {
+        CopyError::Read(e) => fail(format!("{e}; the connection was lost, try again")),
+        CopyError::Write(e) => Error::io(&temp.path, e),
+    })?;
+    bar.finish_and_clear();
+    if let Some(want) = content_length {
+        // ureq already fails on a short body; this also catches a server
+        // that sends more than it announced.
+        if copied != want {
+            return Err(fail(format!("received {copied} bytes, the server announced {want}; try again")));
+        }
+    }
+    let out = writer.into_inner().map_err(|e| Error::io(&temp.path, e.into_error()))?;
+    out.sync_all().map_err(|e| Error::io(&temp.path, e))?;
+    drop(out);
+
+    let bad_file = |what: String| {
+        fail(format!(
+            "{what}; the mirror served a bad file (nothing was kept), try again later or set \
+             {MIRROR_ENV} to another mirror"
+        ))
+    };
+    match content_mismatch(&temp.path, file) {
+        Ok(None) => {}
+        Ok(Some(msg)) => return Err(bad_file(msg)),
+        // Decompression errors name the temporary file, which is gone by the
+        // time the user reads this: report the message alone.
+        Err(Error::Data { message, .. }) => return Err(bad_file(format!("{}: {message}", file.name))),
+        Err(e) => return Err(e),
+    }
+    fs::rename(&temp.path, &dest).map_err(|e| Error::io(&dest, e))?;
+    temp.armed = false;
+    sync_dir(dest_dir);
+    Ok(())
+}
+
+/// ureq's own Display repeats the URL, which our message already names.
+fn describe_transport(t: &ureq::Transport) -> String {
+    let mut text = t.kind().to_string();
+    if let Some(m) = t.message() {
+        text = format!("{text}: {m}");
+    }
+    if let Some(source) = std::error::Error::source(t) {
+        text = format!("{text}: {source}");
+    }
+    text
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// `io::copy`, but telling read (network) errors from write (disk) errors.
+fn copy_body(from: &mut impl Read, to: &mut impl Write) -> std::result::Result<u64, CopyError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+}
+
+fn progress_bar(len: Option<u64>, name: &str, show: bool) -> ProgressBar {
+    let target = if show { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let bar = match len {
+        Some(len) => {
+            let bar = ProgressBar::with_draw_target(Some(len), target);
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        }
+        None => {
+            let bar = ProgressBar::with_draw_target(None, target);
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg:28} {bytes} {bytes_per_sec}") {
+                bar.set_style(style);
+            }
+            bar
+        }
+    };
+    bar.set_message(name.to_string());
+    bar
+}
+
+/// Makes the rename durable: on Unix a rename is only on disk once the
+/// directory itself is synced. Failure is harmless (the file is complete).
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}

@@ -1,0 +1,12 @@
+//! The `normlab` application: the command line ([`cli`]), the chapter's
+//! experiments with their reports ([`experiments`]), plots ([`plot`]), the
+//! machine-relative benchmark ([`bench`]), and finding or downloading
+//! Fashion-MNIST ([`locate`], [`download`]). Everything numerical is the
+//! `normlab` library's; this crate decides what to run and shows it.
+
+pub mod bench;
+pub mod cli;
+pub mod download;
+pub mod experiments;
+pub mod locate;
+pub mod plot;

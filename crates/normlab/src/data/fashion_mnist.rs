@@ -1,0 +1,196 @@
+//! Loading Fashion-MNIST from a directory that holds its four files.
+//!
+//! ```no_run
+//! use normlab::data::{load_dir, CLASS_NAMES};
+//!
+//! let data = load_dir(std::path::Path::new("/usr/share/datasets/fashion-mnist"))?;
+//! let first = data.train.image(0); // 28 * 28 bytes, 0 = background
+//! println!("{} training images, the first is a {}", data.train.len(),
+//!          CLASS_NAMES[usize::from(data.train.labels[0])]);
+//! # let _ = first;
+//! # Ok::<(), normlab::Error>(())
+//! ```
+//!
+//! The images stay bytes: the full training set is 47 MB as `u8` and would
+//! be 188 MB as `f32`; the training loop scales each batch to [0, 1] itself.
+
+use std::path::{Path, PathBuf};
+
+
+use crate::data::idx;
+use crate::{Error, Result};
+
+/// The ten classes, indexed by label.
+pub const CLASS_NAMES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+
+/// Number of classes (labels are `0..NUM_CLASSES`).
+pub const NUM_CLASSES: usize = CLASS_NAMES.len();
+/// Fashion-MNIST images are `IMAGE_SIDE` x `IMAGE_SIDE` pixels.
+pub const IMAGE_SIDE: usize = 28;
+
+/// File names without the `.gz` extension; a directory may hold either the
+/// compressed (`.gz`, as shipped) or the decompressed files.
+pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
+pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
+pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+/// The four file names in the order of [`DataFiles`]' fields.
+pub const STEMS: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
+
+/// One split: `len()` images of `rows` x `cols` bytes, row-major, and their
+/// labels (`0..10`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Split {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image (`rows * cols`).
+    pub fn image_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// The pixels of example `i`. Panics if `i >= len()`, like slice indexing.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let size = self.image_len();
+        &self.images[i * size..(i + 1) * size]
+    }
+
+    /// Keeps the first `n` examples (all of them if there are fewer).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.images.truncate(n * self.image_len());
+            self.labels.truncate(n);
+        }
+    }
+}
+
+/// The training (60,000) and test (10,000) splits, and the directory they
+/// were read from.
+#[derive(Debug, Clone)]
+pub struct FashionMnist {
+    pub train: Split,
+    pub test: Split,
+    pub dir: PathBuf,
+}
+
+/// The four files of one directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFiles {
+    pub train_images: PathBuf,
+    pub train_labels: PathBuf,
+    pub test_images: PathBuf,
+    pub test_labels: PathBuf,
+}
+
+/// Finds the four files in `dir` (each as `NAME.gz` or `NAME`); on failure,
+/// returns the names that are missing.
+pub fn find_files(dir: &Path) -> std::result::Result<DataFiles, Vec<String>> {
+    let mut found = Vec::with_capacity(4);
+    let mut missing = Vec::new();
+    for stem in STEMS {
+        let gz = dir.join(format!("{stem}.gz"));
+        let raw = dir.join(stem);
+        if gz.is_file() {
+            found.push(gz);
+        } else if raw.is_file() {
+            found.push(raw);
+        } else {
+            missing.push(format!("{stem}.gz"));
+        }
+    }
+    match <[PathBuf; 4]>::try_from(found) {
+        Ok([train_images, train_labels, test_images, test_labels]) if missing.is_empty() => {
+            Ok(DataFiles { train_images, train_labels, test_images, test_labels })
+        }
+        _ => Err(missing),
+    }
+}
+
+/// Loads the four files from `dir`, without searching anywhere else.
+pub fn load_dir(dir: &Path) -> Result<FashionMnist> {
+    let files = find_files(dir).map_err(|missing| {
+        Error::data(
+            dir,
+            format!(
+                "missing Fashion-MNIST file(s) {}; the directory must hold all four ({}), \
+                 gzip-compressed or not; pass --data-dir pointing at a directory that has them",
+                missing.join(", "),
+                all_names()
+            ),
+        )
+    })?;
+    // The two splits are independent; decompressing them side by side
+    // saves a noticeable part of the start-up time.
+    let (train, test) = std::thread::scope(|s| {
+        let test = s.spawn(|| load_split(&files.test_images, &files.test_labels));
+        let train = load_split(&files.train_images, &files.train_labels);
+        let test = test.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (train, test)
+    });
+    Ok(FashionMnist { train: train?, test: test?, dir: dir.to_path_buf() })
+}
+
+/// Reads one images file and its labels file and checks that they fit
+/// together and look like Fashion-MNIST.
+pub fn load_split(images_path: &Path, labels_path: &Path) -> Result<Split> {
+    let images = idx::read_images(images_path)?;
+    if images.rows != IMAGE_SIDE || images.cols != IMAGE_SIDE {
+        return Err(Error::data(
+            images_path,
+            format!(
+                "images are {}x{}, Fashion-MNIST images are {IMAGE_SIDE}x{IMAGE_SIDE}; this is not \
+                 a Fashion-MNIST file, pass --data-dir pointing at the Fashion-MNIST files",
+                images.rows, images.cols
+            ),
+        ));
+    }
+    if images.n == 0 {
+        return Err(Error::data(
+            images_path,
+            "the file holds no images; re-download it or pass --data-dir pointing at good files",
+        ));
+    }
+    let labels = idx::read_labels(labels_path)?;
+    if labels.len() != images.n {
+        return Err(Error::data(
+            images_path,
+            format!(
+                "holds {} images but {} holds {} labels; the two files must come from the same \
+                 set, re-download them or pass --data-dir pointing at matching files",
+                images.n,
+                labels_path.display(),
+                labels.len()
+            ),
+        ));
+    }
+    if let Some(i) = labels.iter().position(|&l| usize::from(l) >= NUM_CLASSES) {
+        return Err(Error::data(
+            labels_path,
+            format!(
+                "label {} at index {i} is out of range, Fashion-MNIST labels are 0 to {}; the file \
+                 is corrupt, re-download it or pass --data-dir pointing at good files",
+                labels[i],
+                NUM_CLASSES - 1
+            ),
+        ));
+    }
+    Ok(Split { images: images.bytes, labels, rows: images.rows, cols: images.cols })
+}
+
+fn all_names() -> String {
+    STEMS.map(|s| format!("{s}.gz")).join(", ")
+}

@@ -1,0 +1,23 @@
+//! Fashion-MNIST from a directory: IDX files read, validated and kept as
+//! bytes.
+//!
+//! ```no_run
+//! use normlab::data::load_dir;
+//!
+//! let data = load_dir(std::path::Path::new("/usr/share/datasets/fashion-mnist"))?;
+//! assert_eq!((data.train.rows, data.train.cols), (28, 28));
+//! # Ok::<(), normlab::Error>(())
+//! ```
+//!
+//! [`idx`] reads and writes IDX files; the items re-exported here (from
+//! `fashion_mnist`) find the four files in a directory and load the two
+//! splits. Searching the usual places and downloading are the command
+//! line's (`normlab-cli`).
+
+mod fashion_mnist;
+pub mod idx;
+
+pub use fashion_mnist::{
+    find_files, load_dir, load_split, DataFiles, FashionMnist, Split, CLASS_NAMES, IMAGE_SIDE, NUM_CLASSES, STEMS,
+    TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
+};

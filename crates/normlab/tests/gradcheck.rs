@@ -1,0 +1,312 @@
+//! Finite-difference gradient checks in f64 for every layer, the loss and a
+//! whole BNLeNet: the analytic backward pass against central differences of
+//! `L = Σ y·dy` with a random `dy`.
+
+use normlab::layers::*;
+use normlab::loss::CrossEntropy;
+use normlab::models;
+use normlab::rng::{self, Rng};
+use normlab::Tensor;
+use rand::Rng as _;
+
+const H: f64 = 1e-6;
+const TOL: f64 = 1e-6;
+
+fn random(shape: &[usize], rng: &mut Rng, scale: f64, offset: f64) -> Tensor<f64> {
+    let n = shape.iter().product();
+    Tensor::from_vec(shape, (0..n).map(|_| offset + scale * (rng.gen::<f64>() * 2.0 - 1.0)).collect()).unwrap()
+}
+
+fn dot(a: &Tensor<f64>, b: &Tensor<f64>) -> f64 {
+    a.data().iter().zip(b.data()).map(|(x, y)| x * y).sum()
+}
+
+fn check(what: &str, analytic: f64, numeric: f64) -> f64 {
+    let err = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1.0);
+    assert!(err < TOL, "{what}: analytic {analytic:.10e} vs numeric {numeric:.10e} (err {err:.2e})");
+    err
+}
+
+/// Checks dx and every parameter gradient of `layer` at `x` in `mode`.
+fn gradcheck(name: &str, layer: &mut dyn Layer<f64>, x: &Tensor<f64>, mode: Mode) {
+    let mut rng = rng::seeded(7);
+    let y = layer.forward(x, mode).unwrap().clone();
+    let dy = random(y.shape(), &mut rng, 1.0, 0.0);
+    let dx = layer.backward(x, &dy, true).unwrap().clone();
+    let param_grads: Vec<(String, Tensor<f64>)> = layer
+        .state_mut()
+        .into_iter()
+        .filter_map(|(n, s)| match s {
+            StateMut::Param { grad, .. } => Some((n.to_string(), grad.clone())),
+            _ => None,
+        })
+        .collect();
+
+    let mut worst = 0.0f64;
+    let mut xp = x.clone();
+    for i in 0..x.numel() {
+        let orig = xp.data()[i];
+        xp.data_mut()[i] = orig + H;
+        let lp = dot(layer.forward(&xp, mode).unwrap(), &dy);
+        xp.data_mut()[i] = orig - H;
+        let lm = dot(layer.forward(&xp, mode).unwrap(), &dy);
+        xp.data_mut()[i] = orig;
+        worst = worst.max(check(&format!("{name} dx[{i}]"), dx.data()[i], (lp - lm) / (2.0 * H)));
+    }
+    for (pname, grad) in &param_grads {
+        for i in 0..grad.numel() {
+            let mut eval = |delta: f64| {
+                for (n, s) in layer.state_mut() {
+                    if n == pname {
+                        if let StateMut::Param { value, .. } = s {
+                            value.data_mut()[i] += delta;
+                        }
+                    }
+                }
+                dot(layer.forward(x, mode).unwrap(), &dy)
+            };
+            let lp = eval(H);
+            let lm = eval(-2.0 * H);
+            eval(H);
+            worst = worst.max(check(&format!("{name} d{pname}[{i}]"), grad.data()[i], (lp - lm) / (2.0 * H)));
+        }
+    }
+    eprintln!("  {name:<40} max rel err {worst:.2e}");
+}
+
+fn built<L: Layer<f64>>(mut layer: L, example: &[usize]) -> L {
+    layer.build(example, &mut rng::seeded(3)).unwrap();
+    layer
+}
+
+/// Gives gamma/beta non-trivial values so their gradients matter.
+fn perturb_params(layer: &mut dyn Layer<f64>, rng: &mut Rng) {
+    for (_, s) in layer.state_mut() {
+        if let StateMut::Param { value, .. } = s {
+            for v in value.data_mut() {
+                *v += 0.3 * (rng.gen::<f64>() - 0.5);
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_norm_gradients() {
+    let mut rng = rng::seeded(1);
+    for imp in [BnImpl::Scratch, BnImpl::Fused] {
+        for shape in [vec![6, 4], vec![3, 2, 4, 5]] {
+            let x = random(&shape, &mut rng, 2.0, 0.5);
+            for (label, config, mode) in [
+                ("train", BatchNormConfig::pytorch(), Mode::Train),
+                ("eval", BatchNormConfig::pytorch(), Mode::Eval),
+                ("affine off", BatchNormConfig::pytorch().affine(false), Mode::Train),
+                ("no running stats, eval", BatchNormConfig::pytorch().track_running_stats(false), Mode::Eval),
+            ] {
+                let mut layer = built(BatchNorm::with_impl(config, imp), &shape[1..]);
+                perturb_params(&mut layer, &mut rng);
+                if mode == Mode::Eval {
+                    // non-trivial running statistics
+                    for _ in 0..3 {
+                        layer.forward(&random(&shape, &mut rng, 1.0, 0.2), Mode::Train).unwrap();
+                    }
+                }
+                gradcheck(&format!("BN {imp:?} {shape:?} {label}"), &mut layer, &x, mode);
+            }
+        }
+    }
+}
+
+/// The "lite" batch norms of the chapter's exercise (fused implementation).
+#[test]
+fn lite_batch_norm_gradients() {
+    let mut rng = rng::seeded(11);
+    for shape in [vec![6, 4], vec![3, 2, 4, 5]] {
+        let x = random(&shape, &mut rng, 2.0, 0.5);
+        for parts in [BnParts::CenterOnly, BnParts::ScaleOnly] {
+            for mode in [Mode::Train, Mode::Eval] {
+                let mut layer = built(BatchNorm::new(BatchNormConfig::pytorch().parts(parts)), &shape[1..]);
+                perturb_params(&mut layer, &mut rng);
+                layer.forward(&random(&shape, &mut rng, 1.0, 0.2), Mode::Train).unwrap();
+                gradcheck(&format!("BN {parts:?} {shape:?} {mode:?}"), &mut layer, &x, mode);
+            }
+        }
+    }
+}
+
+#[test]
+fn frozen_affine_is_saved_but_not_learned() {
+    let mut layer = built(BatchNorm::<f64>::new(BatchNormConfig::pytorch().learn_affine(false)), &[3]);
+    let kinds: Vec<(&str, bool)> =
+        layer.state_mut().into_iter().map(|(n, s)| (n, matches!(s, StateMut::Param { .. }))).collect();
+    assert_eq!(kinds[0], ("weight", false));
+    assert_eq!(kinds[1], ("bias", false));
+    let mut net = normlab::models::Sequential::<f64>::new().push(layer);
+    net.build(&[3], &mut rng::seeded(0)).unwrap();
+    let x = random(&[4, 3], &mut rng::seeded(1), 1.0, 0.0);
+    let y = net.forward(&x).unwrap().clone();
+    net.backward(&x, &y).unwrap();
+    normlab::optim::Sgd::new(normlab::optim::SgdConfig::new(1.0)).unwrap().step(&mut net);
+    let names = net.state_names();
+    assert_eq!(names[0], "net.0.weight");
+    for (_, s) in net.state_mut().into_iter().take(2) {
+        if let StateMut::Buffer(t) = s {
+            assert!(t.data().iter().all(|&v| v == 1.0 || v == 0.0), "gamma/beta unchanged: {:?}", t.data());
+        } else {
+            panic!("frozen gamma/beta must not be parameters");
+        }
+    }
+}
+
+#[test]
+fn layer_norm_gradients() {
+    let mut rng = rng::seeded(2);
+    for (shape, k) in [(vec![4, 6], 1), (vec![3, 2, 3, 4], 3), (vec![3, 2, 3, 4], 2)] {
+        let x = random(&shape, &mut rng, 2.0, 0.5);
+        let mut layer = built(LayerNorm::trailing(k), &shape[1..]);
+        perturb_params(&mut layer, &mut rng);
+        gradcheck(&format!("LayerNorm {shape:?} over last {k}"), &mut layer, &x, Mode::Train);
+    }
+}
+
+#[test]
+fn conv_linear_pool_activation_gradients() {
+    let mut rng = rng::seeded(3);
+    let img = random(&[2, 3, 7, 6], &mut rng, 1.0, 0.0);
+    gradcheck("Conv2d k3 s2 p1", &mut built(Conv2d::new(4, 3).stride(2).padding(1), &[3, 7, 6]), &img, Mode::Train);
+    gradcheck("Conv2d k5 no bias", &mut built(Conv2d::new(2, 5).bias(false), &[3, 7, 6]), &img, Mode::Train);
+    gradcheck("Conv2d k2 s1 p2", &mut built(Conv2d::new(3, 2).padding(2), &[3, 7, 6]), &img, Mode::Train);
+    // the direct kernels (outputs at least 8 wide): the direct weight gradient
+    // (27 taps), and the channels-in-lanes one (100 taps, 9 channels: one
+    // vector and a padded one); 9 images, so a group of 8 and a group of 1
+    let wide = random(&[9, 3, 10, 11], &mut rng, 1.0, 0.0);
+    gradcheck("Conv2d k3 direct", &mut built(Conv2d::new(5, 3), &[3, 10, 11]), &wide, Mode::Train);
+    let deep = random(&[9, 4, 12, 13], &mut rng, 1.0, 0.0);
+    gradcheck("Conv2d k5 by channels", &mut built(Conv2d::new(9, 5), &[4, 12, 13]), &deep, Mode::Train);
+    let flat = random(&[5, 7], &mut rng, 1.0, 0.0);
+    gradcheck("Linear", &mut built(Linear::new(4), &[7]), &flat, Mode::Train);
+    gradcheck("Linear no bias", &mut built(Linear::new(3).bias(false), &[7]), &flat, Mode::Train);
+    let pool_in = random(&[2, 3, 6, 8], &mut rng, 1.0, 0.0);
+    gradcheck("AvgPool2d 2/2", &mut built(AvgPool2d::new(2, 2), &[3, 6, 8]), &pool_in, Mode::Train);
+    gradcheck("AvgPool2d 3/2", &mut built(AvgPool2d::new(3, 2), &[3, 6, 8]), &pool_in, Mode::Train);
+    gradcheck("MaxPool2d 2/2", &mut built(MaxPool2d::new(2, 2), &[3, 6, 8]), &pool_in, Mode::Train);
+    gradcheck("MaxPool2d 3/2", &mut built(MaxPool2d::new(3, 2), &[3, 6, 8]), &pool_in, Mode::Train);
+    gradcheck("Sigmoid", &mut built(Sigmoid::new(), &[7]), &flat, Mode::Train);
+    // ReLU: keep every input away from the kink at 0
+    let away =
+        Tensor::from_vec(&[5, 7], flat.data().iter().map(|v| if v.abs() < 0.05 { v + 0.1 } else { *v }).collect())
+            .unwrap();
+    gradcheck("ReLU", &mut built(ReLU::new(), &[7]), &away, Mode::Train);
+    gradcheck("Flatten", &mut built(Flatten::new(), &[3, 7, 6]), &img, Mode::Train);
+    gradcheck("Dropout (eval)", &mut built(Dropout::new(0.5).unwrap(), &[7]), &flat, Mode::Eval);
+}
+
+#[test]
+fn dropout_backward_uses_the_forward_mask() {
+    let mut layer = built(Dropout::<f64>::new(0.5).unwrap(), &[1000]);
+    let x = Tensor::full(&[1, 1000], 1.0);
+    let y = layer.forward(&x, Mode::Train).unwrap().clone();
+    let kept = y.data().iter().filter(|&&v| v != 0.0).count();
+    assert!((400..600).contains(&kept), "kept {kept} of 1000 at p = 0.5");
+    assert!(y.data().iter().all(|&v| v == 0.0 || v == 2.0), "kept values are scaled by 1/(1-p)");
+    let dx = layer.backward(&x, &Tensor::full(&[1, 1000], 3.0), true).unwrap();
+    for (d, v) in dx.data().iter().zip(y.data()) {
+        assert_eq!(*d, v * 3.0);
+    }
+}
+
+#[test]
+fn cross_entropy_gradient() {
+    let mut rng = rng::seeded(4);
+    let logits = random(&[5, 4], &mut rng, 3.0, 0.0);
+    let labels = [0, 3, 1, 1, 2];
+    let mut ce = CrossEntropy::<f64>::new();
+    ce.forward(&logits, &labels).unwrap();
+    let grad = ce.grad().clone();
+    let mut z = logits.clone();
+    for i in 0..z.numel() {
+        let orig = z.data()[i];
+        z.data_mut()[i] = orig + H;
+        let lp = ce.forward(&z, &labels).unwrap().0;
+        z.data_mut()[i] = orig - H;
+        let lm = ce.forward(&z, &labels).unwrap().0;
+        z.data_mut()[i] = orig;
+        check(&format!("cross-entropy dz[{i}]"), grad.data()[i], (lp - lm) / (2.0 * H));
+    }
+}
+
+/// The whole network, end to end: input gradient and a sample of every
+/// parameter's gradient through conv, BN, sigmoid, pooling and linear layers.
+#[test]
+fn whole_bnlenet_gradients() {
+    for kind in [models::ModelKind::BnLenet, models::ModelKind::BnLenetScratch, models::ModelKind::LnLenet] {
+        let mut rng = rng::seeded(5);
+        let mut net = models::build::<f64>(kind, &mut rng).unwrap();
+        net.set_input_grad(true);
+        let x = random(&[3, 1, 28, 28], &mut rng, 0.5, 0.5);
+        let labels = [1, 7, 3];
+        let mut ce = CrossEntropy::<f64>::new();
+        let logits = net.forward(&x).unwrap();
+        ce.forward(logits, &labels).unwrap();
+        net.backward(&x, ce.grad()).unwrap();
+        let dx = net.grad_input().clone();
+        let grads: Vec<(String, Tensor<f64>)> = net
+            .state_mut()
+            .into_iter()
+            .filter_map(|(n, s)| if let StateMut::Param { grad, .. } = s { Some((n, grad.clone())) } else { None })
+            .collect();
+        let mut loss_at = |net: &mut models::Sequential<f64>, x: &Tensor<f64>| {
+            let logits = net.forward(x).unwrap();
+            ce.forward(logits, &labels).unwrap().0
+        };
+        let mut xp = x.clone();
+        for i in (0..x.numel()).step_by(37) {
+            let orig = xp.data()[i];
+            xp.data_mut()[i] = orig + H;
+            let lp = loss_at(&mut net, &xp);
+            xp.data_mut()[i] = orig - H;
+            let lm = loss_at(&mut net, &xp);
+            xp.data_mut()[i] = orig;
+            check(&format!("{} dx[{i}]", kind.name()), dx.data()[i], (lp - lm) / (2.0 * H));
+        }
+        for (pname, grad) in &grads {
+            let step = (grad.numel() / 7).max(1);
+            for i in (0..grad.numel()).step_by(step) {
+                let bump = |net: &mut models::Sequential<f64>, delta: f64| {
+                    for (n, s) in net.state_mut() {
+                        if &n == pname {
+                            if let StateMut::Param { value, .. } = s {
+                                value.data_mut()[i] += delta;
+                            }
+                        }
+                    }
+                };
+                bump(&mut net, H);
+                let lp = loss_at(&mut net, &x);
+                bump(&mut net, -2.0 * H);
+                let lm = loss_at(&mut net, &x);
+                bump(&mut net, H);
+                check(&format!("{} {pname}[{i}]", kind.name()), grad.data()[i], (lp - lm) / (2.0 * H));
+            }
+        }
+    }
+}
+
+#[test]
+fn group_norm_gradients() {
+    let mut rng = rng::seeded(5);
+    for (shape, groups) in [
+        (vec![3, 6, 4, 5], 2),
+        (vec![3, 6, 4, 5], 3),
+        (vec![2, 6, 3, 3], 1),
+        (vec![2, 6, 3, 3], 6),
+        (vec![5, 8], 4),
+        (vec![4, 6], 2),
+    ] {
+        for affine in [true, false] {
+            let x = random(&shape, &mut rng, 2.0, 0.5);
+            let mut gn = built(GroupNorm::<f64>::new(groups).affine(affine), &shape[1..]);
+            perturb_params(&mut gn, &mut rng);
+            gradcheck(&format!("GroupNorm({groups}) {shape:?} affine {affine}"), &mut gn, &x, Mode::Train);
+        }
+    }
+}
