@@ -7,11 +7,12 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
+use crate::plot;
+use normlab::data::FashionMnist;
 use normlab::fsutil::{ensure_writable_dir, write_atomic};
 use normlab::models::ModelKind;
 use normlab::optim::SgdConfig;
-use crate::plot;
-use normlab::train::{self, checkpoint, EpochMetrics, Observer, TrainOptions, Trainer};
+use normlab::train::{self, checkpoint, EpochMetrics, Observer, TrainOptions, Trainer, CHAPTER_EPOCHS};
 
 use super::DataArgs;
 
@@ -24,7 +25,7 @@ pub struct TrainArgs {
     /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet
     #[arg(long, default_value = "bn-lenet")]
     model: String,
-    /// Epochs in all (default 10; with --resume, a new total to extend the run).
+    /// Epochs in all (default: the chapter's 10; with --resume, a new total to extend the run).
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long, default_value_t = 128)]
@@ -109,143 +110,196 @@ fn write_metrics(path: &Path, history: &[EpochMetrics]) -> normlab::Result<()> {
     write_atomic(path, csv.as_bytes())
 }
 
+/// `normlab train`: start or resume a run, train its epochs, optionally
+/// recompute BN statistics, then write the plots and the summary.
 pub fn run(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
     let (out, mut trainer) = match &args.resume {
-        Some(dir) => {
-            let mut trainer = Trainer::resume(&dir.join(STATE_FILE))?;
-            if let Some(e) = args.epochs {
-                trainer.options.epochs = e;
-                trainer.options.validate()?;
-            }
-            (dir.clone(), trainer)
-        }
-        None => {
-            let kind = ModelKind::parse(&args.model)?;
-            let mut options = TrainOptions::chapter(kind);
-            options.epochs = args.epochs.unwrap_or(10);
-            options.batch_size = args.batch_size;
-            options.sgd =
-                SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay, ..SgdConfig::new(args.lr) };
-            options.seed = args.seed;
-            options.limit_train = args.limit_train;
-            options.limit_val = args.limit_val;
-            options.validate()?;
-            let out = args
-                .out
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", kind.name(), super::utc_timestamp())));
-            (out, Trainer::new(options)?)
-        }
+        Some(dir) => (dir.clone(), resume(dir, args.epochs)?),
+        None => start(&args)?,
     };
-    let options = trainer.options.clone();
-    let kind = ModelKind::parse(&options.model)?;
+    let kind = ModelKind::parse(&trainer.options.model)?;
     ensure_writable_dir(&out)?;
-
     let show_progress = !args.quiet && super::stderr_is_terminal();
     let fm = crate::locate::load(&args.data.source(show_progress))?;
-    let say = |line: String| {
-        if args.json {
-            if !args.quiet {
+    let run = Run::new(&args, out, kind, &trainer, fm);
+    run.say_start(&trainer);
+    train_epochs(&run, &mut trainer, show_progress)?;
+    let recompute = if args.recompute_stats { recompute_stats(&run, &mut trainer)? } else { serde_json::Value::Null };
+    finish(&run, &trainer, recompute, started)
+}
+
+/// Continues the run in `dir` from its training checkpoint; `epochs`, when
+/// given, is the new total.
+fn resume(dir: &Path, epochs: Option<usize>) -> Result<Trainer> {
+    let mut trainer = Trainer::resume(&dir.join(STATE_FILE))?;
+    if let Some(e) = epochs {
+        trainer.options.epochs = e;
+        trainer.options.validate()?;
+    }
+    Ok(trainer)
+}
+
+/// A new run from the command line's options, and its output directory.
+fn start(args: &TrainArgs) -> Result<(PathBuf, Trainer)> {
+    let kind = ModelKind::parse(&args.model)?;
+    let mut options = TrainOptions::chapter(kind);
+    options.epochs = args.epochs.unwrap_or(CHAPTER_EPOCHS);
+    options.batch_size = args.batch_size;
+    options.sgd = SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay, ..SgdConfig::new(args.lr) };
+    options.seed = args.seed;
+    options.limit_train = args.limit_train;
+    options.limit_val = args.limit_val;
+    options.validate()?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", kind.name(), super::utc_timestamp())));
+    Ok((out, Trainer::new(options)?))
+}
+
+/// What a run writes to and reads from, fixed once it starts.
+struct Run {
+    out: PathBuf,
+    kind: ModelKind,
+    fm: FashionMnist,
+    n_train: usize,
+    n_val: usize,
+    json: bool,
+    quiet: bool,
+}
+
+impl Run {
+    fn new(args: &TrainArgs, out: PathBuf, kind: ModelKind, trainer: &Trainer, fm: FashionMnist) -> Self {
+        let options = &trainer.options;
+        let n_train = options.limit_train.map_or(fm.train.len(), |l| l.min(fm.train.len()));
+        let n_val = options.limit_val.map_or(fm.test.len(), |l| l.min(fm.test.len()));
+        Run { out, kind, fm, n_train, n_val, json: args.json, quiet: args.quiet }
+    }
+
+    /// A line for people: on stdout, or on stderr when stdout carries JSON.
+    fn say(&self, line: String) {
+        if self.json {
+            if !self.quiet {
                 eprintln!("{line}");
             }
         } else {
             println!("{line}");
         }
-    };
-    let n_train = options.limit_train.map_or(fm.train.len(), |l| l.min(fm.train.len()));
-    let n_val = options.limit_val.map_or(fm.test.len(), |l| l.min(fm.test.len()));
-    if trainer.epoch() > 0 {
-        say(format!("resuming {} after epoch {} of {}", out.display(), trainer.epoch(), options.epochs));
     }
-    say(format!(
-        "training {} on {n_train} images, validating on {n_val} ({} threads), output in {}",
-        kind.name(),
-        rayon::current_num_threads(),
-        out.display()
-    ));
 
+    fn say_start(&self, trainer: &Trainer) {
+        if trainer.epoch() > 0 {
+            self.say(format!(
+                "resuming {} after epoch {} of {}",
+                self.out.display(),
+                trainer.epoch(),
+                trainer.options.epochs
+            ));
+        }
+        self.say(format!(
+            "training {} on {} images, validating on {} ({} threads), output in {}",
+            self.kind.name(),
+            self.n_train,
+            self.n_val,
+            rayon::current_num_threads(),
+            self.out.display()
+        ));
+    }
+
+    fn model_path(&self) -> PathBuf {
+        self.out.join("model.safetensors")
+    }
+
+    /// run.json: the options, the data, the epochs so far and `result`.
+    fn write_run_json(&self, trainer: &Trainer, result: serde_json::Value) -> Result<()> {
+        let doc = json!({
+            "normlab_version": env!("CARGO_PKG_VERSION"),
+            "options": trainer.options,
+            "threads": rayon::current_num_threads(),
+            "data_dir": self.fm.dir,
+            "train_examples": self.n_train,
+            "val_examples": self.n_val,
+            "epochs": trainer.history,
+            "result": result,
+        });
+        Ok(write_atomic(&self.out.join("run.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?)
+    }
+}
+
+/// The remaining epochs; after each, every file of the run is brought up to
+/// date (metrics, model, training checkpoint, run.json).
+fn train_epochs(run: &Run, trainer: &mut Trainer, show_progress: bool) -> Result<()> {
     let bar = ProgressBar::with_draw_target(
         None,
         if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
     );
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    bar.set_style(ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg}")?.progress_chars("=> "));
     let mut progress = Progress { bar };
-    let model_path = out.join("model.safetensors");
-    let run_json = |trainer: &Trainer, extra: serde_json::Value| {
-        json!({
-            "normlab_version": env!("CARGO_PKG_VERSION"),
-            "options": trainer.options,
-            "threads": rayon::current_num_threads(),
-            "data_dir": fm.dir,
-            "train_examples": n_train,
-            "val_examples": n_val,
-            "epochs": trainer.history,
-            "result": extra,
-        })
-    };
-
-    for _ in trainer.epoch()..options.epochs {
-        let m = trainer.run_epoch(&fm.train, &fm.test, &mut progress)?;
+    let epochs = trainer.options.epochs;
+    for _ in trainer.epoch()..epochs {
+        let m = trainer.run_epoch(&run.fm.train, &run.fm.test, &mut progress)?;
         progress.bar.finish_and_clear();
-        say(format!(
+        run.say(format!(
             "epoch {:>2}/{}  train loss {:.4}  train acc {:.4}  val loss {:.4}  val acc {:.4}  ({:.2} s train, {:.2} s eval)",
-            m.epoch, options.epochs, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.train_seconds, m.eval_seconds
+            m.epoch, epochs, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.train_seconds, m.eval_seconds
         ));
-        if args.json {
+        if run.json {
             println!("{}", serde_json::to_string(&m)?);
         }
-        write_metrics(&out.join("metrics.csv"), &trainer.history)?;
+        write_metrics(&run.out.join("metrics.csv"), &trainer.history)?;
+        let network = trainer.options.network.clone();
         checkpoint::save(
             &mut trainer.net,
-            kind.name(),
-            &options.network,
+            run.kind.name(),
+            &network,
             &[("epoch", m.epoch.to_string())],
-            &model_path,
+            &run.model_path(),
         )?;
-        trainer.save_state(&out.join(STATE_FILE))?;
-        write_atomic(
-            &out.join("run.json"),
-            serde_json::to_string_pretty(&run_json(&trainer, json!("in progress")))?.as_bytes(),
-        )?;
+        trainer.save_state(&run.out.join(STATE_FILE))?;
+        run.write_run_json(trainer, json!("in progress"))?;
     }
+    Ok(())
+}
 
-    let mut recompute = serde_json::Value::Null;
-    if args.recompute_stats {
-        let before = trainer.history.last().map(|m| m.val_acc).unwrap_or(f64::NAN);
-        let t = Instant::now();
-        let layers = train::recompute_bn_stats(&mut trainer.net, &fm.train, options.eval_batch_size)?;
-        let after = train::evaluate(&mut trainer.net, &fm.test, options.eval_batch_size, options.limit_val)?;
-        say(format!(
-            "recomputed the statistics of {layers} BN layers over {} training images in {:.2} s: val acc {before:.4} -> {:.4} (val loss {:.4})",
-            fm.train.len(),
-            t.elapsed().as_secs_f64(),
-            after.accuracy,
-            after.loss
-        ));
-        recompute = json!({"bn_layers": layers, "val_acc_before": before, "val_acc_after": after.accuracy, "val_loss_after": after.loss});
-        let epoch = trainer.epoch().to_string();
-        checkpoint::save(
-            &mut trainer.net,
-            kind.name(),
-            &options.network,
-            &[("epoch", epoch), ("bn_stats", "recomputed over the training set".into())],
-            &model_path,
-        )?;
-    }
+/// Population BN statistics over the whole training set, saved into the
+/// model; returns what run.json records of it.
+fn recompute_stats(run: &Run, trainer: &mut Trainer) -> Result<serde_json::Value> {
+    let batch = trainer.options.eval_batch_size;
+    let before = trainer.history.last().map(|m| m.val_acc).unwrap_or(f64::NAN);
+    let t = Instant::now();
+    let layers = train::recompute_bn_stats(&mut trainer.net, &run.fm.train, batch)?;
+    let after = train::evaluate(&mut trainer.net, &run.fm.test, batch, trainer.options.limit_val)?;
+    run.say(format!(
+        "recomputed the statistics of {layers} BN layers over {} training images in {:.2} s: val acc {before:.4} -> {:.4} (val loss {:.4})",
+        run.fm.train.len(),
+        t.elapsed().as_secs_f64(),
+        after.accuracy,
+        after.loss
+    ));
+    let epoch = trainer.epoch().to_string();
+    let network = trainer.options.network.clone();
+    checkpoint::save(
+        &mut trainer.net,
+        run.kind.name(),
+        &network,
+        &[("epoch", epoch), ("bn_stats", "recomputed over the training set".into())],
+        &run.model_path(),
+    )?;
+    Ok(
+        json!({"bn_layers": layers, "val_acc_before": before, "val_acc_after": after.accuracy, "val_loss_after": after.loss}),
+    )
+}
 
+/// The plots, the final run.json and the summary line (or JSON object).
+fn finish(run: &Run, trainer: &Trainer, recompute: serde_json::Value, started: Instant) -> Result<()> {
     plot::plot_curves(
         &trainer.history,
-        &format!("{} on Fashion-MNIST", kind.name()),
-        &out.join("curves.svg"),
-        &out.join("curves.png"),
+        &format!("{} on Fashion-MNIST", run.kind.name()),
+        &run.out.join("curves.svg"),
+        &run.out.join("curves.png"),
     )?;
-
-    let last = trainer.history.last().expect("at least one epoch").clone();
+    let last = trainer.history.last().ok_or_else(|| anyhow::anyhow!("the run has no completed epoch"))?;
     let per_epoch = median(trainer.history.iter().map(|m| m.train_seconds).collect());
     let summary = json!({
         "summary": true,
@@ -255,24 +309,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "val_loss": last.val_loss,
         "val_acc": last.val_acc,
         "train_seconds_per_epoch": per_epoch,
-        "train_examples_per_sec": n_train as f64 / per_epoch,
+        "train_examples_per_sec": run.n_train as f64 / per_epoch,
         "total_seconds": started.elapsed().as_secs_f64(),
-        "out": out,
+        "out": run.out,
         "recompute_stats": recompute,
     });
-    write_atomic(
-        &out.join("run.json"),
-        serde_json::to_string_pretty(&run_json(&trainer, summary.clone()))?.as_bytes(),
-    )?;
-    if args.json {
+    run.write_run_json(trainer, summary.clone())?;
+    if run.json {
         println!("{summary}");
     } else {
-        say(format!(
+        run.say(format!(
             "done in {:.1} s ({per_epoch:.2} s per training epoch, {:.0} examples/s): val acc {:.4}; wrote {}",
             started.elapsed().as_secs_f64(),
-            n_train as f64 / per_epoch,
+            run.n_train as f64 / per_epoch,
             last.val_acc,
-            out.display()
+            run.out.display()
         ));
     }
     Ok(())

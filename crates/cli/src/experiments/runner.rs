@@ -9,7 +9,6 @@ use std::time::Instant;
 use normlab::data::Split;
 use normlab::layers::StateMut;
 use normlab::models::LeNetConfig;
-use normlab::optim::SgdConfig;
 use normlab::tensor::Tensor;
 use normlab::train::{evaluate, EpochMetrics, Observer, TrainOptions, Trainer};
 use normlab::{Error, Result};
@@ -28,20 +27,8 @@ impl Setting {
     /// The chapter's recipe (batch 128, plain SGD with lr 0.1) on `network`.
     pub fn new(label: impl Into<String>, network: LeNetConfig) -> Self {
         let label = label.into();
-        Setting {
-            options: TrainOptions {
-                model: label.clone(),
-                network,
-                epochs: 1,
-                batch_size: 128,
-                sgd: SgdConfig::new(0.1),
-                seed: 0,
-                limit_train: None,
-                limit_val: None,
-                eval_batch_size: 500,
-            },
-            label,
-        }
+        // the epochs, seed and limits are the experiment's, set when it runs
+        Setting { options: TrainOptions::chapter_for(label.clone(), network), label }
     }
     pub fn lr(mut self, lr: f64) -> Self {
         self.options.sgd.lr = lr;

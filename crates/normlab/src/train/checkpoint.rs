@@ -28,6 +28,9 @@ pub const META_FORMAT: &str = "format";
 pub const META_MODEL: &str = "normlab.model";
 pub const META_NETWORK: &str = "normlab.network";
 pub const META_VERSION: &str = "normlab.version";
+/// Marks a file written by [`save_state_dict`]: the state of a network
+/// built in code, without a description to rebuild it from.
+pub const META_STATE_DICT: &str = "normlab.state_dict";
 
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug)]
@@ -59,6 +62,55 @@ pub fn to_bytes_with(
     extra: &[(&str, String)],
     extra_tensors: &[ExtraTensor],
 ) -> Result<Vec<u8>> {
+    let mut meta = HashMap::new();
+    meta.insert(META_MODEL.to_string(), model.to_string());
+    meta.insert(META_NETWORK.to_string(), serde_json::to_string(network).expect("config serializes"));
+    serialize(net, meta, extra, extra_tensors)
+}
+
+/// Serializes the state (every parameter and buffer, named as in
+/// PyTorch's `state_dict`) of any network, such as one built in code with
+/// [`Sequential::push`], with `extra` metadata. [`load_into`] reads it back
+/// into a network of the same architecture.
+pub fn state_dict_to_bytes(net: &mut Sequential<f32>, extra: &[(&str, String)]) -> Result<Vec<u8>> {
+    let mut meta = HashMap::new();
+    meta.insert(META_STATE_DICT.to_string(), "Sequential".to_string());
+    serialize(net, meta, extra, &[])
+}
+
+/// Writes the state of any network atomically, as
+/// [`state_dict_to_bytes`]; load it with [`load_into`], or in PyTorch with
+/// `model.load_state_dict(safetensors.torch.load_file(path))` on the
+/// matching `nn.Sequential` held as `net`.
+///
+/// ```
+/// use normlab::layers::{Linear, ReLU};
+/// use normlab::models::Sequential;
+/// use normlab::train::checkpoint;
+/// use normlab::rng;
+/// let net = || Sequential::<f32>::new().push(Linear::new(4)).push(ReLU::new()).push(Linear::new(2));
+/// let (mut a, mut b) = (net(), net());
+/// a.build(&[3], &mut rng::seeded(0))?;
+/// b.build(&[3], &mut rng::seeded(1))?;
+/// let path = std::env::temp_dir().join(format!("doc-state-dict-{}.safetensors", std::process::id()));
+/// checkpoint::save_state_dict(&mut a, &[], &path)?;
+/// checkpoint::load_into(&mut b, &path)?;
+/// # std::fs::remove_file(&path).unwrap();
+/// assert_eq!(a.state_names(), ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]);
+/// # Ok::<(), normlab::Error>(())
+/// ```
+pub fn save_state_dict(net: &mut Sequential<f32>, extra: &[(&str, String)], path: &Path) -> Result<()> {
+    write_atomic(path, &state_dict_to_bytes(net, extra)?)
+}
+
+/// The file: `extra_tensors`, then the model's state, with `meta`, the
+/// format and version entries and `extra` as metadata.
+fn serialize(
+    net: &mut Sequential<f32>,
+    mut meta: HashMap<String, String>,
+    extra: &[(&str, String)],
+    extra_tensors: &[ExtraTensor],
+) -> Result<Vec<u8>> {
     let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, shape, values) in extra_tensors {
         entries.push((name.clone(), Dtype::F32, shape.clone(), values.iter().flat_map(|v| v.to_le_bytes()).collect()));
@@ -72,10 +124,7 @@ pub fn to_bytes_with(
             StateMut::Count(c) => entries.push((name, Dtype::I64, vec![], c.to_le_bytes().to_vec())),
         }
     }
-    let mut meta = HashMap::new();
     meta.insert(META_FORMAT.to_string(), "pt".to_string());
-    meta.insert(META_MODEL.to_string(), model.to_string());
-    meta.insert(META_NETWORK.to_string(), serde_json::to_string(network).expect("config serializes"));
     meta.insert(META_VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string());
     for (k, v) in extra {
         meta.insert(k.to_string(), v.clone());
@@ -144,7 +193,15 @@ pub fn info(path: &Path) -> Result<CheckpointInfo> {
 
 fn info_from(path: &Path, metadata: HashMap<String, String>) -> Result<CheckpointInfo> {
     let model = metadata.get(META_MODEL).cloned().ok_or_else(|| {
-        Error::checkpoint(path, format!("no '{META_MODEL}' in the metadata: this file was not written by normlab"))
+        if metadata.contains_key(META_STATE_DICT) {
+            Error::checkpoint(
+                path,
+                "this file holds the state of a network built in code (checkpoint::save_state_dict), \
+                 with no description to rebuild it from; build the same network and use checkpoint::load_into",
+            )
+        } else {
+            Error::checkpoint(path, format!("no '{META_MODEL}' in the metadata: this file was not written by normlab"))
+        }
     })?;
     let network = metadata
         .get(META_NETWORK)
@@ -207,8 +264,9 @@ pub fn load_with_extras(
     Ok((metadata, extras))
 }
 
-/// Loads the state of a checkpoint into an existing network of the same
-/// architecture; every name must match, with the same shape and dtype.
+/// Loads the state of a checkpoint ([`save`], [`save_state_dict`]) into an
+/// existing, built network of the same architecture; every name must
+/// match, with the same shape and dtype. Returns the file's metadata.
 pub fn load_into(net: &mut Sequential<f32>, path: &Path) -> Result<HashMap<String, String>> {
     let bytes = read(path)?;
     let (st, metadata) = parse(path, &bytes)?;

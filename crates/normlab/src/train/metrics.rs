@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+/// One epoch's losses, accuracies and times.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// Counted from 1.
@@ -13,15 +14,19 @@ pub struct EpochMetrics {
     pub train_acc: f64,
     /// Mean cross-entropy on the validation (test) set in prediction mode.
     pub val_loss: f64,
+    /// Fraction of validation examples classified right in prediction mode.
     pub val_acc: f64,
     /// Wall time of the training batches alone, without evaluation.
     pub train_seconds: f64,
+    /// Wall time of the evaluation on the validation set.
     pub eval_seconds: f64,
 }
 
 impl EpochMetrics {
+    /// The header line of `metrics.csv`, in the order of [`EpochMetrics::csv_row`].
     pub const CSV_HEADER: &'static str = "epoch,train_loss,train_acc,val_loss,val_acc,train_seconds,eval_seconds";
 
+    /// One line of `metrics.csv` (no newline).
     pub fn csv_row(&self) -> String {
         format!(
             "{},{:.6},{:.6},{:.6},{:.6},{:.4},{:.4}",

@@ -1,0 +1,80 @@
+//! What determines a training run, checked before it starts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::models::{self, LeNetConfig, ModelKind};
+use crate::optim::SgdConfig;
+use crate::{Error, Result};
+
+/// The chapter's number of epochs (its `num_epochs = 10`).
+pub const CHAPTER_EPOCHS: usize = 10;
+
+/// Everything that determines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// A name for the network (`bn-lenet`, or an experiment's variant).
+    pub model: String,
+    /// The network's architecture.
+    pub network: LeNetConfig,
+    /// Epochs in all.
+    pub epochs: usize,
+    /// Training examples per SGD step.
+    pub batch_size: usize,
+    /// Learning rate, momentum and weight decay (PyTorch's `torch.optim.SGD`).
+    pub sgd: SgdConfig,
+    /// Seeds the initial weights, the shuffling and dropout.
+    pub seed: u64,
+    /// Use only the first N training examples.
+    pub limit_train: Option<usize>,
+    /// Use only the first N validation examples.
+    pub limit_val: Option<usize>,
+    /// Batch size for evaluation (prediction mode; does not change results).
+    pub eval_batch_size: usize,
+}
+
+impl TrainOptions {
+    /// The chapter's recipe for a built-in model: [`CHAPTER_EPOCHS`] epochs,
+    /// batch 128, plain SGD with lr 0.1, seed 0.
+    pub fn chapter(model: ModelKind) -> Self {
+        TrainOptions::chapter_for(model.name(), model.config())
+    }
+
+    /// The chapter's recipe for any LeNet-family `network`, named `name`.
+    pub fn chapter_for(name: impl Into<String>, network: LeNetConfig) -> Self {
+        TrainOptions {
+            model: name.into(),
+            network,
+            epochs: CHAPTER_EPOCHS,
+            batch_size: 128,
+            sgd: SgdConfig::new(0.1),
+            seed: 0,
+            limit_train: None,
+            limit_val: None,
+            eval_batch_size: 500,
+        }
+    }
+
+    /// Checks every option, with an error naming the option and the fix.
+    pub fn validate(&self) -> Result<()> {
+        self.sgd.validate()?;
+        if self.epochs == 0 {
+            return Err(Error::config("epochs", "must be at least 1, e.g. --epochs 10"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::config("batch size", "must be at least 1, e.g. --batch-size 128"));
+        }
+        if self.batch_size == 1 && matches!(self.network.norm, models::Norm::Batch { .. }) {
+            return Err(Error::config(
+                "batch size",
+                "batch norm cannot train on batches of 1 (every centred value is 0); use --batch-size 2 or more",
+            ));
+        }
+        if self.eval_batch_size == 0 {
+            return Err(Error::config("eval batch size", "must be at least 1"));
+        }
+        if self.limit_train == Some(0) || self.limit_val == Some(0) {
+            return Err(Error::config("limit", "--limit-train and --limit-val must be at least 1"));
+        }
+        Ok(())
+    }
+}
