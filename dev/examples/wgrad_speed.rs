@@ -39,6 +39,3 @@ fn main() {
         println!("  128 images, per group: {:.2} us", s * 1e6);
     }
 }
-
-#[allow(dead_code)]
-fn kernel_only() {}

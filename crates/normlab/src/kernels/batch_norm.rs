@@ -248,7 +248,6 @@ impl<'a, T> ChannelOut<'a, T> {
 /// (instead of three reads for statistics then normalization). Returns the
 /// mean and biased variance; `y = (x - mean)·gamma/sqrt(var + eps) + beta`
 /// with exactly the arithmetic of [`channel_stats`] followed by [`normalize`].
-#[allow(clippy::too_many_arguments)]
 pub fn stats_and_normalize<T: Real>(
     x: &[T],
     y: &mut [T],
