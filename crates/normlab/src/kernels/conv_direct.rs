@@ -380,7 +380,7 @@ pub fn forward_tiled<T: Real, const K: usize, const CB: usize, const R: usize>(
 /// the same outputs (tested). Alone 1.6x faster (conv2's forward 0.225 ->
 /// 0.14 ms, 2 threads); the training epoch moved within its noise.
 ///
-/// Public only for `examples/wgrad_speed.rs`, which times the kernel alone;
+/// Public only for `dev/examples/wgrad_speed.rs`, which times the kernel alone;
 /// callers go through [`forward`] and [`weight_grad_by_channels`].
 #[doc(hidden)]
 pub mod wide {
