@@ -7,7 +7,7 @@
 //! long enough for the other to fall asleep, and the parallel layer after
 //! them paid the wake-up: after 150 µs of one-thread work, the first
 //! parallel loop took 20.8 µs, 6.7 µs with the pool kept awake
-//! (`examples/wake_cost.rs`, 2 threads). It also lets the linear layers
+//! (`dev/examples/wake_cost.rs`, 2 threads). It also lets the linear layers
 //! split their matrix products in two, which lost time while each split
 //! had to wake the other thread first.
 //!

@@ -26,7 +26,7 @@ pub fn supported(g: &ConvGeometry) -> bool {
 
 /// Whether the direct weight gradient is the faster choice: a short
 /// reduction (`Cin·k·k` ≤ 64, LeNet's first layer: 86 GFLOP/s per thread
-/// against 20 for im2col + matrix product, `examples/conv_kernels.rs`). A
+/// against 20 for im2col + matrix product, `dev/examples/conv_kernels.rs`). A
 /// longer one with up to 16 channels (the second layer) takes
 /// [`weight_grad_by_channels`].
 pub fn weight_grad_supported(g: &ConvGeometry) -> bool {
@@ -35,7 +35,7 @@ pub fn weight_grad_supported(g: &ConvGeometry) -> bool {
 
 /// Output channels per forward tile and output rows per tile, chosen by the
 /// number of output channels so little of the tile is padding; measured by
-/// `examples/conv_tiles.rs` (6 channels: 6x3, 16 channels: 8x2).
+/// `dev/examples/conv_tiles.rs` (6 channels: 6x3, 16 channels: 8x2).
 fn tile_shape(cout: usize) -> (usize, usize) {
     if cout.is_multiple_of(8) {
         (8, 2)

@@ -20,7 +20,7 @@
 //! (their `dy` rows are adjacent in memory). LeNet's conv2, one image in L1,
 //! one thread: 3.9 µs with 8 lanes, 2.1 µs with 16; the layer's input
 //! gradient at batch 128 on 2 threads went from 0.43 ms (matrix product +
-//! col2im) to 0.22 ms (`examples/conv_layer_parts.rs`).
+//! col2im) to 0.22 ms (`dev/examples/conv_layer_parts.rs`).
 //!
 //! Why not the forward kernel on a zero-padded `dy`: padding the 8x8
 //! gradient to 16x16 makes 2.25x the multiply-adds.

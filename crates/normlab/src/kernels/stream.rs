@@ -16,7 +16,7 @@ use crate::real::Real;
 /// it a tensor can still come back from the VM's share of L3, and streaming
 /// did not pay: LayerNorm at (4096,768), 12.6 MB, 2 threads, forward
 /// 0.60-0.62 -> 0.63 ms; at (16384,768), 50 MB, forward 2.83-2.96 ->
-/// 2.23-2.31 ms and backward 5.56-5.84 -> 4.85-5.22 ms (`examples/ln_time.rs`).
+/// 2.23-2.31 ms and backward 5.56-5.84 -> 4.85-5.22 ms (`dev/examples/ln_time.rs`).
 pub const MIN_BYTES: usize = 32 << 20;
 
 /// Whether a sweep over a tensor of `bytes` stores its output streaming:
