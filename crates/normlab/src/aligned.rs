@@ -1,13 +1,6 @@
 //! A growable buffer whose first value sits on a 64-byte boundary, the
-//! width of a cache line and of an AVX-512 vector.
-//!
-//! ```
-//! use normlab::aligned::AlignedVec;
-//! let mut v = AlignedVec::from_slice(&[1.0f32, 2.0, 3.0]);
-//! v.resize(5, 0.0);
-//! assert_eq!(v.as_slice(), &[1.0, 2.0, 3.0, 0.0, 0.0]);
-//! assert_eq!(v.as_slice().as_ptr() as usize % 64, 0);
-//! ```
+//! width of a cache line and of an AVX-512 vector. Private to the library:
+//! [`crate::Tensor`] and the layers' lane-layout scratch buffers hold one.
 //!
 //! Why: a 64-byte load or store that straddles two cache lines costs two.
 //! `Vec<f32>` starts wherever the allocator puts it (16-byte boundaries
@@ -34,6 +27,7 @@ pub struct AlignedVec<T: Copy> {
 }
 
 impl<T: Copy> AlignedVec<T> {
+    /// An empty buffer; allocates nothing.
     pub const fn new() -> Self {
         AlignedVec { lines: Vec::new(), len: 0 }
     }
@@ -43,6 +37,7 @@ impl<T: Copy> AlignedVec<T> {
         AlignedVec { lines: vec![Line([value; LINE]); len.div_ceil(LINE)], len }
     }
 
+    /// A copy of `values`.
     pub fn from_slice(values: &[T]) -> Self {
         let mut v = AlignedVec::new();
         if let Some(&first) = values.first() {
@@ -52,12 +47,9 @@ impl<T: Copy> AlignedVec<T> {
         v
     }
 
+    /// Number of values (not of lines).
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Grows with copies of `value`, or shrinks, keeping the first values
@@ -71,15 +63,25 @@ impl<T: Copy> AlignedVec<T> {
         }
     }
 
+    /// Whether a line is its 16 values and nothing else: true when `T` is
+    /// a multiple of 4 bytes (f32, f64), false for smaller types (a
+    /// `Line<u8>` is 16 values and 48 bytes of padding).
+    const PACKED: bool = std::mem::size_of::<Line<T>>() == LINE * std::mem::size_of::<T>();
+
+    /// The `len()` values; the slice starts on a 64-byte boundary.
     pub fn as_slice(&self) -> &[T] {
-        // SAFETY: Line<T> is repr(C) around [T; LINE] (its size a multiple
-        // of its alignment, so no padding between lines), so the lines are
+        const { assert!(Self::PACKED, "AlignedVec needs a type whose size is a multiple of 4 bytes") };
+        // SAFETY: Line<T> is repr(C) around [T; LINE] and has no padding
+        // (PACKED, checked at compile time), so the lines are
         // lines.len()·LINE ≥ len contiguous, initialized Ts
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
     }
 
+    /// The `len()` values, mutable; aligned as [`Self::as_slice`].
     pub fn as_mut_slice(&mut self) -> &mut [T] {
-        // SAFETY: as in as_slice
+        const { assert!(Self::PACKED, "AlignedVec needs a type whose size is a multiple of 4 bytes") };
+        // SAFETY: as in as_slice; &mut self makes the slice the only
+        // borrow of the lines
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
     }
 }
@@ -117,8 +119,10 @@ mod tests {
         // 3 -> 17 -> 1000 -> 2 -> 40: the first two kept, the rest the last fill
         assert_eq!(&v.as_slice()[..3], &[1.5, 1.5, -2.0]);
         assert!(v.as_slice()[2..].iter().all(|&x| x == -2.0));
-        assert_eq!(AlignedVec::from_slice(&[1u8, 2, 3]), AlignedVec::from_slice(&[1u8, 2, 3]));
-        assert_ne!(AlignedVec::from_slice(&[1u8, 2]), AlignedVec::from_slice(&[1u8, 2, 3]));
-        assert!(AlignedVec::<f32>::from_slice(&[]).is_empty());
+        assert_eq!(AlignedVec::from_slice(&[1u32, 2, 3]), AlignedVec::from_slice(&[1u32, 2, 3]));
+        assert_ne!(AlignedVec::from_slice(&[1u32, 2]), AlignedVec::from_slice(&[1u32, 2, 3]));
+        assert_eq!(AlignedVec::<f32>::from_slice(&[]).len(), 0);
+        let w = AlignedVec::from_slice(&[1.0f32, 2.0, 3.0]);
+        assert_eq!((w.as_slice(), w.as_slice().as_ptr() as usize % 64), (&[1.0, 2.0, 3.0][..], 0));
     }
 }
