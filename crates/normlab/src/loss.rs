@@ -9,6 +9,9 @@ use crate::real::Real;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+/// Mean softmax cross-entropy over a batch of logits, PyTorch's
+/// `nn.CrossEntropyLoss()` (mean reduction, integer class labels); it keeps
+/// the gradient with respect to the logits for the backward pass.
 #[derive(Default)]
 pub struct CrossEntropy<T: Real = f32> {
     grad: Tensor<T>,
@@ -17,12 +20,15 @@ pub struct CrossEntropy<T: Real = f32> {
 }
 
 impl<T: Real> CrossEntropy<T> {
+    /// A loss with no gradient yet (empty until the first [`Self::forward`]).
     pub fn new() -> Self {
         CrossEntropy { grad: Tensor::default(), exps: Vec::new() }
     }
 
-    /// Returns the mean loss and keeps `dloss/dlogits` for [`Self::grad`].
-    /// Also returns how many rows the arg-max got right.
+    /// Returns the mean loss over the `N` rows of `logits` `(N, classes)`
+    /// (computed in f64) and how many rows the arg-max got right (ties go to
+    /// the lowest class), and keeps `dloss/dlogits` for [`Self::grad`]. Fails
+    /// on a shape mismatch or a label out of range.
     pub fn forward(&mut self, logits: &Tensor<T>, labels: &[usize]) -> Result<(f64, usize)> {
         if logits.rank() != 2 || logits.dim(0) != labels.len() {
             return Err(Error::shape(
@@ -60,7 +66,8 @@ impl<T: Real> CrossEntropy<T> {
     }
 }
 
-/// Softmax of each row, for predictions.
+/// Softmax of each row (over the last dimension), in f64, for predictions:
+/// `F.softmax(logits, dim=-1)`.
 pub fn softmax_rows<T: Real>(logits: &Tensor<T>) -> Vec<Vec<f64>> {
     let k = logits.dim(logits.rank() - 1);
     logits

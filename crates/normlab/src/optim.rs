@@ -16,19 +16,32 @@ use crate::models::Sequential;
 use crate::real::Real;
 use crate::{Error, Result};
 
+/// The hyperparameters of [`Sgd`], named and defaulted as in
+/// `torch.optim.SGD(params, lr, momentum=0, dampening=0, weight_decay=0,
+/// nesterov=False)`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SgdConfig {
+    /// Learning rate, `lr` (the chapter uses 0.1).
     pub lr: f64,
+    /// Momentum factor in `[0, 1)`; 0 is plain SGD.
     pub momentum: f64,
+    /// Dampening of the gradient added to the momentum buffer.
     pub dampening: f64,
+    /// L2 penalty: `weight_decay · p` added to each gradient.
     pub weight_decay: f64,
+    /// Nesterov momentum (needs `momentum > 0` and `dampening == 0`).
     pub nesterov: bool,
 }
 
 impl SgdConfig {
+    /// Plain SGD with learning rate `lr` and every other setting at PyTorch's default.
     pub fn new(lr: f64) -> Self {
         SgdConfig { lr, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false }
     }
+    /// Checks each setting: `lr` finite and > 0, `momentum` in `[0, 1)`,
+    /// `weight_decay` finite and >= 0, `nesterov` only with momentum and no
+    /// dampening (stricter than PyTorch, which accepts `lr = 0` and momentum
+    /// of 1 or more); the error names the setting.
     pub fn validate(&self) -> Result<()> {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::config(
@@ -49,18 +62,25 @@ impl SgdConfig {
     }
 }
 
+/// Stochastic gradient descent over every parameter of a
+/// [`Sequential`], with its momentum buffers: `torch.optim.SGD`.
 pub struct Sgd<T: Real = f32> {
+    /// The hyperparameters; may be changed between steps (a learning-rate schedule).
     pub config: SgdConfig,
     /// One momentum buffer per parameter, in model order; empty until the first step.
     momentum_buffers: Vec<Vec<T>>,
 }
 
 impl<T: Real> Sgd<T> {
+    /// An optimizer with no momentum buffers yet; fails if
+    /// [`SgdConfig::validate`] does.
     pub fn new(config: SgdConfig) -> Result<Self> {
         config.validate()?;
         Ok(Sgd { config, momentum_buffers: Vec::new() })
     }
 
+    /// One update of every parameter of `model` from the gradients its last
+    /// backward pass left (`optimizer.step()`); does not clear them.
     pub fn step(&mut self, model: &mut Sequential<T>) {
         let c = self.config;
         let (lr, wd, mom, damp) =
@@ -99,6 +119,8 @@ impl<T: Real> Sgd<T> {
     pub fn momentum_buffers(&self) -> &[Vec<T>] {
         &self.momentum_buffers
     }
+    /// Replaces the momentum buffers (from a checkpoint): one per
+    /// parameter in model order, or none to start afresh.
     pub fn set_momentum_buffers(&mut self, buffers: Vec<Vec<T>>) {
         self.momentum_buffers = buffers;
     }

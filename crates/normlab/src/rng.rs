@@ -4,8 +4,12 @@
 
 pub use rand::{Rng as _, SeedableRng as _};
 
+/// The generator type: ChaCha8 from `rand_chacha` (serializable with serde,
+/// so a checkpoint can hold its state).
 pub type Rng = rand_chacha::ChaCha8Rng;
 
+/// A generator started from `seed` (`SeedableRng::seed_from_u64`); the same
+/// seed gives the same stream on every platform.
 pub fn seeded(seed: u64) -> Rng {
     <Rng as rand::SeedableRng>::seed_from_u64(seed)
 }
