@@ -179,7 +179,7 @@ def bn_train(name, cls, xshape, seed):
     dy = torch.randn(*xshape)
     y = bn(x)
     y.backward(dy)
-    # self-checks against the formulas in SPEC.md
+    # self-checks against the formulas in docs/spec.md
     y_ref, mu, var = manual_bn_train(x.detach(), bn.weight.detach(), bn.bias.detach())
     check_close(y.detach(), y_ref, name + " y")
     n = x.numel() // xshape[1]

@@ -44,12 +44,14 @@ verbatim), ``*.stderr.txt``, ``normlab-runs/`` (normlab's own --out
 directories), ``runs.json`` (command, exit code, wall time, peak RSS, load
 average of every run) and ``report.md``.
 
-Run (from the repository root, with the venv that has torch)
-------------------------------------------------------------
+Run (from the repository root, in a virtual environment that has torch)
+-----------------------------------------------------------------------
 
-    /work/torchenv/bin/python bench/compare/compare.py                # the real thing
+    python3 -m venv venv && venv/bin/pip install torch numpy
+
+    venv/bin/python bench/compare/compare.py                # the real thing
     # smoke test only (NOT a measurement):
-    /work/torchenv/bin/python bench/compare/compare.py --epochs 1 \
+    venv/bin/python bench/compare/compare.py --epochs 1 \
         --limit-train 2048 --limit-val 1000 --kernel-reps 3 \
         --bench-budget 0.05 --bench-no-epoch --out /tmp/cmp
 

@@ -50,10 +50,10 @@ and a last line
 Run (from the repository root)
 ------------------------------
 
-    /work/torchenv/bin/python bench/compare/pytorch_bnlenet.py --bn builtin
-    /work/torchenv/bin/python bench/compare/pytorch_bnlenet.py --bn scratch
+    venv/bin/python bench/compare/pytorch_bnlenet.py --bn builtin
+    venv/bin/python bench/compare/pytorch_bnlenet.py --bn scratch
     # quick smoke test
-    /work/torchenv/bin/python bench/compare/pytorch_bnlenet.py --epochs 1 \
+    venv/bin/python bench/compare/pytorch_bnlenet.py --epochs 1 \
         --limit-train 2048 --limit-val 1000
 
 Only torch, numpy and the standard library are used.

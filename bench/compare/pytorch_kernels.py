@@ -54,9 +54,9 @@ stderr.
 Run (from the repository root)
 ------------------------------
 
-    /work/torchenv/bin/python bench/compare/pytorch_kernels.py --threads 2
+    venv/bin/python bench/compare/pytorch_kernels.py --threads 2
     # quick smoke test
-    /work/torchenv/bin/python bench/compare/pytorch_kernels.py --reps 3 --min-sample-ms 0.5
+    venv/bin/python bench/compare/pytorch_kernels.py --reps 3 --min-sample-ms 0.5
 
 Only torch, numpy and the standard library are used.
 """

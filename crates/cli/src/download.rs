@@ -45,7 +45,7 @@ pub struct ExpectedFile<'a> {
     pub len: u64,
 }
 
-/// The four Fashion-MNIST files with the hashes of SPEC.md.
+/// The four Fashion-MNIST files with the hashes of docs/spec.md, "Data".
 pub const FASHION_MNIST_FILES: [ExpectedFile<'static>; 4] = [
     ExpectedFile {
         name: "train-images-idx3-ubyte.gz",
@@ -73,14 +73,14 @@ pub const FASHION_MNIST_FILES: [ExpectedFile<'static>; 4] = [
 pub const TEMP_SUFFIX: &str = ".normlab-part";
 
 /// Downloads the four Fashion-MNIST files from `base_url` into `dest_dir`,
-/// checking them against SPEC.md's hashes. Files already there and valid are
+/// checking them against the hashes of docs/spec.md. Files already there and valid are
 /// kept, so an interrupted download resumes file by file.
 pub fn download_all(base_url: &str, dest_dir: &Path, progress: bool) -> Result<()> {
     download_all_with(base_url, dest_dir, progress, &FASHION_MNIST_FILES)
 }
 
 /// [`download_all`] with the list of files and their hashes given (tests
-/// serve small files whose hashes are not SPEC.md's).
+/// serve small files whose hashes are not those of docs/spec.md).
 pub fn download_all_with(base_url: &str, dest_dir: &Path, progress: bool, expected: &[ExpectedFile<'_>]) -> Result<()> {
     let base = check_base_url(base_url)?;
     fs::create_dir_all(dest_dir).map_err(|e| Error::io(dest_dir, e))?;
