@@ -1,6 +1,7 @@
-//! Subcommands over the library: `train`, `eval`, `predict`, `inspect`,
-//! `recompute-stats`. Exit codes: 0 success, 2 a user error (bad option,
-//! bad file) with a one-line message saying what to do, 1 anything else.
+//! The subcommands, one module each, over the library: `train`, `eval`,
+//! `predict`, `inspect`, `recompute-stats`, `experiment` and `bench`.
+//! Exit codes: 0 success, 2 a user error (bad option, bad file) with a
+//! one-line message saying what to do, 1 anything else.
 
 mod bench;
 mod eval;
