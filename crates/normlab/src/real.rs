@@ -1,6 +1,15 @@
 //! The scalar types the layers run on: `f32` for training, `f64` for the
-//! finite-difference gradient checks. Everything numeric is generic over
-//! [`Real`], so the f64 checks exercise exactly the code that trains.
+//! finite-difference gradient checks. Every layer is generic over [`Real`],
+//! so the f64 checks exercise the generic code that f32 training also runs,
+//! but not all of it: f32 has fast paths of its own that an f64 check never
+//! reaches. They are [`exp_f32`] (a polynomial, where f64 calls `f64::exp`),
+//! the 16-wide AVX-512 forms of [`Real::sigmoid_affine`] and
+//! [`Real::pooled_sigmoid_grad`], and the f32-only kernels (the convolutions
+//! in image lanes, the AVX-512 direct convolutions, the direct input
+//! gradient, streaming stores) that a layer takes when their `applies()`
+//! says so. Those are tested on their own, in
+//! f32: against the generic code (bitwise, for the 16-wide forms and the
+//! streaming stores) or, for `exp_f32`, against f64's `exp`.
 
 use std::fmt::Debug;
 use std::iter::Sum;
@@ -8,38 +17,44 @@ use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
 use crate::kernels::sigmoid::PooledPlane;
 
+/// A floating-point scalar the library computes in: `f32` (PyTorch's
+/// `torch.float32`, for training) or `f64` (`torch.float64`, for gradient checks).
 pub trait Real:
     num_traits::Float + Default + Debug + Send + Sync + AddAssign + SubAssign + MulAssign + DivAssign + Sum + 'static
 {
     /// safetensors / PyTorch dtype name.
     const DTYPE_NAME: &'static str;
 
+    /// `x` converted to this type: exact for f64, rounded to nearest for f32.
     fn from_f64(x: f64) -> Self;
+    /// This value widened to f64 (always exact).
     fn as_f64(self) -> f64;
 
     /// Eight values widened to f64 lanes (exactly).
     fn widen8(chunk: &[Self; 8]) -> crate::kernels::lanes::F64x8;
 
-    /// `exp(x)`, in a form the compiler vectorizes (no libm call) for f32;
-    /// within 2 ulp of the correctly rounded value. f64 uses the exact one,
-    /// so the f64 gradient checks see true derivatives.
+    /// `exp(x)`: for f32 [`exp_f32`], a form the compiler vectorizes (no libm
+    /// call), within 2 ulp of the correctly rounded value; for f64 the
+    /// standard library's `f64::exp`, so the f64 gradient checks differentiate
+    /// the true exponential.
     fn exp_fast(self) -> Self;
 
-    /// `out[i] = sigmoid((z[i] - mean)·scale + shift)`: see
-    /// [`crate::kernels::sigmoid`] (f32 has a 16-wide form).
+    /// `out[i] = sigmoid((z[i] - mean)·scale + shift)` with `coef = (mean,
+    /// scale, shift)` (the library's `kernels::sigmoid`; f32 has a 16-wide form).
     #[inline]
     fn sigmoid_affine(z: &[Self], coef: (Self, Self, Self), out: &mut [Self]) {
         crate::kernels::sigmoid::sigmoid_affine(z, coef, out)
     }
 
-    /// The gradient through sigmoid and 2x2 pooling with BN's two sums: see
-    /// [`crate::kernels::sigmoid::pooled_sigmoid_grad`] (f32 has a 16-wide form).
+    /// The gradient through sigmoid and 2x2 pooling with BN's two sums (the
+    /// library's `kernels::sigmoid::pooled_sigmoid_grad`; f32 has a 16-wide form).
     #[inline]
     fn pooled_sigmoid_grad(plane: &PooledPlane<Self>, dh: &mut [Self], spread: &mut [Self]) -> (f64, f64) {
         crate::kernels::sigmoid::pooled_sigmoid_grad(plane, dh, spread)
     }
 
-    /// `C = alpha * A·B + beta * C` on strided matrices (see [`crate::kernels::gemm`]).
+    /// `C = alpha * A·B + beta * C` on strided matrices, by `matrixmultiply`'s
+    /// `sgemm` or `dgemm` (the library's `kernels::gemm` is the checked form).
     ///
     /// # Safety
     /// The pointers and strides must describe matrices inside live allocations;
@@ -117,6 +132,8 @@ impl Real for f32 {
         rsc: isize,
         csc: isize,
     ) {
+        // SAFETY: the caller keeps the trait method's contract (matrices
+        // inside live allocations), which is sgemm's
         matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
 }
@@ -155,6 +172,8 @@ impl Real for f64 {
         rsc: isize,
         csc: isize,
     ) {
+        // SAFETY: the caller keeps the trait method's contract (matrices
+        // inside live allocations), which is dgemm's
         matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
 }
