@@ -16,7 +16,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use crate::data::idx;
 use crate::{Error, Result};
 
@@ -29,11 +28,14 @@ pub const NUM_CLASSES: usize = CLASS_NAMES.len();
 /// Fashion-MNIST images are `IMAGE_SIDE` x `IMAGE_SIDE` pixels.
 pub const IMAGE_SIDE: usize = 28;
 
-/// File names without the `.gz` extension; a directory may hold either the
-/// compressed (`.gz`, as shipped) or the decompressed files.
+/// The training images' file name without the `.gz` extension; a directory
+/// may hold each file compressed (`NAME.gz`, as shipped) or decompressed.
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
+/// The training labels' file name, without `.gz`.
 pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
+/// The test images' file name, without `.gz`.
 pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+/// The test labels' file name, without `.gz`.
 pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 /// The four file names in the order of [`DataFiles`]' fields.
 pub const STEMS: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
@@ -42,9 +44,13 @@ pub const STEMS: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABE
 /// labels (`0..10`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
+    /// The pixels of every image, one after the other, `0` (background) to `255`.
     pub images: Vec<u8>,
+    /// One class index per image, `0..NUM_CLASSES` (see [`CLASS_NAMES`]).
     pub labels: Vec<u8>,
+    /// Image height in pixels (28 once loaded by [`load_split`]).
     pub rows: usize,
+    /// Image width in pixels (28 once loaded by [`load_split`]).
     pub cols: usize,
 }
 
@@ -54,6 +60,7 @@ impl Split {
         self.labels.len()
     }
 
+    /// Whether the split holds no examples.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -78,21 +85,28 @@ impl Split {
     }
 }
 
-/// The training (60,000) and test (10,000) splits, and the directory they
-/// were read from.
+/// The training and test splits (60,000 and 10,000 images in the full data
+/// set; a directory may hold a subset), and the directory they were read from.
 #[derive(Debug, Clone)]
 pub struct FashionMnist {
+    /// The training examples (60,000 in the full data set).
     pub train: Split,
+    /// The test examples (10,000 in the full set; the chapter validates on them).
     pub test: Split,
+    /// The directory the four files were read from.
     pub dir: PathBuf,
 }
 
 /// The four files of one directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataFiles {
+    /// The [`TRAIN_IMAGES`] file, `.gz` or not.
     pub train_images: PathBuf,
+    /// The [`TRAIN_LABELS`] file, `.gz` or not.
     pub train_labels: PathBuf,
+    /// The [`TEST_IMAGES`] file, `.gz` or not.
     pub test_images: PathBuf,
+    /// The [`TEST_LABELS`] file, `.gz` or not.
     pub test_labels: PathBuf,
 }
 

@@ -49,9 +49,13 @@ const FIX: &str = "re-download it or pass --data-dir pointing at good files";
 /// row-major, one after the other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Images {
+    /// The `n · rows · cols` pixel bytes, image after image.
     pub bytes: Vec<u8>,
+    /// Number of images (the header's first dimension).
     pub n: usize,
+    /// Image height (the second dimension).
     pub rows: usize,
+    /// Image width (the third dimension).
     pub cols: usize,
 }
 
@@ -134,12 +138,13 @@ fn dim_u32(d: usize) -> u32 {
 }
 
 /// Writes images as a gzip-compressed IDX file. Same contract as
-/// [`encode_images`]. Labels are not checked, so tests can write bad files.
+/// [`encode_images`].
 pub fn write_images(path: &Path, images: &[u8], n: usize, rows: usize, cols: usize) -> Result<()> {
     write_gzip(path, &encode_images(images, n, rows, cols))
 }
 
-/// Writes labels as a gzip-compressed IDX file.
+/// Writes labels as a gzip-compressed IDX file. The values are not
+/// range-checked, so tests can write bad files.
 pub fn write_labels(path: &Path, labels: &[u8]) -> Result<()> {
     write_gzip(path, &encode_labels(labels))
 }
