@@ -14,9 +14,11 @@
 //! splits. Searching the usual places and downloading are the command
 //! line's (`normlab-cli`).
 
+mod batches;
 mod fashion_mnist;
 pub mod idx;
 
+pub use batches::{Batch, Batches, LastBatch};
 pub use fashion_mnist::{
     find_files, load_dir, load_split, DataFiles, FashionMnist, Split, CLASS_NAMES, IMAGE_SIDE, NUM_CLASSES, STEMS,
     TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
