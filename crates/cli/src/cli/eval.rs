@@ -60,8 +60,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     println!("\nconfusion matrix (rows: true class, columns: predicted)");
     print!("{:<12}", "");
-    for j in 0..10 {
-        print!("{:>6}", short(CLASS_NAMES[j]));
+    for name in CLASS_NAMES {
+        print!("{:>6}", short(name));
     }
     println!();
     for (i, row) in e.confusion.iter().enumerate() {

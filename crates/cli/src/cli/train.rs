@@ -82,7 +82,7 @@ impl Observer for Progress {
             self.bar.set_prefix(format!("epoch {epoch}"));
         }
         self.bar.set_position(batch as u64);
-        if batch % 8 == 0 || batch == batches {
+        if batch.is_multiple_of(8) || batch == batches {
             self.bar.set_message(format!("loss {loss:.4}  {eps:.0} ex/s"));
         }
     }
@@ -248,7 +248,7 @@ fn train_epochs(run: &Run, trainer: &mut Trainer, show_progress: bool) -> Result
             println!("{}", serde_json::to_string(&m)?);
         }
         write_metrics(&run.out.join("metrics.csv"), &trainer.history)?;
-        let network = trainer.options.network.clone();
+        let network = trainer.options.network;
         checkpoint::save(
             &mut trainer.net,
             run.kind.name(),
@@ -278,7 +278,7 @@ fn recompute_stats(run: &Run, trainer: &mut Trainer) -> Result<serde_json::Value
         after.loss
     ));
     let epoch = trainer.epoch().to_string();
-    let network = trainer.options.network.clone();
+    let network = trainer.options.network;
     checkpoint::save(
         &mut trainer.net,
         run.kind.name(),
