@@ -222,8 +222,12 @@ pub struct ChannelOut<'a, T> {
     len: usize,
     _buffer: std::marker::PhantomData<&'a mut [T]>,
 }
-// SAFETY: each task writes only the runs of its own channel (see `run`).
+// SAFETY: a ChannelOut is a `&mut [T]` in all but type; sending it to
+// another thread is sending that borrow, sound for T: Send.
 unsafe impl<T: Send> Send for ChannelOut<'_, T> {}
+// SAFETY: shared between tasks, it hands out slices only through the unsafe
+// `run`, whose callers promise disjoint runs (each task writes only the runs
+// of its own channel), so no value is reached from two threads at once.
 unsafe impl<T: Send> Sync for ChannelOut<'_, T> {}
 
 impl<'a, T> ChannelOut<'a, T> {
@@ -238,6 +242,8 @@ impl<'a, T> ChannelOut<'a, T> {
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn run(&self, start: usize, len: usize) -> &mut [T] {
         assert!(start + len <= self.len, "run {start}+{len} outside a buffer of {}", self.len);
+        // SAFETY: start..start + len lies inside the borrowed buffer (asserted),
+        // which lives for 'a; no other slice of it is alive (the caller's promise)
         std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }
 }
@@ -287,7 +293,7 @@ pub fn stats_and_normalize<T: Real>(
 
 /// For `(N, C, S)` input with `S > 1`: per channel, in one task while its
 /// values are in cache, `(Σ dy, Σ dy·(x - mean))` and then
-/// `dx = a·dy + b·(x - mean) + k` with the coefficients `coef` computes from
+/// `dx = a·dy + b·(x - mean) + k` with the coefficients that `coef` computes from
 /// those sums. Returns the sums. Same arithmetic as [`backward_sums`] then
 /// [`backward_apply`].
 pub fn backward_fused<T: Real>(

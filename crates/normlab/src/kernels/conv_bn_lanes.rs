@@ -175,10 +175,12 @@ mod avx512 {
             for ph in 0..d.ho / 2 {
                 for pc in 0..pw {
                     let g_in = &pooled[(co * pp + ph * pw + pc) * LANES..][..LANES];
+                    // SAFETY: as above; g_in is 16 values
                     let quarter = unsafe { _mm512_mul_ps(_mm512_loadu_ps(g_in.as_ptr()), _mm512_set1_ps(0.25)) };
                     for (r, c) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                         let at = (co * p + (2 * ph + r) * d.wo + 2 * pc + c) * LANES;
                         let out = &mut dh[at..][..LANES];
+                        // SAFETY: as above; z[at..][..LANES] and out are 16 values each
                         unsafe {
                             let x = _mm512_loadu_ps(z[at..][..LANES].as_ptr());
                             // the forward pass's sigmoid, kept where dh goes

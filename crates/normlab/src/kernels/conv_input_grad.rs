@@ -126,6 +126,10 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// Per 8-lane half, lane `t` moved to lane `t + j` (mod 8).
+    ///
+    /// # Safety
+    /// None beyond the module's: it is compiled only where the target has
+    /// AVX-512F, and `IDX[j]` is bounds-checked (a `j >= K` panics).
     unsafe fn rotate(v: __m512, j: usize) -> __m512 {
         const IDX: [[i32; 16]; K] = super::rotations();
         _mm512_permutexvar_ps(_mm512_loadu_si512(IDX[j].as_ptr() as *const _), v)
@@ -199,6 +203,10 @@ mod avx2 {
     /// Lane permutation that moves lane `t` to lane `t + j` (mod 8): with the
     /// lanes below `j` kept that gives the columns that spill into the next
     /// block, with the others those of this block.
+    ///
+    /// # Safety
+    /// None beyond the module's: it is compiled only where the target has
+    /// AVX2, and `IDX[j]` is bounds-checked (a `j >= K` panics).
     unsafe fn rotate(v: __m256, j: usize) -> __m256 {
         const IDX: [[i32; 8]; K] = super::rotations();
         _mm256_permutevar8x32_ps(v, _mm256_loadu_si256(IDX[j].as_ptr() as *const __m256i))
@@ -206,6 +214,10 @@ mod avx2 {
 
     /// All ones in lanes `t >= j`: the lanes of a rotated accumulator that stay
     /// in this block.
+    ///
+    /// # Safety
+    /// `j <= 8`, so that the 8 values loaded from `MASK[8 - j..]` lie inside
+    /// `MASK` (callers pass a kernel column, `j < K = 5`); AVX2 is compiled in.
     unsafe fn stays(j: usize) -> __m256 {
         const MASK: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1];
         _mm256_loadu_ps(MASK.as_ptr().add(8 - j) as *const f32)

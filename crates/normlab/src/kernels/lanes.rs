@@ -54,14 +54,17 @@ mod imp {
     }
     #[inline(always)]
     pub fn add(a: Repr, b: Repr) -> Repr {
+        // SAFETY: AVX-512F is compiled in (as for splat)
         Repr(unsafe { _mm512_add_pd(a.0, b.0) })
     }
     #[inline(always)]
     pub fn sub(a: Repr, b: Repr) -> Repr {
+        // SAFETY: AVX-512F is compiled in (as for splat)
         Repr(unsafe { _mm512_sub_pd(a.0, b.0) })
     }
     #[inline(always)]
     pub fn mul(a: Repr, b: Repr) -> Repr {
+        // SAFETY: AVX-512F is compiled in (as for splat)
         Repr(unsafe { _mm512_mul_pd(a.0, b.0) })
     }
 }

@@ -1,5 +1,12 @@
-//! The hot loops, and nothing else: no I/O, no policy, no shapes beyond what
-//! the loop needs. Each has a plain reference it is tested against.
+//! The hot loops: no I/O and no shapes beyond what a loop needs. With the
+//! loops live the performance choices that belong to them: the sizes from
+//! which work is split across threads ([`batch_norm::PAR_MIN`]), the next
+//! run prefetched ([`PREFETCH_MIN_BYTES`]) or the output stored streaming
+//! ([`stream::MIN_BYTES`]); the tile shapes; and each fast kernel's
+//! `applies()`/`supported()`, which says for which types, targets and
+//! shapes a layer should take it. Which layer calls what stays in `layers`.
+//! The fast forms are tested against plainer references: the generic loops,
+//! im2col with a matrix product, the triple-loop matrix product.
 
 pub mod batch_norm;
 pub mod conv;

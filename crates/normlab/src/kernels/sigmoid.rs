@@ -117,7 +117,8 @@ fn spread_row_pair<T: Real>(g_row: &[T], spread: &mut [T]) {
     spread.copy_within(..w, w);
 }
 
-/// The 16 lanes added in a fixed order (halves, then [`super::sum8`]), in f64.
+/// The 16 lanes added in a fixed order (halves, then [`super::sum8`]) in `T`,
+/// the total then widened to f64.
 #[inline]
 fn sum16<T: Real>(lanes: &[T; 16]) -> f64 {
     super::sum8(std::array::from_fn(|l| lanes[l] + lanes[l + 8])).as_f64()
