@@ -9,10 +9,11 @@
 //! # Ok::<(), normlab::Error>(())
 //! ```
 //!
-//! [`idx`] reads and writes IDX files; the items re-exported here (from
-//! `fashion_mnist`) find the four files in a directory and load the two
-//! splits. Searching the usual places and downloading are the command
-//! line's (`normlab-cli`).
+//! [`idx`] reads and writes IDX files; [`load_dir`], [`find_files`] and
+//! [`load_split`] find the four files in a directory and load the two
+//! splits; [`Batches`] and [`Batch`] cut a split into shuffled mini-batches
+//! for a training loop of one's own. Searching the usual places and
+//! downloading are the command line's (`normlab-cli`).
 
 mod batches;
 mod fashion_mnist;
