@@ -189,9 +189,15 @@ impl BatchNormConfig {
 /// Which implementation computes the layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BnImpl {
-    /// The chapter's hand-written layer: readable, allocating, serial.
+    /// The chapter's hand-written layer (`scratch.rs`): plain nested loops
+    /// with f64 sums, on one thread; keeps `x_hat`, a buffer the size of the
+    /// input, for the backward pass, and allocates its per-channel sums on
+    /// every call.
     Scratch,
-    /// The fast one: fewer passes, parallel over channels, no allocation.
+    /// The fast one (`fused.rs`): fewer passes over the data, channels (or
+    /// images) in parallel on large tensors, nothing the size of the input
+    /// kept besides the output; still allocates a few per-channel vectors
+    /// on every call.
     Fused,
 }
 
@@ -354,7 +360,7 @@ impl<T: Real> BatchNorm<T> {
         self.prepare_using(x, mode, |bn, (n, c, s)| {
             let one_sweep = write_y && bn.imp == BnImpl::Fused && bn.config.parts == BnParts::Full && s > 1;
             match bn.imp {
-                BnImpl::Scratch => (scratch::batch_stats(x.data(), n, c, s), false),
+                BnImpl::Scratch => (scratch::batch_stats(x.data(), (n, c, s)), false),
                 BnImpl::Fused if one_sweep => {
                     let (gamma, beta) = affine_or_identity(bn.config.affine, &bn.weight, &bn.bias, c);
                     bn.y.resize(x.shape());
@@ -500,21 +506,9 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
         let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
         match self.imp {
             BnImpl::Scratch => {
-                let mut x_hat = std::mem::take(&mut self.saved.x_hat);
-                let saved = &self.saved;
-                scratch::forward(
-                    x.data(),
-                    n,
-                    c,
-                    s,
-                    &saved.mean,
-                    &saved.inv_std,
-                    &gamma,
-                    &beta,
-                    &mut x_hat,
-                    self.y.data_mut(),
-                );
-                self.saved.x_hat = x_hat;
+                let saved = &mut self.saved;
+                let coefs = scratch::Coefs { mean: &saved.mean, inv_std: &saved.inv_std, gamma: &gamma, beta: &beta };
+                scratch::forward(x.data(), (n, c, s), coefs, &mut saved.x_hat, self.y.data_mut());
             }
             BnImpl::Fused => fused::forward(
                 x.data(),
@@ -546,7 +540,7 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
             BnImpl::Scratch => {
                 let sv = &self.saved;
                 let dx = need_dx.then_some(self.dx.data_mut());
-                scratch::backward(dy.data(), n, c, s, &sv.x_hat, &sv.inv_std, sv.batch_stats, &gamma, dx)
+                scratch::backward(dy.data(), (n, c, s), &sv.x_hat, &sv.inv_std, sv.batch_stats, &gamma, dx)
             }
             BnImpl::Fused => {
                 let sv = &self.saved;
@@ -562,14 +556,7 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
                 )
             }
         };
-        if self.config.affine && self.config.learn_affine {
-            for (g, v) in self.weight_grad.data_mut().iter_mut().zip(dgamma) {
-                *g = T::from_f64(v);
-            }
-            for (g, v) in self.bias_grad.data_mut().iter_mut().zip(dbeta) {
-                *g = T::from_f64(v);
-            }
-        }
+        self.set_affine_grads(&dgamma, &dbeta);
         Ok(&self.dx)
     }
 

@@ -1,141 +1,148 @@
-//! The chapter's hand-written batch norm, one formula per line, with the
-//! chapter's two cases: fully connected `(N, C)` input is reduced over
-//! dimension 0, convolutional `(N, C, S)` input over examples and space.
-//! Written to be read next to SPEC.md; `x_hat` is kept as a tensor. Sums run
-//! in f64 (in eight lanes where a channel's values are contiguous, so they
-//! vectorize) so that it agrees with the fused version on hard inputs (a
-//! channel with mean 1e4 and std 1e-2). Like the chapter's tensor
-//! operations, large tensors are spread over threads.
+//! The chapter's hand-written batch norm ([`super::BnImpl::Scratch`]): plain
+//! nested loops, one formula per line, to be read next to SPEC.md. The fast
+//! code is in `fused.rs`; this one is serial, so its results do not depend on
+//! the number of threads, and every sum runs in an f64 accumulator, so that
+//! it agrees with the fused version on hard inputs (a channel with mean 1e4
+//! and standard deviation 1e-2).
+//!
+//! The input is viewed as `(N, C, S)`: `(N, C)` fully connected input has
+//! `S = 1`; `(N, C, H, W)` convolutional input has `S = H·W`. Value `k` of
+//! channel `c` of example `i` sits at `j = (i·C + c)·S + k`, and each channel
+//! is reduced over its `m = N·S` values.
+//!
+//! ```text
+//! Forward, training mode (the batch's statistics):
+//!   mean_c = (1/m) Σ_{i,k} x                                    batch_stats
+//!   var_c  = (1/m) Σ_{i,k} (x - mean_c)²          (biased)      batch_stats
+//!   x_hat  = (x - mean_c) / sqrt(var_c + eps)                   forward
+//!   y      = gamma_c · x_hat + beta_c                           forward
+//!   and, with track_running_stats (PyTorch's convention, w = the weight of
+//!   the NEW statistic, see Momentum):
+//!   num_batches_tracked += 1
+//!   running_mean_c = (1 - w)·running_mean_c + w·mean_c
+//!   running_var_c  = (1 - w)·running_var_c  + w·var_c·m/(m - 1)  (unbiased;
+//!                                           RunningVar::Biased: w·var_c)
+//!   w = p for Momentum::NewStatWeight(p)      (PyTorch momentum=p, 0.1)
+//!   w = 1 - d for Momentum::OldStatWeight(d)  (Keras/Flax momentum=d, 0.99)
+//!   w = 1 / num_batches_tracked for Momentum::CumulativeAverage
+//!                                           (PyTorch momentum=None)
+//!
+//! Forward, prediction mode: the same x_hat and y with mean_c = running_mean_c
+//!   and var_c = running_var_c; nothing is updated. With
+//!   track_running_stats = false there are no running statistics, and
+//!   prediction mode uses the batch's statistics as training does.
+//!
+//! affine = false: gamma_c = 1 and beta_c = 0, not learned (y = x_hat).
+//!
+//! Backward, with the batch's statistics (they depend on x):
+//!   dbeta_c  = Σ_{i,k} dy
+//!   dgamma_c = Σ_{i,k} dy · x_hat
+//!   dx       = gamma_c / sqrt(var_c + eps) · (dy - dbeta_c/m - x_hat · dgamma_c/m)
+//! Backward, with the running statistics (constants):
+//!   dx       = gamma_c / sqrt(var_c + eps) · dy
+//! ```
+//!
+//! Choosing the statistics and updating the running ones is shared with the
+//! fused implementation, in `BatchNorm::prepare_with_shape` and
+//! `BatchNorm::update_running_stats` (`mod.rs`); the functions here compute
+//! the rest, with `inv_std_c = 1 / sqrt(var_c + eps)` passed in.
 
-use rayon::prelude::*;
-
-use crate::kernels::batch_norm::{lane_sum, PAR_MIN};
 use crate::real::Real;
 
-/// `Σ f(a, b)` over the values of each channel `ch` of two tensors of the
-/// same `(N, C, S)` shape, with `f = term(ch)`.
-fn channel_sums<T: Real, F: Fn(f64, f64) -> f64>(
-    a: &[T],
-    b: &[T],
-    (n, c, sp): (usize, usize, usize),
-    term: impl Fn(usize) -> F + Sync + Send,
-) -> Vec<f64> {
-    if sp == 1 {
-        // fully connected: one row per example, the channels side by side
-        let mut sums = vec![0.0; c];
-        for (ra, rb) in a.chunks_exact(c).zip(b.chunks_exact(c)) {
-            for ch in 0..c {
-                sums[ch] += term(ch)(ra[ch].as_f64(), rb[ch].as_f64());
+/// `(mean_c, var_c)` of every channel of `x`, viewed as `(n, c, s)`: the
+/// batch's mean and biased variance, summed in f64.
+pub(super) fn batch_stats<T: Real>(x: &[T], (n, c, s): (usize, usize, usize)) -> (Vec<f64>, Vec<f64>) {
+    let m = (n * s) as f64;
+    let mut mean = vec![0.0f64; c];
+    let mut var = vec![0.0f64; c];
+    for ch in 0..c {
+        let mut sum = 0.0f64;
+        for i in 0..n {
+            for k in 0..s {
+                sum += x[(i * c + ch) * s + k].as_f64();
             }
         }
-        return sums;
-    }
-    // convolutional: channel ch of example i is the S values at (i·C + ch)·S
-    let run = |i: usize, ch: usize| (i * c + ch) * sp..(i * c + ch + 1) * sp;
-    let channel = |ch: usize| (0..n).map(|i| lane_sum(&a[run(i, ch)], &b[run(i, ch)], term(ch))).sum();
-    if a.len() >= PAR_MIN {
-        (0..c).into_par_iter().map(channel).collect()
-    } else {
-        (0..c).map(channel).collect()
-    }
-}
-
-/// `out[j] = f(x[j], j)` for every element `j`, with `f = term(ch)` for its
-/// channel `ch`.
-fn map_elements<T: Real, F: Fn(T, usize) -> T>(
-    x: &[T],
-    out: &mut [T],
-    c: usize,
-    sp: usize,
-    term: impl Fn(usize) -> F + Sync + Send,
-) {
-    let by_row = |r: usize, (o, xs): (&mut [T], &[T])| {
-        if sp == 1 {
-            // fully connected: a row holds every channel
-            for (ch, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
-                *o = term(ch)(v, r * c + ch);
-            }
-        } else {
-            // convolutional: a run of S values of channel r mod C
-            let f = term(r % c);
-            for (k, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
-                *o = f(v, r * sp + k);
+        mean[ch] = sum / m;
+        let mut sum_sq = 0.0f64;
+        for i in 0..n {
+            for k in 0..s {
+                let d = x[(i * c + ch) * s + k].as_f64() - mean[ch];
+                sum_sq += d * d;
             }
         }
-    };
-    let len = if sp == 1 { c } else { sp };
-    if x.len() >= PAR_MIN {
-        out.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(r, p)| by_row(r, p));
-    } else {
-        out.chunks_mut(len).zip(x.chunks(len)).enumerate().for_each(|(r, p)| by_row(r, p));
+        var[ch] = sum_sq / m;
     }
-}
-
-/// `mean_c = (1/m) Σ x`, `var_c = (1/m) Σ (x - mean_c)²` over batch and space.
-pub(super) fn batch_stats<T: Real>(x: &[T], n: usize, c: usize, sp: usize) -> (Vec<f64>, Vec<f64>) {
-    let m = (n * sp) as f64;
-    let sum = channel_sums(x, x, (n, c, sp), |_| |v, _| v);
-    let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
-    let squares = channel_sums(x, x, (n, c, sp), |ch| {
-        let mu = mean[ch];
-        move |v, _| (v - mu) * (v - mu)
-    });
-    let var = squares.iter().map(|s| s / m).collect();
     (mean, var)
 }
 
-/// `x_hat = (x - mean) / sqrt(var + eps)`, `y = gamma · x_hat + beta`
-/// (`inv_std` is `1 / sqrt(var + eps)`).
-#[allow(clippy::too_many_arguments)]
+/// The per-channel values the forward pass applies (`mean_c`,
+/// `inv_std_c = 1 / sqrt(var_c + eps)`, `gamma_c`, `beta_c`), each `C` long.
+pub(super) struct Coefs<'a, T> {
+    pub mean: &'a [T],
+    pub inv_std: &'a [T],
+    pub gamma: &'a [T],
+    pub beta: &'a [T],
+}
+
+/// `x_hat = (x - mean_c) · inv_std_c` into `x_hat` (resized to `x`'s
+/// length, kept for the backward pass) and `y = gamma_c · x_hat + beta_c`
+/// into `y`, for `x` viewed as `(n, c, s)`.
 pub(super) fn forward<T: Real>(
     x: &[T],
-    _n: usize,
-    c: usize,
-    sp: usize,
-    mean: &[T],
-    inv_std: &[T],
-    gamma: &[T],
-    beta: &[T],
+    (n, c, s): (usize, usize, usize),
+    coefs: Coefs<'_, T>,
     x_hat: &mut Vec<T>,
     y: &mut [T],
 ) {
     x_hat.resize(x.len(), T::zero());
-    map_elements(x, x_hat, c, sp, |ch| {
-        let (mu, is) = (mean[ch], inv_std[ch]);
-        move |v, _| (v - mu) * is
-    });
-    map_elements(x_hat, y, c, sp, |ch| {
-        let (g, b) = (gamma[ch], beta[ch]);
-        move |h, _| g * h + b
-    });
+    for i in 0..n {
+        for ch in 0..c {
+            for k in 0..s {
+                let j = (i * c + ch) * s + k;
+                x_hat[j] = (x[j] - coefs.mean[ch]) * coefs.inv_std[ch];
+                y[j] = coefs.gamma[ch] * x_hat[j] + coefs.beta[ch];
+            }
+        }
+    }
 }
 
-/// `dbeta = Σ dy`, `dgamma = Σ dy · x_hat`, and
-/// `dx = gamma / sqrt(var + eps) · (dy - dbeta/m - x_hat · dgamma/m)` when the
-/// statistics came from the batch; `dx = gamma / sqrt(var + eps) · dy` when
-/// they were the fixed running statistics.
-#[allow(clippy::too_many_arguments)]
+/// `(dgamma_c, dbeta_c)` per channel, summed in f64, and, when `dx` is
+/// given, the input gradient written into it (see the formulas at the top;
+/// `batch_stats` says whether the forward pass used the batch's statistics).
 pub(super) fn backward<T: Real>(
     dy: &[T],
-    n: usize,
-    c: usize,
-    sp: usize,
+    (n, c, s): (usize, usize, usize),
     x_hat: &[T],
     inv_std: &[T],
     batch_stats: bool,
     gamma: &[T],
     dx: Option<&mut [T]>,
 ) -> (Vec<f64>, Vec<f64>) {
-    let m = (n * sp) as f64;
-    let dbeta = channel_sums(dy, dy, (n, c, sp), |_| |g, _| g);
-    let dgamma = channel_sums(dy, x_hat, (n, c, sp), |_| |g, h| g * h);
+    let m = (n * s) as f64;
+    let mut dbeta = vec![0.0f64; c];
+    let mut dgamma = vec![0.0f64; c];
+    for ch in 0..c {
+        for i in 0..n {
+            for k in 0..s {
+                let j = (i * c + ch) * s + k;
+                dbeta[ch] += dy[j].as_f64();
+                dgamma[ch] += dy[j].as_f64() * x_hat[j].as_f64();
+            }
+        }
+    }
     if let Some(dx) = dx {
-        let mean_dy: Vec<T> = dbeta.iter().map(|&s| T::from_f64(s / m)).collect();
-        let mean_dy_xhat: Vec<T> = dgamma.iter().map(|&s| T::from_f64(s / m)).collect();
-        map_elements(dy, dx, c, sp, |ch| {
-            let (scale, mean_dy, mean_dy_xhat) = (gamma[ch] * inv_std[ch], mean_dy[ch], mean_dy_xhat[ch]);
-            move |g, j| if batch_stats { scale * (g - mean_dy - x_hat[j] * mean_dy_xhat) } else { scale * g }
-        });
+        for ch in 0..c {
+            let scale = gamma[ch] * inv_std[ch];
+            let mean_dy = T::from_f64(dbeta[ch] / m);
+            let mean_dy_xhat = T::from_f64(dgamma[ch] / m);
+            for i in 0..n {
+                for k in 0..s {
+                    let j = (i * c + ch) * s + k;
+                    dx[j] =
+                        if batch_stats { scale * (dy[j] - mean_dy - x_hat[j] * mean_dy_xhat) } else { scale * dy[j] };
+                }
+            }
+        }
     }
     (dgamma, dbeta)
 }
