@@ -69,7 +69,8 @@ pub fn applies<T: Real>(g: &ConvGeometry, cout: usize) -> bool {
 
 /// Scratch values one call needs: the images' input in lanes, then one band
 /// of outputs in lanes. A multiple of 16, so consecutive scratch areas cut
-/// from one [`crate::aligned::AlignedVec`] all stay 64-byte aligned.
+/// from one 64-byte-aligned buffer (the library's private `AlignedVec`)
+/// all stay 64-byte aligned.
 pub fn scratch_len(g: &ConvGeometry, cout: usize) -> usize {
     let (_, wo) = g.output_hw().expect("applies() checked the geometry");
     (g.height * g.width + cout * band_rows(wo) * wo) * LANES

@@ -11,9 +11,10 @@
 //! of the 20 µs of conv2's 8-image weight gradient.
 //!
 //! Lane-layout buffers are read a whole 64-byte vector at a time, so they
-//! belong in an [`crate::aligned::AlignedVec`]: a vector that straddles two
-//! cache lines costs two loads (LeNet's first weight gradient in lanes, one
-//! thread: 25.7 µs per 16 images unaligned, 17.1 aligned).
+//! belong in a 64-byte-aligned buffer (the library's private `AlignedVec`):
+//! a vector that straddles two cache lines costs two loads (LeNet's first
+//! weight gradient in lanes, one thread: 25.7 µs per 16 images unaligned,
+//! 17.1 aligned).
 
 use crate::real::Real;
 
