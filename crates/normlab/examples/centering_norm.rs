@@ -8,8 +8,13 @@
 //! ```text
 //! training:   mean_c = (1/m) Σ x,   y = x - mean_c,   running = 0.9·running + 0.1·mean_c
 //! prediction: y = x - running_c
-//! backward:   dx = dy - (1/m) Σ dy   (training),   dx = dy   (prediction)
+//! backward:   dx = dy - (1/m) Σ dy   (in either mode)
 //! ```
+//!
+//! The backward pass always treats the mean as the batch's: training is the
+//! only place this example back-propagates. After a prediction-mode forward
+//! the exact gradient would be `dx = dy` (the running mean is a constant),
+//! which this layer does not special-case.
 //!
 //! Run: `cargo run --release --example centering_norm [DATA_DIR]`
 

@@ -73,10 +73,6 @@ impl<T: Real> Tensor<T> {
     pub fn data_mut(&mut self) -> &mut [T] {
         self.data.as_mut_slice()
     }
-    /// The values in row-major order, copied into a `Vec`.
-    pub fn into_vec(self) -> Vec<T> {
-        self.data.as_slice().to_vec()
-    }
 
     /// Sets the shape, keeping the allocation when it is large enough. The
     /// contents are unspecified afterwards: callers overwrite every element.

@@ -89,8 +89,9 @@ pub trait Layer<T: Real>: Send {
     fn grad_input(&self) -> &Tensor<T>;
 
     /// How many entries of PyTorch's `nn.Sequential` this layer stands for
-    /// (1; more for a fused block). State names of a block start with the
-    /// entry's offset, e.g. `"0.weight"`.
+    /// (1; more for a fused block). In [`Layer::state_mut`] a block names
+    /// the state of its first entry plainly (`"weight"`) and that of its
+    /// `k`-th entry, `k ≥ 1`, with the offset in front (`"1.weight"`).
     fn slots(&self) -> usize {
         1
     }

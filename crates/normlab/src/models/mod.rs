@@ -81,12 +81,6 @@ impl<T: Real> Sequential<T> {
         self.built = false;
     }
 
-    /// Names the attribute the layers live in (`net` by default).
-    pub fn with_prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
     /// Infers every layer's sizes from one example's shape (e.g. `[1, 28, 28]`)
     /// and initializes parameters from `rng`, in layer order. Returns one
     /// example's output shape.
@@ -249,11 +243,6 @@ impl<T: Real> Sequential<T> {
                 Some(slot)
             })
             .collect()
-    }
-
-    /// The state-name prefix of layer `i`, e.g. `net.1`.
-    pub fn layer_name(&self, i: usize) -> String {
-        format!("{}.{}", self.prefix, self.slots()[i])
     }
 
     /// The state-name prefix of layer `i`'s batch norm, e.g. `net.1` for
