@@ -24,9 +24,13 @@ use crate::models::{self, LeNetConfig, ModelKind, Sequential};
 use crate::rng;
 use crate::{Error, Result};
 
+/// Metadata key safetensors readers look at: `"pt"`, PyTorch tensors.
 pub const META_FORMAT: &str = "format";
+/// Metadata key of the model's name (`bn-lenet`, or a variant's).
 pub const META_MODEL: &str = "normlab.model";
+/// Metadata key of the network's description, a [`LeNetConfig`] as JSON.
 pub const META_NETWORK: &str = "normlab.network";
+/// Metadata key of the normlab version that wrote the file.
 pub const META_VERSION: &str = "normlab.version";
 /// Marks a file written by [`save_state_dict`]: the state of a network
 /// built in code, without a description to rebuild it from.
@@ -35,7 +39,9 @@ pub const META_STATE_DICT: &str = "normlab.state_dict";
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug)]
 pub struct CheckpointInfo {
+    /// The model's name ([`META_MODEL`]).
     pub model: String,
+    /// The network to rebuild ([`META_NETWORK`]).
     pub network: LeNetConfig,
     /// All metadata entries, normlab's and any extra ones.
     pub metadata: HashMap<String, String>,
@@ -268,6 +274,12 @@ pub fn load_with_extras(
 /// existing, built network of the same architecture; every name must
 /// match, with the same shape and dtype. Returns the file's metadata.
 pub fn load_into(net: &mut Sequential<f32>, path: &Path) -> Result<HashMap<String, String>> {
+    if net.example_shape().is_empty() {
+        return Err(Error::checkpoint(
+            path,
+            "the network is not built: call build() with one example's shape (e.g. &[1, 28, 28]) before loading into it",
+        ));
+    }
     let bytes = read(path)?;
     let (st, metadata) = parse(path, &bytes)?;
     load_state(net, path, &st, None)?;
