@@ -5,9 +5,10 @@
 //! an `Err` and a one-line message that names the file, never a panic or
 //! an allocation the file does not justify.
 //!
-//! Two tests pin bugs found here (their doc comments start with "BUG"):
-//! network-description errors that did not name the checkpoint, and a
-//! model name in the metadata that contradicted the network.
+//! Two tests keep fixed the bugs that hostile testing found here (their doc
+//! comments start with "Regression"): network-description errors that did
+//! not name the checkpoint, and a model name in the metadata that
+//! contradicted the network.
 
 mod common;
 
@@ -201,9 +202,9 @@ fn checkpoint_from_a_different_model() {
     refused(&c.write(&dir.path().join("bn-as-lenet.safetensors")), &["bn-as-lenet.safetensors", "different model"]);
 }
 
-/// BUG (see the report): a checkpoint whose `normlab.model` names one of the
-/// CLI's models while its `normlab.network` describes another loads
-/// silently, and the commands then report the wrong model: `inspect` says
+/// Regression: a checkpoint whose `normlab.model` names one of the CLI's
+/// models while its `normlab.network` describes another used to load
+/// silently, and the commands then reported the wrong model: `inspect` says
 /// "(bn-lenet) has no batch-norm layers", `eval --json` says "model":
 /// "bn-lenet" for a layer-norm network. Either refusing the file (exit 2,
 /// naming it) or reporting the network it actually holds is correct.
@@ -231,10 +232,10 @@ fn checkpoint_whose_model_name_contradicts_its_network() {
     }
 }
 
-/// BUG (see the report): an invalid network description in the metadata
-/// (dropout 2, eps -1, 0 groups, momentum 7) gives exit code 2, but the
-/// message does not name the checkpoint: "error: invalid dropout p: 2 is not
-/// in [0, 1)" reads as if an option were wrong. `checkpoint::load` passes
+/// Regression: an invalid network description in the metadata (dropout 2,
+/// eps -1, 0 groups, momentum 7) gave exit code 2, but the message did not
+/// name the checkpoint: "error: invalid dropout p: 2 is not
+/// in [0, 1)" read as if an option were wrong: `checkpoint::load` passed
 /// the error of `models::build_config` on without the path.
 #[test]
 fn checkpoint_with_an_invalid_network_description_names_the_file() {

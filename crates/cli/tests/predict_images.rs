@@ -3,8 +3,8 @@
 //! JPEG headers declaring huge sizes) are refused quickly, within predict's
 //! memory limits, with exit code 2.
 //!
-//! One test pins a bug found here (its doc comment starts with "BUG"): a
-//! JPEG bomb inside predict's limits.
+//! One test keeps fixed a bug that hostile testing found here (its doc
+//! comment starts with "Regression"): a JPEG bomb inside predict's limits.
 
 mod common;
 
@@ -104,12 +104,12 @@ fn a_png_declaring_100000_by_100000_pixels_is_refused_quickly() {
     assert!(r.wall < Duration::from_secs(2) && r.max_rss_kb < baseline + 32 * 1024, "{}", r.ctx());
 }
 
-/// BUG (see the report): a 333-byte JPEG whose SOF header declares 8192 x
-/// 8192 grey pixels (the scan holds 16 x 16) is inside predict's limits
-/// (16384 a side, 256 MiB decoded), so zune-jpeg "decodes" it, filling the
-/// missing data, and `load_image` converts it with `to_luma32f`: 4 bytes a
-/// pixel, outside the 256 MiB budget. predict succeeds on a damaged file
-/// after ~1.5 s and ~330 MB; at 16384 x 16384 it takes 5.5 s and 1.3 GB.
+/// Regression: a 333-byte JPEG whose SOF header declares 8192 x 8192 grey
+/// pixels (the scan holds 16 x 16) is inside predict's limits
+/// (16384 a side, 256 MiB decoded), so zune-jpeg "decoded" it, filling the
+/// missing data, and `load_image` converted it with `to_luma32f`: 4 bytes a
+/// pixel, outside the 256 MiB budget. predict succeeded on a damaged file
+/// after ~1.5 s and ~330 MB; at 16384 x 16384 it took 5.5 s and 1.3 GB.
 /// Correct: refused with exit code 2 (the scan is truncated), fast, with
 /// memory within the documented limit.
 #[test]
