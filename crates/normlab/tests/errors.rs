@@ -97,3 +97,184 @@ fn group_norm_rejects_groups_that_do_not_divide_the_channels() {
     assert_eq!(kinds.iter().filter(|k| *k == "GroupNorm").count(), 4);
     assert_eq!(net.num_params(), 44878, "GN has BNLeNet's parameters: gamma and beta per channel");
 }
+
+/// One layer of every kind, with one example's shape, a batch `x` and an
+/// output gradient `dy` that fit it.
+struct Case {
+    name: &'static str,
+    make: fn() -> Box<dyn Layer<f32>>,
+    example: Vec<usize>,
+    x: Vec<usize>,
+    dy: Vec<usize>,
+    /// Whether backward reads what forward kept (statistics, masks, outputs).
+    keeps_forward_state: bool,
+    /// Whether the layer has sizes to infer at build.
+    needs_build: bool,
+}
+
+fn cases() -> Vec<Case> {
+    use normlab::layers::{
+        AvgPool2d, BnSigmoidPool, ConvBnSigmoidPool, Dropout, Flatten, GroupNorm, MaxPool2d, ReLU, Sigmoid,
+    };
+    let case = |name, make, example: &[usize], x: &[usize], dy: &[usize], keeps_forward_state, needs_build| Case {
+        name,
+        make,
+        example: example.to_vec(),
+        x: x.to_vec(),
+        dy: dy.to_vec(),
+        keeps_forward_state,
+        needs_build,
+    };
+    vec![
+        case(
+            "BatchNorm scratch",
+            || Box::new(BatchNorm::with_impl(BatchNormConfig::pytorch(), BnImpl::Scratch)),
+            &[3],
+            &[4, 3],
+            &[4, 3],
+            true,
+            true,
+        ),
+        case(
+            "BatchNorm fused",
+            || Box::new(BatchNorm::with_impl(BatchNormConfig::pytorch(), BnImpl::Fused)),
+            &[2, 4, 4],
+            &[4, 2, 4, 4],
+            &[4, 2, 4, 4],
+            true,
+            true,
+        ),
+        case(
+            "BnSigmoidPool",
+            || Box::new(BnSigmoidPool::new(BatchNormConfig::pytorch()).unwrap()),
+            &[2, 4, 4],
+            &[4, 2, 4, 4],
+            &[4, 2, 2, 2],
+            true,
+            true,
+        ),
+        case(
+            "ConvBnSigmoidPool",
+            || Box::new(ConvBnSigmoidPool::new(Conv2d::new(6, 5), BatchNormConfig::pytorch()).unwrap()),
+            &[1, 28, 28],
+            &[3, 1, 28, 28],
+            &[3, 6, 12, 12],
+            true,
+            true,
+        ),
+        case("Conv2d", || Box::new(Conv2d::new(3, 3)), &[2, 5, 5], &[2, 2, 5, 5], &[2, 3, 3, 3], false, true),
+        case("Linear", || Box::new(Linear::new(3)), &[4], &[2, 4], &[2, 3], false, true),
+        case("LayerNorm", || Box::new(LayerNorm::new(&[4])), &[4], &[2, 4], &[2, 4], true, true),
+        case("GroupNorm", || Box::new(GroupNorm::new(2)), &[4, 3], &[2, 4, 3], &[2, 4, 3], true, true),
+        case("AvgPool2d", || Box::new(AvgPool2d::new(2, 2)), &[1, 4, 4], &[2, 1, 4, 4], &[2, 1, 2, 2], false, true),
+        case("MaxPool2d", || Box::new(MaxPool2d::new(2, 2)), &[1, 4, 4], &[2, 1, 4, 4], &[2, 1, 2, 2], true, true),
+        case("Flatten", || Box::new(Flatten::new()), &[2, 3], &[2, 2, 3], &[2, 6], false, true),
+        case("Sigmoid", || Box::new(Sigmoid::new()), &[3], &[2, 3], &[2, 3], true, false),
+        case("ReLU", || Box::new(ReLU::new()), &[3], &[2, 3], &[2, 3], true, false),
+        case("Dropout", || Box::new(Dropout::new(0.5).unwrap()), &[3], &[2, 3], &[2, 3], true, false),
+    ]
+}
+
+/// Values that vary within every channel, so batch statistics are regular.
+fn ramp(shape: &[usize]) -> Tensor<f32> {
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(shape, (0..n).map(|i| ((i * 37 % 11) as f32) / 5.0 - 1.0).collect()).unwrap()
+}
+
+/// `shape` with one more example.
+fn one_more(shape: &[usize]) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    s[0] += 1;
+    s
+}
+
+#[test]
+fn backward_before_build_is_an_error_for_every_layer() {
+    for c in cases() {
+        for need_dx in [true, false] {
+            let mut layer = (c.make)();
+            let err = message(layer.backward(&ramp(&c.x), &ramp(&c.dy), need_dx).unwrap_err());
+            let says = if c.needs_build { "before build()" } else { "run forward() on this input first" };
+            assert!(err.contains(says), "{} (need_dx {need_dx}): {err}", c.name);
+            assert!(!err.contains('\n'), "{}: one line: {err}", c.name);
+        }
+    }
+}
+
+#[test]
+fn backward_before_forward_is_an_error_where_backward_reads_the_forward_pass() {
+    for c in cases() {
+        let mut layer = (c.make)();
+        layer.build(&c.example, &mut rng::seeded(0)).unwrap();
+        let result = layer.backward(&ramp(&c.x), &ramp(&c.dy), true).map(|dx| dx.shape().to_vec());
+        if c.keeps_forward_state {
+            let err = message(result.unwrap_err());
+            assert!(err.contains("backward() before forward()"), "{}: {err}", c.name);
+        } else {
+            // the gradients follow from x, dy and the parameters alone
+            assert_eq!(result.unwrap(), c.x, "{}", c.name);
+        }
+    }
+}
+
+#[test]
+fn backward_on_another_batch_than_the_forward_is_an_error_not_a_panic() {
+    for c in cases() {
+        let mut layer = (c.make)();
+        layer.build(&c.example, &mut rng::seeded(0)).unwrap();
+        layer.forward(&ramp(&c.x), Mode::Train).unwrap();
+        let (x, dy) = (ramp(&one_more(&c.x)), ramp(&one_more(&c.dy)));
+        let result = layer.backward(&x, &dy, true).map(|dx| dx.shape().to_vec());
+        if c.keeps_forward_state {
+            let err = message(result.unwrap_err());
+            assert!(err.contains("run forward() on the same input first"), "{}: {err}", c.name);
+            assert!(err.contains(&format!("{:?}", c.x)), "{}: names the forward's shape: {err}", c.name);
+        } else {
+            assert_eq!(result.unwrap(), x.shape(), "{}", c.name);
+        }
+        // and the pass on the forward's own input still works
+        let dx = layer.backward(&ramp(&c.x), &ramp(&c.dy), true).unwrap();
+        assert_eq!(dx.shape(), c.x.as_slice(), "{}", c.name);
+    }
+}
+
+#[test]
+fn a_gradient_of_the_wrong_shape_or_a_wrong_input_is_an_error() {
+    for c in cases() {
+        let mut layer = (c.make)();
+        layer.build(&c.example, &mut rng::seeded(0)).unwrap();
+        layer.forward(&ramp(&c.x), Mode::Train).unwrap();
+        let mut wrong_dy = c.dy.clone();
+        *wrong_dy.last_mut().unwrap() += 1;
+        let err = message(layer.backward(&ramp(&c.x), &ramp(&wrong_dy), true).unwrap_err());
+        assert!(err.contains(&format!("{wrong_dy:?}")), "{}: names the gradient's shape: {err}", c.name);
+        // an input of another rank, and a scalar
+        let err = layer.backward(&ramp(&c.x[1..]), &ramp(&c.dy), true).unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{}: {err}", c.name);
+        assert!(layer.backward(&ramp(&[]), &ramp(&c.dy), true).is_err(), "{}", c.name);
+    }
+}
+
+#[test]
+fn a_model_refuses_backward_before_build_and_scalar_input() {
+    use normlab::models::Sequential;
+    let mut empty = Sequential::<f32>::new();
+    assert!(empty.grad_input().data().is_empty());
+    let err = message(empty.backward(&ramp(&[2, 3]), &ramp(&[2, 3])).unwrap_err());
+    assert!(err.contains("build()"), "{err}");
+    assert_eq!(empty.batch_norm_name(0), "net.0");
+
+    let mut net = models::build::<f32>(ModelKind::BnLenet, &mut rng::seeded(0)).unwrap();
+    let err = message(net.forward(&Tensor::full(&[], 1.0)).unwrap_err());
+    assert!(err.starts_with("net.0 "), "{err}");
+    // past the last layer the names count on from its entries
+    let last = net.len() - 1;
+    let last_entry: usize = net.state_names().last().unwrap().split('.').nth(1).unwrap().parse().unwrap();
+    assert_eq!(net.batch_norm_name(last), format!("net.{last_entry}"));
+    assert_eq!(net.batch_norm_name(last + 1), format!("net.{}", last_entry + 1));
+    // a model grown after build must be built again
+    let mut grown = Sequential::<f32>::new().push(Linear::new(2));
+    grown.build(&[3], &mut rng::seeded(0)).unwrap();
+    let mut grown = grown.push(Linear::new(2));
+    assert!(message(grown.forward(&ramp(&[1, 3])).unwrap_err()).contains("build()"));
+}

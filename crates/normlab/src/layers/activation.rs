@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::{Layer, Mode, PAR_MIN};
+use super::{check_forward_ran, check_grad, Layer, Mode, PAR_MIN};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -19,7 +19,8 @@ fn map_into<T: Real>(src: &[T], dst: &mut [T], f: impl Fn(T) -> T + Sync) {
     }
 }
 
-/// Like [`map_into`] with two inputs.
+/// Like [`map_into`] with two inputs, all three of one length (the callers
+/// check the shapes first).
 fn zip_into<T: Real>(a: &[T], b: &[T], dst: &mut [T], f: impl Fn(T, T) -> T + Sync) {
     if dst.len() >= PAR_MIN {
         dst.par_chunks_mut(PAR_MIN / 4).zip(a.par_chunks(PAR_MIN / 4).zip(b.par_chunks(PAR_MIN / 4))).for_each(
@@ -36,7 +37,8 @@ fn zip_into<T: Real>(a: &[T], b: &[T], dst: &mut [T], f: impl Fn(T, T) -> T + Sy
     }
 }
 
-/// `y = 1 / (1 + exp(-x))`; backward `dx = dy · y · (1 - y)`.
+/// The logistic sigmoid, as `nn.Sigmoid`: `y = 1 / (1 + exp(-x))`;
+/// backward `dx = dy · y · (1 - y)`.
 #[derive(Default)]
 pub struct Sigmoid<T: Real = f32> {
     y: Tensor<T>,
@@ -44,6 +46,7 @@ pub struct Sigmoid<T: Real = f32> {
 }
 
 impl<T: Real> Sigmoid<T> {
+    /// A sigmoid layer, as `nn.Sigmoid()`.
     pub fn new() -> Self {
         Sigmoid { y: Tensor::default(), dx: Tensor::default() }
     }
@@ -63,7 +66,9 @@ impl<T: Real> Layer<T> for Sigmoid<T> {
         map_into(x.data(), self.y.data_mut(), sigmoid);
         Ok(&self.y)
     }
-    fn backward(&mut self, _x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        check_forward_ran("Sigmoid", self.y.shape(), x.shape())?;
+        check_grad("Sigmoid", dy, x.shape())?;
         if need_dx {
             self.dx.resize(dy.shape());
             zip_into(self.y.data(), dy.data(), self.dx.data_mut(), |y, dy| dy * y * (T::one() - y));
@@ -78,7 +83,8 @@ impl<T: Real> Layer<T> for Sigmoid<T> {
     }
 }
 
-/// `y = max(x, 0)`; backward `dx = dy · [x > 0]`.
+/// The rectifier, as `nn.ReLU`: `y = max(x, 0)`; backward
+/// `dx = dy · [x > 0]`.
 #[derive(Default)]
 pub struct ReLU<T: Real = f32> {
     y: Tensor<T>,
@@ -86,6 +92,7 @@ pub struct ReLU<T: Real = f32> {
 }
 
 impl<T: Real> ReLU<T> {
+    /// A ReLU layer, as `nn.ReLU()`.
     pub fn new() -> Self {
         ReLU { y: Tensor::default(), dx: Tensor::default() }
     }
@@ -104,6 +111,8 @@ impl<T: Real> Layer<T> for ReLU<T> {
         Ok(&self.y)
     }
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        check_forward_ran("ReLU", self.y.shape(), x.shape())?;
+        check_grad("ReLU", dy, x.shape())?;
         if need_dx {
             self.dx.resize(dy.shape());
             zip_into(x.data(), dy.data(), self.dx.data_mut(), |x, dy| if x > T::zero() { dy } else { T::zero() });

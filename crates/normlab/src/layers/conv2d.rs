@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_built, init_weights, Init, Layer, Mode, StateMut};
+use super::{check_grad, init_weights, not_built, Init, Layer, Mode, StateMut};
 use crate::aligned::AlignedVec;
 use crate::kernels::batch_norm::ChannelOut;
 use crate::kernels::conv::{col2im, im2col, ConvGeometry};
@@ -123,10 +123,13 @@ impl<T: Real> Conv2d<T> {
         (&mut self.weight_grad, self.has_bias.then_some(&mut self.bias_grad))
     }
 
-    fn dims(&self) -> (ConvGeometry, usize, usize) {
-        let g = self.geometry.expect("checked by check_built");
-        let (ho, wo) = g.output_hw().expect("checked at build");
-        (g, ho, wo)
+    /// The input geometry and the output's height and width; an error
+    /// before build.
+    fn dims(&self) -> Result<(ConvGeometry, usize, usize)> {
+        let g = self.geometry.ok_or_else(|| not_built("Conv2d"))?;
+        // build sets the geometry only once its output size is known
+        let (ho, wo) = g.output_hw().ok_or_else(|| not_built("Conv2d"))?;
+        Ok((g, ho, wo))
     }
 }
 
@@ -149,6 +152,12 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         }
         if self.out_channels == 0 || self.kernel == 0 || self.stride == 0 {
             return Err(Error::config("Conv2d", "out_channels, kernel_size and stride must be at least 1"));
+        }
+        if input[0] == 0 {
+            return Err(Error::shape(
+                "Conv2d",
+                format!("expected at least one input channel, got one example of shape {input:?}"),
+            ));
         }
         let g = ConvGeometry {
             channels: input[0],
@@ -182,8 +191,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
     }
 
     fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
-        check_built("Conv2d", self.geometry.is_some())?;
-        let (g, ho, wo) = self.dims();
+        let (g, ho, wo) = self.dims()?;
         let n = super::check_input("Conv2d", x, &[g.channels, g.height, g.width])?;
         let (kdim, p, co) = (g.col_rows(), ho * wo, self.out_channels);
         self.y.resize(&[n, co, ho, wo]);
@@ -230,10 +238,10 @@ impl<T: Real> Layer<T> for Conv2d<T> {
     }
 
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
-        let (g, ho, wo) = self.dims();
-        let n = x.dim(0);
+        let (g, ho, wo) = self.dims()?;
+        let n = super::check_input("Conv2d", x, &[g.channels, g.height, g.width])?;
         let (kdim, p, co) = (g.col_rows(), ho * wo, self.out_channels);
-        super::check_input("Conv2d (gradient)", dy, &[co, ho, wo])?;
+        check_grad("Conv2d", dy, &[n, co, ho, wo])?;
         let dyd = dy.data();
 
         // Each group of images writes its partial weight gradient, then its

@@ -5,12 +5,15 @@
 
 use rand::Rng as _;
 
-use super::{Layer, Mode};
+use super::{check_forward_ran, check_grad, Layer, Mode};
 use crate::real::Real;
 use crate::rng::{self, Rng};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+/// Inverted dropout, as `nn.Dropout(p)`: zeroes each element with
+/// probability `p` in training mode and scales the rest by `1/(1 - p)`;
+/// the identity in evaluation mode.
 pub struct Dropout<T: Real = f32> {
     p: f64,
     rng: Rng,
@@ -57,7 +60,9 @@ impl<T: Real> Layer<T> for Dropout<T> {
         }
         Ok(&self.y)
     }
-    fn backward(&mut self, _x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        check_forward_ran("Dropout", self.y.shape(), x.shape())?;
+        check_grad("Dropout", dy, x.shape())?;
         if need_dx {
             self.dx.resize(dy.shape());
             for ((dx, &dy), &m) in self.dx.data_mut().iter_mut().zip(dy.data()).zip(&self.scaled_mask) {

@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_built, Layer, Mode, StateMut, PAR_MIN};
+use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, PAR_MIN};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -175,12 +175,10 @@ impl<T: Real> Layer<T> for GroupNorm<T> {
     #[allow(clippy::type_complexity)]
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
         check_built("GroupNorm", self.channels > 0)?;
-        if dy.shape() != x.shape() {
-            return Err(Error::shape(
-                "GroupNorm",
-                format!("gradient shape {:?} differs from input {:?}", dy.shape(), x.shape()),
-            ));
-        }
+        super::check_input("GroupNorm", x, &self.example)?;
+        // the groups' statistics come from the forward pass
+        check_forward_ran("GroupNorm", self.y.shape(), x.shape())?;
+        check_grad("GroupNorm", dy, x.shape())?;
         let d = self.row();
         let (groups, spatial, affine) = (self.groups, self.spatial, self.affine);
         let per_group = self.channels / groups;

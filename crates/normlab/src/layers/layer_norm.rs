@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_built, Layer, Mode, StateMut, PAR_MIN};
+use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, PAR_MIN};
 use crate::kernels::lanes::{sums2, F64x8};
 use crate::kernels::stream::{self, MapF32};
 use crate::real::{as_f32, as_f32_mut, Real};
@@ -141,6 +141,9 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
         if !(self.eps > 0.0) {
             return Err(Error::config("layer-norm eps", "must be positive"));
         }
+        if shape.contains(&0) {
+            return Err(Error::shape("LayerNorm", format!("normalized_shape {shape:?} has no values")));
+        }
         self.normalized = Normalized::Shape(shape.clone());
         self.example = input.to_vec();
         self.row = shape.iter().product();
@@ -201,13 +204,12 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
     }
 
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        check_built("LayerNorm", self.row > 0)?;
+        super::check_input("LayerNorm", x, &self.example)?;
+        // the rows' statistics come from the forward pass
+        check_forward_ran("LayerNorm", self.y.shape(), x.shape())?;
+        check_grad("LayerNorm", dy, x.shape())?;
         let d = self.row;
-        if dy.shape() != x.shape() {
-            return Err(Error::shape(
-                "LayerNorm",
-                format!("gradient shape {:?} differs from input {:?}", dy.shape(), x.shape()),
-            ));
-        }
         let (mean, inv_std) = (&self.mean, &self.inv_std);
         let rows = x.numel() / d;
         let (affine, gamma) = (self.affine, self.weight.data());

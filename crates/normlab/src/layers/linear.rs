@@ -6,13 +6,16 @@
 
 use rayon::prelude::*;
 
-use super::{check_built, init_weights, Init, Layer, Mode, StateMut};
+use super::{check_built, check_grad, init_weights, Init, Layer, Mode, StateMut};
 use crate::kernels::gemm::{gemm, Op};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+/// A fully connected layer, as `nn.Linear(in_features, out_features)` (or
+/// `nn.LazyLinear(out_features)`): `y = x·Wᵀ + b`, `W` of shape
+/// `(out_features, in_features)`.
 pub struct Linear<T: Real = f32> {
     in_features: usize,
     out_features: usize,
@@ -42,14 +45,18 @@ impl<T: Real> Linear<T> {
             dx: Tensor::default(),
         }
     }
+    /// Whether the layer has a bias `b` (PyTorch's `bias=True`, the default).
     pub fn bias(mut self, on: bool) -> Self {
         self.has_bias = on;
         self
     }
+    /// How the weights are drawn at build ([`Init::PyTorchDefault`] unless set).
     pub fn init(mut self, init: Init) -> Self {
         self.init = init;
         self
     }
+    /// The weight `W`, `(out_features, in_features)` (PyTorch's `weight`);
+    /// empty before build.
     pub fn weight(&self) -> &Tensor<T> {
         &self.weight
     }
@@ -83,6 +90,9 @@ impl<T: Real> Layer<T> for Linear<T> {
         }
         if self.out_features == 0 {
             return Err(Error::config("Linear out_features", "must be at least 1"));
+        }
+        if input[0] == 0 {
+            return Err(Error::shape("Linear", "expected at least one input feature, got 0"));
         }
         self.in_features = input[0];
         self.weight = Tensor::zeros(&[self.out_features, self.in_features]);
@@ -122,9 +132,10 @@ impl<T: Real> Layer<T> for Linear<T> {
     }
 
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
-        let n = x.dim(0);
+        check_built("Linear", self.in_features > 0)?;
+        let n = super::check_input("Linear", x, &[self.in_features])?;
         let (fi, fo) = (self.in_features, self.out_features);
-        super::check_input("Linear (gradient)", dy, &[fo])?;
+        check_grad("Linear", dy, &[n, fo])?;
         let (dyd, xd, w) = (dy.data(), x.data(), self.weight.data());
         let (dw, db, has_bias) = (self.weight_grad.data_mut(), self.bias_grad.data_mut(), self.has_bias);
         let mut param_grads = || {

@@ -148,7 +148,42 @@ pub(crate) fn check_built(layer: &str, built: bool) -> Result<()> {
     if built {
         Ok(())
     } else {
-        Err(crate::Error::shape(layer, "layer used before build(): put it in a Sequential and build the model, or call build() with one example's input shape"))
+        Err(not_built(layer))
+    }
+}
+
+/// The error of a layer used before `build`.
+pub(crate) fn not_built(layer: &str) -> crate::Error {
+    crate::Error::shape(layer, "layer used before build(): put it in a Sequential and build the model, or call build() with one example's input shape")
+}
+
+/// Errors if `backward` gets an input of another shape than the last
+/// `forward` saw: the backward pass reads what the forward pass kept.
+/// `forward_shape` is that shape as the layer recorded it, `[0]` (the shape
+/// of [`Tensor::default`]) before any forward.
+pub(crate) fn check_forward_ran(layer: &str, forward_shape: &[usize], x: &[usize]) -> Result<()> {
+    if forward_shape == x {
+        Ok(())
+    } else if forward_shape == [0] {
+        Err(crate::Error::shape(layer, "backward() before forward(): run forward() on this input first"))
+    } else {
+        Err(crate::Error::shape(
+            layer,
+            format!("backward() on an input of shape {x:?} after a forward() on {forward_shape:?}: run forward() on the same input first"),
+        ))
+    }
+}
+
+/// Errors unless the gradient `dy` has the shape of the layer's output,
+/// `want`.
+pub(crate) fn check_grad<T: Real>(layer: &str, dy: &Tensor<T>, want: &[usize]) -> Result<()> {
+    if dy.shape() == want {
+        Ok(())
+    } else {
+        Err(crate::Error::shape(
+            layer,
+            format!("gradient of shape {:?}, expected the output's shape {want:?}", dy.shape()),
+        ))
     }
 }
 

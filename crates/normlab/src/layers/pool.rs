@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_built, Layer, Mode};
+use super::{check_forward_ran, check_grad, not_built, Layer, Mode};
 use crate::kernels::conv::ConvGeometry;
 use crate::real::Real;
 use crate::rng::Rng;
@@ -47,6 +47,11 @@ impl Window {
         self.dims = Some((input[0], input[1], input[2], ho, wo));
         Ok(vec![input[0], ho, wo])
     }
+
+    /// `(C, H, W, Ho, Wo)`; an error before build.
+    fn dims(&self, layer: &str) -> Result<(usize, usize, usize, usize, usize)> {
+        self.dims.ok_or_else(|| not_built(layer))
+    }
 }
 
 pub struct AvgPool2d<T: Real = f32> {
@@ -73,8 +78,7 @@ impl<T: Real> Layer<T> for AvgPool2d<T> {
         self.window.build("AvgPool2d", input)
     }
     fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
-        check_built("AvgPool2d", self.window.dims.is_some())?;
-        let (c, h, w, ho, wo) = self.window.dims.expect("built");
+        let (c, h, w, ho, wo) = self.window.dims("AvgPool2d")?;
         let n = super::check_input("AvgPool2d", x, &[c, h, w])?;
         let (k, s) = (self.window.kernel, self.window.stride);
         let inv = T::from_f64(1.0 / (k * k) as f64);
@@ -100,10 +104,12 @@ impl<T: Real> Layer<T> for AvgPool2d<T> {
         Ok(&self.y)
     }
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        let (c, h, w, ho, wo) = self.window.dims("AvgPool2d")?;
+        let n = super::check_input("AvgPool2d", x, &[c, h, w])?;
+        check_grad("AvgPool2d", dy, &[n, c, ho, wo])?;
         if !need_dx {
             return Ok(&self.dx);
         }
-        let (_c, h, w, ho, wo) = self.window.dims.expect("built");
         let (k, s) = (self.window.kernel, self.window.stride);
         let inv = T::from_f64(1.0 / (k * k) as f64);
         self.dx.resize(x.shape());
@@ -147,6 +153,8 @@ pub struct MaxPool2d<T: Real = f32> {
     window: Window,
     /// Index within its plane of each output's maximum.
     argmax: Vec<u32>,
+    /// The shape of the last forward's input (`[0]` before any).
+    forward_input: Vec<usize>,
     y: Tensor<T>,
     dx: Tensor<T>,
 }
@@ -156,6 +164,7 @@ impl<T: Real> MaxPool2d<T> {
         MaxPool2d {
             window: Window { kernel, stride, dims: None },
             argmax: Vec::new(),
+            forward_input: vec![0],
             y: Tensor::default(),
             dx: Tensor::default(),
         }
@@ -174,12 +183,12 @@ impl<T: Real> Layer<T> for MaxPool2d<T> {
         self.window.build("MaxPool2d", input)
     }
     fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
-        check_built("MaxPool2d", self.window.dims.is_some())?;
-        let (c, h, w, ho, wo) = self.window.dims.expect("built");
+        let (c, h, w, ho, wo) = self.window.dims("MaxPool2d")?;
         let n = super::check_input("MaxPool2d", x, &[c, h, w])?;
         let (k, s) = (self.window.kernel, self.window.stride);
         self.y.resize(&[n, c, ho, wo]);
         self.argmax.resize(n * c * ho * wo, 0);
+        self.forward_input = x.shape().to_vec();
         self.y
             .data_mut()
             .par_chunks_mut(ho * wo)
@@ -206,10 +215,14 @@ impl<T: Real> Layer<T> for MaxPool2d<T> {
         Ok(&self.y)
     }
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        let (c, h, w, ho, wo) = self.window.dims("MaxPool2d")?;
+        let n = super::check_input("MaxPool2d", x, &[c, h, w])?;
+        // the positions of the maxima come from the forward pass
+        check_forward_ran("MaxPool2d", &self.forward_input, x.shape())?;
+        check_grad("MaxPool2d", dy, &[n, c, ho, wo])?;
         if !need_dx {
             return Ok(&self.dx);
         }
-        let (_c, h, w, ho, wo) = self.window.dims.expect("built");
         self.dx.resize(x.shape());
         self.dx
             .data_mut()

@@ -146,6 +146,7 @@ impl LeNetConfig {
             Norm::Batch { imp, config } => Box::new(BatchNorm::with_impl(config, imp)),
             Norm::Layer => Box::new(LayerNorm::per_example()),
             Norm::Group { groups } => Box::new(crate::layers::GroupNorm::new(groups)),
+            // network() calls this only where has_norm(..) holds, i.e. norm != None
             Norm::None => unreachable!("only called when a norm is configured"),
         }
     }

@@ -42,6 +42,8 @@ pub struct Sequential<T: Real = f32> {
     mode: Mode,
     input_grad: bool,
     built: bool,
+    /// What [`Sequential::grad_input`] returns without layers.
+    no_grad: Tensor<T>,
 }
 
 /// Consecutive layers of a [`Sequential`]; see `Sequential::runs`.
@@ -67,15 +69,19 @@ impl<T: Real> Sequential<T> {
             mode: Mode::Train,
             input_grad: false,
             built: false,
+            no_grad: Tensor::default(),
         }
     }
 
-    /// Appends a layer (builder style).
+    /// Appends a layer (builder style); build the model again afterwards.
     pub fn push(mut self, layer: impl Layer<T> + 'static) -> Self {
         self.layers.push(Box::new(layer));
+        self.built = false;
         self
     }
 
+    /// Appends a boxed layer (PyTorch's `append`); build the model again
+    /// afterwards.
     pub fn push_boxed(&mut self, layer: Box<dyn Layer<T>>) {
         self.layers.push(layer);
         self.built = false;
@@ -149,7 +155,7 @@ impl<T: Real> Sequential<T> {
             return Err(Error::config("model", "call build() with one example's input shape before forward()"));
         }
         let mode = self.mode;
-        for run in self.runs(x.dim(0)) {
+        for run in self.runs(batch_size(x)) {
             let one = |i: usize, layers: &mut [Box<dyn Layer<T>>]| {
                 let (done, rest) = layers.split_at_mut(i);
                 let input = if i == 0 { x } else { done[i - 1].output() };
@@ -165,6 +171,7 @@ impl<T: Real> Sequential<T> {
                 run.layers.clone().try_for_each(|i| one(i, layers))?;
             }
         }
+        // built: build refuses a Sequential without layers
         Ok(self.layers[self.layers.len() - 1].output())
     }
 
@@ -188,11 +195,15 @@ impl<T: Real> Sequential<T> {
     /// Back-propagates `dy` (the loss gradient with respect to the output of
     /// the last forward on the same `x`), storing every parameter gradient.
     pub fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>) -> Result<()> {
+        if !self.built {
+            return Err(Error::config("model", "call build() and forward() before backward()"));
+        }
         let n = self.layers.len();
         let input_grad = self.input_grad;
-        for run in self.runs(x.dim(0)).into_iter().rev() {
+        for run in self.runs(batch_size(x)).into_iter().rev() {
             let one = |i: usize, layers: &mut [Box<dyn Layer<T>>]| {
                 let (done, rest) = layers.split_at_mut(i);
+                // i < n: the runs cover the layers' indices, so rest has a first
                 let (layer, after) = rest.split_first_mut().expect("i < n");
                 let input = if i == 0 { x } else { done[i - 1].output() };
                 let grad = if i + 1 == n { dy } else { after[0].grad_input() };
@@ -211,9 +222,10 @@ impl<T: Real> Sequential<T> {
         Ok(())
     }
 
-    /// The gradient with respect to the input, when `set_input_grad(true)`.
+    /// The gradient with respect to the input, when `set_input_grad(true)`
+    /// (an empty tensor before the first backward, or without layers).
     pub fn grad_input(&self) -> &Tensor<T> {
-        self.layers[0].grad_input()
+        self.layers.first().map_or(&self.no_grad, |l| l.grad_input())
     }
 
     /// Every parameter and buffer, named as in PyTorch's `state_dict`.
@@ -246,9 +258,16 @@ impl<T: Real> Sequential<T> {
     }
 
     /// The state-name prefix of layer `i`'s batch norm, e.g. `net.1` for
-    /// the fused first stage, whose convolution is `net.0`.
+    /// the fused first stage, whose convolution is `net.0`. For `i` past
+    /// the last layer, the entries go on counting one per index (`i =
+    /// len()` is the name the next pushed layer would get).
     pub fn batch_norm_name(&self, i: usize) -> String {
-        format!("{}.{}", self.prefix, self.slots()[i] + self.layers[i].batch_norm_entry())
+        let slots = self.slots();
+        let slot = match (slots.get(i), self.layers.get(i)) {
+            (Some(&slot), Some(layer)) => slot + layer.batch_norm_entry(),
+            _ => self.layers.iter().map(|l| l.slots()).sum::<usize>() + (i - self.layers.len()),
+        };
+        format!("{}.{slot}", self.prefix)
     }
 
     pub fn state_names(&mut self) -> Vec<String> {
@@ -295,6 +314,12 @@ impl<T: Real> Sequential<T> {
 /// name.
 fn entry_offset(name: &str) -> (usize, &str) {
     name.split_once('.').and_then(|(k, rest)| Some((k.parse().ok()?, rest))).unwrap_or((0, name))
+}
+
+/// The batch size of a model's input `x`, for scheduling only (0 for a
+/// scalar: the layers check their input themselves).
+fn batch_size<T: Real>(x: &Tensor<T>) -> usize {
+    x.shape().first().copied().unwrap_or(0)
 }
 
 fn locate(prefix: &str, i: usize, e: Error) -> Error {

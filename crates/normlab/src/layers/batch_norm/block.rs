@@ -24,7 +24,7 @@ use super::{BatchNorm, BatchNormConfig, BnImpl, BnParts};
 use crate::kernels::avg_pool_2x2;
 use crate::kernels::batch_norm::{ChannelOut, ShiftedSums, PAR_MIN};
 use crate::kernels::sigmoid::PooledPlane;
-use crate::layers::{Layer, Mode, StateMut};
+use crate::layers::{check_forward_ran, check_grad, Layer, Mode, StateMut};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -152,6 +152,8 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         // come over from the other core: 0.24 against 0.17 ms at
         // (128,6,24,24), 2 threads).
         self.bn.prepare_using(z, mode, |_, (n, c, sp)| {
+            // called only for n·sp ≥ 1 (see prepare_with_shape), so there
+            // is a first image to index and a first group of partial sums
             let shifts: Vec<T> = (0..c).map(|ch| zd[ch * sp]).collect();
             let partials = by_image_groups(n, zd.len(), |images| {
                 let mut sums: Vec<ShiftedSums> = shifts.iter().map(|&k| ShiftedSums::new(k)).collect();
@@ -187,12 +189,9 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         let (n, c, sp) = self.bn.view(z)?;
         let (_, h, w) = self.dims;
         let (ho, wo) = (h / 2, w / 2);
-        if dy.shape() != [n, c, ho, wo] {
-            return Err(Error::shape(
-                self.kind(),
-                format!("gradient shape {:?}, expected {:?}", dy.shape(), [n, c, ho, wo]),
-            ));
-        }
+        // the statistics come from the forward pass
+        check_forward_ran(&self.kind(), &self.bn.saved.shape, z.shape())?;
+        check_grad(&self.kind(), dy, &[n, c, ho, wo])?;
         let (hw, pooled) = (h * w, ho * wo);
         let (zd, dyd) = (z.data(), dy.data());
         let coefs: Vec<(T, T, T)> = (0..c).map(|ch| self.coef(ch)).collect();

@@ -21,7 +21,7 @@ use crate::kernels::batch_norm::ShiftedSums;
 use crate::kernels::conv::ConvGeometry;
 use crate::kernels::conv_bn_lanes::{self, DzOut};
 use crate::kernels::conv_lanes::IMAGES;
-use crate::layers::{check_built, check_input, Conv2d, Layer, Mode, StateMut};
+use crate::layers::{check_forward_ran, check_grad, check_input, not_built, Conv2d, Layer, Mode, StateMut};
 use crate::real::{as_f32, as_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -34,6 +34,9 @@ pub struct ConvBnSigmoidPool<T: Real = f32> {
     lanes: bool,
     /// In lanes: per group of 16 images, what the passes keep.
     groups: AlignedVec<f32>,
+    /// The shape of the input of the last forward pass that completed
+    /// (`[0]` before any, or after one that failed).
+    forward_input: Vec<usize>,
     /// In lanes: the pooled output, and the convolution's output gradient
     /// when the input gradient is asked for.
     y: Tensor<T>,
@@ -48,15 +51,20 @@ impl<T: Real> ConvBnSigmoidPool<T> {
             block: BnSigmoidPool::new(config)?,
             lanes: false,
             groups: AlignedVec::new(),
+            forward_input: vec![0],
             y: Tensor::default(),
             dz: Tensor::default(),
         })
     }
 
-    fn geometry(&self) -> Result<(ConvGeometry, usize)> {
-        let g = self.conv.geometry();
-        check_built("Conv2d+BatchNorm2d+Sigmoid+AvgPool2d", g.is_some())?;
-        Ok((g.expect("checked above"), self.conv.out_channels()))
+    /// The convolution's input geometry, its output channels, height and
+    /// width; an error before build.
+    fn geometry(&self) -> Result<(ConvGeometry, usize, usize, usize)> {
+        let not_built = || not_built("Conv2d+BatchNorm2d+Sigmoid+AvgPool2d");
+        let g = self.conv.geometry().ok_or_else(not_built)?;
+        // the convolution's build sets the geometry only once its output size is known
+        let (ho, wo) = g.output_hw().ok_or_else(not_built)?;
+        Ok((g, self.conv.out_channels(), ho, wo))
     }
 
     /// The block's `(mean, scale, shift)` per channel, as f32.
@@ -66,9 +74,8 @@ impl<T: Real> ConvBnSigmoidPool<T> {
     }
 
     fn forward_lanes(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
-        let (g, c) = self.geometry()?;
+        let (g, c, ho, wo) = self.geometry()?;
         let n = check_input("Conv2d", x, &[g.channels, g.height, g.width])?;
-        let (ho, wo) = g.output_hw().expect("checked at build");
         let (plane, p, pooled) = (g.height * g.width, ho * wo, ho * wo / 4);
         let len = conv_bn_lanes::group_len(&g, c);
         self.groups.resize(n.div_ceil(IMAGES) * len, 0.0);
@@ -77,9 +84,14 @@ impl<T: Real> ConvBnSigmoidPool<T> {
         let (xs, weight) = (as_f32(x.data()), as_f32(self.conv.weight().data()));
         let bias = self.conv.bias_values().map(|b| as_f32(b.data()));
         // the sums are shifted by the first image's first output of each
-        // channel, a value near the channel's mean (see ShiftedSums)
+        // channel, a value near the channel's mean (see ShiftedSums); 0 with
+        // no images (no sums: prepare_with_shape below refuses batch
+        // statistics of an empty batch before it reads them)
         let shifts: Vec<f32> = (0..c)
             .map(|co| {
+                if n == 0 {
+                    return 0.0;
+                }
                 let taps = &weight[co * 25..][..25];
                 let first: f32 = (0..25).map(|t| taps[t] * xs[(t / 5) * g.width + t % 5]).sum();
                 first + bias.map_or(0.0, |b| b[co])
@@ -96,6 +108,7 @@ impl<T: Real> ConvBnSigmoidPool<T> {
             })
             .collect();
         self.block.bn.prepare_with_shape(&[n, c, ho, wo], (n, c, p), mode, |_, _| {
+            // called only for n ≥ 1 (see prepare_with_shape): there is a first group
             let mut total = partials[0].clone();
             for group in &partials[1..] {
                 total.iter_mut().zip(group).for_each(|(t, s)| t.absorb(s));
@@ -112,17 +125,10 @@ impl<T: Real> ConvBnSigmoidPool<T> {
     }
 
     fn backward_lanes(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
-        let (g, c) = self.geometry()?;
+        let (g, c, ho, wo) = self.geometry()?;
         let n = check_input("Conv2d", x, &[g.channels, g.height, g.width])?;
-        let (ho, wo) = g.output_hw().expect("checked at build");
         let (p, pooled) = (ho * wo, ho * wo / 4);
-        check_input(&self.kind(), dy, &[c, ho / 2, wo / 2])?;
-        if dy.dim(0) != n || self.groups.len() < n.div_ceil(IMAGES) * conv_bn_lanes::group_len(&g, c) {
-            return Err(crate::Error::shape(
-                self.kind(),
-                format!("gradient for {} images after a forward pass over {n}", dy.dim(0)),
-            ));
-        }
+        check_grad(&self.kind(), dy, &[n, c, ho / 2, wo / 2])?;
         let len = conv_bn_lanes::group_len(&g, c);
         let mean: Vec<f32> = self.block.bn.saved.mean.iter().map(|m| m.as_f64() as f32).collect();
         let partials: Vec<Vec<(f64, f64)>> = as_f32(dy.data())
@@ -192,6 +198,7 @@ fn second_slot(name: &'static str) -> &'static str {
         "running_mean" => "1.running_mean",
         "running_var" => "1.running_var",
         "num_batches_tracked" => "1.num_batches_tracked",
+        // BatchNorm::state_mut names its entries with the five names above only
         other => unreachable!("batch norm has no state named {other}"),
     }
 }
@@ -208,20 +215,28 @@ impl<T: Real> Layer<T> for ConvBnSigmoidPool<T> {
     fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
         let z = self.conv.build(input, rng)?;
         let out = self.block.build(&z, rng)?;
-        let (g, c) = self.geometry()?;
+        let (g, c, _, _) = self.geometry()?;
         self.lanes = conv_bn_lanes::applies::<T>(&g, c);
         Ok(out)
     }
 
     fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
+        self.forward_input = vec![0];
         if self.lanes {
-            return self.forward_lanes(x, mode);
+            self.forward_lanes(x, mode)?;
+        } else {
+            let z = self.conv.forward(x, mode)?;
+            self.block.forward(z, mode)?;
         }
-        let z = self.conv.forward(x, mode)?;
-        self.block.forward(z, mode)
+        self.forward_input = x.shape().to_vec();
+        Ok(self.output())
     }
 
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        self.geometry()?;
+        // what the passes kept (the convolution's output, or in lanes the
+        // groups, sized for this input) comes from the forward pass on x
+        check_forward_ran(&self.kind(), &self.forward_input, x.shape())?;
         if self.lanes {
             return self.backward_lanes(x, dy, need_dx);
         }

@@ -47,7 +47,7 @@ mod scratch;
 pub use block::BnSigmoidPool;
 pub use conv_block::ConvBnSigmoidPool;
 
-use super::{check_built, Layer, Mode, StateMut};
+use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -213,6 +213,9 @@ struct Saved<T> {
     batch_stats: bool,
     /// `x_hat`, kept by the scratch implementation only.
     x_hat: Vec<T>,
+    /// The shape of the input these values came from (`[0]` before any
+    /// forward pass).
+    shape: Vec<usize>,
 }
 
 pub struct BatchNorm<T: Real = f32> {
@@ -254,6 +257,7 @@ impl<T: Real> BatchNorm<T> {
                 inv_std: Vec::new(),
                 batch_stats: false,
                 x_hat: Vec::new(),
+                shape: vec![0],
             },
             y: Tensor::default(),
             dx: Tensor::default(),
@@ -415,6 +419,12 @@ impl<T: Real> BatchNorm<T> {
                     ),
                 ));
             }
+            if n * s == 0 {
+                return Err(Error::shape(
+                    self.name(),
+                    format!("batch statistics of an empty input of shape {shape:?}: give it at least one example"),
+                ));
+            }
             let (stats, wrote) = batch_stats_of(self, (n, c, s));
             normalized = wrote;
             if mode == Mode::Train && self.config.track_running_stats {
@@ -426,6 +436,7 @@ impl<T: Real> BatchNorm<T> {
         };
         let eps = self.config.eps;
         let parts = self.config.parts;
+        self.saved.shape = shape.to_vec();
         self.saved.batch_stats = batch_stats;
         self.saved.mean = mean.iter().map(|&m| T::from_f64(m)).collect();
         self.saved.center = match parts {
@@ -526,12 +537,8 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
 
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
         let (n, c, s) = self.view(x)?;
-        if dy.shape() != x.shape() {
-            return Err(Error::shape(
-                self.name(),
-                format!("gradient shape {:?} differs from input {:?}", dy.shape(), x.shape()),
-            ));
-        }
+        check_forward_ran(&self.name(), &self.saved.shape, x.shape())?;
+        check_grad(&self.name(), dy, x.shape())?;
         let (gamma, _) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
         if need_dx {
             self.dx.resize(x.shape());
