@@ -141,7 +141,8 @@ impl Batches {
 /// let mut batch = Batch::default();
 /// batch.fill(&split, &[0])?;
 /// assert_eq!(batch.x.shape(), &[1, 1, 2, 2]);
-/// assert_eq!(batch.x.data(), &[0.0, 1.0, 0.2, 0.4]);
+/// let want = [0.0, 1.0, 0.2, 0.4]; // each byte times 1/255 in f32: 51 gives 0.20000002
+/// assert!(batch.x.data().iter().zip(want).all(|(v, w)| (v - w).abs() < 1e-6));
 /// assert_eq!(batch.labels, [3]);
 /// # Ok::<(), normlab::Error>(())
 /// ```
