@@ -36,6 +36,9 @@ use crate::{Error, Result};
 /// order is too. Each task has one im2col buffer, reused image after image.
 const GROUP: usize = 8;
 
+/// A 2-D convolution over NCHW input, as `nn.Conv2d(C_in, C_out, k)`
+/// (`C_in` inferred at build, as `nn.LazyConv2d`): square `k×k` kernels,
+/// weight `(C_out, C_in, k, k)`, one bias per output channel.
 pub struct Conv2d<T: Real = f32> {
     out_channels: usize,
     kernel: usize,
@@ -88,22 +91,28 @@ impl<T: Real> Conv2d<T> {
             dx: Tensor::default(),
         }
     }
+    /// The step between windows on both axes, in pixels (PyTorch's
+    /// `stride`, 1 by default).
     pub fn stride(mut self, stride: usize) -> Self {
         self.stride = stride;
         self
     }
+    /// Zeros added on every side, in pixels (PyTorch's `padding`, 0 by default).
     pub fn padding(mut self, padding: usize) -> Self {
         self.padding = padding;
         self
     }
+    /// Whether the layer has a bias (PyTorch's `bias=True`, the default).
     pub fn bias(mut self, on: bool) -> Self {
         self.has_bias = on;
         self
     }
+    /// How the weights are drawn at build ([`Init::PyTorchDefault`] unless set).
     pub fn init(mut self, init: Init) -> Self {
         self.init = init;
         self
     }
+    /// The kernels, `(C_out, C_in, k, k)` (PyTorch's `weight`); empty before build.
     pub fn weight(&self) -> &Tensor<T> {
         &self.weight
     }
@@ -111,6 +120,7 @@ impl<T: Real> Conv2d<T> {
     pub fn bias_values(&self) -> Option<&Tensor<T>> {
         self.has_bias.then_some(&self.bias)
     }
+    /// The number of filters, `C_out` (PyTorch's `out_channels`).
     pub fn out_channels(&self) -> usize {
         self.out_channels
     }

@@ -27,6 +27,8 @@ use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+/// Group normalization, as `nn.GroupNorm(num_groups, C)` (C inferred at
+/// build); the formulas are in the module docs.
 pub struct GroupNorm<T: Real = f32> {
     groups: usize,
     eps: f64,
@@ -67,6 +69,7 @@ impl<T: Real> GroupNorm<T> {
             dx: Tensor::default(),
         }
     }
+    /// Added to the variance before the square root (PyTorch's `eps`, 1e-5).
     pub fn eps(mut self, eps: f64) -> Self {
         self.eps = eps;
         self
@@ -76,6 +79,7 @@ impl<T: Real> GroupNorm<T> {
         self.affine = on;
         self
     }
+    /// The number of groups G (PyTorch's `num_groups`).
     pub fn num_groups(&self) -> usize {
         self.groups
     }

@@ -34,6 +34,9 @@ enum Normalized {
     All,
 }
 
+/// Layer normalization, as `nn.LayerNorm(normalized_shape)`: each example
+/// normalized over its trailing dimensions; the formulas are in the module
+/// docs.
 pub struct LayerNorm<T: Real = f32> {
     normalized: Normalized,
     eps: f64,
@@ -84,10 +87,13 @@ impl<T: Real> LayerNorm<T> {
     pub fn per_example() -> Self {
         Self::with(Normalized::All)
     }
+    /// Added to the variance before the square root (PyTorch's `eps`, 1e-5).
     pub fn eps(mut self, eps: f64) -> Self {
         self.eps = eps;
         self
     }
+    /// Whether gamma and beta, one per normalized element, are learned
+    /// (PyTorch's `elementwise_affine`, on by default).
     pub fn elementwise_affine(mut self, on: bool) -> Self {
         self.affine = on;
         self
@@ -138,7 +144,7 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
                 format!("normalized_shape {shape:?} must be the trailing dimensions of the input, got one example of shape {input:?}"),
             ));
         }
-        if !(self.eps > 0.0) {
+        if self.eps.is_nan() || self.eps <= 0.0 {
             return Err(Error::config("layer-norm eps", "must be positive"));
         }
         if shape.contains(&0) {
@@ -156,6 +162,7 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
         Ok(input.to_vec())
     }
 
+    #[allow(clippy::type_complexity)] // the zipped chunk iterators
     fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
         check_built("LayerNorm", self.row > 0)?;
         super::check_input("LayerNorm", x, &self.example)?;

@@ -48,7 +48,11 @@ use crate::Result;
 /// applies dropout; evaluation ("prediction") mode uses running statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Training: batch statistics, running ones updated, dropout on
+    /// (PyTorch's `model.train()`).
     Train,
+    /// Evaluation ("prediction"): running statistics, nothing updated,
+    /// dropout off (PyTorch's `model.eval()`).
     Eval,
 }
 
@@ -57,13 +61,21 @@ pub enum Mode {
 /// `running_mean`, `running_var`, `num_batches_tracked`).
 pub enum StateMut<'a, T: Copy> {
     /// A learnable parameter and its gradient from the last backward pass.
-    Param { value: &'a mut Tensor<T>, grad: &'a mut Tensor<T> },
+    Param {
+        /// The parameter's values (e.g. `weight`, shaped as in PyTorch).
+        value: &'a mut Tensor<T>,
+        /// `dLoss/dvalue` from the last backward pass, same shape as `value`.
+        grad: &'a mut Tensor<T>,
+    },
     /// A float buffer that is saved but not learned (running statistics).
     Buffer(&'a mut Tensor<T>),
     /// An integer counter saved as int64 (`num_batches_tracked`).
     Count(&'a mut i64),
 }
 
+/// A layer of a [`crate::models::Sequential`], PyTorch's `nn.Module` with
+/// the backward pass written out: `build` once, then `forward` and
+/// `backward` on each batch (batch dimension first).
 pub trait Layer<T: Real>: Send {
     /// The PyTorch class this layer corresponds to, e.g. `"BatchNorm2d"`.
     fn kind(&self) -> String;

@@ -54,6 +54,7 @@ impl Window {
     }
 }
 
+/// Average pooling over `k×k` windows, as `nn.AvgPool2d(k, stride)`.
 pub struct AvgPool2d<T: Real = f32> {
     window: Window,
     y: Tensor<T>,
@@ -61,6 +62,7 @@ pub struct AvgPool2d<T: Real = f32> {
 }
 
 impl<T: Real> AvgPool2d<T> {
+    /// Windows of `kernel × kernel` pixels, `stride` pixels apart, no padding.
     pub fn new(kernel: usize, stride: usize) -> Self {
         AvgPool2d { window: Window { kernel, stride, dims: None }, y: Tensor::default(), dx: Tensor::default() }
     }
@@ -149,6 +151,7 @@ impl<T: Real> Layer<T> for AvgPool2d<T> {
     }
 }
 
+/// Max pooling over `k×k` windows, as `nn.MaxPool2d(k, stride)`.
 pub struct MaxPool2d<T: Real = f32> {
     window: Window,
     /// Index within its plane of each output's maximum.
@@ -160,6 +163,7 @@ pub struct MaxPool2d<T: Real = f32> {
 }
 
 impl<T: Real> MaxPool2d<T> {
+    /// Windows of `kernel × kernel` pixels, `stride` pixels apart, no padding.
     pub fn new(kernel: usize, stride: usize) -> Self {
         MaxPool2d {
             window: Window { kernel, stride, dims: None },

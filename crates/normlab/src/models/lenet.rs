@@ -21,15 +21,21 @@ use crate::{Error, Result};
 /// Which normalization sits in the network.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Norm {
+    /// No normalization: the chapter's plain LeNet, the baseline.
     None,
+    /// Batch norm (`BatchNorm2d` after a convolution, `BatchNorm1d` after a
+    /// linear layer).
     Batch {
+        /// Which implementation computes it (the chapter's scratch one or the fused one).
         imp: BnImpl,
+        /// Its options (eps, momentum, affine, running statistics, ...).
         config: BatchNormConfig,
     },
     /// LayerNorm over each example's values (C·H·W after a convolution).
     Layer,
     /// GroupNorm with this many groups (must divide every normalized width: 6, 16, 120, 84).
     Group {
+        /// The number of groups G (PyTorch's `num_groups`).
         groups: usize,
     },
 }
@@ -38,19 +44,28 @@ pub enum Norm {
 /// or after it (later practice).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NormPlacement {
+    /// `affine -> norm -> activation`: the original paper and the chapter.
     BeforeActivation,
+    /// `affine -> activation -> norm`: later practice.
     AfterActivation,
 }
 
+/// The nonlinearity after each hidden layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Activation {
+    /// The logistic sigmoid, as in the chapter (`nn.Sigmoid`).
     Sigmoid,
+    /// The rectifier (`nn.ReLU`).
     ReLU,
 }
 
+/// A member of the chapter's LeNet family: which normalization, where, and
+/// around which layers; [`LeNetConfig::network`] makes the network.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LeNetConfig {
+    /// Which normalization layer the network has.
     pub norm: Norm,
+    /// Whether it sits before or after the activation.
     pub placement: NormPlacement,
     /// Normalize after the two convolutions.
     pub norm_conv: bool,
@@ -59,12 +74,15 @@ pub struct LeNetConfig {
     /// Biases on the convolutions and linear layers followed by a norm
     /// (they are redundant in front of BN: its mean subtraction cancels them).
     pub bias_before_norm: bool,
+    /// The nonlinearity after each hidden layer.
     pub activation: Activation,
     /// Dropout probability after each hidden linear layer's activation.
     pub dropout: Option<f64>,
 }
 
 impl LeNetConfig {
+    /// The chapter's network with `norm` before each sigmoid, after all four
+    /// hidden layers, biases kept, no dropout.
     pub fn with_norm(norm: Norm) -> Self {
         LeNetConfig {
             norm,
@@ -166,9 +184,11 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
+    /// Every ready-made model.
     pub const ALL: [ModelKind; 4] =
         [ModelKind::BnLenet, ModelKind::BnLenetScratch, ModelKind::Lenet, ModelKind::LnLenet];
 
+    /// The model's name on the command line, e.g. `bn-lenet-scratch`.
     pub fn name(&self) -> &'static str {
         match self {
             ModelKind::BnLenet => "bn-lenet",
@@ -178,6 +198,7 @@ impl ModelKind {
         }
     }
 
+    /// The model called `name` (see [`ModelKind::name`]); the error lists the names.
     pub fn parse(name: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| {
             let names: Vec<_> = Self::ALL.iter().map(|m| m.name()).collect();
@@ -185,6 +206,7 @@ impl ModelKind {
         })
     }
 
+    /// The configuration that makes this model.
     pub fn config(&self) -> LeNetConfig {
         match self {
             ModelKind::BnLenet => {
@@ -207,6 +229,8 @@ pub fn build<T: Real>(kind: ModelKind, rng: &mut Rng) -> Result<Sequential<T>> {
     build_config(&kind.config(), rng)
 }
 
+/// Builds and initializes the network `config` describes for Fashion-MNIST
+/// input ([`INPUT_SHAPE`]).
 pub fn build_config<T: Real>(config: &LeNetConfig, rng: &mut Rng) -> Result<Sequential<T>> {
     let mut net = config.network()?;
     net.build(&INPUT_SHAPE, rng)?;

@@ -59,6 +59,7 @@ impl<T: Real> Default for Sequential<T> {
 }
 
 impl<T: Real> Sequential<T> {
+    /// An empty model in training mode (PyTorch's `nn.Sequential()`).
     pub fn new() -> Self {
         Sequential {
             prefix: "net".into(),
@@ -111,19 +112,24 @@ impl<T: Real> Sequential<T> {
         Ok(shape)
     }
 
+    /// One example's input shape given to the last build (empty before).
     pub fn example_shape(&self) -> &[usize] {
         &self.example_shape
     }
 
+    /// Switches to training mode (PyTorch's `model.train()`).
     pub fn train(&mut self) {
         self.mode = Mode::Train;
     }
+    /// Switches to evaluation mode (PyTorch's `model.eval()`).
     pub fn eval(&mut self) {
         self.mode = Mode::Eval;
     }
+    /// The mode the next forward pass runs in.
     pub fn mode(&self) -> Mode {
         self.mode
     }
+    /// Switches to `mode`.
     pub fn set_mode(&mut self, mode: Mode) {
         self.mode = mode;
     }
@@ -134,15 +140,19 @@ impl<T: Real> Sequential<T> {
         self.input_grad = on;
     }
 
+    /// The layers, in order.
     pub fn layers(&self) -> &[Box<dyn Layer<T>>] {
         &self.layers
     }
+    /// The layers, in order, to change in place.
     pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer<T>>] {
         &mut self.layers
     }
+    /// The number of layers (a fused block counts once; see [`Self::slots`]).
     pub fn len(&self) -> usize {
         self.layers.len()
     }
+    /// Whether the model has no layers.
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
@@ -270,6 +280,7 @@ impl<T: Real> Sequential<T> {
         format!("{}.{slot}", self.prefix)
     }
 
+    /// The names of [`Self::state_mut`]'s entries, e.g. `net.1.running_mean`.
     pub fn state_names(&mut self) -> Vec<String> {
         self.state_mut().into_iter().map(|(n, _)| n).collect()
     }

@@ -30,6 +30,8 @@ use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+/// `BatchNorm2d(C) -> Sigmoid -> AvgPool2d(2, 2)` in one layer (three
+/// `nn.Sequential` entries), fused batch norm only; see the module docs.
 pub struct BnSigmoidPool<T: Real = f32> {
     pub(super) bn: BatchNorm<T>,
     /// (C, H, W) of the input.

@@ -27,6 +27,9 @@ use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::Result;
 
+/// `Conv2d -> BatchNorm2d -> Sigmoid -> AvgPool2d(2, 2)` in one layer (four
+/// `nn.Sequential` entries): a [`Conv2d`] and a [`BnSigmoidPool`], or one
+/// pass in vector lanes where that applies; see the module docs.
 pub struct ConvBnSigmoidPool<T: Real = f32> {
     conv: Conv2d<T>,
     block: BnSigmoidPool<T>,

@@ -90,12 +90,16 @@ pub enum RunningVar {
 /// Batch-norm options; defaults are PyTorch's.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchNormConfig {
+    /// Added to the variance before the square root (PyTorch's `eps`, 1e-5).
     pub eps: f64,
+    /// How the running statistics follow the batch's (PyTorch's
+    /// `momentum=0.1` is `Momentum::NewStatWeight(0.1)`).
     pub momentum: Momentum,
     /// Learnable `gamma` (`weight`) and `beta` (`bias`).
     pub affine: bool,
     /// Keep running statistics; without them eval mode uses batch statistics.
     pub track_running_stats: bool,
+    /// Which batch variance updates `running_var` (PyTorch: unbiased).
     pub running_var: RunningVar,
     /// Which half of the normalization to apply (the chapter's "lite" BN
     /// exercise); [`BnParts::Full`] is standard batch norm.
@@ -148,30 +152,38 @@ impl BatchNormConfig {
     pub fn d2l() -> Self {
         BatchNormConfig { running_var: RunningVar::Biased, ..Self::pytorch() }
     }
+    /// Sets [`Self::eps`] (PyTorch's `eps`).
     pub fn eps(mut self, eps: f64) -> Self {
         self.eps = eps;
         self
     }
+    /// Sets [`Self::momentum`], with its convention spelled out.
     pub fn momentum(mut self, momentum: Momentum) -> Self {
         self.momentum = momentum;
         self
     }
+    /// Sets [`Self::affine`] (PyTorch's `affine`).
     pub fn affine(mut self, on: bool) -> Self {
         self.affine = on;
         self
     }
+    /// Sets [`Self::track_running_stats`] (PyTorch's `track_running_stats`).
     pub fn track_running_stats(mut self, on: bool) -> Self {
         self.track_running_stats = on;
         self
     }
+    /// Sets [`Self::parts`] (full, centring-only or scaling-only BN).
     pub fn parts(mut self, parts: BnParts) -> Self {
         self.parts = parts;
         self
     }
+    /// Sets [`Self::learn_affine`] (`false`: gamma and beta frozen at 1 and 0).
     pub fn learn_affine(mut self, on: bool) -> Self {
         self.learn_affine = on;
         self
     }
+    /// Errors unless eps is positive and finite and the momentum's weight
+    /// is in [0, 1] (the error names both momentum conventions).
     pub fn validate(&self) -> Result<()> {
         if !(self.eps > 0.0 && self.eps.is_finite()) {
             return Err(Error::config("batch-norm eps", format!("{} must be a positive number", self.eps)));
@@ -218,6 +230,9 @@ struct Saved<T> {
     shape: Vec<usize>,
 }
 
+/// Batch normalization over dimension 1 of an `(N, C, *)` input, as
+/// PyTorch's `nn.BatchNorm1d`/`2d`/`3d(C)` (which one follows from the rank
+/// at build, see [`Layer::kind`]); the formulas are in the module docs.
 pub struct BatchNorm<T: Real = f32> {
     config: BatchNormConfig,
     imp: BnImpl,
@@ -239,6 +254,8 @@ impl<T: Real> BatchNorm<T> {
     pub fn new(config: BatchNormConfig) -> Self {
         Self::with_impl(config, BnImpl::Fused)
     }
+    /// A batch-norm layer computed by `imp`; the number of channels is
+    /// inferred at build.
     pub fn with_impl(config: BatchNormConfig, imp: BnImpl) -> Self {
         BatchNorm {
             config,
@@ -263,27 +280,40 @@ impl<T: Real> BatchNorm<T> {
             dx: Tensor::default(),
         }
     }
+    /// The options the layer was made with.
     pub fn config(&self) -> &BatchNormConfig {
         &self.config
     }
+    /// Which implementation computes the layer.
     pub fn implementation(&self) -> BnImpl {
         self.imp
     }
+    /// The number of channels C (PyTorch's `num_features`); 0 before build.
     pub fn num_features(&self) -> usize {
         self.example.first().copied().unwrap_or(0)
     }
+    /// The scale gamma, one per channel (PyTorch's `weight`); `None`
+    /// without affine parameters.
     pub fn gamma(&self) -> Option<&Tensor<T>> {
         self.config.affine.then_some(&self.weight)
     }
+    /// The shift beta, one per channel (PyTorch's `bias`); `None` without
+    /// affine parameters.
     pub fn beta(&self) -> Option<&Tensor<T>> {
         self.config.affine.then_some(&self.bias)
     }
+    /// The running mean per channel (PyTorch's `running_mean`); `None`
+    /// without running statistics.
     pub fn running_mean(&self) -> Option<&Tensor<T>> {
         self.config.track_running_stats.then_some(&self.running_mean)
     }
+    /// The running variance per channel (PyTorch's `running_var`); `None`
+    /// without running statistics.
     pub fn running_var(&self) -> Option<&Tensor<T>> {
         self.config.track_running_stats.then_some(&self.running_var)
     }
+    /// Training batches counted into the running statistics since build or
+    /// the last reset (PyTorch's `num_batches_tracked`).
     pub fn num_batches_tracked(&self) -> i64 {
         self.num_batches_tracked
     }
@@ -323,13 +353,16 @@ impl<T: Real> BatchNorm<T> {
         }
     }
 
+    /// Changes how the running statistics follow the batch's from the
+    /// next training batch on (e.g. [`Momentum::CumulativeAverage`] to
+    /// recompute them over a whole data set, "precise BN").
     pub fn set_momentum(&mut self, momentum: Momentum) {
         self.config.momentum = momentum;
     }
 
     fn name(&self) -> String {
         match self.example.len() {
-            0 | 1 | 2 => "BatchNorm1d".into(),
+            0..=2 => "BatchNorm1d".into(),
             3 => "BatchNorm2d".into(),
             _ => "BatchNorm3d".into(),
         }
