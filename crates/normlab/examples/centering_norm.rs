@@ -18,12 +18,13 @@
 //!
 //! Run: `cargo run --release --example centering_norm [DATA_DIR]`
 
+use normlab::data::{self, Batch, Batches, LastBatch};
 use normlab::layers::{AvgPool2d, Conv2d, Flatten, Init, Layer, Linear, Mode, Sigmoid, StateMut};
 use normlab::loss::CrossEntropy;
 use normlab::models::Sequential;
 use normlab::optim::{Sgd, SgdConfig};
-use normlab::train::{evaluate, fill_batch};
-use normlab::{data, rng, Real, Result, Tensor};
+use normlab::train::evaluate;
+use normlab::{rng, Real, Result, Tensor};
 
 struct CenteringNorm<T: Real> {
     channels: usize,
@@ -135,21 +136,23 @@ fn main() -> Result<()> {
     // sigmoid from slow learning the way full batch norm does
     let mut sgd = Sgd::new(SgdConfig::new(0.9))?;
     let mut loss = CrossEntropy::new();
-    let (mut x, mut labels) = (Tensor::default(), Vec::new());
-    let order: Vec<usize> = (0..fm.train.len()).collect();
+    // shuffled batches of 128, a new order each epoch; the shorter last
+    // batch is dropped, so every step centres over 128 examples
+    let mut batches = Batches::new(fm.train.len(), 128, LastBatch::Drop)?.shuffled(0);
+    let mut batch = Batch::default();
     for epoch in 1..=3 {
         net.train();
         let mut total = 0.0;
-        for batch in order.chunks(128) {
-            fill_batch(&fm.train, batch, &mut x, &mut labels);
-            let logits = net.forward(&x)?;
-            let (l, _) = loss.forward(logits, &labels)?;
-            net.backward(&x, loss.grad())?;
+        for idx in batches.epoch() {
+            batch.fill(&fm.train, idx)?;
+            let logits = net.forward(&batch.x)?;
+            let (l, _) = loss.forward(logits, &batch.labels)?;
+            net.backward(&batch.x, loss.grad())?;
             sgd.step(&mut net);
-            total += l * batch.len() as f64;
+            total += l;
         }
         let eval = evaluate(&mut net, &fm.test, 500, None)?;
-        println!("epoch {epoch}: train loss {:.4}, val acc {:.4}", total / fm.train.len() as f64, eval.accuracy);
+        println!("epoch {epoch}: train loss {:.4}, val acc {:.4}", total / batches.num_batches() as f64, eval.accuracy);
     }
     Ok(())
 }
