@@ -122,13 +122,17 @@ pub(super) fn backward<T: Real>(
     let mut dbeta = vec![0.0f64; c];
     let mut dgamma = vec![0.0f64; c];
     for ch in 0..c {
+        let mut sum_dy = 0.0f64;
+        let mut sum_dy_xhat = 0.0f64;
         for i in 0..n {
             for k in 0..s {
                 let j = (i * c + ch) * s + k;
-                dbeta[ch] += dy[j].as_f64();
-                dgamma[ch] += dy[j].as_f64() * x_hat[j].as_f64();
+                sum_dy += dy[j].as_f64();
+                sum_dy_xhat += dy[j].as_f64() * x_hat[j].as_f64();
             }
         }
+        dbeta[ch] = sum_dy;
+        dgamma[ch] = sum_dy_xhat;
     }
     if let Some(dx) = dx {
         for ch in 0..c {
