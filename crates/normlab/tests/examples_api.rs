@@ -156,3 +156,27 @@ fn a_loop_of_ones_own_learns_and_round_trips() {
     checkpoint::load_into(&mut loaded, &path).unwrap();
     assert_eq!(evaluate(&mut loaded, &fm.test, 100, None).unwrap(), trained);
 }
+
+/// `save_state_dict` and the ready-made models' `save` share the writer:
+/// each file carries its own metadata and only that.
+#[test]
+fn state_dicts_and_ready_made_checkpoints_carry_their_own_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let kind = normlab::models::ModelKind::BnLenet;
+    let mut lenet = normlab::models::build_config(&kind.config(), &mut rng::seeded(0)).unwrap();
+    let ready = dir.path().join("bn-lenet.safetensors");
+    checkpoint::save(&mut lenet, kind.name(), &kind.config(), &[("epoch", "1".into())], &ready).unwrap();
+    let info = checkpoint::info(&ready).unwrap();
+    assert_eq!(info.model, "bn-lenet");
+    let mut keys: Vec<&str> = info.metadata.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["epoch", "format", "normlab.model", "normlab.network", "normlab.version"]);
+
+    let custom = dir.path().join("custom.safetensors");
+    checkpoint::save_state_dict(&mut built(6, 0), &[("epoch", "2".into())], &custom).unwrap();
+    let meta = checkpoint::load_into(&mut built(6, 1), &custom).unwrap();
+    let mut keys: Vec<&str> = meta.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["epoch", "format", "normlab.state_dict", "normlab.version"]);
+    assert_eq!(meta["format"], "pt");
+}

@@ -153,7 +153,7 @@ fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors wrote valid JSON");
     // serde_json's map is ordered by key
     let mut text = serde_json::to_string(&header).expect("JSON value serializes");
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
