@@ -19,25 +19,6 @@ use crate::real::{as_f32, as_f32_mut, Real};
 
 /// Channels are reduced in parallel above this many elements in total.
 pub const PAR_MIN: usize = 1 << 15;
-const LANES: usize = 8;
-
-/// `Σ f(a_i, b_i)` in f64 with eight independent lanes, so the loop vectorizes
-/// and the order of additions is fixed.
-#[inline(always)]
-pub fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (ca, cb) in ac.zip(bc) {
-        for l in 0..LANES {
-            acc[l] += f(ca[l].as_f64(), cb[l].as_f64());
-        }
-    }
-    for (l, (&x, &y)) in ar.iter().zip(br).enumerate() {
-        acc[l] += f(x.as_f64(), y.as_f64());
-    }
-    super::sum8(acc)
-}
 
 /// Runs `per_channel(c)` for every channel, in parallel when the tensor is
 /// large, and collects the results in channel order.
