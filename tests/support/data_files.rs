@@ -13,7 +13,6 @@ use flate2::Compression;
 use normlab::data::idx;
 use sha2::{Digest, Sha256};
 
-
 pub const NAMES: [&str; 4] = [
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -75,4 +74,3 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
-

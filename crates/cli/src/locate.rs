@@ -176,4 +176,3 @@ fn describe_missing(dir: &Path, missing: &[String]) -> String {
 pub fn load(src: &DataSource) -> Result<FashionMnist> {
     load_dir(&locate(src)?)
 }
-

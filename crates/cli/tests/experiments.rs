@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-
 const BIN: &str = env!("CARGO_BIN_EXE_normlab");
 
 fn subset() -> PathBuf {

@@ -411,12 +411,7 @@ fn group_norm_matches_pytorch() {
                 &fx.t(&format!("{prefix}_dweight")),
                 1e-5,
             );
-            close_t(
-                &format!("{prefix} dbias"),
-                &get_grad(&mut gn, "bias"),
-                &fx.t(&format!("{prefix}_dbias")),
-                1e-5,
-            );
+            close_t(&format!("{prefix} dbias"), &get_grad(&mut gn, "bias"), &fx.t(&format!("{prefix}_dbias")), 1e-5);
         } else {
             assert!(gn.state_mut().is_empty());
         }

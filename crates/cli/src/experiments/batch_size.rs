@@ -2,8 +2,8 @@
 //! the learning rate scaled linearly (0.1 at 128), BN against layer norm,
 //! which normalizes each example on its own.
 
-use normlab::models::ModelKind;
 use crate::plot::{plot_lines, Series};
+use normlab::models::ModelKind;
 use normlab::Result;
 
 use super::report::{self, settings_table, val_acc_col, Col, Plot, Report};

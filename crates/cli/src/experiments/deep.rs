@@ -12,13 +12,13 @@ use std::time::Instant;
 
 use rand::seq::SliceRandom;
 
+use crate::plot::{plot_heatmap, plot_lines, Series};
 use normlab::layers::{BatchNorm, BatchNormConfig, Flatten, Init, Layer, LayerNorm, Linear, ReLU, Sigmoid};
 use normlab::loss::CrossEntropy;
 use normlab::models::{Activation, Sequential, INPUT_SHAPE};
 use normlab::optim::{Sgd, SgdConfig};
 use normlab::rng;
 use normlab::tensor::Tensor;
-use crate::plot::{plot_heatmap, plot_lines, Series};
 use normlab::train::{evaluate, fill_batch, EpochMetrics};
 use normlab::Result;
 

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use normlab::fsutil::write_atomic;
 use crate::plot::{plot_lines, Series};
+use normlab::fsutil::write_atomic;
 use normlab::{Error, Result};
 
 use super::runner::{Run, Runs, Stat};
