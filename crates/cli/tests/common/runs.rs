@@ -46,8 +46,11 @@ pub fn read_metrics(dir: &Path) -> (String, Vec<Vec<f64>>) {
     (header, rows)
 }
 
+/// A safetensors file's f32 tensors by name, and its metadata.
+pub type TensorsAndMeta = (Vec<(String, Vec<f32>)>, std::collections::HashMap<String, String>);
+
 /// Every f32 tensor of a safetensors file, by name (and the metadata).
-pub fn tensors(path: &Path) -> (Vec<(String, Vec<f32>)>, std::collections::HashMap<String, String>) {
+pub fn tensors(path: &Path) -> TensorsAndMeta {
     let bytes = std::fs::read(path).expect("checkpoint");
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("safetensors header");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");

@@ -180,7 +180,9 @@ pub fn backward_apply<T: Real>(
         }
         return;
     }
-    let plane = |(idx, (dp, (xp, gp))): (usize, (&mut [T], (&[T], &[T])))| {
+    // one (N, C) plane: its index, dx's run, and x's and dy's runs
+    type Plane<'a, T> = (usize, (&'a mut [T], (&'a [T], &'a [T])));
+    let plane = |(idx, (dp, (xp, gp))): Plane<'_, T>| {
         let ch = idx % c;
         let (mu, a, b, k) = (mean[ch], a[ch], b[ch], k[ch]);
         for ((o, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
