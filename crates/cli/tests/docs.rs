@@ -66,11 +66,17 @@ fn every_citation_of_the_spec_names_one_of_its_sections() {
     files(&root(), &["README.md", "PERFORMANCE.md"], &mut sources);
     assert!(sources.len() > 50, "found only {} source files under {}", sources.len(), root().display());
     let mut cited = 0;
-    for path in &sources {
+    // this file spells the patterns out
+    for path in sources.iter().filter(|p| !p.ends_with("crates/cli/tests/docs.rs")) {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         for (i, line) in text.lines().enumerate() {
             // the page it replaced lived outside the repository
-            assert!(!line.contains("SPEC.md"), "{}:{}: cites SPEC.md; cite docs/spec.md", path.display(), i + 1);
+            assert!(
+                !line.contains(concat!("SPEC", ".md")),
+                "{}:{}: cites the old spec; cite docs/spec.md",
+                path.display(),
+                i + 1
+            );
             // `docs/spec.md, "Section"` must name a heading of the page
             for (at, _) in line.match_indices("docs/spec.md, \"") {
                 let rest = &line[at + "docs/spec.md, \"".len()..];

@@ -23,7 +23,7 @@ mod data_files;
 use data_files::*;
 
 // ---------------------------------------------------------------------------
-// The full data set (SPEC.md's hashes) and the subset's provenance
+// The full data set (the hashes of docs/spec.md, "Data") and the subset's provenance
 
 const FULL_DIR: &str = "/usr/share/datasets/fashion-mnist";
 const SPEC_HASHES: [(&str, &str, u64); 4] = [
@@ -53,7 +53,7 @@ fn full_data_loads_and_matches_spec_hashes() {
     if !full_data_available("full_data_loads_and_matches_spec_hashes") {
         return;
     }
-    // The library's table must be SPEC.md's, value for value.
+    // The downloader's table must be the one of docs/spec.md, value for value.
     let table: Vec<(&str, &str, u64)> =
         download::FASHION_MNIST_FILES.iter().map(|f| (f.name, f.sha256, f.len)).collect();
     assert_eq!(table, SPEC_HASHES.to_vec());
@@ -370,7 +370,7 @@ fn locate_downloads_into_the_cache_when_nothing_is_found() {
     let root = tempfile::tempdir().expect("tempdir");
     let paths = paths_in(root.path(), server.base_url.clone());
     let allow = DataSource { allow_download: true, ..no_download() };
-    // The subset does not have SPEC.md's hashes, so load() through the real
+    // The subset does not have the hashes of docs/spec.md, so load() through the real
     // table must refuse it: this checks that locate verifies what it fetches.
     assert_err_contains(
         locate::locate_in(&allow, &paths),

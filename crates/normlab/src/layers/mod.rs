@@ -122,7 +122,7 @@ pub trait Layer<T: Real>: Send {
     /// Whether this layer's passes split their work across threads for an
     /// input of `input_len` values. Only a scheduling hint: a model keeps a
     /// pool thread awake through runs of layers that do not (see
-    /// [`crate::threads`]). By default, from [`PAR_MIN`] values on, the size
+    /// the hidden `threads` module). By default, from [`PAR_MIN`] values on, the size
     /// at which the elementwise loops here go parallel.
     fn splits_work(&self, input_len: usize) -> bool {
         input_len >= PAR_MIN

@@ -1,4 +1,4 @@
-//! The chapter's LeNet family (SPEC.md, "The models"): input 1×28×28,
+//! The chapter's LeNet family (docs/spec.md, "The models"): input 1×28×28,
 //!
 //! ```text
 //! conv(6, 5x5) -> norm -> sigmoid -> avgpool(2, 2)      # 24x24 -> 12x12

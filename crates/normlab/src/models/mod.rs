@@ -159,7 +159,7 @@ impl<T: Real> Sequential<T> {
 
     /// Runs every layer in the current mode and returns the last output.
     /// Layers that stay on one thread run with the pool kept awake (see
-    /// [`crate::threads`]), so the parallel layer after them starts at once.
+    /// the hidden `threads` module), so the parallel layer after them starts at once.
     pub fn forward(&mut self, x: &Tensor<T>) -> Result<&Tensor<T>> {
         if !self.built {
             return Err(Error::config("model", "call build() with one example's input shape before forward()"));
