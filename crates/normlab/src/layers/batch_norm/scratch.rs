@@ -1,9 +1,8 @@
 //! The chapter's hand-written batch norm ([`super::BnImpl::Scratch`]): plain
-//! nested loops, one formula per line, to be read next to docs/spec.md, "Batch normalization". The fast
-//! code is in `fused.rs`; this one is serial, so its results do not depend on
-//! the number of threads, and every sum runs in an f64 accumulator, so that
-//! it agrees with the fused version on hard inputs (a channel with mean 1e4
-//! and standard deviation 1e-2).
+//! nested loops, one formula per line, to be read next to
+//! docs/spec.md, "Batch normalization". The fast code is in `fused.rs`; this
+//! one is serial, so its results do not depend on the number of threads, and
+//! every sum runs in an f64 accumulator.
 //!
 //! The input is viewed as `(N, C, S)`: `(N, C)` fully connected input has
 //! `S = 1`; `(N, C, H, W)` convolutional input has `S = H·W`. Value `k` of
