@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! use normlab_cli::experiments::{self, ExperimentOptions};
-//! let data = normlab::crate::locate::load(&Default::default()).unwrap();
+//! let data = normlab_cli::locate::load(&Default::default()).unwrap();
 //! let options = ExperimentOptions { quick: true, ..ExperimentOptions::new("out/lite") };
 //! let summary = experiments::run(experiments::find("lite").unwrap(), &data, &options).unwrap();
 //! println!("{}", summary.reading[0]);
