@@ -39,6 +39,7 @@ pub mod data;
 pub mod error;
 #[doc(hidden)] // atomic file writes, public only for the normlab-cli crate
 pub mod fsutil;
+pub mod isa;
 #[doc(hidden)] // the hot loops, public only for the profiling probes in dev/
 pub mod kernels;
 pub mod layers;

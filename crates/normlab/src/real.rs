@@ -78,16 +78,14 @@ pub trait Real:
     );
 }
 
-/// `a·b + c`, fused into one instruction where the CPU has FMA (one
-/// rounding, twice the throughput); a plain multiply-add elsewhere, since a
-/// software fma would be slower than both.
+/// `a·b + c` with one rounding, always: one instruction in code compiled
+/// for FMA (the AVX2 and AVX-512 versions of the kernels, see
+/// [`crate::isa`]), the C library's `fma` in the portable version, which
+/// is slower but gives the same value, so every version of a kernel
+/// computes the same results.
 #[inline(always)]
 pub fn mul_add<T: Real>(a: T, b: T, c: T) -> T {
-    if cfg!(target_feature = "fma") {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
+    a.mul_add(b, c)
 }
 
 impl Real for f32 {

@@ -30,35 +30,38 @@ pub fn per_channel<R: Send>(c: usize, total: usize, f: impl Fn(usize) -> R + Syn
     }
 }
 
-/// Batch mean and biased variance of each channel in f64: two passes for
-/// `(N, C)` input (short columns), one shifted pass per channel for images
-/// ([`channel_mean_var`]).
-pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64>, Vec<f64>) {
-    let m = (n * s) as f64;
-    if s == 1 {
-        // (N, C): accumulate whole rows, vectorized across channels
-        let mut sum = vec![0.0f64; c];
-        for row in x.chunks_exact(c) {
-            for (a, &v) in sum.iter_mut().zip(row) {
-                *a += v.as_f64();
+multiversion! {
+    /// Batch mean and biased variance of each channel in f64: two passes for
+    /// `(N, C)` input (short columns), one shifted pass per channel for images
+    /// ([`channel_mean_var`]).
+    pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64>, Vec<f64>) {
+        let m = (n * s) as f64;
+        if s == 1 {
+            // (N, C): accumulate whole rows, vectorized across channels
+            let mut sum = vec![0.0f64; c];
+            for row in x.chunks_exact(c) {
+                for (a, &v) in sum.iter_mut().zip(row) {
+                    *a += v.as_f64();
+                }
             }
-        }
-        let mean: Vec<f64> = sum.iter().map(|v| v / m).collect();
-        let mut sq = vec![0.0f64; c];
-        for row in x.chunks_exact(c) {
-            for ((a, &v), &mu) in sq.iter_mut().zip(row).zip(&mean) {
-                let d = v.as_f64() - mu;
-                *a += d * d;
+            let mean: Vec<f64> = sum.iter().map(|v| v / m).collect();
+            let mut sq = vec![0.0f64; c];
+            for row in x.chunks_exact(c) {
+                for ((a, &v), &mu) in sq.iter_mut().zip(row).zip(&mean) {
+                    let d = v.as_f64() - mu;
+                    *a += d * d;
+                }
             }
+            return (mean, sq.iter().map(|v| v / m).collect());
         }
-        return (mean, sq.iter().map(|v| v / m).collect());
+        per_channel(c, x.len(), |ch| channel_mean_var(x, (n, c, s), ch)).into_iter().unzip()
     }
-    per_channel(c, x.len(), |ch| channel_mean_var(x, (n, c, s), ch)).into_iter().unzip()
 }
 
 /// Mean and biased variance of channel `ch` of `(N, C, S)` input, in f64,
 /// in one pass over its `N` runs (see [`ShiftedSums`]).
-pub fn channel_mean_var<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f64, f64) {
+pub fn channel_mean_var<T: Real>(x: &[T], ncs: (usize, usize, usize), ch: usize) -> (f64, f64) {
+    let (n, c, s) = ncs;
     let run = |i: usize| &x[(i * c + ch) * s..(i * c + ch + 1) * s];
     let prefetch = std::mem::size_of_val(x) >= super::PREFETCH_MIN_BYTES;
     let mut sums = ShiftedSums::new(x[ch * s]);
@@ -96,8 +99,7 @@ impl ShiftedSums {
 
     #[inline]
     pub fn add<T: Real>(&mut self, values: &[T]) {
-        let k = self.k;
-        let (s1, s2) = sums2(values, values, |v, _| (v - k, (v - k) * (v - k)));
+        let (s1, s2) = shifted_sums(values, self.k);
         self.sum += s1;
         self.sum_sq += s2;
         self.count += values.len();
@@ -119,80 +121,93 @@ impl ShiftedSums {
     }
 }
 
-/// `y = (x - mean[c])·scale[c] + shift[c]`.
-pub fn normalize<T: Real>(x: &[T], y: &mut [T], c: usize, s: usize, mean: &[T], scale: &[T], shift: &[T]) {
-    if s == 1 {
-        for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-            for i in 0..c {
-                yr[i] = (xr[i] - mean[i]) * scale[i] + shift[i];
-            }
-        }
-        return;
-    }
-    let plane = |(idx, (yp, xp)): (usize, (&mut [T], &[T]))| {
-        let ch = idx % c;
-        let (mu, sc, sh) = (mean[ch], scale[ch], shift[ch]);
-        for (o, &v) in yp.iter_mut().zip(xp) {
-            *o = (v - mu) * sc + sh;
-        }
-    };
-    if y.len() >= PAR_MIN {
-        y.par_chunks_mut(s).zip(x.par_chunks(s)).enumerate().for_each(plane);
-    } else {
-        y.chunks_mut(s).zip(x.chunks(s)).enumerate().for_each(plane);
+multiversion! {
+    /// `(Σ (v - k), Σ (v - k)²)` in eight f64 lanes.
+    fn shifted_sums<T: Real>(values: &[T], k: F64x8) -> (f64, f64) {
+        sums2(values, values, |v, _| (v - k, (v - k) * (v - k)))
     }
 }
 
-/// Per channel: `(Σ dy, Σ dy·(x - mean))`, in f64.
-pub fn backward_sums<T: Real>(x: &[T], dy: &[T], n: usize, c: usize, s: usize, mean: &[T]) -> (Vec<f64>, Vec<f64>) {
-    if s == 1 {
-        let (mut sdy, mut sdyx) = (vec![0.0f64; c], vec![0.0f64; c]);
-        for (xr, gr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
-            for i in 0..c {
-                let g = gr[i].as_f64();
-                sdy[i] += g;
-                sdyx[i] += g * (xr[i] - mean[i]).as_f64();
+multiversion! {
+    /// `y = (x - mean[c])·scale[c] + shift[c]`.
+    pub fn normalize<T: Real>(x: &[T], y: &mut [T], c: usize, s: usize, mean: &[T], scale: &[T], shift: &[T]) {
+        if s == 1 {
+            for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                for i in 0..c {
+                    yr[i] = (xr[i] - mean[i]) * scale[i] + shift[i];
+                }
             }
+            return;
         }
-        return (sdy, sdyx);
+        let plane = |(idx, (yp, xp)): (usize, (&mut [T], &[T]))| {
+            let ch = idx % c;
+            let (mu, sc, sh) = (mean[ch], scale[ch], shift[ch]);
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                *o = (v - mu) * sc + sh;
+            }
+        };
+        if y.len() >= PAR_MIN {
+            y.par_chunks_mut(s).zip(x.par_chunks(s)).enumerate().for_each(plane);
+        } else {
+            y.chunks_mut(s).zip(x.chunks(s)).enumerate().for_each(plane);
+        }
     }
-    per_channel(c, x.len(), |ch| channel_backward_sums(x, dy, (n, c, s), ch, mean[ch])).into_iter().unzip()
 }
 
-/// `dx = a[c]·dy + b[c]·(x - mean[c]) + k[c]`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_apply<T: Real>(
-    x: &[T],
-    dy: &[T],
-    dx: &mut [T],
-    c: usize,
-    s: usize,
-    mean: &[T],
-    a: &[T],
-    b: &[T],
-    k: &[T],
-) {
-    if s == 1 {
-        for ((dr, xr), gr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-            for i in 0..c {
-                dr[i] = a[i] * gr[i] + b[i] * (xr[i] - mean[i]) + k[i];
+multiversion! {
+    /// Per channel: `(Σ dy, Σ dy·(x - mean))`, in f64.
+    pub fn backward_sums<T: Real>(x: &[T], dy: &[T], n: usize, c: usize, s: usize, mean: &[T]) -> (Vec<f64>, Vec<f64>) {
+        if s == 1 {
+            let (mut sdy, mut sdyx) = (vec![0.0f64; c], vec![0.0f64; c]);
+            for (xr, gr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
+                for i in 0..c {
+                    let g = gr[i].as_f64();
+                    sdy[i] += g;
+                    sdyx[i] += g * (xr[i] - mean[i]).as_f64();
+                }
             }
+            return (sdy, sdyx);
         }
-        return;
+        per_channel(c, x.len(), |ch| channel_backward_sums(x, dy, (n, c, s), ch, mean[ch])).into_iter().unzip()
     }
-    // one (N, C) plane: its index, dx's run, and x's and dy's runs
-    type Plane<'a, T> = (usize, (&'a mut [T], (&'a [T], &'a [T])));
-    let plane = |(idx, (dp, (xp, gp))): Plane<'_, T>| {
-        let ch = idx % c;
-        let (mu, a, b, k) = (mean[ch], a[ch], b[ch], k[ch]);
-        for ((o, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
-            *o = a * g + b * (v - mu) + k;
+}
+
+multiversion! {
+    /// `dx = a[c]·dy + b[c]·(x - mean[c]) + k[c]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_apply<T: Real>(
+        x: &[T],
+        dy: &[T],
+        dx: &mut [T],
+        c: usize,
+        s: usize,
+        mean: &[T],
+        a: &[T],
+        b: &[T],
+        k: &[T],
+    ) {
+        if s == 1 {
+            for ((dr, xr), gr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                for i in 0..c {
+                    dr[i] = a[i] * gr[i] + b[i] * (xr[i] - mean[i]) + k[i];
+                }
+            }
+            return;
         }
-    };
-    if dx.len() >= PAR_MIN {
-        dx.par_chunks_mut(s).zip(x.par_chunks(s).zip(dy.par_chunks(s))).enumerate().for_each(plane);
-    } else {
-        dx.chunks_mut(s).zip(x.chunks(s).zip(dy.chunks(s))).enumerate().for_each(plane);
+        // one (N, C) plane: its index, dx's run, and x's and dy's runs
+        type Plane<'a, T> = (usize, (&'a mut [T], (&'a [T], &'a [T])));
+        let plane = |(idx, (dp, (xp, gp))): Plane<'_, T>| {
+            let ch = idx % c;
+            let (mu, a, b, k) = (mean[ch], a[ch], b[ch], k[ch]);
+            for ((o, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
+                *o = a * g + b * (v - mu) + k;
+            }
+        };
+        if dx.len() >= PAR_MIN {
+            dx.par_chunks_mut(s).zip(x.par_chunks(s).zip(dy.par_chunks(s))).enumerate().for_each(plane);
+        } else {
+            dx.chunks_mut(s).zip(x.chunks(s).zip(dy.chunks(s))).enumerate().for_each(plane);
+        }
     }
 }
 
@@ -263,9 +278,7 @@ pub fn stats_and_normalize<T: Real>(
             if stream && stream::affine(as_f32(&x[r..r + s]), as_f32_mut(yr), (mu, scale, shift).map_f32()) {
                 continue;
             }
-            for (o, &v) in yr.iter_mut().zip(&x[r..r + s]) {
-                *o = (v - mu) * scale + shift;
-            }
+            affine_run(&x[r..r + s], yr, mu, scale, shift);
         }
         stream::fence(stream);
         (mean, var)
@@ -299,54 +312,69 @@ pub fn backward_fused<T: Real>(
     .unzip()
 }
 
-/// `(Σ dy, Σ dy·(x - mu))` over channel `ch`.
-#[inline]
-fn channel_backward_sums<T: Real>(x: &[T], dy: &[T], (n, c, s): (usize, usize, usize), ch: usize, mu: T) -> (f64, f64) {
-    let muv = F64x8::splat(mu.as_f64());
-    let run = |i: usize| (i * c + ch) * s..(i * c + ch + 1) * s;
-    let prefetch = std::mem::size_of_val(x) >= super::PREFETCH_MIN_BYTES;
-    let (mut sdy, mut sdyx) = (0.0, 0.0);
-    for i in 0..n {
-        if prefetch && i + 1 < n {
-            super::prefetch(&x[run(i + 1)]);
-            super::prefetch(&dy[run(i + 1)]);
+multiversion! {
+    /// `y = (x - mu)·scale + shift` over one run.
+    fn affine_run<T: Real>(x: &[T], y: &mut [T], mu: T, scale: T, shift: T) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = (v - mu) * scale + shift;
         }
-        let r = run(i);
-        let (a, b) = sums2(&dy[r.clone()], &x[r], |g, v| (g, g * (v - muv)));
-        sdy += a;
-        sdyx += b;
     }
-    (sdy, sdyx)
 }
 
-/// `dx = a·dy + b·(x - mu) + k` over channel `ch`.
-#[inline]
-fn channel_backward_apply<T: Real>(
-    x: &[T],
-    dy: &[T],
-    out: &ChannelOut<'_, T>,
-    (n, c, s): (usize, usize, usize),
-    ch: usize,
-    mu: T,
-    (a, b, k): (T, T, T),
-) {
-    // Backwards: a channel of a large tensor (1.6 MB of x and dy at
-    // (64,64,56,56)) does not fit in L2, and a forward second pass would
-    // find every run evicted; backwards it starts with the runs just read.
-    let stream = stream::applies::<T>(std::mem::size_of_val(x));
-    for i in (0..n).rev() {
-        let r = (i * c + ch) * s;
-        // SAFETY: run r belongs to channel ch alone, whose task this is
-        let dr = unsafe { out.run(r, s) };
-        let (xr, dyr) = (&x[r..r + s], &dy[r..r + s]);
-        if stream && stream::bn_gradient(as_f32(xr), as_f32(dyr), as_f32_mut(dr), (a, b, k, mu).map_f32()) {
-            continue;
+multiversion! {
+    /// `(Σ dy, Σ dy·(x - mu))` over channel `ch`.
+    #[inline]
+    fn channel_backward_sums<T: Real>(x: &[T], dy: &[T], ncs: (usize, usize, usize), ch: usize, mu: T) -> (f64, f64) {
+        let (n, c, s) = ncs;
+        let muv = F64x8::splat(mu.as_f64());
+        let run = |i: usize| (i * c + ch) * s..(i * c + ch + 1) * s;
+        let prefetch = std::mem::size_of_val(x) >= super::PREFETCH_MIN_BYTES;
+        let (mut sdy, mut sdyx) = (0.0, 0.0);
+        for i in 0..n {
+            if prefetch && i + 1 < n {
+                super::prefetch(&x[run(i + 1)]);
+                super::prefetch(&dy[run(i + 1)]);
+            }
+            let r = run(i);
+            let (a, b) = sums2(&dy[r.clone()], &x[r], |g, v| (g, g * (v - muv)));
+            sdy += a;
+            sdyx += b;
         }
-        for ((o, &v), &g) in dr.iter_mut().zip(xr).zip(dyr) {
-            *o = a * g + b * (v - mu) + k;
-        }
+        (sdy, sdyx)
     }
-    stream::fence(stream);
+}
+
+multiversion! {
+    /// `dx = a·dy + b·(x - mu) + k` over channel `ch`.
+    #[inline]
+    fn channel_backward_apply<T: Real>(
+        x: &[T],
+        dy: &[T],
+        out: &ChannelOut<'_, T>,
+        ncs: (usize, usize, usize),
+        ch: usize,
+        mu: T,
+        abk: (T, T, T),
+    ) {
+        let ((n, c, s), (a, b, k)) = (ncs, abk);
+        // Backwards: a channel of a large tensor (1.6 MB of x and dy at
+        // (64,64,56,56)) does not fit in L2, and a forward second pass would
+        // find every run evicted; backwards it starts with the runs just read.
+        let stream = stream::applies::<T>(std::mem::size_of_val(x));
+        for i in (0..n).rev() {
+            let r = (i * c + ch) * s;
+            // SAFETY: run r belongs to channel ch alone, whose task this is
+            let dr = unsafe { out.run(r, s) };
+            let (xr, dyr) = (&x[r..r + s], &dy[r..r + s]);
+            if stream && stream::bn_gradient(as_f32(xr), as_f32(dyr), as_f32_mut(dr), (a, b, k, mu).map_f32()) {
+                continue;
+            }
+            for ((o, &v), &g) in dr.iter_mut().zip(xr).zip(dyr) {
+                *o = a * g + b * (v - mu) + k;
+            }
+        }
+        stream::fence(stream);
+    }
 }
 
 #[cfg(test)]
@@ -361,10 +389,7 @@ mod tests {
     fn streaming_sweeps_write_what_the_plain_loops_write() {
         for (n, c, s) in [(4, 2, 1 << 20), (4, 2, (1 << 20) + 3)] {
             let len = n * c * s;
-            assert!(
-                super::super::stream::applies::<f32>(len * 4)
-                    == cfg!(all(target_arch = "x86_64", target_feature = "avx512f"))
-            );
+            assert!(super::super::stream::applies::<f32>(len * 4) == crate::isa::avx512());
             let values = |seed: usize| -> Vec<f32> {
                 (0..len).map(|i| (((i * 7919 + seed) % 1000) as f32) / 500.0 - 1.0).collect()
             };

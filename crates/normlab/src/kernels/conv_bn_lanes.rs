@@ -46,7 +46,7 @@ pub fn group_len(g: &ConvGeometry, cout: usize) -> usize {
     conv_lanes::scratch_len(g, cout) + (2 * cout * p + cout * p / 4) * LANES
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 /// The group's storage cut into its parts.
 struct Parts<'a> {
     x: &'a mut [f32],
@@ -56,7 +56,7 @@ struct Parts<'a> {
     band: &'a mut [f32],
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 fn parts<'a>(g: &ConvGeometry, cout: usize, storage: &'a mut [f32]) -> Parts<'a> {
     assert!(storage.len() >= group_len(g, cout), "conv_bn_lanes: group storage");
     let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
@@ -68,7 +68,7 @@ fn parts<'a>(g: &ConvGeometry, cout: usize, storage: &'a mut [f32]) -> Parts<'a>
     Parts { x, z, dh, pooled, band }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
@@ -78,6 +78,7 @@ mod avx512 {
     use super::*;
 
     /// The 16 lanes of `v` added in f64, in lane order.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     fn lane_sum(v: __m512) -> f64 {
         let mut lanes = [0.0f32; LANES];
         // SAFETY: 16 values; AVX-512F is compiled in
@@ -86,16 +87,19 @@ mod avx512 {
     }
 
     /// The pooled sizes: (pooled width, pooled positions per channel).
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     fn pooled(d: &Dims) -> (usize, usize) {
         (d.wo / 2, d.p() / 4)
     }
 
     /// Images in a group whose pooled planes (`cout` per image) fill `len`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     fn images_in(g: &ConvGeometry, cout: usize, len: usize) -> usize {
         let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
         len / (cout * (ho / 2) * (wo / 2))
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn forward_conv(
         g: &ConvGeometry,
         weight: &[f32],
@@ -126,6 +130,7 @@ mod avx512 {
         }
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn forward_pool(g: &ConvGeometry, coefs: &[(f32, f32, f32)], storage: &mut [f32], y: &mut [f32]) {
         let cout = coefs.len();
         let d = Dims::of(g, cout, images_in(g, cout, y.len()));
@@ -157,6 +162,7 @@ mod avx512 {
         }
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn backward_sums(g: &ConvGeometry, mean: &[f32], dy: &[f32], storage: &mut [f32]) -> Vec<(f64, f64)> {
         let cout = mean.len();
         let d = Dims::of(g, cout, images_in(g, cout, dy.len()));
@@ -169,9 +175,7 @@ mod avx512 {
         let p = d.p();
         let mut sums = Vec::with_capacity(cout);
         for (co, &mu) in mean.iter().enumerate() {
-            // SAFETY (every intrinsic below): AVX-512F is compiled in; every
-            // load and store is of a 16-value slice cut above or below
-            let (mut a, mut b) = unsafe { (_mm512_setzero_ps(), _mm512_setzero_ps()) };
+            let (mut a, mut b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             for ph in 0..d.ho / 2 {
                 for pc in 0..pw {
                     let g_in = &pooled[(co * pp + ph * pw + pc) * LANES..][..LANES];
@@ -198,6 +202,7 @@ mod avx512 {
         sums
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn backward_dz(
         g: &ConvGeometry,
         apply: &[(f32, f32, f32)],
@@ -212,8 +217,7 @@ mod avx512 {
         let Parts { x: xt, z, dh, band, .. } = parts(g, cout, storage);
         let p = d.p();
         let mut grad = GradSums::new(&d);
-        // SAFETY (intrinsics): AVX-512F is compiled in
-        let mut bias_sums = vec![unsafe { _mm512_setzero_ps() }; cout];
+        let mut bias_sums = vec![_mm512_setzero_ps(); cout];
         let valid = ((1u32 << d.images) - 1) as __mmask16;
         let (mut dw, mut planes) = (None, None);
         match out {
@@ -283,13 +287,13 @@ pub fn forward_conv(
     storage: &mut [f32],
     sums: &mut [ShiftedSums],
 ) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-    avx512::forward_conv(g, weight, bias, x, storage, sums);
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-    {
-        let _ = (g, weight, bias, x, storage, sums);
-        unreachable!("conv_bn_lanes::applies() is false without AVX-512")
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        return unsafe { avx512::forward_conv(g, weight, bias, x, storage, sums) };
     }
+    let _ = (g, weight, bias, x, storage, sums);
+    unreachable!("conv_bn_lanes::applies() is false without AVX-512")
 }
 
 /// Pass B: the group's pooled planes `y = pool(sigmoid(h))` with
@@ -297,26 +301,26 @@ pub fn forward_conv(
 /// sigmoid's values stay in the group's storage for the backward pass
 /// (they cost more to recompute than to keep in the core's L2).
 pub fn forward_pool(g: &ConvGeometry, coefs: &[(f32, f32, f32)], storage: &mut [f32], y: &mut [f32]) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-    avx512::forward_pool(g, coefs, storage, y);
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-    {
-        let _ = (g, coefs, storage, y);
-        unreachable!("conv_bn_lanes::applies() is false without AVX-512")
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        return unsafe { avx512::forward_pool(g, coefs, storage, y) };
     }
+    let _ = (g, coefs, storage, y);
+    unreachable!("conv_bn_lanes::applies() is false without AVX-512")
 }
 
 /// Pass C: from the pooled gradient `dy` and the sigmoid's values that
 /// pass B kept, `dh` into the group's storage and per channel
 /// `(Σ dh, Σ dh·(z - mean))`.
 pub fn backward_sums(g: &ConvGeometry, mean: &[f32], dy: &[f32], storage: &mut [f32]) -> Vec<(f64, f64)> {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-    return avx512::backward_sums(g, mean, dy, storage);
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-    {
-        let _ = (g, mean, dy, storage);
-        unreachable!("conv_bn_lanes::applies() is false without AVX-512")
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        return unsafe { avx512::backward_sums(g, mean, dy, storage) };
     }
+    let _ = (g, mean, dy, storage);
+    unreachable!("conv_bn_lanes::applies() is false without AVX-512")
 }
 
 /// Pass D: `dz = a·dh + b·(z - mean) + k` with `apply[c] = (a, b, k)`, band
@@ -329,11 +333,11 @@ pub fn backward_dz(
     storage: &mut [f32],
     out: DzOut,
 ) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-    avx512::backward_dz(g, apply, mean, images, storage, out);
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-    {
-        let _ = (g, apply, mean, images, storage, out);
-        unreachable!("conv_bn_lanes::applies() is false without AVX-512")
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        return unsafe { avx512::backward_dz(g, apply, mean, images, storage, out) };
     }
+    let _ = (g, apply, mean, images, storage, out);
+    unreachable!("conv_bn_lanes::applies() is false without AVX-512")
 }

@@ -67,38 +67,43 @@ pub fn pack_weights_blocked<T: Real>(w: &[T], cout: usize, cin: usize, k: usize,
     }
 }
 
-/// One image: `y` is overwritten with `bias + conv(x, w)`; `packed` is
-/// [`pack_weights`] of `w`.
-pub fn forward<T: Real>(g: &ConvGeometry, cout: usize, packed: &[T], bias: Option<&[T]>, x: &[T], y: &mut [T]) {
-    if wide::applies::<T>(g, cout) {
-        return wide::forward_8x4(g, cout, as_f32(packed), bias.map(as_f32), as_f32(x), as_f32_mut(y));
-    }
-    match (g.kernel, tile_shape(cout)) {
-        (5, (8, 2)) => forward_tiled::<T, 5, 8, 2>(g, cout, packed, bias, x, y),
-        (5, (6, 3)) => forward_tiled::<T, 5, 6, 3>(g, cout, packed, bias, x, y),
-        (5, (4, 4)) => forward_tiled::<T, 5, 4, 4>(g, cout, packed, bias, x, y),
-        (3, (8, 2)) => forward_tiled::<T, 3, 8, 2>(g, cout, packed, bias, x, y),
-        (3, (6, 3)) => forward_tiled::<T, 3, 6, 3>(g, cout, packed, bias, x, y),
-        (3, (4, 4)) => forward_tiled::<T, 3, 4, 4>(g, cout, packed, bias, x, y),
-        (k, _) => panic!("direct convolution supports kernels 3 and 5, got {k}"),
+multiversion! {
+    /// One image: `y` is overwritten with `bias + conv(x, w)`; `packed` is
+    /// [`pack_weights`] of `w`.
+    pub fn forward<T: Real>(g: &ConvGeometry, cout: usize, packed: &[T], bias: Option<&[T]>, x: &[T], y: &mut [T]) {
+        if wide::applies::<T>(g, cout) {
+            return wide::forward_8x4(g, cout, as_f32(packed), bias.map(as_f32), as_f32(x), as_f32_mut(y));
+        }
+        match (g.kernel, tile_shape(cout)) {
+            (5, (8, 2)) => forward_tiled::<T, 5, 8, 2>(g, cout, packed, bias, x, y),
+            (5, (6, 3)) => forward_tiled::<T, 5, 6, 3>(g, cout, packed, bias, x, y),
+            (5, (4, 4)) => forward_tiled::<T, 5, 4, 4>(g, cout, packed, bias, x, y),
+            (3, (8, 2)) => forward_tiled::<T, 3, 8, 2>(g, cout, packed, bias, x, y),
+            (3, (6, 3)) => forward_tiled::<T, 3, 6, 3>(g, cout, packed, bias, x, y),
+            (3, (4, 4)) => forward_tiled::<T, 3, 4, 4>(g, cout, packed, bias, x, y),
+            (k, _) => panic!("direct convolution supports kernels 3 and 5, got {k}"),
+        }
     }
 }
 
-/// Consecutive images `x` (and their `dy`):
-/// `dw[co][ci][i][j] += Σ_images Σ dy[co][oh][ow] · x[ci][oh+i][ow+j]`.
-/// Partial sums stay in vector lanes across all the images and are reduced
-/// once at the end, so pass a group of images rather than one.
-pub fn weight_grad<T: Real>(g: &ConvGeometry, cout: usize, x: &[T], dy: &[T], dw: &mut [T]) {
-    match g.kernel {
-        5 => weight_grad_k::<T, 5>(g, cout, x, dy, dw),
-        3 => weight_grad_k::<T, 3>(g, cout, x, dy, dw),
-        k => panic!("direct convolution supports kernels 3 and 5, got {k}"),
+multiversion! {
+    /// Consecutive images `x` (and their `dy`):
+    /// `dw[co][ci][i][j] += Σ_images Σ dy[co][oh][ow] · x[ci][oh+i][ow+j]`.
+    /// Partial sums stay in vector lanes across all the images and are reduced
+    /// once at the end, so pass a group of images rather than one.
+    pub fn weight_grad<T: Real>(g: &ConvGeometry, cout: usize, x: &[T], dy: &[T], dw: &mut [T]) {
+        match g.kernel {
+            5 => weight_grad_k::<T, 5>(g, cout, x, dy, dw),
+            3 => weight_grad_k::<T, 3>(g, cout, x, dy, dw),
+            k => panic!("direct convolution supports kernels 3 and 5, got {k}"),
+        }
     }
 }
 
 /// Output channels per weight-gradient tile: `K·DB` vector accumulators.
 const DB: usize = 3;
 
+#[inline(always)]
 fn weight_grad_k<T: Real, const K: usize>(g: &ConvGeometry, cout: usize, x: &[T], dy: &[T], dw: &mut [T]) {
     let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
     let (cin, h, w) = (g.channels, g.height, g.width);
@@ -176,56 +181,59 @@ pub fn weight_grad_by_channels_supported(g: &ConvGeometry, cout: usize) -> bool 
     supported(g) && (1..=2 * LANES).contains(&cout)
 }
 
-/// Weight gradient of a group of images with the output channels in vector
-/// lanes: `dW[co][tap] = Σ_images Σ_p dy[co][p] · x[tap shifted to p]`.
-/// `dy` is first transposed to `[p][co]` (into `dy_t`, at least
-/// `images·p·16` long; channels padded with zeros to whole vectors), then
-/// for each block of taps every position loads its gradients (one or two
-/// vectors) and broadcasts one input value per tap: 16 accumulators, at most
-/// 10 loads per 16 multiply-adds, no im2col. `dw` is overwritten.
-pub fn weight_grad_by_channels<T: Real>(
-    g: &ConvGeometry,
-    cout: usize,
-    x: &[T],
-    dy: &[T],
-    dy_t: &mut [T],
-    dw: &mut [T],
-) {
-    let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
-    let (p, x_len, taps) = (ho * wo, g.channels * g.height * g.width, g.col_rows());
-    let vectors = cout.div_ceil(LANES);
-    let width = vectors * LANES;
-    let images = x.len() / x_len;
-    assert!(
-        (1..=2).contains(&vectors) && dy.len() == images * cout * p && dw.len() == cout * taps,
-        "weight_grad_by_channels: {cout} output channels (at most 16), or shapes"
-    );
-    let dy_t = &mut dy_t[..images * p * width];
-    if width > cout {
-        dy_t.fill(T::zero());
-    }
-    for (src, dst) in dy.chunks_exact(cout * p).zip(dy_t.chunks_exact_mut(width * p)) {
-        if width == 16 && image_lanes::applies::<T>(p) {
-            image_lanes::to_lanes(as_f32(src), cout, p, p, as_f32_mut(dst));
-            continue;
+multiversion! {
+    /// Weight gradient of a group of images with the output channels in vector
+    /// lanes: `dW[co][tap] = Σ_images Σ_p dy[co][p] · x[tap shifted to p]`.
+    /// `dy` is first transposed to `[p][co]` (into `dy_t`, at least
+    /// `images·p·16` long; channels padded with zeros to whole vectors), then
+    /// for each block of taps every position loads its gradients (one or two
+    /// vectors) and broadcasts one input value per tap: 16 accumulators, at most
+    /// 10 loads per 16 multiply-adds, no im2col. `dw` is overwritten.
+    pub fn weight_grad_by_channels<T: Real>(
+        g: &ConvGeometry,
+        cout: usize,
+        x: &[T],
+        dy: &[T],
+        dy_t: &mut [T],
+        dw: &mut [T],
+    ) {
+        let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
+        let (p, x_len, taps) = (ho * wo, g.channels * g.height * g.width, g.col_rows());
+        let vectors = cout.div_ceil(LANES);
+        let width = vectors * LANES;
+        let images = x.len() / x_len;
+        assert!(
+            (1..=2).contains(&vectors) && dy.len() == images * cout * p && dw.len() == cout * taps,
+            "weight_grad_by_channels: {cout} output channels (at most 16), or shapes"
+        );
+        let dy_t = &mut dy_t[..images * p * width];
+        if width > cout {
+            dy_t.fill(T::zero());
         }
-        for (co, plane) in src.chunks_exact(p).enumerate() {
-            for (q, &v) in plane.iter().enumerate() {
-                dst[q * width + co] = v;
+        for (src, dst) in dy.chunks_exact(cout * p).zip(dy_t.chunks_exact_mut(width * p)) {
+            if width == 16 && image_lanes::applies::<T>(p) {
+                image_lanes::to_lanes(as_f32(src), cout, p, p, as_f32_mut(dst));
+                continue;
+            }
+            for (co, plane) in src.chunks_exact(p).enumerate() {
+                for (q, &v) in plane.iter().enumerate() {
+                    dst[q * width + co] = v;
+                }
             }
         }
-    }
-    if wide::weight_grad_applies::<T>(g, cout) {
-        return wide::weight_grad_16(g, cout, as_f32(x), as_f32(dy_t), as_f32_mut(dw));
-    }
-    match vectors {
-        1 => weight_grad_by_channels_cv::<T, 1, 16>(g, cout, x, dy_t, dw),
-        _ => weight_grad_by_channels_cv::<T, 2, 8>(g, cout, x, dy_t, dw),
+        if wide::weight_grad_applies::<T>(g, cout) {
+            return wide::weight_grad_16(g, cout, as_f32(x), as_f32(dy_t), as_f32_mut(dw));
+        }
+        match vectors {
+            1 => weight_grad_by_channels_cv::<T, 1, 16>(g, cout, x, dy_t, dw),
+            _ => weight_grad_by_channels_cv::<T, 2, 8>(g, cout, x, dy_t, dw),
+        }
     }
 }
 
 /// `CV` vectors of output channels, `TB` taps per block (`CV·TB` accumulators);
 /// `dy_t` is the transposed gradient, `CV·8` values per position.
+#[inline(always)]
 fn weight_grad_by_channels_cv<T: Real, const CV: usize, const TB: usize>(
     g: &ConvGeometry,
     cout: usize,
@@ -322,6 +330,7 @@ pub(crate) fn tile_starts(n: usize, len: usize) -> impl Iterator<Item = usize> {
 /// input vectors and `CB` broadcast weights for `CB·R` multiply-adds.
 /// `packed` is [`pack_weights_blocked`] with `cb = CB`.
 /// Needs `Ho ≥ R`, `Wo ≥ LANES`.
+#[inline(always)]
 pub fn forward_tiled<T: Real, const K: usize, const CB: usize, const R: usize>(
     g: &ConvGeometry,
     cout: usize,
@@ -392,7 +401,7 @@ pub mod wide {
     const K: usize = 5;
 
     pub fn applies<T: Real>(g: &ConvGeometry, cout: usize) -> bool {
-        cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))
+        crate::isa::avx512()
             && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
             && g.kernel == K
             && g.stride == 1
@@ -402,8 +411,27 @@ pub mod wide {
     }
 
     /// `packed` is `pack_weights_blocked` with `cb = 8` (the 8x2 tile's).
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+    /// Panics unless [`applies`] (AVX-512 only).
     pub fn forward_8x4(g: &ConvGeometry, cout: usize, packed: &[f32], bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::isa::avx512() {
+            // SAFETY: the CPU has AVX-512 (isa::active checked it)
+            return unsafe { forward_8x4_avx512(g, cout, packed, bias, x, y) };
+        }
+        let _ = (g, cout, packed, bias, x, y);
+        unreachable!("applies() is false without AVX-512")
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    fn forward_8x4_avx512(
+        g: &ConvGeometry,
+        cout: usize,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        y: &mut [f32],
+    ) {
         use std::arch::x86_64::*;
         let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
         let (cin, h, w) = (g.channels, g.height, g.width);
@@ -411,8 +439,7 @@ pub mod wide {
         let (xp, wp) = (x.as_ptr(), packed.as_ptr());
         for (b, co0) in (0..cout).step_by(CB).enumerate() {
             for oh in (0..ho).step_by(R) {
-                // SAFETY (intrinsics): compiled only with AVX-512F and FMA
-                let mut acc = unsafe { [[_mm512_setzero_ps(); 2]; CB] };
+                let mut acc = [[_mm512_setzero_ps(); 2]; CB];
                 for ci in 0..cin {
                     for i in 0..K {
                         for j in 0..K {
@@ -451,7 +478,7 @@ pub mod wide {
     /// work: f32 on AVX-512, kernel 5, 9 to 16 output channels (one 16-lane
     /// vector where the portable kernel uses two of 8).
     pub fn weight_grad_applies<T: Real>(g: &ConvGeometry, cout: usize) -> bool {
-        cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))
+        crate::isa::avx512()
             && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
             && g.kernel == K
             && (9..=16).contains(&cout)
@@ -462,9 +489,20 @@ pub mod wide {
     /// position loads its 16 gradients once and broadcasts 25 inputs, which
     /// lie in 5 rows at fixed offsets. Products and additions in the same
     /// order as the 8-lane kernel, so bitwise the same (tested). `dy_t` holds
-    /// 16 values per position.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+    /// 16 values per position. Panics unless [`weight_grad_applies`] (AVX-512 only).
     pub fn weight_grad_16(g: &ConvGeometry, cout: usize, x: &[f32], dy_t: &[f32], dw: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::isa::avx512() {
+            // SAFETY: the CPU has AVX-512 (isa::active checked it)
+            return unsafe { weight_grad_16_avx512(g, cout, x, dy_t, dw) };
+        }
+        let _ = (g, cout, x, dy_t, dw);
+        unreachable!("weight_grad_applies() is false without AVX-512")
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    fn weight_grad_16_avx512(g: &ConvGeometry, cout: usize, x: &[f32], dy_t: &[f32], dw: &mut [f32]) {
         use std::arch::x86_64::*;
         let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
         let (cin, h, w) = (g.channels, g.height, g.width);
@@ -472,8 +510,7 @@ pub mod wide {
         let images = x.len() / x_len;
         assert!(dy_t.len() >= images * p * 16 && dw.len() == cout * taps, "weight_grad_16: shapes");
         for ci in 0..cin {
-            // SAFETY (intrinsics): compiled only with AVX-512F and FMA
-            let mut acc = unsafe { [_mm512_setzero_ps(); K * K] };
+            let mut acc = [_mm512_setzero_ps(); K * K];
             for n in 0..images {
                 for oh in 0..ho {
                     let rows: [&[f32]; K] = std::array::from_fn(|i| &x[n * x_len + (ci * h + oh + i) * w..][..w]);
@@ -505,16 +542,6 @@ pub mod wide {
                 }
             }
         }
-    }
-
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-    pub fn weight_grad_16(_: &ConvGeometry, _: usize, _: &[f32], _: &[f32], _: &mut [f32]) {
-        unreachable!("weight_grad_applies() is false without AVX-512")
-    }
-
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-    pub fn forward_8x4(_: &ConvGeometry, _: usize, _: &[f32], _: Option<&[f32]>, _: &[f32], _: &mut [f32]) {
-        unreachable!("applies() is false without AVX-512")
     }
 }
 
@@ -622,7 +649,9 @@ mod geometry_tests {
     }
 
     /// Whether this build has the `wide` kernels.
-    const WIDE_BUILD: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"));
+    fn wide_build() -> bool {
+        crate::isa::avx512()
+    }
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 500.0).collect()
@@ -632,8 +661,8 @@ mod geometry_tests {
     fn wide_tile_is_bitwise_the_eight_lane_tile() {
         for (cin, cout, h) in [(6, 16, 12), (3, 8, 16), (1, 24, 8)] {
             let g = ConvGeometry { channels: cin, height: h, width: 12, kernel: 5, stride: 1, padding: 0 };
-            assert_eq!(wide::applies::<f32>(&g, cout), WIDE_BUILD, "{g:?}");
-            if !WIDE_BUILD {
+            assert_eq!(wide::applies::<f32>(&g, cout), wide_build(), "{g:?}");
+            if !wide_build() {
                 return;
             }
             let (ho, wo) = g.output_hw().unwrap();
@@ -654,8 +683,8 @@ mod geometry_tests {
         // LeNet's conv2 over 3 images; 12 channels (4 padding lanes) on a non-square input
         for (cin, cout, h, w, images) in [(6, 16, 12, 12, 3), (2, 12, 9, 13, 2)] {
             let g = ConvGeometry { channels: cin, height: h, width: w, kernel: 5, stride: 1, padding: 0 };
-            assert_eq!(wide::weight_grad_applies::<f32>(&g, cout), WIDE_BUILD, "{g:?}");
-            if !WIDE_BUILD {
+            assert_eq!(wide::weight_grad_applies::<f32>(&g, cout), wide_build(), "{g:?}");
+            if !wide_build() {
                 return;
             }
             let (ho, wo) = g.output_hw().unwrap();

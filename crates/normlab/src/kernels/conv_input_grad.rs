@@ -6,7 +6,7 @@
 //! `dx[ci][y][x] = Σ_co Σ_{i,j} w[co][ci][i][j] · dy[co][y-i][x-j]`
 //! (terms whose `dy` index falls outside the output are zero)
 //!
-//! Gathered by input row: for input row `y`, a block of [`CB`] input
+//! Gathered by input row: for input row `y`, a block of `CB` ([`channel_block`]) input
 //! channels and a run of 8 output columns starting at `x0`, one accumulator
 //! per (channel, kernel column `j`) sums `w[co][ci][i][j] · dy[co][y-i][x0..x0+8]`
 //! over `co` and the kernel rows `i` that reach an output row, so no
@@ -32,17 +32,22 @@ const K: usize = 5;
 
 /// Input channels per block: `CB·K` accumulators. With AVX-512's 32 vector
 /// registers 6 channels (30 accumulators) fit; AVX2 has 16, so 2 (10).
-#[cfg(target_feature = "avx512vl")]
-pub const CB: usize = 6;
-#[cfg(not(target_feature = "avx512vl"))]
-pub const CB: usize = 2;
+const CB_AVX512: usize = 6;
+const CB_AVX2: usize = 2;
+
+/// The block of input channels of the kernel [`crate::isa::active`] picks;
+/// [`pack_weights`] and [`input_grad`] must be called under the same one.
+pub fn channel_block() -> usize {
+    if crate::isa::avx512() {
+        CB_AVX512
+    } else {
+        CB_AVX2
+    }
+}
 
 /// Lane indices that move lane `t` of each 8-lane group to lane `t + j`
 /// (mod 8), one table per kernel column `j`, for `L` lanes.
-#[cfg(all(
-    target_arch = "x86_64",
-    any(target_feature = "avx512f", all(target_feature = "avx2", target_feature = "fma"))
-))]
+#[cfg(target_arch = "x86_64")]
 const fn rotations<const L: usize>() -> [[i32; L]; K] {
     let mut idx = [[0; L]; K];
     let mut j = 0;
@@ -57,10 +62,12 @@ const fn rotations<const L: usize>() -> [[i32; L]; K] {
     idx
 }
 
-/// Whether [`input_grad`] handles this convolution: f32 on a build with
-/// AVX2 and FMA, stride 1, no padding, kernel 5, output width a multiple of 8.
+/// Whether [`input_grad`] handles this convolution: f32 with AVX2 and FMA
+/// or more active ([`crate::isa`]), stride 1, no padding, kernel 5, output
+/// width a multiple of 8.
 pub fn applies<T: 'static>(g: &ConvGeometry) -> bool {
-    cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))
+    let cb = channel_block();
+    crate::isa::avx2()
         && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && g.stride == 1
         && g.padding == 0
@@ -68,14 +75,17 @@ pub fn applies<T: 'static>(g: &ConvGeometry) -> bool {
         && g.output_hw().is_some_and(|(_, wo)| wo.is_multiple_of(8))
         // channels padded to whole blocks: at most 1.5x the work (one input
         // channel, as in a first layer, is faster as a matrix product)
-        && 2 * g.channels.div_ceil(CB) * CB <= 3 * g.channels
+        && 2 * g.channels.div_ceil(cb) * cb <= 3 * g.channels
 }
 
 /// Reorders `w[co][ci][i][j]` into `packed[block][co][i][c][j]` for blocks of
-/// [`CB`] input channels (`ci = block·CB + c`), zero-padded to whole blocks:
-/// the `CB·K` weights one gradient row meets are then contiguous.
+/// `CB =` [`channel_block`] input channels (`ci = block·CB + c`), zero-padded
+/// to whole blocks: the `CB·K` weights one gradient row meets are then
+/// contiguous.
 pub fn pack_weights(w: &[f32], cout: usize, cin: usize, packed: &mut Vec<f32>) {
     assert_eq!(w.len(), cout * cin * K * K, "pack_weights: weight shape");
+    #[allow(non_snake_case)]
+    let CB = channel_block();
     let blocks = cin.div_ceil(CB);
     packed.clear();
     packed.resize(blocks * cout * K * CB * K, 0.0);
@@ -98,17 +108,26 @@ pub fn input_grad(g: &ConvGeometry, cout: usize, packed: &[f32], dy: &[f32], dx:
     assert!(applies::<f32>(g), "input_grad: unsupported geometry {g:?}");
     let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
     let (cin, h, w) = (g.channels, g.height, g.width);
+    let cb = channel_block();
     assert!(
-        dy.len() == cout * ho * wo && dx.len() == cin * h * w && packed.len() == cin.div_ceil(CB) * cout * K * CB * K,
+        dy.len() == cout * ho * wo && dx.len() == cin * h * w && packed.len() == cin.div_ceil(cb) * cout * K * cb * K,
         "input_grad: buffer sizes"
     );
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    if wo == 8 {
-        // SAFETY: the sizes are asserted above, wo is 8, the build has AVX-512F
-        return unsafe { avx512::input_grad(g, cout, packed, dy, dx) };
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the sizes are asserted above; the CPU has AVX-512
+        // (isa::active checked it); the first kernel needs wo = 8
+        return unsafe {
+            if wo == 8 {
+                avx512::input_grad(g, cout, packed, dy, dx)
+            } else {
+                avx2_on_avx512::input_grad(g, cout, packed, dy, dx)
+            }
+        };
     }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    // SAFETY: the sizes are asserted above; the build has AVX2 and FMA
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the sizes are asserted above; applies() checked that the CPU
+    // has AVX2 and FMA
     unsafe {
         avx2::input_grad(g, cout, packed, dy, dx)
     }
@@ -120,9 +139,10 @@ pub fn input_grad(g: &ConvGeometry, cout: usize, packed: &[f32], dy: &[f32], dx:
 /// each multiply-add does 16 outputs. At the top and bottom edges one of
 /// the two rows does not exist and its half is masked off (10% of the
 /// lanes for LeNet's conv2).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{ConvGeometry, CB, K};
+    use super::{ConvGeometry, K};
+    const CB: usize = super::CB_AVX512;
     use std::arch::x86_64::*;
 
     /// Per 8-lane half, lane `t` moved to lane `t + j` (mod 8).
@@ -130,12 +150,14 @@ mod avx512 {
     /// # Safety
     /// None beyond the module's: it is compiled only where the target has
     /// AVX-512F, and `IDX[j]` is bounds-checked (a `j >= K` panics).
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     unsafe fn rotate(v: __m512, j: usize) -> __m512 {
         const IDX: [[i32; 16]; K] = super::rotations();
         _mm512_permutexvar_ps(_mm512_loadu_si512(IDX[j].as_ptr() as *const _), v)
     }
 
     /// Per half, lanes `t >= j`: those that stay in this run of 8 columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     fn stays(j: usize) -> __mmask16 {
         let half = (0xffu16 << j) & 0xff;
         half | (half << 8)
@@ -144,6 +166,7 @@ mod avx512 {
     /// # Safety
     /// Sizes as asserted by `super::input_grad`, and `wo == 8` (so that two
     /// consecutive `dy` rows are one 16-value run).
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub unsafe fn input_grad(g: &ConvGeometry, cout: usize, packed: &[f32], dy: &[f32], dx: &mut [f32]) {
         let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
         let (cin, h, w) = (g.channels, g.height, g.width);
@@ -195,83 +218,96 @@ mod avx512 {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-mod avx2 {
-    use super::{ConvGeometry, CB, K};
-    use std::arch::x86_64::*;
+/// The AVX2 kernel, one row of 8 columns per vector, compiled for AVX2
+/// (2 channels per block, 16 registers) and for AVX-512 (6 channels per
+/// block, the 32 registers AVX-512VL gives 256-bit vectors too).
+macro_rules! avx2_kernel {
+    ($name:ident, $features:literal, $cb:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            use super::{ConvGeometry, K};
+            const CB: usize = $cb;
+            use std::arch::x86_64::*;
 
-    /// Lane permutation that moves lane `t` to lane `t + j` (mod 8): with the
-    /// lanes below `j` kept that gives the columns that spill into the next
-    /// block, with the others those of this block.
-    ///
-    /// # Safety
-    /// None beyond the module's: it is compiled only where the target has
-    /// AVX2, and `IDX[j]` is bounds-checked (a `j >= K` panics).
-    unsafe fn rotate(v: __m256, j: usize) -> __m256 {
-        const IDX: [[i32; 8]; K] = super::rotations();
-        _mm256_permutevar8x32_ps(v, _mm256_loadu_si256(IDX[j].as_ptr() as *const __m256i))
-    }
+            /// Lane permutation that moves lane `t` to lane `t + j` (mod 8): with the
+            /// lanes below `j` kept that gives the columns that spill into the next
+            /// block, with the others those of this block.
+            ///
+            /// # Safety
+            /// None beyond the module's: it is compiled only where the target has
+            /// AVX2, and `IDX[j]` is bounds-checked (a `j >= K` panics).
+            #[target_feature(enable = $features)]
+            unsafe fn rotate(v: __m256, j: usize) -> __m256 {
+                const IDX: [[i32; 8]; K] = super::rotations();
+                _mm256_permutevar8x32_ps(v, _mm256_loadu_si256(IDX[j].as_ptr() as *const __m256i))
+            }
 
-    /// All ones in lanes `t >= j`: the lanes of a rotated accumulator that stay
-    /// in this block.
-    ///
-    /// # Safety
-    /// `j <= 8`, so that the 8 values loaded from `MASK[8 - j..]` lie inside
-    /// `MASK` (callers pass a kernel column, `j < K = 5`); AVX2 is compiled in.
-    unsafe fn stays(j: usize) -> __m256 {
-        const MASK: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1];
-        _mm256_loadu_ps(MASK.as_ptr().add(8 - j) as *const f32)
-    }
+            /// All ones in lanes `t >= j`: the lanes of a rotated accumulator that stay
+            /// in this block.
+            ///
+            /// # Safety
+            /// `j <= 8`, so that the 8 values loaded from `MASK[8 - j..]` lie inside
+            /// `MASK` (callers pass a kernel column, `j < K = 5`); AVX2 is compiled in.
+            #[target_feature(enable = $features)]
+            unsafe fn stays(j: usize) -> __m256 {
+                const MASK: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1];
+                _mm256_loadu_ps(MASK.as_ptr().add(8 - j) as *const f32)
+            }
 
-    /// # Safety
-    /// Sizes as asserted by `super::input_grad`.
-    pub unsafe fn input_grad(g: &ConvGeometry, cout: usize, packed: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
-        let (cin, h, w) = (g.channels, g.height, g.width);
-        let (dyp, wp, dxp) = (dy.as_ptr(), packed.as_ptr(), dx.as_mut_ptr());
-        for b in 0..cin.div_ceil(CB) {
-            let valid = CB.min(cin - b * CB);
-            for y in 0..h {
-                // kernel rows i with 0 <= y - i < ho
-                let (i_first, i_last) = ((y + 1).saturating_sub(ho), y.min(K - 1));
-                // columns spilled from the previous 8-column run, per channel
-                let mut carry = [_mm256_setzero_ps(); CB];
-                for x0 in (0..wo).step_by(8) {
-                    let mut acc = [[_mm256_setzero_ps(); K]; CB];
-                    for co in 0..cout {
-                        for i in i_first..=i_last {
-                            let d = _mm256_loadu_ps(dyp.add((co * ho + y - i) * wo + x0));
-                            let ws = wp.add((((b * cout + co) * K + i) * CB) * K);
-                            for (c, a) in acc.iter_mut().enumerate() {
-                                for (j, a) in a.iter_mut().enumerate() {
-                                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*ws.add(c * K + j)), d, *a);
+            /// # Safety
+            /// Sizes as asserted by `super::input_grad`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn input_grad(g: &ConvGeometry, cout: usize, packed: &[f32], dy: &[f32], dx: &mut [f32]) {
+                let (ho, wo) = g.output_hw().expect("applies() checked the geometry");
+                let (cin, h, w) = (g.channels, g.height, g.width);
+                let (dyp, wp, dxp) = (dy.as_ptr(), packed.as_ptr(), dx.as_mut_ptr());
+                for b in 0..cin.div_ceil(CB) {
+                    let valid = CB.min(cin - b * CB);
+                    for y in 0..h {
+                        // kernel rows i with 0 <= y - i < ho
+                        let (i_first, i_last) = ((y + 1).saturating_sub(ho), y.min(K - 1));
+                        // columns spilled from the previous 8-column run, per channel
+                        let mut carry = [_mm256_setzero_ps(); CB];
+                        for x0 in (0..wo).step_by(8) {
+                            let mut acc = [[_mm256_setzero_ps(); K]; CB];
+                            for co in 0..cout {
+                                for i in i_first..=i_last {
+                                    let d = _mm256_loadu_ps(dyp.add((co * ho + y - i) * wo + x0));
+                                    let ws = wp.add((((b * cout + co) * K + i) * CB) * K);
+                                    for (c, a) in acc.iter_mut().enumerate() {
+                                        for (j, a) in a.iter_mut().enumerate() {
+                                            *a = _mm256_fmadd_ps(_mm256_set1_ps(*ws.add(c * K + j)), d, *a);
+                                        }
+                                    }
                                 }
                             }
+                            for (c, (a, carry)) in acc.iter().zip(carry.iter_mut()).enumerate().take(valid) {
+                                let mut here = _mm256_add_ps(a[0], *carry);
+                                let mut spill = _mm256_setzero_ps();
+                                for (j, &v) in a.iter().enumerate().skip(1) {
+                                    let (r, m) = (rotate(v, j), stays(j));
+                                    here = _mm256_add_ps(here, _mm256_and_ps(r, m));
+                                    spill = _mm256_add_ps(spill, _mm256_andnot_ps(m, r));
+                                }
+                                _mm256_storeu_ps(dxp.add(((b * CB + c) * h + y) * w + x0), here);
+                                *carry = spill;
+                            }
+                        }
+                        // the last run's spill: the row's final K - 1 columns
+                        for (c, carry) in carry.iter().enumerate().take(valid) {
+                            let mut tail = [0.0f32; 8];
+                            _mm256_storeu_ps(tail.as_mut_ptr(), *carry);
+                            let row = dxp.add(((b * CB + c) * h + y) * w + wo);
+                            std::ptr::copy_nonoverlapping(tail.as_ptr(), row, K - 1);
                         }
                     }
-                    for (c, (a, carry)) in acc.iter().zip(carry.iter_mut()).enumerate().take(valid) {
-                        let mut here = _mm256_add_ps(a[0], *carry);
-                        let mut spill = _mm256_setzero_ps();
-                        for (j, &v) in a.iter().enumerate().skip(1) {
-                            let (r, m) = (rotate(v, j), stays(j));
-                            here = _mm256_add_ps(here, _mm256_and_ps(r, m));
-                            spill = _mm256_add_ps(spill, _mm256_andnot_ps(m, r));
-                        }
-                        _mm256_storeu_ps(dxp.add(((b * CB + c) * h + y) * w + x0), here);
-                        *carry = spill;
-                    }
-                }
-                // the last run's spill: the row's final K - 1 columns
-                for (c, carry) in carry.iter().enumerate().take(valid) {
-                    let mut tail = [0.0f32; 8];
-                    _mm256_storeu_ps(tail.as_mut_ptr(), *carry);
-                    let row = dxp.add(((b * CB + c) * h + y) * w + wo);
-                    std::ptr::copy_nonoverlapping(tail.as_ptr(), row, K - 1);
                 }
             }
         }
-    }
+    };
 }
+avx2_kernel!(avx2, "avx2,fma", super::CB_AVX2);
+avx2_kernel!(avx2_on_avx512, "avx512f,avx512bw,avx512dq,avx512vl,fma", super::CB_AVX512);
 
 #[cfg(test)]
 mod tests {
@@ -284,9 +320,9 @@ mod tests {
     fn matches_the_matrix_product_and_col2im() {
         // LeNet's conv2; two runs of 8 columns (the spill carried between
         // them); one input channel past a whole block; a single output row
-        for (cin, cout, h, w) in [(6, 16, 12, 12), (6, 4, 9, 20), (2 * CB + 1, 3, 14, 12), (6, 5, 5, 12)] {
+        for (cin, cout, h, w) in [(6, 16, 12, 12), (6, 4, 9, 20), (2 * channel_block() + 1, 3, 14, 12), (6, 5, 5, 12)] {
             let g = ConvGeometry { channels: cin, height: h, width: w, kernel: K, stride: 1, padding: 0 };
-            let built_for_it = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"));
+            let built_for_it = crate::isa::avx2();
             assert_eq!(applies::<f32>(&g), built_for_it, "{g:?}");
             if !built_for_it {
                 return;

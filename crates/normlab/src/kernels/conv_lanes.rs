@@ -29,7 +29,7 @@ const K: usize = 5;
 /// Output columns per forward tile (3 positions × up to 8 channels = 24
 /// accumulators, plus the 7 input vectors a row of taps reads).
 const TILE: usize = 3;
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 /// Output channels per weight-gradient block (3 × 5 taps = 15 accumulators).
 const BLOCK: usize = 3;
 /// At most this many output channels.
@@ -76,7 +76,7 @@ pub fn scratch_len(g: &ConvGeometry, cout: usize) -> usize {
     (g.height * g.width + cout * band_rows(wo) * wo) * LANES
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
@@ -126,6 +126,7 @@ pub(crate) mod avx512 {
         }
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn forward(d: &Dims, weight: &[f32], bias: Option<&[f32]>, x: &[f32], z: &mut [f32], scratch: &mut [f32]) {
         let plane = x.len() / d.images;
         let (xt, band) = scratch.split_at_mut(plane * LANES);
@@ -151,6 +152,7 @@ pub(crate) mod avx512 {
 
     /// Output rows `oh0..oh0 + band` of every channel into `out`, by tiles
     /// of [`TILE`] columns. `xt` is the input in lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn forward_band(d: &Dims, weight: &[f32], bias: Option<&[f32]>, xt: &[f32], oh0: usize, out: Lanes) {
         let needed = ((d.cout - 1) * out.channel_stride + out.first + d.band_p) * LANES;
         assert!(
@@ -174,7 +176,8 @@ pub(crate) mod avx512 {
 
     /// # Safety
     /// As [`forward_band`] checks.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     unsafe fn forward_band_co<const CO: usize>(
         d: &Dims,
         weight: &[f32],
@@ -264,6 +267,7 @@ pub(crate) mod avx512 {
         }
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn weight_grad(d: &Dims, x: &[f32], dz: &[f32], dw: &mut [f32], scratch: &mut [f32]) {
         let plane = x.len() / d.images;
         let (xt, band) = scratch.split_at_mut(plane * LANES);
@@ -286,8 +290,9 @@ pub(crate) mod avx512 {
     ///
     /// # Safety
     /// As [`GradSums::add_band`] checks.
-    #[inline(always)]
+    #[inline]
     #[allow(clippy::needless_range_loop)] // constant indices keep `acc` in registers
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     unsafe fn band_grad<const NB: usize>(
         mut acc: Sums,
         d: &Dims,
@@ -329,33 +334,35 @@ pub fn forward(
     z: &mut [f32],
     scratch: &mut [f32],
 ) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-    {
-        assert!(bias.is_none_or(|b| b.len() == cout), "conv_lanes: {cout} channels, bias length");
-        let d = avx512::Dims::new(g, cout, x.len(), weight.len(), z.len(), scratch.len());
-        avx512::forward(&d, weight, bias, x, z, scratch);
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        #[allow(unused_unsafe)]
+        return unsafe {
+            assert!(bias.is_none_or(|b| b.len() == cout), "conv_lanes: {cout} channels, bias length");
+            let d = avx512::Dims::new(g, cout, x.len(), weight.len(), z.len(), scratch.len());
+            avx512::forward(&d, weight, bias, x, z, scratch);
+        };
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-    {
-        let _ = (g, cout, weight, bias, x, z, scratch);
-        unreachable!("conv_lanes::applies() is false without AVX-512")
-    }
+    let _ = (g, cout, weight, bias, x, z, scratch);
+    unreachable!("conv_lanes::applies() is false without AVX-512")
 }
 
 /// `dw` (overwritten, `[cout][5][5]`) = the weight gradient of up to 16
 /// images `x` with output gradient `dz`; the sum over images and positions
 /// runs in a fixed order. `scratch` as in [`forward`].
 pub fn weight_grad(g: &ConvGeometry, cout: usize, x: &[f32], dz: &[f32], dw: &mut [f32], scratch: &mut [f32]) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-    {
-        let d = avx512::Dims::new(g, cout, x.len(), dw.len(), dz.len(), scratch.len());
-        avx512::weight_grad(&d, x, dz, dw, scratch);
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        #[allow(unused_unsafe)]
+        return unsafe {
+            let d = avx512::Dims::new(g, cout, x.len(), dw.len(), dz.len(), scratch.len());
+            avx512::weight_grad(&d, x, dz, dw, scratch);
+        };
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-    {
-        let _ = (g, cout, x, dz, dw, scratch);
-        unreachable!("conv_lanes::applies() is false without AVX-512")
-    }
+    let _ = (g, cout, x, dz, dw, scratch);
+    unreachable!("conv_lanes::applies() is false without AVX-512")
 }
 
 #[cfg(test)]
@@ -375,7 +382,7 @@ mod tests {
 
     #[test]
     fn only_where_it_fits() {
-        let wide = cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"));
+        let wide = crate::isa::avx512();
         assert_eq!(applies::<f32>(&geometry(28, 28), 6), wide, "LeNet's first layer");
         assert!(!applies::<f64>(&geometry(28, 28), 6));
         assert!(!applies::<f32>(&geometry(28, 28), 9), "9 channels");
@@ -391,7 +398,7 @@ mod tests {
     /// other band heights, tile overlaps and channel blocks.
     #[test]
     fn matches_im2col_reference() {
-        if !cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")) {
+        if !crate::isa::avx512() {
             return;
         }
         for (h, w, cout, images) in [(28, 28, 6, 16), (28, 28, 6, 5), (20, 20, 8, 3), (8, 12, 1, 16), (12, 8, 4, 9)] {

@@ -24,16 +24,15 @@ pub const LANES: usize = 16;
 /// Whether [`to_lanes`] and [`from_lanes`] run for rows of `len` values of
 /// type `T`: f32 on AVX-512, whole blocks of 16 values.
 pub fn applies<T: Real>(len: usize) -> bool {
-    cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))
-        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && len.is_multiple_of(LANES)
+    crate::isa::avx512() && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && len.is_multiple_of(LANES)
 }
 
 /// `lanes[q·16 + r] = src[r·stride + q]` for the first `rows` rows (at most
 /// 16) and `q < len`; lanes `rows..16` get zeros. `len` must be a multiple of
 /// 16 ([`applies`]) and `lanes` hold `16·len` values.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-pub fn to_lanes(src: &[f32], rows: usize, stride: usize, len: usize, lanes: &mut [f32]) {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+fn to_lanes_avx512(src: &[f32], rows: usize, stride: usize, len: usize, lanes: &mut [f32]) {
     use std::arch::x86_64::*;
     check(src.len(), rows, stride, len, lanes.len());
     let perm = Permutes::new();
@@ -58,8 +57,9 @@ pub fn to_lanes(src: &[f32], rows: usize, stride: usize, len: usize, lanes: &mut
 
 /// The inverse of [`to_lanes`]: `dst[r·stride + q] = lanes[q·16 + r]` for
 /// the first `rows` rows and `q < len`; lanes `rows..16` are not read back.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-pub fn from_lanes(lanes: &[f32], rows: usize, len: usize, dst: &mut [f32], stride: usize) {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+fn from_lanes_avx512(lanes: &[f32], rows: usize, len: usize, dst: &mut [f32], stride: usize) {
     use std::arch::x86_64::*;
     check(dst.len(), rows, stride, len, lanes.len());
     let perm = Permutes::new();
@@ -79,7 +79,7 @@ pub fn from_lanes(lanes: &[f32], rows: usize, len: usize, dst: &mut [f32], strid
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 /// The row-major side holds `rows` rows of `len` values `stride` apart; the
 /// lane side `16·len` values.
 fn check(row_side: usize, rows: usize, stride: usize, len: usize, lane_side: usize) {
@@ -92,7 +92,7 @@ fn check(row_side: usize, rows: usize, stride: usize, len: usize, lane_side: usi
     );
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 /// Round `k` of the transposition swaps bit `k` of the row index with bit
 /// `k` of the column index: rows r and r|bit trade the elements whose
 /// column has that bit set for the other row's elements whose column has it
@@ -116,15 +116,16 @@ const PERMUTES: [[i32; LANES]; 8] = {
 };
 
 /// The index vectors of the four permute rounds, in registers.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 struct Permutes {
     lower: [std::arch::x86_64::__m512i; 4],
     upper: [std::arch::x86_64::__m512i; 4],
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 impl Permutes {
-    #[inline(always)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    #[inline]
     fn new() -> Self {
         use std::arch::x86_64::*;
         // SAFETY: 16 i32s each; AVX-512F is compiled in
@@ -137,7 +138,8 @@ impl Permutes {
     }
 
     /// `out[c][r] = block[r][c]`.
-    #[inline(always)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    #[inline]
     fn transpose(&self, mut rows: [std::arch::x86_64::__m512; LANES]) -> [std::arch::x86_64::__m512; LANES] {
         use std::arch::x86_64::*;
         for k in 0..4 {
@@ -147,24 +149,36 @@ impl Permutes {
                     continue;
                 }
                 let (a, b) = (rows[r], rows[r | bit]);
-                // SAFETY: AVX-512F is compiled in
-                unsafe {
-                    rows[r] = _mm512_permutex2var_ps(a, self.lower[k], b);
-                    rows[r | bit] = _mm512_permutex2var_ps(a, self.upper[k], b);
-                }
+                rows[r] = _mm512_permutex2var_ps(a, self.lower[k], b);
+                rows[r | bit] = _mm512_permutex2var_ps(a, self.upper[k], b);
             }
         }
         rows
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-pub fn to_lanes(_: &[f32], _: usize, _: usize, _: usize, _: &mut [f32]) {
+/// `lanes[q·16 + r] = src[r·stride + q]` for the first `rows` rows (at most
+/// 16) and `q < len`; lanes `rows..16` get zeros. Panics unless
+/// [`applies`] (AVX-512 only).
+pub fn to_lanes(src: &[f32], rows: usize, stride: usize, len: usize, lanes: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        return unsafe { to_lanes_avx512(src, rows, stride, len, lanes) };
+    }
+    let _ = (src, rows, stride, len, lanes);
     unreachable!("image_lanes::applies() is false without AVX-512")
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
-pub fn from_lanes(_: &[f32], _: usize, _: usize, _: &mut [f32], _: usize) {
+/// The inverse of [`to_lanes`]: `dst[r·stride + q] = lanes[q·16 + r]` for
+/// the first `rows` rows. Panics unless [`applies`] (AVX-512 only).
+pub fn from_lanes(lanes: &[f32], rows: usize, len: usize, dst: &mut [f32], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        return unsafe { from_lanes_avx512(lanes, rows, len, dst, stride) };
+    }
+    let _ = (lanes, rows, len, dst, stride);
     unreachable!("image_lanes::applies() is false without AVX-512")
 }
 
@@ -173,7 +187,9 @@ mod tests {
     use super::*;
 
     /// Whether this build has the AVX-512 forms.
-    const WIDE_BUILD: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"));
+    fn wide_build() -> bool {
+        crate::isa::avx512()
+    }
 
     #[test]
     fn rows_go_to_lanes_and_back() {
@@ -181,8 +197,8 @@ mod tests {
         assert!(!applies::<f64>(64));
         // 16 rows packed tight; 12 rows with gaps between them; one row
         for (rows, stride, len) in [(16, 64, 64), (12, 40, 32), (1, 16, 16)] {
-            assert_eq!(applies::<f32>(len), WIDE_BUILD);
-            if !WIDE_BUILD {
+            assert_eq!(applies::<f32>(len), wide_build());
+            if !wide_build() {
                 return;
             }
             let src: Vec<f32> = (0..(rows - 1) * stride + len).map(|i| i as f32 * 0.5 - 7.0).collect();

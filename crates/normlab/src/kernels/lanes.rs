@@ -7,14 +7,12 @@
 //! assert_eq!(w.to_array(), [0., 2., 6., 12., 20., 30., 42., 56.]);
 //! ```
 //!
-//! Why not plain `[f64; 8]` loops: a loop that keeps two such accumulators
-//! was vectorized by LLVM in some callers and turned into mostly scalar code
-//! in others (the batch-norm backward sums at (64,64,56,56): 7.7 ms in one
-//! build, 11 ms after an unrelated change to the caller). With AVX-512 each
-//! operation here is one instruction whatever the caller looks like. Every
-//! operation is lane-wise and rounds like its scalar form (no fused
-//! multiply-add), so results are bitwise those of the portable version,
-//! which builds everywhere else.
+//! The lanes are a plain `[f64; 8]` whose operations are written lane by
+//! lane and always inlined, so that in a kernel compiled for AVX-512 (see
+//! the `multiversion!` macro) each becomes one 8-lane instruction, and in
+//! the AVX2 and portable versions two or four narrower ones. Every
+//! operation rounds like its scalar form (no fused multiply-add), so the
+//! results are the same in every version.
 
 use std::ops::{Add, Mul, Sub};
 
@@ -22,54 +20,6 @@ use crate::real::Real;
 
 pub const LANES: usize = 8;
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-mod imp {
-    use std::arch::x86_64::*;
-
-    #[derive(Clone, Copy)]
-    pub struct Repr(__m512d);
-
-    #[inline(always)]
-    pub fn splat(v: f64) -> Repr {
-        // SAFETY (every intrinsic here): this module is compiled only where
-        // the target has AVX-512F
-        Repr(unsafe { _mm512_set1_pd(v) })
-    }
-    #[inline(always)]
-    pub fn from_f32(p: &[f32; 8]) -> Repr {
-        // SAFETY: p is 8 readable f32 values; the load is unaligned
-        Repr(unsafe { _mm512_cvtps_pd(_mm256_loadu_ps(p.as_ptr())) })
-    }
-    #[inline(always)]
-    pub fn from_f64(p: &[f64; 8]) -> Repr {
-        // SAFETY: p is 8 readable f64 values; the load is unaligned
-        Repr(unsafe { _mm512_loadu_pd(p.as_ptr()) })
-    }
-    #[inline(always)]
-    pub fn to_array(v: Repr) -> [f64; 8] {
-        let mut out = [0.0; 8];
-        // SAFETY: out has room for 8 f64 values; the store is unaligned
-        unsafe { _mm512_storeu_pd(out.as_mut_ptr(), v.0) };
-        out
-    }
-    #[inline(always)]
-    pub fn add(a: Repr, b: Repr) -> Repr {
-        // SAFETY: AVX-512F is compiled in (as for splat)
-        Repr(unsafe { _mm512_add_pd(a.0, b.0) })
-    }
-    #[inline(always)]
-    pub fn sub(a: Repr, b: Repr) -> Repr {
-        // SAFETY: AVX-512F is compiled in (as for splat)
-        Repr(unsafe { _mm512_sub_pd(a.0, b.0) })
-    }
-    #[inline(always)]
-    pub fn mul(a: Repr, b: Repr) -> Repr {
-        // SAFETY: AVX-512F is compiled in (as for splat)
-        Repr(unsafe { _mm512_mul_pd(a.0, b.0) })
-    }
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
 mod imp {
     #[derive(Clone, Copy)]
     pub struct Repr([f64; 8]);

@@ -8,6 +8,50 @@
 //! The fast forms are tested against plainer references: the generic loops,
 //! im2col with a matrix product, the triple-loop matrix product.
 
+/// Compiles a function three times, for AVX-512, for AVX2 and for every
+/// x86-64 CPU, and runs the version [`crate::isa::active`] names.
+///
+/// The plain loops of the kernels are left to LLVM to vectorize, which it
+/// does only as wide as the code is compiled for: the same body under
+/// `#[target_feature]` becomes 16-lane AVX-512 or 8-lane AVX2 code. Closures
+/// in the body (a rayon task's) are compiled with the function's features;
+/// a function the body calls is too where LLVM inlines it (small helpers
+/// are `#[inline]`), else it runs as the portable build made it. On other
+/// architectures only the portable body exists.
+///
+/// Takes a free function whose parameters are plain names and whose
+/// generic parameters are types with one bound each, then, after a `;`,
+/// constants: `fn f<T: Real; const K: usize>(x: &[T])`.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident
+        $(<$($gen:ident: $bound:path),* $(; $(const $cgen:ident: $cty:ty),+)?>)?
+        ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name$(<$($gen: $bound,)* $($(const $cgen: $cty),+)?>)?($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                $(#[$meta])*
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+                fn avx512$(<$($gen: $bound,)* $($(const $cgen: $cty),+)?>)?($($arg: $ty),*) $(-> $ret)? $body
+                $(#[$meta])*
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2$(<$($gen: $bound,)* $($(const $cgen: $cty),+)?>)?($($arg: $ty),*) $(-> $ret)? $body
+                match $crate::isa::active() {
+                    // SAFETY: active() names no level this CPU lacks
+                    $crate::isa::Isa::Avx512 => {
+                        return unsafe { avx512$(::<$($gen,)* $($($cgen),+)?>)?($($arg),*) }
+                    }
+                    // SAFETY: as above
+                    $crate::isa::Isa::Avx2 => return unsafe { avx2$(::<$($gen,)* $($($cgen),+)?>)?($($arg),*) },
+                    $crate::isa::Isa::Portable => {}
+                }
+            }
+            $body
+        }
+    };
+}
+pub(crate) use multiversion;
+
 pub mod batch_norm;
 pub mod conv;
 pub mod conv_bn_lanes;

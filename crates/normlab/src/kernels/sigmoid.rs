@@ -21,11 +21,14 @@ pub fn sigmoid<T: Real>(x: T) -> T {
     T::one() / (T::one() + (-x).exp_fast())
 }
 
-/// `out[i] = sigmoid((z[i] - mean)·scale + shift)`, one value at a time.
-#[inline]
-pub fn sigmoid_affine<T: Real>(z: &[T], (mean, scale, shift): (T, T, T), out: &mut [T]) {
-    for (o, &x) in out.iter_mut().zip(z) {
-        *o = sigmoid(mul_add(x - mean, scale, shift));
+multiversion! {
+    /// `out[i] = sigmoid((z[i] - mean)·scale + shift)`, one value at a time.
+    #[inline]
+    pub fn sigmoid_affine<T: Real>(z: &[T], coef: (T, T, T), out: &mut [T]) {
+        let (mean, scale, shift) = coef;
+        for (o, &x) in out.iter_mut().zip(z) {
+            *o = sigmoid(mul_add(x - mean, scale, shift));
+        }
     }
 }
 
@@ -34,16 +37,11 @@ pub fn sigmoid_affine<T: Real>(z: &[T], (mean, scale, shift): (T, T, T), out: &m
 #[inline]
 pub fn sigmoid_affine_f32(z: &[f32], coef: (f32, f32, f32), out: &mut [f32]) {
     assert_eq!(z.len(), out.len(), "sigmoid_affine_f32: input and output lengths differ");
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-    {
-        let (zc, zr) = z.as_chunks::<16>();
-        let (oc, or) = out.as_chunks_mut::<16>();
-        for (o, x) in oc.iter_mut().zip(zc) {
-            *o = avx512::sigmoid_affine16(x, coef);
-        }
-        sigmoid_affine(zr, coef, or);
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        return unsafe { avx512::sigmoid_affine(z, coef, out) };
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
     sigmoid_affine(z, coef, out);
 }
 
@@ -59,48 +57,50 @@ pub struct PooledPlane<'a, T> {
     pub mu: T,
 }
 
-/// The gradient through sigmoid and 2x2 average pooling, for one plane `w`
-/// wide, with the two sums batch norm's backward needs, in one sweep:
-///
-/// ```text
-/// s  = sigmoid((z - mean)·scale + shift)           (the forward's values)
-/// dh = (g[r/2][c/2] / 4) · s · (1 - s)
-/// returns (Σ dh, Σ dh·(z - mu))
-/// ```
-///
-/// `g` is the pooled gradient (`w/2` per row), `spread` scratch of `2w`;
-/// panics if the lengths do not fit. The sums run in 16 lanes over each pair
-/// of rows (value `k` of a pair in lane `k % 16`), then across the lanes, so
-/// the 16-wide form gives bitwise the same results.
-pub fn pooled_sigmoid_grad<T: Real>(plane: &PooledPlane<T>, dh: &mut [T], spread: &mut [T]) -> (f64, f64) {
-    let &PooledPlane { z, g, width: w, coef: (mean, scale, shift), mu } = plane;
-    let (mut a, mut b) = ([T::zero(); 16], [T::zero(); 16]);
-    let pair = 2 * w;
-    assert!(z.len() == dh.len() && z.len() == 4 * g.len() && spread.len() >= pair && w.is_multiple_of(2));
-    for ((g_row, z_pair), dh_pair) in g.chunks_exact(w / 2).zip(z.chunks_exact(pair)).zip(dh.chunks_exact_mut(pair)) {
-        spread_row_pair(g_row, &mut spread[..pair]);
-        for ((d16, z16), s16) in dh_pair.chunks_mut(16).zip(z_pair.chunks(16)).zip(spread.chunks(16)) {
-            for (l, ((d, &x), &gv)) in d16.iter_mut().zip(z16).zip(s16).enumerate() {
-                let s = sigmoid(mul_add(x - mean, scale, shift));
-                *d = gv * s * (T::one() - s);
-                a[l] += *d;
-                b[l] += *d * (x - mu);
+multiversion! {
+    /// The gradient through sigmoid and 2x2 average pooling, for one plane `w`
+    /// wide, with the two sums batch norm's backward needs, in one sweep:
+    ///
+    /// ```text
+    /// s  = sigmoid((z - mean)·scale + shift)           (the forward's values)
+    /// dh = (g[r/2][c/2] / 4) · s · (1 - s)
+    /// returns (Σ dh, Σ dh·(z - mu))
+    /// ```
+    ///
+    /// `g` is the pooled gradient (`w/2` per row), `spread` scratch of `2w`;
+    /// panics if the lengths do not fit. The sums run in 16 lanes over each pair
+    /// of rows (value `k` of a pair in lane `k % 16`), then across the lanes, so
+    /// the 16-wide form gives bitwise the same results.
+    pub fn pooled_sigmoid_grad<T: Real>(plane: &PooledPlane<T>, dh: &mut [T], spread: &mut [T]) -> (f64, f64) {
+        let &PooledPlane { z, g, width: w, coef: (mean, scale, shift), mu } = plane;
+        let (mut a, mut b) = ([T::zero(); 16], [T::zero(); 16]);
+        let pair = 2 * w;
+        assert!(z.len() == dh.len() && z.len() == 4 * g.len() && spread.len() >= pair && w.is_multiple_of(2));
+        for ((g_row, z_pair), dh_pair) in g.chunks_exact(w / 2).zip(z.chunks_exact(pair)).zip(dh.chunks_exact_mut(pair)) {
+            spread_row_pair(g_row, &mut spread[..pair]);
+            for ((d16, z16), s16) in dh_pair.chunks_mut(16).zip(z_pair.chunks(16)).zip(spread.chunks(16)) {
+                for (l, ((d, &x), &gv)) in d16.iter_mut().zip(z16).zip(s16).enumerate() {
+                    let s = sigmoid(mul_add(x - mean, scale, shift));
+                    *d = gv * s * (T::one() - s);
+                    a[l] += *d;
+                    b[l] += *d * (x - mu);
+                }
             }
         }
+        (sum16(&a), sum16(&b))
     }
-    (sum16(&a), sum16(&b))
 }
 
 /// [`pooled_sigmoid_grad`] for f32, 16 values per instruction where the
 /// target has AVX-512F; bitwise the same results.
 #[inline]
 pub fn pooled_sigmoid_grad_f32(plane: &PooledPlane<f32>, dh: &mut [f32], spread: &mut [f32]) -> (f64, f64) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
-    {
-        let (a, b) = avx512::pooled_sigmoid_grad(plane, dh, spread);
-        (sum16(&a), sum16(&b))
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx512() {
+        // SAFETY: the CPU has AVX-512 (isa::active checked it)
+        let (a, b) = unsafe { avx512::pooled_sigmoid_grad(plane, dh, spread) };
+        return (sum16(&a), sum16(&b));
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma")))]
     pooled_sigmoid_grad(plane, dh, spread)
 }
 
@@ -124,12 +124,24 @@ fn sum16<T: Real>(lanes: &[T; 16]) -> f64 {
     super::sum8(std::array::from_fn(|l| lanes[l] + lanes[l + 8])).as_f64()
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))]
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
+    /// [`super::sigmoid_affine`] 16 values at a time, the rest one by one.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    pub fn sigmoid_affine(z: &[f32], coef: (f32, f32, f32), out: &mut [f32]) {
+        let (zc, zr) = z.as_chunks::<16>();
+        let (oc, or) = out.as_chunks_mut::<16>();
+        for (o, x) in oc.iter_mut().zip(zc) {
+            *o = sigmoid_affine16(x, coef);
+        }
+        super::sigmoid_affine(zr, coef, or);
+    }
+
     /// [`crate::real::exp_f32`] and the sigmoid around it, step for step.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn sigmoid_affine16(z: &[f32; 16], coef: (f32, f32, f32)) -> [f32; 16] {
         let mut out = [0.0f32; 16];
         // SAFETY: this module is compiled only where the target has
@@ -139,37 +151,34 @@ pub(crate) mod avx512 {
     }
 
     /// The same on a vector.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn sigmoid_affine_v(x: __m512, (mean, scale, shift): (f32, f32, f32)) -> __m512 {
-        // SAFETY (every intrinsic here): this module is compiled only where
-        // the target has AVX-512F and FMA
-        unsafe {
-            // -h = (x - mean)·(-scale) - shift, the negation of the
-            // portable form's multiply-add
-            let x =
-                _mm512_fmadd_ps(_mm512_sub_ps(x, _mm512_set1_ps(mean)), _mm512_set1_ps(-scale), _mm512_set1_ps(-shift));
-            // clamp(-87, 88) letting NaN through: max/min return their
-            // second operand when either is NaN
-            let x = _mm512_min_ps(_mm512_set1_ps(88.0), _mm512_max_ps(_mm512_set1_ps(-87.0), x));
-            let n = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(0.5));
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(n);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x));
-            let mut p = _mm512_set1_ps(P[0]);
-            for &coef in &P[1..] {
-                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
-            }
-            let one = _mm512_set1_ps(1.0);
-            let er = _mm512_fmadd_ps(_mm512_fmadd_ps(p, r, one), r, one);
-            // er·2^n in one instruction; n stays within -126..127 (the
-            // clamp), where this is exactly the portable form's product
-            let e = _mm512_scalef_ps(er, n);
-            _mm512_div_ps(one, _mm512_add_ps(one, e))
+        // -h = (x - mean)·(-scale) - shift, the negation of the
+        // portable form's multiply-add
+        let x = _mm512_fmadd_ps(_mm512_sub_ps(x, _mm512_set1_ps(mean)), _mm512_set1_ps(-scale), _mm512_set1_ps(-shift));
+        // clamp(-87, 88) letting NaN through: max/min return their
+        // second operand when either is NaN
+        let x = _mm512_min_ps(_mm512_set1_ps(88.0), _mm512_max_ps(_mm512_set1_ps(-87.0), x));
+        let n = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(0.5));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(n);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x));
+        let mut p = _mm512_set1_ps(P[0]);
+        for &coef in &P[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
         }
+        let one = _mm512_set1_ps(1.0);
+        let er = _mm512_fmadd_ps(_mm512_fmadd_ps(p, r, one), r, one);
+        // er·2^n in one instruction; n stays within -126..127 (the
+        // clamp), where this is exactly the portable form's product
+        let e = _mm512_scalef_ps(er, n);
+        _mm512_div_ps(one, _mm512_add_ps(one, e))
     }
 
     /// [`super::pooled_sigmoid_grad`] on 16 values at a time, the tail of
     /// each row pair masked; the same operations in the same order.
     #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
     pub fn pooled_sigmoid_grad(plane: &PooledPlane<f32>, dh: &mut [f32], spread: &mut [f32]) -> ([f32; 16], [f32; 16]) {
         let &PooledPlane { z, g, width: w, coef, mu } = plane;
         let pair = 2 * w;

@@ -3,36 +3,51 @@
 use rayon::prelude::*;
 
 use super::{check_forward_ran, check_grad, Layer, Mode, PAR_MIN};
+
+use crate::kernels::multiversion;
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::Result;
 
-/// Applies `f` to each (input, output) pair, on rayon when the tensor is large.
-fn map_into<T: Real>(src: &[T], dst: &mut [T], f: impl Fn(T) -> T + Sync) {
-    if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(PAR_MIN / 4)
-            .zip(src.par_chunks(PAR_MIN / 4))
-            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = f(s)));
-    } else {
-        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f(s));
+/// A function of one value that rayon's tasks may share.
+trait Unary<T>: Fn(T) -> T + Sync {}
+impl<T, F: Fn(T) -> T + Sync> Unary<T> for F {}
+
+/// A function of two values that rayon's tasks may share.
+trait Binary<T>: Fn(T, T) -> T + Sync {}
+impl<T, F: Fn(T, T) -> T + Sync> Binary<T> for F {}
+
+multiversion! {
+    /// Applies `f` to each (input, output) pair, on rayon when the tensor is
+    /// large; `f` is inlined into each instruction set's version.
+    fn map_into<T: Real, F: Unary<T>>(src: &[T], dst: &mut [T], f: F) {
+        if dst.len() >= PAR_MIN {
+            dst.par_chunks_mut(PAR_MIN / 4)
+                .zip(src.par_chunks(PAR_MIN / 4))
+                .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = f(s)));
+        } else {
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f(s));
+        }
     }
 }
 
-/// Like [`map_into`] with two inputs, all three of one length (the callers
-/// check the shapes first).
-fn zip_into<T: Real>(a: &[T], b: &[T], dst: &mut [T], f: impl Fn(T, T) -> T + Sync) {
-    if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(PAR_MIN / 4).zip(a.par_chunks(PAR_MIN / 4).zip(b.par_chunks(PAR_MIN / 4))).for_each(
-            |(d, (a, b))| {
-                for i in 0..d.len() {
-                    d[i] = f(a[i], b[i]);
-                }
-            },
-        );
-    } else {
-        for i in 0..dst.len() {
-            dst[i] = f(a[i], b[i]);
+multiversion! {
+    /// Like [`map_into`] with two inputs, all three of one length (the
+    /// callers check the shapes first).
+    fn zip_into<T: Real, F: Binary<T>>(a: &[T], b: &[T], dst: &mut [T], f: F) {
+        if dst.len() >= PAR_MIN {
+            dst.par_chunks_mut(PAR_MIN / 4).zip(a.par_chunks(PAR_MIN / 4).zip(b.par_chunks(PAR_MIN / 4))).for_each(
+                |(d, (a, b))| {
+                    for i in 0..d.len() {
+                        d[i] = f(a[i], b[i]);
+                    }
+                },
+            );
+        } else {
+            for i in 0..dst.len() {
+                dst[i] = f(a[i], b[i]);
+            }
         }
     }
 }

@@ -325,10 +325,7 @@ mod tests {
     /// partial group of 16 images and with the input gradient asked for.
     #[test]
     fn lanes_match_the_layers_one_after_the_other() {
-        assert_eq!(
-            stage(true).lanes,
-            cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "fma"))
-        );
+        assert_eq!(stage(true).lanes, crate::isa::avx512());
         for (n, need_dx) in [(21, false), (32, false), (5, true)] {
             let (mut lanes, mut planes) = (stage(true), stage(false));
             let x = Tensor::from_vec(&[n, 1, 28, 28], values(n * 784, 1)).unwrap();

@@ -1,0 +1,117 @@
+//! Every instruction set computes what the portable code computes: layers
+//! whose kernels are the same code compiled three ways give bitwise the
+//! same values at every level this CPU has; whole BN-LeNet training steps,
+//! where AVX2 and AVX-512 add kernels of their own (another summation
+//! order), agree to 1e-5 and give the same bits on 1 and 2 threads.
+//!
+//! One test, because the level is chosen for the whole process
+//! (`isa::set_cap`); a level this CPU lacks is reported as skipped.
+
+use normlab::isa::{self, Isa};
+use normlab::layers::{BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, Mode, ReLU, Sigmoid, StateMut};
+use normlab::loss::CrossEntropy;
+use normlab::models;
+use normlab::optim::{Sgd, SgdConfig};
+use normlab::{rng, Tensor};
+
+fn values(shape: &[usize], seed: usize) -> Tensor<f32> {
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(shape, (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 400.0).collect())
+        .unwrap()
+}
+
+fn bits(t: &Tensor<f32>) -> Vec<u32> {
+    t.data().iter().map(|v| v.to_bits()).collect()
+}
+
+/// Forward (training, then prediction mode) and backward of a freshly built
+/// layer: every output as bits.
+fn run_layer(mut layer: Box<dyn Layer<f32>>, shape: &[usize]) -> Vec<Vec<u32>> {
+    layer.build(&shape[1..], &mut rng::seeded(3)).unwrap();
+    let x = values(shape, 1);
+    let y = bits(layer.forward(&x, Mode::Train).unwrap());
+    let dy = values(layer.output().shape(), 2);
+    let dx = bits(layer.backward(&x, &dy, true).unwrap());
+    let y_eval = bits(layer.forward(&x, Mode::Eval).unwrap());
+    vec![y, dx, y_eval]
+}
+
+/// The layers whose kernels do not depend on the level.
+fn same_code_layers() -> Vec<(String, Vec<Vec<u32>>)> {
+    let bn = |imp| Box::new(BatchNorm::with_impl(BatchNormConfig::pytorch(), imp)) as Box<dyn Layer<f32>>;
+    type Case = (&'static str, Box<dyn Layer<f32>>, Vec<usize>);
+    let cases: Vec<Case> = vec![
+        ("sigmoid", Box::new(Sigmoid::new()), vec![64, 120]),
+        ("relu", Box::new(ReLU::new()), vec![64, 120]),
+        ("bn fused (N,C)", bn(BnImpl::Fused), vec![32, 20]),
+        ("bn fused (N,C,H,W)", bn(BnImpl::Fused), vec![8, 6, 10, 10]),
+        ("bn fused large", bn(BnImpl::Fused), vec![16, 8, 24, 24]),
+        ("bn scratch", bn(BnImpl::Scratch), vec![8, 6, 10, 10]),
+        ("layer norm", Box::new(LayerNorm::new(&[50])), vec![4, 50]),
+        ("conv 3x3", Box::new(Conv2d::new(5, 3)), vec![4, 3, 12, 12]),
+    ];
+    cases.into_iter().map(|(name, layer, shape)| (name.to_string(), run_layer(layer, &shape))).collect()
+}
+
+/// Two SGD steps of BN-LeNet on a batch of 32: the losses and the weights.
+fn lenet_steps(threads: usize) -> (Vec<f64>, Vec<f32>) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        let mut net = models::bn_lenet::<f32>(&mut rng::seeded(0)).unwrap();
+        let mut sgd = Sgd::new(SgdConfig::new(0.1)).unwrap();
+        let mut ce = CrossEntropy::new();
+        let x = values(&[32, 1, 28, 28], 5);
+        let labels: Vec<usize> = (0..32).map(|i| i % 10).collect();
+        let mut losses = Vec::new();
+        for _ in 0..2 {
+            let (loss, _) = ce.forward(net.forward(&x).unwrap(), &labels).unwrap();
+            net.backward(&x, ce.grad()).unwrap();
+            sgd.step(&mut net);
+            losses.push(loss);
+        }
+        let mut weights = Vec::new();
+        for (_, state) in net.state_mut() {
+            if let StateMut::Param { value, .. } | StateMut::Buffer(value) = state {
+                weights.extend_from_slice(value.data());
+            }
+        }
+        (losses, weights)
+    })
+}
+
+#[test]
+fn every_level_computes_what_the_portable_code_computes() {
+    let detected = isa::detected();
+    assert_eq!(isa::set_cap(Isa::Portable), Isa::Portable);
+    let portable = same_code_layers();
+    let (portable_losses, portable_weights) = lenet_steps(1);
+    let mut ran = 0;
+    for level in [Isa::Avx2, Isa::Avx512] {
+        if level > detected {
+            println!("skipped {level}: this CPU's best level is {detected}");
+            continue;
+        }
+        assert_eq!(isa::set_cap(level), level);
+        for ((name, got), (_, want)) in same_code_layers().iter().zip(&portable) {
+            for (pass, (g, w)) in ["forward", "backward", "eval forward"].iter().zip(got.iter().zip(want)) {
+                assert!(g == w, "{name} {pass}: {level} differs from the portable code");
+            }
+        }
+        let (losses, weights) = lenet_steps(1);
+        for (a, b) in losses.iter().zip(&portable_losses) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "BN-LeNet loss at {level}: {a} vs portable {b}");
+        }
+        for (a, b) in weights.iter().zip(&portable_weights) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "BN-LeNet weight at {level}: {a} vs portable {b}");
+        }
+        let two = lenet_steps(2);
+        assert!(two.0 == losses && two.1 == weights, "BN-LeNet at {level}: 1 and 2 threads differ");
+        println!("{level}: bitwise the portable code's layers; BN-LeNet within 1e-5, 1 = 2 threads");
+        ran += 1;
+    }
+    isa::set_cap(Isa::Portable);
+    let two = lenet_steps(2);
+    isa::set_cap(Isa::Avx512);
+    assert!(two.0 == portable_losses && two.1 == portable_weights, "portable: 1 and 2 threads differ");
+    println!("checked {ran} level(s) besides portable");
+}
