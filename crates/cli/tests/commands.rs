@@ -21,7 +21,7 @@ use common::{normlab, s, subset};
 const CSV_HEADER: &str = "epoch,train_loss,train_acc,val_loss,val_acc,train_seconds,eval_seconds";
 const EPOCH_KEYS: [&str; 7] =
     ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "eval_seconds"];
-const SUMMARY_KEYS: [&str; 9] = [
+const SUMMARY_KEYS: [&str; 11] = [
     "epochs",
     "train_loss",
     "train_acc",
@@ -30,6 +30,8 @@ const SUMMARY_KEYS: [&str; 9] = [
     "train_seconds_per_epoch",
     "train_examples_per_sec",
     "total_seconds",
+    "threads",
+    "isa",
     "out",
 ];
 const BN_LAYERS: [(&str, usize); 4] = [("net.1", 6), ("net.5", 16), ("net.10", 120), ("net.13", 84)];
@@ -120,6 +122,8 @@ fn train_json_prints_only_json_objects() {
     for k in ["train_seconds_per_epoch", "train_examples_per_sec", "total_seconds"] {
         assert!(f(sum, k) > 0.0 && f(sum, k).is_finite(), "{k}: {sum}");
     }
+    // the instruction set the kernels ran with, as this process would pick it
+    assert_eq!(sum["isa"].as_str(), Some(normlab::isa::active().name()), "{sum}");
 }
 
 // ---------------------------------------------------------------- 2. eval

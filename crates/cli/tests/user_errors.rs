@@ -186,3 +186,30 @@ fn a_closed_stdout_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "normlab panics when stdout is closed:\n{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+#[test]
+fn the_instruction_set_cap_is_checked_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |isa: &str, out: &str| {
+        Command::new(BIN)
+            .args(["train", "--epochs", "1", "--limit-train", "64", "--limit-val", "64", "--json", "--quiet"])
+            .arg("--data-dir")
+            .arg(subset())
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .env("NORMLAB_ISA", isa)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run normlab")
+    };
+    let bad = run("sse9", "bad");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("NORMLAB_ISA") && err.contains("avx2") && err.lines().count() == 1, "{err}");
+    assert!(!dir.path().join("bad").exists(), "nothing is written for a run that cannot start");
+    // a cap is used as given (every CPU has the portable level)
+    let capped = run("portable", "capped");
+    assert!(capped.status.success(), "{}", String::from_utf8_lossy(&capped.stderr));
+    let summary = String::from_utf8_lossy(&capped.stdout).lines().last().unwrap_or("").to_string();
+    assert!(summary.contains(r#""isa":"portable""#), "{summary}");
+}

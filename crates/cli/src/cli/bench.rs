@@ -61,6 +61,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!(
             "{}",
             json!({"impl": "normlab", "normlab_version": env!("CARGO_PKG_VERSION"), "threads": limits.threads,
+                   "isa": normlab::isa::active().name(), "isa_detected": normlab::isa::detected().name(),
                    "machine": limits, "kernels": kernels, "epochs": epochs})
         );
         return Ok(());

@@ -72,6 +72,11 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    // a NORMLAB_ISA the kernels would ignore is a mistake to point out
+    if let Err(message) = normlab::isa::from_env() {
+        eprintln!("error: {message}");
+        return 2;
+    }
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(t) = cli.threads {
         pool = pool.num_threads(t as usize);

@@ -198,11 +198,12 @@ impl Run {
             ));
         }
         self.say(format!(
-            "training {} on {} images, validating on {} ({} threads), output in {}",
+            "training {} on {} images, validating on {} ({} threads, {}), output in {}",
             self.kind.name(),
             self.n_train,
             self.n_val,
             rayon::current_num_threads(),
+            normlab::isa::active(),
             self.out.display()
         ));
     }
@@ -217,6 +218,7 @@ impl Run {
             "normlab_version": env!("CARGO_PKG_VERSION"),
             "options": trainer.options,
             "threads": rayon::current_num_threads(),
+            "isa": normlab::isa::active().name(),
             "data_dir": self.fm.dir,
             "train_examples": self.n_train,
             "val_examples": self.n_val,
@@ -311,6 +313,8 @@ fn finish(run: &Run, trainer: &Trainer, recompute: serde_json::Value, started: I
         "train_seconds_per_epoch": per_epoch,
         "train_examples_per_sec": run.n_train as f64 / per_epoch,
         "total_seconds": started.elapsed().as_secs_f64(),
+        "threads": rayon::current_num_threads(),
+        "isa": normlab::isa::active().name(),
         "out": run.out,
         "recompute_stats": recompute,
     });
