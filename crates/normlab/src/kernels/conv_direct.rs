@@ -513,7 +513,12 @@ pub mod wide {
             let mut acc = [_mm512_setzero_ps(); K * K];
             for n in 0..images {
                 for oh in 0..ho {
-                    let rows: [&[f32]; K] = std::array::from_fn(|i| &x[n * x_len + (ci * h + oh + i) * w..][..w]);
+                    // a plain loop, not array::from_fn, whose closure would stay a
+                    // call: from_fn is compiled without this kernel's features
+                    let mut rows: [&[f32]; K] = [&[]; K];
+                    for (i, row) in rows.iter_mut().enumerate() {
+                        *row = &x[n * x_len + (ci * h + oh + i) * w..][..w];
+                    }
                     let d_row = &dy_t[(n * p + oh * wo) * 16..][..wo * 16];
                     for ow in 0..wo {
                         // SAFETY: ow + j < wo + K - 1 = w, and 16 values per position

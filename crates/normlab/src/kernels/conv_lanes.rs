@@ -193,7 +193,12 @@ pub(crate) mod avx512 {
                 for i in 0..K {
                     // columns ow0 .. ow0 + TILE + K - 1 ≤ w of input row oh + i < h
                     let row = xp.add(((oh + i) * d.w + ow0) * LANES);
-                    let xv: [__m512; TILE + K - 1] = std::array::from_fn(|k| _mm512_loadu_ps(row.add(k * LANES)));
+                    // plain loops, not array::from_fn (compiled without AVX-512,
+                    // it would keep its closure a call)
+                    let mut xv = [_mm512_setzero_ps(); TILE + K - 1];
+                    for (k, v) in xv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_ps(row.add(k * LANES));
+                    }
                     for j in 0..K {
                         for (k, acc_k) in acc.iter_mut().enumerate() {
                             for (co, a) in acc_k.iter_mut().enumerate() {
@@ -307,8 +312,10 @@ pub(crate) mod avx512 {
             let row = xp.add((oh0 + r + i) * d.w * LANES);
             for ow in 0..d.wo {
                 let q = r * d.wo + ow;
-                let g: [__m512; NB] =
-                    std::array::from_fn(|c| _mm512_loadu_ps(bp.add(((co0 + c) * d.band_p + q) * LANES)));
+                let mut g = [_mm512_setzero_ps(); NB];
+                for (c, v) in g.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(bp.add(((co0 + c) * d.band_p + q) * LANES));
+                }
                 for j in 0..K {
                     let xv = _mm512_loadu_ps(row.add((ow + j) * LANES));
                     for (c, &gc) in g.iter().enumerate() {

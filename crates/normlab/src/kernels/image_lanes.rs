@@ -41,13 +41,12 @@ fn to_lanes_avx512(src: &[f32], rows: usize, stride: usize, len: usize, lanes: &
     // len, all inside the slices (check()); AVX-512F is compiled in
     unsafe {
         for q0 in (0..len).step_by(LANES) {
-            let block: [__m512; LANES] = std::array::from_fn(|r| {
-                if r < rows {
-                    _mm512_loadu_ps(src.as_ptr().add(r * stride + q0))
-                } else {
-                    _mm512_setzero_ps()
-                }
-            });
+            // a plain loop, not array::from_fn (compiled without AVX-512, it
+            // would keep its closure a call)
+            let mut block = [_mm512_setzero_ps(); LANES];
+            for (r, v) in block.iter_mut().enumerate().take(rows) {
+                *v = _mm512_loadu_ps(src.as_ptr().add(r * stride + q0));
+            }
             for (k, v) in perm.transpose(block).iter().enumerate() {
                 _mm512_storeu_ps(lanes.as_mut_ptr().add((q0 + k) * LANES), *v);
             }
@@ -66,7 +65,10 @@ fn from_lanes_avx512(lanes: &[f32], rows: usize, len: usize, dst: &mut [f32], st
     // SAFETY: as in to_lanes, with loads and stores swapped
     unsafe {
         for q0 in (0..len).step_by(LANES) {
-            let block: [__m512; LANES] = std::array::from_fn(|k| _mm512_loadu_ps(lanes.as_ptr().add((q0 + k) * LANES)));
+            let mut block = [_mm512_setzero_ps(); LANES];
+            for (k, v) in block.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(lanes.as_ptr().add((q0 + k) * LANES));
+            }
             let out = perm.transpose(block);
             // all 16 with a test each rather than `take(rows)`: constant
             // indices keep `out` in registers
