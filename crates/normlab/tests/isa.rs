@@ -53,6 +53,39 @@ fn same_code_layers() -> Vec<(String, Vec<Vec<u32>>)> {
     cases.into_iter().map(|(name, layer, shape)| (name.to_string(), run_layer(layer, &shape))).collect()
 }
 
+/// The kernels with a hand-written version per level: the sigmoid forms
+/// (bitwise the portable ones, as their code claims), and LeNet's second
+/// convolution (5x5, 6 -> 16 channels, 12x12: the wide AVX-512 tile, the
+/// AVX2 and AVX-512 input-gradient kernels, or im2col and col2im), whose
+/// values the caller compares to 1e-5.
+fn hand_written_kernels() -> (Vec<u32>, Vec<f32>) {
+    use normlab::kernels::sigmoid::{pooled_sigmoid_grad_f32, sigmoid_affine_f32, PooledPlane};
+    let mut exact = Vec::new();
+    let z = values(&[24 * 24 + 7], 7);
+    let mut out = vec![0.0f32; z.numel()];
+    sigmoid_affine_f32(z.data(), (0.3, 1.7, -0.4), &mut out);
+    exact.extend(out.iter().map(|v| v.to_bits()));
+    let (z, g) = (values(&[24 * 24], 8), values(&[12 * 12], 9));
+    let (mut dh, mut spread) = (vec![0.0f32; 24 * 24], vec![0.0f32; 48]);
+    let plane = PooledPlane { z: z.data(), g: g.data(), width: 24, coef: (0.3, 1.7, -0.4), mu: 0.25 };
+    let (a, b) = pooled_sigmoid_grad_f32(&plane, &mut dh, &mut spread);
+    exact.extend(dh.iter().map(|v| v.to_bits()));
+    exact.extend([a.to_bits() as u32, (a.to_bits() >> 32) as u32, b.to_bits() as u32, (b.to_bits() >> 32) as u32]);
+
+    let mut conv = Conv2d::new(16, 5);
+    conv.build(&[6, 12, 12], &mut rng::seeded(4)).unwrap();
+    let x = values(&[8, 6, 12, 12], 10);
+    let mut close = conv.forward(&x, Mode::Train).unwrap().data().to_vec();
+    let dy = values(conv.output().shape(), 11);
+    close.extend_from_slice(conv.backward(&x, &dy, true).unwrap().data());
+    for (_, state) in conv.state_mut() {
+        if let StateMut::Param { grad, .. } = state {
+            close.extend_from_slice(grad.data());
+        }
+    }
+    (exact, close)
+}
+
 /// Two SGD steps of BN-LeNet on a batch of 32: the losses and the weights.
 fn lenet_steps(threads: usize) -> (Vec<f64>, Vec<f32>) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -84,6 +117,7 @@ fn every_level_computes_what_the_portable_code_computes() {
     let detected = isa::detected();
     assert_eq!(isa::set_cap(Isa::Portable), Isa::Portable);
     let portable = same_code_layers();
+    let (portable_kernels, portable_conv) = hand_written_kernels();
     let (portable_losses, portable_weights) = lenet_steps(1);
     let mut ran = 0;
     for level in [Isa::Avx2, Isa::Avx512] {
@@ -96,6 +130,12 @@ fn every_level_computes_what_the_portable_code_computes() {
             for (pass, (g, w)) in ["forward", "backward", "eval forward"].iter().zip(got.iter().zip(want)) {
                 assert!(g == w, "{name} {pass}: {level} differs from the portable code");
             }
+        }
+        let (kernels, conv) = hand_written_kernels();
+        assert!(kernels == portable_kernels, "the sigmoid kernels at {level} differ from the portable code");
+        assert_eq!(conv.len(), portable_conv.len());
+        for (k, (a, b)) in conv.iter().zip(&portable_conv).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "5x5 convolution value {k} at {level}: {a} vs {b}");
         }
         let (losses, weights) = lenet_steps(1);
         for (a, b) in losses.iter().zip(&portable_losses) {
