@@ -3,8 +3,7 @@
 //! so the f64 checks exercise the generic code that f32 training also runs,
 //! but not all of it: f32 has fast paths of its own that an f64 check never
 //! reaches. They are [`exp_f32`] (a polynomial, where f64 calls `f64::exp`),
-//! the 16-wide AVX-512 forms of [`Real::sigmoid_affine`] and
-//! [`Real::pooled_sigmoid_grad`], and the f32-only kernels (the convolutions
+//! the 16-wide AVX-512 forms of the sigmoid kernels, and the f32-only kernels (the convolutions
 //! in image lanes, the AVX-512 direct convolutions, the direct input
 //! gradient, streaming stores) that a layer takes when their `applies()`
 //! says so. Those are tested on their own, in
@@ -14,8 +13,6 @@
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
-
-use crate::kernels::sigmoid::PooledPlane;
 
 /// A floating-point scalar the library computes in: `f32` (PyTorch's
 /// `torch.float32`, for training) or `f64` (`torch.float64`, for gradient checks).
@@ -30,28 +27,11 @@ pub trait Real:
     /// This value widened to f64 (always exact).
     fn as_f64(self) -> f64;
 
-    /// Eight values widened to f64 lanes (exactly).
-    fn widen8(chunk: &[Self; 8]) -> crate::kernels::lanes::F64x8;
-
     /// `exp(x)`: for f32 [`exp_f32`], a form the compiler vectorizes (no libm
     /// call), within 2 ulp of the correctly rounded value; for f64 the
     /// standard library's `f64::exp`, so the f64 gradient checks differentiate
     /// the true exponential.
     fn exp_fast(self) -> Self;
-
-    /// `out[i] = sigmoid((z[i] - mean)·scale + shift)` with `coef = (mean,
-    /// scale, shift)` (the library's `kernels::sigmoid`; f32 has a 16-wide form).
-    #[inline]
-    fn sigmoid_affine(z: &[Self], coef: (Self, Self, Self), out: &mut [Self]) {
-        crate::kernels::sigmoid::sigmoid_affine(z, coef, out)
-    }
-
-    /// The gradient through sigmoid and 2x2 pooling with BN's two sums (the
-    /// library's `kernels::sigmoid::pooled_sigmoid_grad`; f32 has a 16-wide form).
-    #[inline]
-    fn pooled_sigmoid_grad(plane: &PooledPlane<Self>, dh: &mut [Self], spread: &mut [Self]) -> (f64, f64) {
-        crate::kernels::sigmoid::pooled_sigmoid_grad(plane, dh, spread)
-    }
 
     /// `C = alpha * A·B + beta * C` on strided matrices, by `matrixmultiply`'s
     /// `sgemm` or `dgemm` (the library's `kernels::gemm` is the checked form).
@@ -99,20 +79,8 @@ impl Real for f32 {
         self as f64
     }
     #[inline(always)]
-    fn widen8(chunk: &[f32; 8]) -> crate::kernels::lanes::F64x8 {
-        crate::kernels::lanes::F64x8::from_f32(chunk)
-    }
-    #[inline(always)]
     fn exp_fast(self) -> f32 {
         exp_f32(self)
-    }
-    #[inline]
-    fn sigmoid_affine(z: &[f32], coef: (f32, f32, f32), out: &mut [f32]) {
-        crate::kernels::sigmoid::sigmoid_affine_f32(z, coef, out)
-    }
-    #[inline]
-    fn pooled_sigmoid_grad(plane: &PooledPlane<f32>, dh: &mut [f32], spread: &mut [f32]) -> (f64, f64) {
-        crate::kernels::sigmoid::pooled_sigmoid_grad_f32(plane, dh, spread)
     }
     unsafe fn gemm_raw(
         m: usize,
@@ -145,10 +113,6 @@ impl Real for f64 {
     #[inline(always)]
     fn as_f64(self) -> f64 {
         self
-    }
-    #[inline(always)]
-    fn widen8(chunk: &[f64; 8]) -> crate::kernels::lanes::F64x8 {
-        crate::kernels::lanes::F64x8::from_f64(chunk)
     }
     #[inline(always)]
     fn exp_fast(self) -> f64 {

@@ -67,7 +67,7 @@ impl F64x8 {
     /// Eight values of any [`Real`], converted exactly to f64.
     #[inline(always)]
     pub fn widen<T: Real>(chunk: &[T; LANES]) -> Self {
-        T::widen8(chunk)
+        F64x8(imp::from_f64(&chunk.map(|v| v.as_f64())))
     }
 
     #[inline(always)]

@@ -13,7 +13,8 @@
 //! batch norm's two sums (once three sweeps: block backward at
 //! (128,6,24,24), 2 threads, 0.30 -> 0.21-0.25 ms).
 
-use crate::real::{mul_add, Real};
+use super::stream::MapF32;
+use crate::real::{as_f32, as_f32_mut, mul_add, Real};
 
 /// `1 / (1 + exp(-x))` with [`Real::exp_fast`].
 #[inline(always)]
@@ -43,6 +44,36 @@ pub fn sigmoid_affine_f32(z: &[f32], coef: (f32, f32, f32), out: &mut [f32]) {
         return unsafe { avx512::sigmoid_affine(z, coef, out) };
     }
     sigmoid_affine(z, coef, out);
+}
+
+/// [`sigmoid_affine`] for any [`Real`]: f32 through its 16-wide form
+/// ([`sigmoid_affine_f32`]), f64 through the portable one. The layers call
+/// this; the choice is by type, so `Real` needs no method for it.
+#[inline]
+pub fn sigmoid_affine_fast<T: Real>(z: &[T], coef: (T, T, T), out: &mut [T]) {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        sigmoid_affine_f32(as_f32(z), coef.map_f32(), as_f32_mut(out))
+    } else {
+        sigmoid_affine(z, coef, out)
+    }
+}
+
+/// [`pooled_sigmoid_grad`] for any [`Real`]: f32 through
+/// [`pooled_sigmoid_grad_f32`], f64 through the portable form.
+#[inline]
+pub fn pooled_sigmoid_grad_fast<T: Real>(plane: &PooledPlane<T>, dh: &mut [T], spread: &mut [T]) -> (f64, f64) {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        let f32_plane = PooledPlane {
+            z: as_f32(plane.z),
+            g: as_f32(plane.g),
+            width: plane.width,
+            coef: plane.coef.map_f32(),
+            mu: plane.mu.as_f64() as f32,
+        };
+        pooled_sigmoid_grad_f32(&f32_plane, as_f32_mut(dh), as_f32_mut(spread))
+    } else {
+        pooled_sigmoid_grad(plane, dh, spread)
+    }
 }
 
 /// One plane's inputs to [`pooled_sigmoid_grad`]: the block's input `z`

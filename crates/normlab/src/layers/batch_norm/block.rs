@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use super::{BatchNorm, BatchNormConfig, BnImpl, BnParts};
 use crate::kernels::avg_pool_2x2;
 use crate::kernels::batch_norm::{ChannelOut, ShiftedSums, PAR_MIN};
-use crate::kernels::sigmoid::PooledPlane;
+use crate::kernels::sigmoid::{self, PooledPlane};
 use crate::layers::{check_forward_ran, check_grad, Layer, Mode, StateMut};
 use crate::real::Real;
 use crate::rng::Rng;
@@ -65,7 +65,7 @@ impl<T: Real> BnSigmoidPool<T> {
 /// One plane: `s = sigmoid((z - mean)·scale + shift)`.
 #[inline]
 fn sigmoid_plane<T: Real>(z: &[T], coef: (T, T, T), s: &mut [T]) {
-    T::sigmoid_affine(z, coef, s);
+    sigmoid::sigmoid_affine_fast(z, coef, s);
 }
 
 /// One plane: [`sigmoid_plane`] into `s`, then `y` = the 2x2 means of `s`
@@ -216,7 +216,7 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
                 let dh = if need_dx { unsafe { dz_out.run(plane * hw, hw) } } else { &mut scratch[..] };
                 let g = &dyd[plane * pooled..][..pooled];
                 let inputs = PooledPlane { z: zp, g, width: w, coef: coefs[ch], mu: mean[ch] };
-                let (a, b) = T::pooled_sigmoid_grad(&inputs, dh, &mut spread);
+                let (a, b) = sigmoid::pooled_sigmoid_grad_fast(&inputs, dh, &mut spread);
                 sums[ch].0 += a;
                 sums[ch].1 += b;
             }
