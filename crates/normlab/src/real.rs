@@ -33,6 +33,10 @@ pub trait Real:
     /// the true exponential.
     fn exp_fast(self) -> Self;
 
+    /// The error function, `erf(x) = 2/√π ∫₀ˣ exp(-t²) dt` (musl's, through
+    /// the `libm` crate: within 1 ulp).
+    fn erf(self) -> Self;
+
     /// `C = alpha * A·B + beta * C` on strided matrices, by `matrixmultiply`'s
     /// `sgemm` or `dgemm` (the library's `kernels::gemm` is the checked form).
     ///
@@ -82,6 +86,10 @@ impl Real for f32 {
     fn exp_fast(self) -> f32 {
         exp_f32(self)
     }
+    #[inline]
+    fn erf(self) -> f32 {
+        libm::erff(self)
+    }
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -117,6 +125,10 @@ impl Real for f64 {
     #[inline(always)]
     fn exp_fast(self) -> f64 {
         self.exp()
+    }
+    #[inline]
+    fn erf(self) -> f64 {
+        libm::erf(self)
     }
     unsafe fn gemm_raw(
         m: usize,

@@ -114,7 +114,8 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     use normlab::layers::{
-        AvgPool2d, BnSigmoidPool, ConvBnSigmoidPool, Dropout, Flatten, GroupNorm, MaxPool2d, ReLU, Sigmoid,
+        AvgPool2d, BnSigmoidPool, ConvBnSigmoidPool, Dropout, Flatten, GroupNorm, LeakyReLU, MaxPool2d, ReLU, SiLU,
+        Sigmoid, Tanh, GELU,
     };
     let case = |name, make, example: &[usize], x: &[usize], dy: &[usize], keeps_forward_state, needs_build| Case {
         name,
@@ -171,6 +172,10 @@ fn cases() -> Vec<Case> {
         case("Flatten", || Box::new(Flatten::new()), &[2, 3], &[2, 2, 3], &[2, 6], false, true),
         case("Sigmoid", || Box::new(Sigmoid::new()), &[3], &[2, 3], &[2, 3], true, false),
         case("ReLU", || Box::new(ReLU::new()), &[3], &[2, 3], &[2, 3], true, false),
+        case("LeakyReLU", || Box::new(LeakyReLU::new(0.01)), &[3], &[2, 3], &[2, 3], true, false),
+        case("Tanh", || Box::new(Tanh::new()), &[3], &[2, 3], &[2, 3], true, false),
+        case("SiLU", || Box::new(SiLU::new()), &[3], &[2, 3], &[2, 3], true, false),
+        case("GELU", || Box::new(GELU::new(false)), &[3], &[2, 3], &[2, 3], true, false),
         case("Dropout", || Box::new(Dropout::new(0.5).unwrap()), &[3], &[2, 3], &[2, 3], true, false),
     ]
 }

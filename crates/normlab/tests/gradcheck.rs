@@ -196,6 +196,12 @@ fn conv_linear_pool_activation_gradients() {
         Tensor::from_vec(&[5, 7], flat.data().iter().map(|v| if v.abs() < 0.05 { v + 0.1 } else { *v }).collect())
             .unwrap();
     gradcheck("ReLU", &mut built(ReLU::new(), &[7]), &away, Mode::Train);
+    gradcheck("LeakyReLU", &mut built(LeakyReLU::new(0.2), &[7]), &away, Mode::Train);
+    let wider = random(&[5, 7], &mut rng, 3.0, 0.0);
+    gradcheck("Tanh", &mut built(Tanh::new(), &[7]), &wider, Mode::Train);
+    gradcheck("SiLU", &mut built(SiLU::new(), &[7]), &wider, Mode::Train);
+    gradcheck("GELU", &mut built(GELU::new(false), &[7]), &wider, Mode::Train);
+    gradcheck("GELU tanh", &mut built(GELU::new(true), &[7]), &wider, Mode::Train);
     gradcheck("Flatten", &mut built(Flatten::new(), &[3, 7, 6]), &img, Mode::Train);
     gradcheck("Dropout (eval)", &mut built(Dropout::new(0.5).unwrap(), &[7]), &flat, Mode::Eval);
 }
@@ -309,4 +315,50 @@ fn group_norm_gradients() {
             gradcheck(&format!("GroupNorm({groups}) {shape:?} affine {affine}"), &mut gn, &x, Mode::Train);
         }
     }
+}
+
+/// The new activations' values in f32 against their definitions in f64
+/// (PyTorch's formulas; erf from the same libm in f64): within 2e-6 of
+/// max(1, |y|), and the named special points exactly.
+#[test]
+fn activation_values_match_their_definitions() {
+    let xs: Vec<f32> = (-400..=400).map(|i| i as f32 / 40.0).collect();
+    let x = Tensor::from_vec(&[1, xs.len()], xs.clone()).unwrap();
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let erf = |v: f64| libm::erf(v);
+    type Case = (&'static str, Box<dyn Layer<f32>>, Box<dyn Fn(f64) -> f64>);
+    let cases: Vec<Case> = vec![
+        ("LeakyReLU", Box::new(LeakyReLU::new(0.01)), Box::new(|v| if v > 0.0 { v } else { 0.01 * v })),
+        ("Tanh", Box::new(Tanh::new()), Box::new(|v: f64| v.tanh())),
+        ("SiLU", Box::new(SiLU::new()), Box::new(move |v| v * sig(v))),
+        ("GELU", Box::new(GELU::new(false)), Box::new(move |v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt())))),
+        (
+            "GELU tanh",
+            Box::new(GELU::new(true)),
+            Box::new(|v: f64| {
+                0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+            }),
+        ),
+    ];
+    for (name, mut layer, def) in cases {
+        layer.build(&[xs.len()], &mut rng::seeded(0)).unwrap();
+        let y = layer.forward(&x, Mode::Train).unwrap().clone();
+        for (&v, &got) in xs.iter().zip(y.data()) {
+            let want = def(v as f64);
+            assert!(
+                (got as f64 - want).abs() <= 2e-6 * want.abs().max(1.0),
+                "{name}({v}) = {got}, the definition gives {want}"
+            );
+        }
+        assert_eq!(layer.kind(), name.split(' ').next().unwrap());
+    }
+    // GELU(0) = 0, GELU'(0) = 1/2; LeakyReLU's slope at 0 is PyTorch's: the negative one
+    let mut gelu = built(GELU::<f64>::new(false), &[1]);
+    let zero = Tensor::from_vec(&[1, 1], vec![0.0]).unwrap();
+    assert_eq!(gelu.forward(&zero, Mode::Train).unwrap().data(), &[0.0]);
+    let one = Tensor::from_vec(&[1, 1], vec![1.0]).unwrap();
+    assert_eq!(gelu.backward(&zero, &one, true).unwrap().data(), &[0.5]);
+    let mut leaky = built(LeakyReLU::<f64>::new(0.2), &[1]);
+    leaky.forward(&zero, Mode::Train).unwrap();
+    assert_eq!(leaky.backward(&zero, &one, true).unwrap().data(), &[0.2]);
 }

@@ -8,7 +8,10 @@
 //! (`isa::set_cap`); a level this CPU lacks is reported as skipped.
 
 use normlab::isa::{self, Isa};
-use normlab::layers::{BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, Mode, ReLU, Sigmoid, StateMut};
+use normlab::layers::{
+    BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, LeakyReLU, Mode, ReLU, SiLU, Sigmoid, StateMut, Tanh,
+    GELU,
+};
 use normlab::loss::CrossEntropy;
 use normlab::models;
 use normlab::optim::{Sgd, SgdConfig};
@@ -43,6 +46,11 @@ fn same_code_layers() -> Vec<(String, Vec<Vec<u32>>)> {
     let cases: Vec<Case> = vec![
         ("sigmoid", Box::new(Sigmoid::new()), vec![64, 120]),
         ("relu", Box::new(ReLU::new()), vec![64, 120]),
+        ("leaky relu", Box::new(LeakyReLU::new(0.01)), vec![64, 120]),
+        ("tanh", Box::new(Tanh::new()), vec![64, 120]),
+        ("silu", Box::new(SiLU::new()), vec![64, 120]),
+        ("gelu", Box::new(GELU::new(false)), vec![64, 120]),
+        ("gelu tanh", Box::new(GELU::new(true)), vec![64, 120]),
         ("bn fused (N,C)", bn(BnImpl::Fused), vec![32, 20]),
         ("bn fused (N,C,H,W)", bn(BnImpl::Fused), vec![8, 6, 10, 10]),
         ("bn fused large", bn(BnImpl::Fused), vec![16, 8, 24, 24]),

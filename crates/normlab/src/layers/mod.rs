@@ -27,7 +27,9 @@ pub mod layer_norm;
 pub mod linear;
 pub mod pool;
 
-pub use activation::{ReLU, Sigmoid};
+pub use activation::{
+    GELUFn, LeakyReLU, LeakyReLUFn, Pointwise, PointwiseFn, ReLU, SiLU, SiLUFn, Sigmoid, Tanh, TanhFn, GELU,
+};
 pub use batch_norm::{
     BatchNorm, BatchNormConfig, BnImpl, BnParts, BnSigmoidPool, ConvBnSigmoidPool, Momentum, RunningVar,
 };
