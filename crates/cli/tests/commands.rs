@@ -509,3 +509,29 @@ fn every_command_has_help_with_examples() {
         assert!(r.stdout.contains("Example"), "normlab {} has no example:\n{}", r.args, r.stdout);
     }
 }
+
+// ---------------------------------------------------------------- bench --suite
+
+#[test]
+fn bench_suite_times_each_network_against_the_measured_peak() {
+    let r = normlab(&["bench", "--suite", "--budget", "0.01", "--threads", "2", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(r.stdout.trim()).expect("one JSON object");
+    assert_eq!(v["isa"].as_str(), Some(normlab::isa::active().name()), "{v}");
+    let suite = v["suite"].as_array().expect("a suite array");
+    let names: Vec<&str> = suite.iter().filter_map(|t| t["network"].as_str()).collect();
+    assert_eq!(names, ["bn-lenet", "vgg-bn", "mlp-bn"]);
+    for t in suite {
+        for k in ["step_ms", "examples_per_sec", "gflop_per_step", "gflops", "fraction_of_peak"] {
+            let x = t[k].as_f64().unwrap_or(f64::NAN);
+            assert!(x > 0.0 && x.is_finite(), "{k} in {t}");
+        }
+        // the step's arithmetic cannot beat the peak measured in the same run by much
+        assert!(t["fraction_of_peak"].as_f64().unwrap() < 1.5, "{t}");
+        let rate = t["batch"].as_f64().unwrap() / (t["step_ms"].as_f64().unwrap() / 1e3);
+        assert!((rate / t["examples_per_sec"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{t}");
+    }
+    // the VGG-style network does about 80 times the chapter's arithmetic per example
+    let per_example = |i: usize| suite[i]["gflop_per_step"].as_f64().unwrap() / suite[i]["batch"].as_f64().unwrap();
+    assert!((60.0..100.0).contains(&(per_example(1) / per_example(0))), "{v}");
+}

@@ -6,6 +6,7 @@
 //! rayon pool the caller configured (`--threads`).
 
 pub mod machine;
+pub mod suite;
 
 use std::time::Instant;
 
@@ -59,7 +60,7 @@ pub fn time_median(budget: f64, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-fn random(shape: &[usize], rng: &mut Rng) -> Tensor<f32> {
+pub(crate) fn random(shape: &[usize], rng: &mut Rng) -> Tensor<f32> {
     use rand::Rng as _;
     let n = shape.iter().product();
     Tensor::from_vec(shape, (0..n).map(|_| rng.gen::<f32>() * 2.0 - 1.0).collect()).expect("sizes match")

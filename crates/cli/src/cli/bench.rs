@@ -15,7 +15,7 @@ use super::DataArgs;
 #[derive(clap::Args, Debug)]
 #[command(
     about = "Time the kernels, the BNLeNet training step and a full epoch, with the machine's FMA peak and memory bandwidth",
-    after_help = "Examples:\n  normlab bench --threads 2             # text tables\n  normlab bench --threads 2 --json      # one JSON object (bench/compare/compare.py reads it)\n  normlab bench --no-epoch --budget 0.1 # quick"
+    after_help = "Examples:\n  normlab bench --threads 2             # text tables\n  normlab bench --threads 2 --json      # one JSON object (bench/compare/compare.py reads it)\n  normlab bench --no-epoch --budget 0.1 # quick\n  NORMLAB_ISA=avx2 normlab bench --suite # the network suite at AVX2"
 )]
 pub struct BenchArgs {
     /// Seconds of repetitions per measurement (the median is reported).
@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Time one training step of each network of the suite (bn-lenet,
+    /// vgg-bn, mlp-bn) instead of the kernels.
+    #[arg(long)]
+    suite: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -41,6 +45,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "machine: {} threads, FMA peak {:.0} GFLOP/s ({}), triad {:.1} GB/s",
             limits.threads, limits.fma_gflops, limits.vector_isa, limits.triad_gbs
         );
+    }
+    if args.suite {
+        return suite(&limits, &args);
     }
     let kernels = bench::kernels(&limits, args.budget)?;
     let mut epochs = Vec::new();
@@ -94,6 +101,36 @@ pub fn run(args: BenchArgs) -> Result<()> {
             e["model"].as_str().unwrap_or(""),
             e["seconds"].as_f64().unwrap_or(f64::NAN),
             e["examples_per_sec"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
+/// `--suite`: one training step of each suite network, as a table or JSON.
+fn suite(limits: &machine::Limits, args: &BenchArgs) -> Result<()> {
+    let timings = bench::suite::run(limits.fma_gflops, args.budget)?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"impl": "normlab", "normlab_version": env!("CARGO_PKG_VERSION"), "threads": limits.threads,
+                   "isa": normlab::isa::active().name(), "machine": limits, "suite": timings})
+        );
+        return Ok(());
+    }
+    println!(
+        "\n{:<10} {:>6} {:>10} {:>12} {:>9} {:>9} {:>8}",
+        "network", "batch", "step ms", "examples/s", "GFLOP", "GFLOP/s", "of peak"
+    );
+    for t in &timings {
+        println!(
+            "{:<10} {:>6} {:>10.3} {:>12.0} {:>9.3} {:>9.1} {:>7.1}%",
+            t.network,
+            t.batch,
+            t.step_ms,
+            t.examples_per_sec,
+            t.gflop_per_step,
+            t.gflops,
+            100.0 * t.fraction_of_peak
         );
     }
     Ok(())
