@@ -32,43 +32,45 @@ impl ConvGeometry {
     }
 }
 
-/// `col[(c·k + i)·k + j, oh·Wo + ow] = x[c, oh·s - p + i, ow·s - p + j]` (0 outside).
-pub fn im2col<T: Real>(g: &ConvGeometry, image: &[T], col: &mut [T]) {
-    let (ho, wo) = g.output_hw().expect("im2col: window larger than the padded image");
-    if g.stride == 1 && g.padding == 0 {
-        // LeNet's case: every column row is `ho` contiguous copies of `wo` values
-        let (h, w, k) = (g.height, g.width, g.kernel);
-        let rows = col[..g.col_rows() * ho * wo].chunks_exact_mut(ho * wo);
-        for ((c, i, j), dst) in kernel_taps(g.channels, k).zip(rows) {
-            for (oh, out_row) in dst.chunks_exact_mut(wo).enumerate() {
-                let start = (c * h + oh + i) * w + j;
-                super::copy_row(out_row, &image[start..start + wo]);
-            }
-        }
-        return;
-    }
-    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
-    let plane = g.height * g.width;
-    let mut row = 0;
-    for c in 0..g.channels {
-        let src = &image[c * plane..(c + 1) * plane];
-        for i in 0..k {
-            for j in 0..k {
-                let dst = &mut col[row * ho * wo..(row + 1) * ho * wo];
-                for oh in 0..ho {
-                    let ih = (oh * s) as isize - p + i as isize;
-                    let out_row = &mut dst[oh * wo..(oh + 1) * wo];
-                    if ih < 0 || ih >= g.height as isize {
-                        out_row.fill(T::zero());
-                        continue;
-                    }
-                    let src_row = &src[ih as usize * g.width..(ih as usize + 1) * g.width];
-                    for (ow, v) in out_row.iter_mut().enumerate() {
-                        let iw = (ow * s) as isize - p + j as isize;
-                        *v = if iw < 0 || iw >= g.width as isize { T::zero() } else { src_row[iw as usize] };
-                    }
+multiversion! {
+    /// `col[(c·k + i)·k + j, oh·Wo + ow] = x[c, oh·s - p + i, ow·s - p + j]` (0 outside).
+    pub fn im2col<T: Real>(g: &ConvGeometry, image: &[T], col: &mut [T]) {
+        let (ho, wo) = g.output_hw().expect("im2col: window larger than the padded image");
+        if g.stride == 1 && g.padding == 0 {
+            // LeNet's case: every column row is `ho` contiguous copies of `wo` values
+            let (h, w, k) = (g.height, g.width, g.kernel);
+            let rows = col[..g.col_rows() * ho * wo].chunks_exact_mut(ho * wo);
+            for ((c, i, j), dst) in kernel_taps(g.channels, k).zip(rows) {
+                for (oh, out_row) in dst.chunks_exact_mut(wo).enumerate() {
+                    let start = (c * h + oh + i) * w + j;
+                    super::copy_row(out_row, &image[start..start + wo]);
                 }
-                row += 1;
+            }
+            return;
+        }
+        let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
+        let plane = g.height * g.width;
+        let mut row = 0;
+        for c in 0..g.channels {
+            let src = &image[c * plane..(c + 1) * plane];
+            for i in 0..k {
+                for j in 0..k {
+                    let dst = &mut col[row * ho * wo..(row + 1) * ho * wo];
+                    for oh in 0..ho {
+                        let ih = (oh * s) as isize - p + i as isize;
+                        let out_row = &mut dst[oh * wo..(oh + 1) * wo];
+                        if ih < 0 || ih >= g.height as isize {
+                            out_row.fill(T::zero());
+                            continue;
+                        }
+                        let src_row = &src[ih as usize * g.width..(ih as usize + 1) * g.width];
+                        for (ow, v) in out_row.iter_mut().enumerate() {
+                            let iw = (ow * s) as isize - p + j as isize;
+                            *v = if iw < 0 || iw >= g.width as isize { T::zero() } else { src_row[iw as usize] };
+                        }
+                    }
+                    row += 1;
+                }
             }
         }
     }
@@ -79,54 +81,56 @@ fn kernel_taps(channels: usize, k: usize) -> impl Iterator<Item = (usize, usize,
     (0..channels).flat_map(move |c| (0..k).flat_map(move |i| (0..k).map(move |j| (c, i, j))))
 }
 
-/// The adjoint of [`im2col`]: adds each column entry back to the pixel it
-/// was read from. `image` is overwritten.
-pub fn col2im<T: Real>(g: &ConvGeometry, col: &[T], image: &mut [T]) {
-    let (ho, wo) = g.output_hw().expect("col2im: window larger than the padded image");
-    image.fill(T::zero());
-    if g.stride == 1 && g.padding == 0 {
-        // Kernel column j outermost: consecutive adds then hit the same pixels
-        // as an add a few steps before (kernel row i+1 meets the output row
-        // oh+1 of row i), so the CPU can forward the stored sums instead of
-        // waiting on partly overlapping stores: 0.82 instead of 1.32 µs per
-        // image of LeNet's conv2, one thread.
-        let (h, w, k) = (g.height, g.width, g.kernel);
-        for c in 0..g.channels {
-            for j in 0..k {
-                for i in 0..k {
-                    let src = &col[((c * k + i) * k + j) * ho * wo..][..ho * wo];
-                    for (oh, src_row) in src.chunks_exact(wo).enumerate() {
-                        let start = (c * h + oh + i) * w + j;
-                        super::add_row(&mut image[start..start + wo], src_row);
-                    }
-                }
-            }
-        }
-        return;
-    }
-    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
-    let plane = g.height * g.width;
-    let mut row = 0;
-    for c in 0..g.channels {
-        let dst = &mut image[c * plane..(c + 1) * plane];
-        for i in 0..k {
-            for j in 0..k {
-                let src = &col[row * ho * wo..(row + 1) * ho * wo];
-                for oh in 0..ho {
-                    let ih = (oh * s) as isize - p + i as isize;
-                    if ih < 0 || ih >= g.height as isize {
-                        continue;
-                    }
-                    let dst_row = &mut dst[ih as usize * g.width..(ih as usize + 1) * g.width];
-                    let src_row = &src[oh * wo..(oh + 1) * wo];
-                    for (ow, &v) in src_row.iter().enumerate() {
-                        let iw = (ow * s) as isize - p + j as isize;
-                        if iw >= 0 && iw < g.width as isize {
-                            dst_row[iw as usize] += v;
+multiversion! {
+    /// The adjoint of [`im2col`]: adds each column entry back to the pixel it
+    /// was read from. `image` is overwritten.
+    pub fn col2im<T: Real>(g: &ConvGeometry, col: &[T], image: &mut [T]) {
+        let (ho, wo) = g.output_hw().expect("col2im: window larger than the padded image");
+        image.fill(T::zero());
+        if g.stride == 1 && g.padding == 0 {
+            // Kernel column j outermost: consecutive adds then hit the same pixels
+            // as an add a few steps before (kernel row i+1 meets the output row
+            // oh+1 of row i), so the CPU can forward the stored sums instead of
+            // waiting on partly overlapping stores: 0.82 instead of 1.32 µs per
+            // image of LeNet's conv2, one thread.
+            let (h, w, k) = (g.height, g.width, g.kernel);
+            for c in 0..g.channels {
+                for j in 0..k {
+                    for i in 0..k {
+                        let src = &col[((c * k + i) * k + j) * ho * wo..][..ho * wo];
+                        for (oh, src_row) in src.chunks_exact(wo).enumerate() {
+                            let start = (c * h + oh + i) * w + j;
+                            super::add_row(&mut image[start..start + wo], src_row);
                         }
                     }
                 }
-                row += 1;
+            }
+            return;
+        }
+        let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
+        let plane = g.height * g.width;
+        let mut row = 0;
+        for c in 0..g.channels {
+            let dst = &mut image[c * plane..(c + 1) * plane];
+            for i in 0..k {
+                for j in 0..k {
+                    let src = &col[row * ho * wo..(row + 1) * ho * wo];
+                    for oh in 0..ho {
+                        let ih = (oh * s) as isize - p + i as isize;
+                        if ih < 0 || ih >= g.height as isize {
+                            continue;
+                        }
+                        let dst_row = &mut dst[ih as usize * g.width..(ih as usize + 1) * g.width];
+                        let src_row = &src[oh * wo..(oh + 1) * wo];
+                        for (ow, &v) in src_row.iter().enumerate() {
+                            let iw = (ow * s) as isize - p + j as isize;
+                            if iw >= 0 && iw < g.width as isize {
+                                dst_row[iw as usize] += v;
+                            }
+                        }
+                    }
+                    row += 1;
+                }
             }
         }
     }
