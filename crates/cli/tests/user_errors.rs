@@ -213,3 +213,43 @@ fn the_instruction_set_cap_is_checked_and_used() {
     let summary = String::from_utf8_lossy(&capped.stdout).lines().last().unwrap_or("").to_string();
     assert!(summary.contains(r#""isa":"portable""#), "{summary}");
 }
+
+#[test]
+fn progress_goes_to_stderr_results_to_stdout_and_quiet_means_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = |out: &str, extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["train", "--epochs", "2", "--limit-train", "64", "--limit-val", "64", "--data-dir"])
+            .arg(subset())
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(extra)
+            .stdin(Stdio::null());
+        let o = cmd.output().expect("run normlab");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    // people: the epochs on stderr, one closing line on stdout
+    let (stdout, stderr) = run("plain", &[]);
+    assert_eq!(stdout.lines().count(), 1, "only the result on stdout:\n{stdout}");
+    assert!(stdout.starts_with("done in"), "{stdout}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("epoch")).count(), 2, "{stderr}");
+    // --quiet: nothing at all
+    let (stdout, stderr) = run("quiet", &["--quiet"]);
+    assert!(stdout.is_empty() && stderr.is_empty(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // more threads than cores: one warning line, and the run still works
+    let too_many = (cores + 1).to_string();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--threads", &too_many, "train", "--epochs", "1", "--limit-train", "64", "--limit-val", "64", "--quiet"])
+        .arg("--data-dir")
+        .arg(subset())
+        .arg("--out")
+        .arg(dir.path().join("threads"))
+        .stdin(Stdio::null());
+    let o = cmd.output().expect("run normlab");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--threads") && stderr.contains(&format!("{cores} cores")), "{stderr}");
+}

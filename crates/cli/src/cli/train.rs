@@ -58,7 +58,7 @@ pub struct TrainArgs {
     /// Print one JSON object per epoch and a summary on stdout, nothing else.
     #[arg(long)]
     json: bool,
-    /// No progress bar and no per-epoch lines on stderr.
+    /// Nothing for people: no progress bar, no per-epoch lines (stderr), no closing line (stdout).
     #[arg(long)]
     quiet: bool,
     /// Continue the run in DIR from its last complete epoch (its
@@ -177,14 +177,11 @@ impl Run {
         Run { out, kind, fm, n_train, n_val, json: args.json, quiet: args.quiet }
     }
 
-    /// A line for people: on stdout, or on stderr when stdout carries JSON.
+    /// A progress line for people, on stderr (stdout carries only results),
+    /// none with --quiet.
     fn say(&self, line: String) {
-        if self.json {
-            if !self.quiet {
-                eprintln!("{line}");
-            }
-        } else {
-            println!("{line}");
+        if !self.quiet {
+            eprintln!("{line}");
         }
     }
 
@@ -319,16 +316,17 @@ fn finish(run: &Run, trainer: &Trainer, recompute: serde_json::Value, started: I
         "recompute_stats": recompute,
     });
     run.write_run_json(trainer, summary.clone())?;
+    // the result on stdout: the JSON summary, or a line for people unless --quiet
     if run.json {
         println!("{summary}");
-    } else {
-        run.say(format!(
+    } else if !run.quiet {
+        println!(
             "done in {:.1} s ({per_epoch:.2} s per training epoch, {:.0} examples/s): val acc {:.4}; wrote {}",
             started.elapsed().as_secs_f64(),
             run.n_train as f64 / per_epoch,
             last.val_acc,
             run.out.display()
-        ));
+        );
     }
     Ok(())
 }
