@@ -41,7 +41,6 @@ fn quick(name: &str) -> (tempfile::TempDir, PathBuf) {
         "--quick",
         "--seeds",
         "2",
-        "--quiet",
         "--data-dir",
         sub.to_str().unwrap(),
         "--out",
@@ -49,7 +48,7 @@ fn quick(name: &str) -> (tempfile::TempDir, PathBuf) {
     ]);
     assert_eq!(r.code, 0, "normlab experiment {name} failed:\n{}", r.stderr);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-    assert!(r.stdout.contains(name), "stdout names the experiment: {}", r.stdout);
+    assert!(r.stdout.starts_with(&format!("{name}:")), "stdout carries the result: {}", r.stdout);
     (tmp, out)
 }
 
@@ -440,4 +439,18 @@ fn help_has_examples_and_lists_every_experiment() {
     for name in normlab_cli::experiments::names() {
         assert!(r.stdout.contains(name), "--help lists {name}");
     }
+}
+
+#[test]
+fn a_quiet_experiment_prints_nothing_and_still_writes_its_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("lite");
+    let sub = subset();
+    let args = ["experiment", "lite", "--quick", "--seeds", "1", "--epochs", "1", "--limit-train", "300", "--quiet"];
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--data-dir", sub.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let r = normlab(&all);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.is_empty() && r.stderr.is_empty(), "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(out.join("report.md").is_file() && out.join("index.html").is_file());
 }

@@ -63,7 +63,8 @@ pub struct ExperimentArgs {
     /// Print each experiment's summary (tables, reading, output directory) as one JSON line on stdout.
     #[arg(long)]
     json: bool,
-    /// No progress lines on stderr.
+    /// Nothing for people: no progress lines (stderr), no readings
+    /// (stdout); the reports are still written.
     #[arg(long)]
     quiet: bool,
 }
@@ -101,7 +102,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     let print = |s: &Summary| -> Result<()> {
         if args.json {
             println!("{}", serde_json::to_string(s)?);
-        } else {
+        } else if !args.quiet {
             println!("{}: {:.1} s, report in {}", s.name, s.seconds, s.out.join("index.html").display());
             for line in &s.reading {
                 println!("  - {line}");
@@ -117,7 +118,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             }
             if args.json {
                 println!("{}", serde_json::json!({ "index": out.join("index.html") }));
-            } else {
+            } else if !args.quiet {
                 println!("index of all experiments: {}", out.join("index.html").display());
             }
         }
