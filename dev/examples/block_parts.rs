@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use normlab::kernels::batch_norm::channel_stats;
-use normlab::layers::{BatchNormConfig, BnSigmoidPool, Layer, Mode};
+use normlab::layers::{AvgPool2d, BatchNorm, BatchNormConfig, Mode, Sigmoid};
+use normlab::models::Sequential;
 use normlab::{rng, Tensor};
 
 fn time(mut f: impl FnMut()) -> f64 {
@@ -34,8 +35,14 @@ fn profile() {
         let dy =
             Tensor::from_vec(&[n, c, h / 2, h / 2], (0..n * c * h * h / 4).map(|i| (i % 7) as f32 * 0.01).collect())
                 .unwrap();
-        let mut block = BnSigmoidPool::<f32>::new(BatchNormConfig::default()).unwrap();
-        block.build(&[c, h, h], &mut rng::seeded(0)).unwrap();
+        // the model fuses the three layers into the block at build
+        let mut net = Sequential::<f32>::new()
+            .push(BatchNorm::new(BatchNormConfig::default()))
+            .push(Sigmoid::new())
+            .push(AvgPool2d::new(2, 2));
+        net.build(&[c, h, h], &mut rng::seeded(0)).unwrap();
+        let mut block = net.into_layers().remove(0);
+        assert_eq!(block.kind(), "BatchNorm2d+Sigmoid+AvgPool2d");
         let stats = time(|| {
             std::hint::black_box(channel_stats(z.data(), n, c, h * h));
         });

@@ -35,9 +35,14 @@ fn kernel_only(shape: &[usize], x: &Tensor<f32>, dy: &Tensor<f32>) {
     let mut dx = vec![0.0f32; x.numel()];
     let t = Instant::now();
     for _ in 0..1000 {
-        normlab::kernels::batch_norm::backward_fused(x.data(), dy.data(), &mut dx, (n, c, s), &mean, |_, a, b| {
-            (0.5, (b * 1e-6) as f32, (a * 1e-6) as f32)
-        });
+        normlab::kernels::batch_norm::backward_fused(
+            (x.data(), dy.data()),
+            &mut dx,
+            (n, c, s),
+            &mean,
+            normlab::kernels::batch_norm::Epilogue::none(),
+            |_, a, b| (0.5, (b * 1e-6) as f32, (a * 1e-6) as f32),
+        );
     }
     println!("kernel only: backward {:.4} ms", t.elapsed().as_secs_f64());
 }

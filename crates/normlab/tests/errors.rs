@@ -2,7 +2,7 @@
 //! panic, a NaN or a silent zero in the running statistics.
 
 use normlab::layers::{BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, Linear, Mode, Momentum};
-use normlab::models::{self, ModelKind};
+use normlab::models::{self, ModelKind, Sequential};
 use normlab::{rng, Error, Tensor};
 
 fn bn(imp: BnImpl, example: &[usize]) -> BatchNorm<f32> {
@@ -114,8 +114,7 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     use normlab::layers::{
-        AvgPool2d, BnSigmoidPool, ConvBnSigmoidPool, Dropout, Flatten, GroupNorm, LeakyReLU, MaxPool2d, ReLU, SiLU,
-        Sigmoid, Tanh, GELU,
+        AvgPool2d, Dropout, Flatten, GroupNorm, LeakyReLU, MaxPool2d, ReLU, SiLU, Sigmoid, Tanh, GELU,
     };
     let case = |name, make, example: &[usize], x: &[usize], dy: &[usize], keeps_forward_state, needs_build| Case {
         name,
@@ -145,23 +144,51 @@ fn cases() -> Vec<Case> {
             true,
             true,
         ),
+        // the fused layers exist only as a model makes them, built
         case(
-            "BnSigmoidPool",
-            || Box::new(BnSigmoidPool::new(BatchNormConfig::pytorch()).unwrap()),
+            "BatchNorm2d+Sigmoid+AvgPool2d",
+            || {
+                fused(
+                    Sequential::new().push(pytorch_bn()).push(Sigmoid::new()).push(AvgPool2d::new(2, 2)),
+                    &[2, 4, 4],
+                    "BatchNorm2d+Sigmoid+AvgPool2d",
+                )
+            },
             &[2, 4, 4],
             &[4, 2, 4, 4],
             &[4, 2, 2, 2],
             true,
-            true,
+            false,
         ),
         case(
-            "ConvBnSigmoidPool",
-            || Box::new(ConvBnSigmoidPool::new(Conv2d::new(6, 5), BatchNormConfig::pytorch()).unwrap()),
+            "Conv2d+BatchNorm2d+Sigmoid+AvgPool2d",
+            || {
+                let net = Sequential::new().push(Conv2d::new(6, 5)).push(pytorch_bn()).push(Sigmoid::new());
+                fused(net.push(AvgPool2d::new(2, 2)), &[1, 28, 28], "Conv2d+BatchNorm2d+Sigmoid+AvgPool2d")
+            },
             &[1, 28, 28],
             &[3, 1, 28, 28],
             &[3, 6, 12, 12],
             true,
+            false,
+        ),
+        case(
+            "BatchNorm2d+ReLU",
+            || fused(Sequential::new().push(pytorch_bn()).push(ReLU::new()), &[2, 4, 4], "BatchNorm2d+ReLU"),
+            &[2, 4, 4],
+            &[4, 2, 4, 4],
+            &[4, 2, 4, 4],
             true,
+            false,
+        ),
+        case(
+            "BatchNorm1d+GELU",
+            || fused(Sequential::new().push(pytorch_bn()).push(GELU::new(false)), &[3], "BatchNorm1d+GELU"),
+            &[3],
+            &[4, 3],
+            &[4, 3],
+            true,
+            false,
         ),
         case("Conv2d", || Box::new(Conv2d::new(3, 3)), &[2, 5, 5], &[2, 2, 5, 5], &[2, 3, 3, 3], false, true),
         case("Linear", || Box::new(Linear::new(3)), &[4], &[2, 4], &[2, 3], false, true),
@@ -178,6 +205,19 @@ fn cases() -> Vec<Case> {
         case("GELU", || Box::new(GELU::new(false)), &[3], &[2, 3], &[2, 3], true, false),
         case("Dropout", || Box::new(Dropout::new(0.5).unwrap()), &[3], &[2, 3], &[2, 3], true, false),
     ]
+}
+
+fn pytorch_bn() -> BatchNorm<f32> {
+    BatchNorm::new(BatchNormConfig::pytorch())
+}
+
+/// The one layer a model makes of `net` at build, checked to be `kind`.
+fn fused(mut net: normlab::models::Sequential<f32>, example: &[usize], kind: &str) -> Box<dyn Layer<f32>> {
+    net.build(example, &mut rng::seeded(0)).unwrap();
+    let mut layers = net.into_layers();
+    assert_eq!(layers.len(), 1, "{kind}: fused into one layer");
+    assert_eq!(layers[0].kind(), kind);
+    layers.remove(0)
 }
 
 /// Values that vary within every channel, so batch statistics are regular.

@@ -3,7 +3,7 @@
 //! with a standard deviation of 1e-2, constant channels, and channels of
 //! more than a million values.
 
-use normlab::layers::{BatchNorm, BatchNormConfig, BnImpl, BnSigmoidPool, Layer, Mode, StateMut};
+use normlab::layers::{BatchNorm, BatchNormConfig, BnImpl, Layer, Mode, StateMut};
 use normlab::{rng, Tensor};
 use rand::Rng as _;
 
@@ -128,7 +128,13 @@ fn fused_block_equals_the_layers_it_replaces() {
             .push(Sigmoid::new())
             .push(AvgPool2d::new(2, 2)),
     );
-    let mut block = build(Sequential::new().push(BnSigmoidPool::new(BatchNormConfig::pytorch()).unwrap()));
+    let mut block = build(
+        Sequential::new()
+            .push(BatchNorm::new(BatchNormConfig::pytorch()))
+            .push(Sigmoid::new())
+            .push(AvgPool2d::new(2, 2)),
+    );
+    assert_eq!(block.layers()[0].kind(), "BatchNorm2d+Sigmoid+AvgPool2d", "the model fused the three layers");
     assert_eq!(apart.state_names(), block.state_names(), "same PyTorch names");
     let dy = tensor(&[16, 6, 12, 12], |_, r| r.gen::<f32>() - 0.5);
     for mode in [Mode::Train, Mode::Eval] {

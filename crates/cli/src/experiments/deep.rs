@@ -50,9 +50,11 @@ pub enum DeepNorm {
 }
 
 /// The network and, per hidden layer, the index of its linear layer and of
-/// its activation (whose output is the next layer's input).
+/// its activation (whose output is the next layer's input). The probes read
+/// every layer's output, so the model keeps its layers apart (no fusion:
+/// the same values, see `Sequential::fusion`).
 pub fn build(act: Activation, norm: DeepNorm) -> (Sequential<f32>, Vec<usize>, Vec<usize>) {
-    let mut net = Sequential::new();
+    let mut net = Sequential::new().fusion(false);
     let (mut lin, mut out) = (Vec::new(), Vec::new());
     net.push_boxed(Box::new(Flatten::new()));
     for _ in 0..DEPTH {

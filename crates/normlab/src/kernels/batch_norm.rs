@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::activation::{Activation, Identity};
 use super::lanes::{sums2, F64x8};
 use super::stream::{self, MapF32};
 use crate::real::{as_f32, as_f32_mut, Real};
@@ -128,22 +129,86 @@ multiversion! {
     }
 }
 
+/// Batch norm's output map per channel, `h = (x - center)·scale + shift`.
+#[derive(Clone, Copy, Debug)]
+pub struct Affine<'a, T> {
+    /// What is subtracted: the mean (0 when only scaling).
+    pub center: &'a [T],
+    /// `gamma / sqrt(var + eps)` (gamma when only centring).
+    pub scale: &'a [T],
+    /// beta.
+    pub shift: &'a [T],
+}
+
+impl<T: Real> Affine<'_, T> {
+    /// Channel `ch`'s `(center, scale, shift)`.
+    #[inline(always)]
+    pub fn at(&self, ch: usize) -> (T, T, T) {
+        (self.center[ch], self.scale[ch], self.shift[ch])
+    }
+}
+
+/// What a backward sweep takes as the gradient at batch norm's output:
+/// `dy` itself ([`Epilogue::none`]), or, for batch norm fused with an
+/// activation, `dh = act.grad(h, dy)` with `h` recomputed from `x` by
+/// `affine` (the forward pass keeps no `h`).
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a, T, A> {
+    /// The forward pass's output map.
+    pub affine: Affine<'a, T>,
+    /// The activation after it.
+    pub act: A,
+}
+
+impl<T: Real> Epilogue<'static, T, Identity> {
+    /// Plain batch norm: `dy` is the gradient at its output.
+    pub fn none() -> Self {
+        Epilogue { affine: Affine { center: &[], scale: &[], shift: &[] }, act: Identity }
+    }
+}
+
+impl<T: Real, A: Activation<T>> Epilogue<'_, T, A> {
+    /// The gradient at batch norm's output for one run of channel `ch`: `dy`
+    /// itself, or `dh` written into `scratch` (at least as long as the run).
+    #[inline(always)]
+    fn dh<'s>(&self, x: &[T], dy: &'s [T], ch: usize, scratch: &'s mut [T]) -> &'s [T] {
+        if A::IDENTITY {
+            return dy;
+        }
+        let (c, sc, sh) = self.affine.at(ch);
+        let out = &mut scratch[..dy.len()];
+        for ((o, &v), &g) in out.iter_mut().zip(x).zip(dy) {
+            *o = self.act.grad((v - c) * sc + sh, g);
+        }
+        out
+    }
+
+    /// One value's gradient at batch norm's output (`x` of channel `ch`).
+    #[inline(always)]
+    fn dh_at(&self, x: T, dy: T, ch: usize) -> T {
+        if A::IDENTITY {
+            return dy;
+        }
+        let (c, sc, sh) = self.affine.at(ch);
+        self.act.grad((x - c) * sc + sh, dy)
+    }
+}
+
 multiversion! {
-    /// `y = (x - mean[c])·scale[c] + shift[c]`.
-    pub fn normalize<T: Real>(x: &[T], y: &mut [T], c: usize, s: usize, mean: &[T], scale: &[T], shift: &[T]) {
+    /// `y = act((x - center[c])·scale[c] + shift[c])`.
+    pub fn normalize<T: Real, A: Activation<T>>(x: &[T], y: &mut [T], c: usize, s: usize, affine: Affine<'_, T>, act: A) {
         if s == 1 {
             for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                 for i in 0..c {
-                    yr[i] = (xr[i] - mean[i]) * scale[i] + shift[i];
+                    yr[i] = act.value((xr[i] - affine.center[i]) * affine.scale[i] + affine.shift[i]);
                 }
             }
             return;
         }
         let plane = |(idx, (yp, xp)): (usize, (&mut [T], &[T]))| {
-            let ch = idx % c;
-            let (mu, sc, sh) = (mean[ch], scale[ch], shift[ch]);
+            let (mu, sc, sh) = affine.at(idx % c);
             for (o, &v) in yp.iter_mut().zip(xp) {
-                *o = (v - mu) * sc + sh;
+                *o = act.value((v - mu) * sc + sh);
             }
         };
         if y.len() >= PAR_MIN {
@@ -155,58 +220,73 @@ multiversion! {
 }
 
 multiversion! {
-    /// Per channel: `(Σ dy, Σ dy·(x - mean))`, in f64.
-    pub fn backward_sums<T: Real>(x: &[T], dy: &[T], n: usize, c: usize, s: usize, mean: &[T]) -> (Vec<f64>, Vec<f64>) {
+    /// Per channel: `(Σ dh, Σ dh·(x - mean))`, in f64, where `dh` is `dy`
+    /// or what `ep` makes of it.
+    pub fn backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: (usize, usize, usize), mean: &[T], ep: Epilogue<'_, T, A>) -> (Vec<f64>, Vec<f64>) {
+        let (_, c, s) = ncs;
         if s == 1 {
             let (mut sdy, mut sdyx) = (vec![0.0f64; c], vec![0.0f64; c]);
             for (xr, gr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
                 for i in 0..c {
-                    let g = gr[i].as_f64();
+                    let g = ep.dh_at(xr[i], gr[i], i).as_f64();
                     sdy[i] += g;
                     sdyx[i] += g * (xr[i] - mean[i]).as_f64();
                 }
             }
             return (sdy, sdyx);
         }
-        per_channel(c, x.len(), |ch| channel_backward_sums(x, dy, (n, c, s), ch, mean[ch])).into_iter().unzip()
+        per_channel(c, x.len(), |ch| channel_backward_sums(x, dy, ncs, ch, mean[ch], ep)).into_iter().unzip()
     }
 }
 
+/// The coefficients of `dx = a·dh + b·(x - mean) + k`, per channel.
+#[derive(Clone, Copy, Debug)]
+pub struct GradCoefs<'a, T> {
+    /// `a`: gamma·s.
+    pub a: &'a [T],
+    /// `b`: the term through the variance.
+    pub b: &'a [T],
+    /// `k`: the term through the mean.
+    pub k: &'a [T],
+}
+
 multiversion! {
-    /// `dx = a[c]·dy + b[c]·(x - mean[c]) + k[c]`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_apply<T: Real>(
+    /// `dx = a[c]·dh + b[c]·(x - mean[c]) + k[c]`, `dh` as in [`backward_sums`].
+    pub fn backward_apply<T: Real, A: Activation<T>>(
         x: &[T],
         dy: &[T],
         dx: &mut [T],
-        c: usize,
-        s: usize,
+        ncs: (usize, usize, usize),
         mean: &[T],
-        a: &[T],
-        b: &[T],
-        k: &[T],
+        coefs: GradCoefs<'_, T>,
+        ep: Epilogue<'_, T, A>,
     ) {
+        let (_, c, s) = ncs;
+        let GradCoefs { a, b, k } = coefs;
         if s == 1 {
             for ((dr, xr), gr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
                 for i in 0..c {
-                    dr[i] = a[i] * gr[i] + b[i] * (xr[i] - mean[i]) + k[i];
+                    dr[i] = a[i] * ep.dh_at(xr[i], gr[i], i) + b[i] * (xr[i] - mean[i]) + k[i];
                 }
             }
             return;
         }
         // one (N, C) plane: its index, dx's run, and x's and dy's runs
         type Plane<'a, T> = (usize, (&'a mut [T], (&'a [T], &'a [T])));
-        let plane = |(idx, (dp, (xp, gp))): Plane<'_, T>| {
+        let plane = |scratch: &mut Vec<T>, (idx, (dp, (xp, gp))): Plane<'_, T>| {
             let ch = idx % c;
             let (mu, a, b, k) = (mean[ch], a[ch], b[ch], k[ch]);
+            let gp = ep.dh(xp, gp, ch, scratch);
             for ((o, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
                 *o = a * g + b * (v - mu) + k;
             }
         };
+        let scratch = || vec![T::zero(); if A::IDENTITY { 0 } else { s }];
         if dx.len() >= PAR_MIN {
-            dx.par_chunks_mut(s).zip(x.par_chunks(s).zip(dy.par_chunks(s))).enumerate().for_each(plane);
+            dx.par_chunks_mut(s).zip(x.par_chunks(s).zip(dy.par_chunks(s))).enumerate().for_each_init(scratch, plane);
         } else {
-            dx.chunks_mut(s).zip(x.chunks(s).zip(dy.chunks(s))).enumerate().for_each(plane);
+            let mut buffer = scratch();
+            dx.chunks_mut(s).zip(x.chunks(s).zip(dy.chunks(s))).enumerate().for_each(|p| plane(&mut buffer, p));
         }
     }
 }
@@ -251,14 +331,15 @@ impl<'a, T> ChannelOut<'a, T> {
 /// cache, so a large tensor is read from memory once and written once
 /// (instead of three reads for statistics then normalization). Returns the
 /// mean and biased variance; `y = (x - mean)·gamma/sqrt(var + eps) + beta`
-/// with exactly the arithmetic of [`channel_stats`] followed by [`normalize`].
-pub fn stats_and_normalize<T: Real>(
+/// with exactly the arithmetic of [`channel_stats`] followed by [`normalize`]
+/// (then `act` applied to each value).
+pub fn stats_and_normalize<T: Real, A: Activation<T>>(
     x: &[T],
     y: &mut [T],
     (n, c, s): (usize, usize, usize),
-    gamma: &[T],
-    beta: &[T],
+    (gamma, beta): (&[T], &[T]),
     eps: f64,
+    act: A,
 ) -> (Vec<f64>, Vec<f64>) {
     assert!(x.len() == n * c * s && y.len() == x.len() && s > 1, "stats_and_normalize: shapes");
     assert!(
@@ -275,10 +356,13 @@ pub fn stats_and_normalize<T: Real>(
         for r in (0..n).map(|i| (i * c + ch) * s) {
             // SAFETY: run r belongs to channel ch alone and lies inside y (asserted sizes)
             let yr = unsafe { out.run(r, s) };
-            if stream && stream::affine(as_f32(&x[r..r + s]), as_f32_mut(yr), (mu, scale, shift).map_f32()) {
+            if A::IDENTITY
+                && stream
+                && stream::affine(as_f32(&x[r..r + s]), as_f32_mut(yr), (mu, scale, shift).map_f32())
+            {
                 continue;
             }
-            affine_run(&x[r..r + s], yr, mu, scale, shift);
+            affine_run(&x[r..r + s], yr, (mu, scale, shift), act);
         }
         stream::fence(stream);
         (mean, var)
@@ -290,22 +374,22 @@ pub fn stats_and_normalize<T: Real>(
 /// For `(N, C, S)` input with `S > 1`: per channel, in one task while its
 /// values are in cache, `(Σ dy, Σ dy·(x - mean))` and then
 /// `dx = a·dy + b·(x - mean) + k` with the coefficients that `coef` computes from
-/// those sums. Returns the sums. Same arithmetic as [`backward_sums`] then
-/// [`backward_apply`].
-pub fn backward_fused<T: Real>(
-    x: &[T],
-    dy: &[T],
+/// those sums (`dh` in place of `dy` as `ep` says). Returns the sums. Same
+/// arithmetic as [`backward_sums`] then [`backward_apply`].
+pub fn backward_fused<T: Real, A: Activation<T>>(
+    (x, dy): (&[T], &[T]),
     dx: &mut [T],
     (n, c, s): (usize, usize, usize),
     mean: &[T],
+    ep: Epilogue<'_, T, A>,
     coef: impl Fn(usize, f64, f64) -> (T, T, T) + Sync + Send,
 ) -> (Vec<f64>, Vec<f64>) {
     assert!(x.len() == n * c * s && dy.len() == x.len() && dx.len() == x.len() && s > 1, "backward_fused: shapes");
     let out = ChannelOut::new(dx);
     per_channel(c, x.len(), |ch| {
-        let (sdy, sdyx) = channel_backward_sums(x, dy, (n, c, s), ch, mean[ch]);
+        let (sdy, sdyx) = channel_backward_sums(x, dy, (n, c, s), ch, mean[ch], ep);
         let (a, b, k) = coef(ch, sdy, sdyx);
-        channel_backward_apply(x, dy, &out, (n, c, s), ch, mean[ch], (a, b, k));
+        channel_backward_apply(x, dy, &out, (n, c, s), (ch, mean[ch]), (a, b, k), ep);
         (sdy, sdyx)
     })
     .into_iter()
@@ -313,30 +397,33 @@ pub fn backward_fused<T: Real>(
 }
 
 multiversion! {
-    /// `y = (x - mu)·scale + shift` over one run.
-    fn affine_run<T: Real>(x: &[T], y: &mut [T], mu: T, scale: T, shift: T) {
+    /// `y = act((x - mu)·scale + shift)` over one run.
+    fn affine_run<T: Real, A: Activation<T>>(x: &[T], y: &mut [T], coef: (T, T, T), act: A) {
+        let (mu, scale, shift) = coef;
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = (v - mu) * scale + shift;
+            *o = act.value((v - mu) * scale + shift);
         }
     }
 }
 
 multiversion! {
-    /// `(Σ dy, Σ dy·(x - mu))` over channel `ch`.
+    /// `(Σ dh, Σ dh·(x - mu))` over channel `ch` (`dh` as `ep` says).
     #[inline]
-    fn channel_backward_sums<T: Real>(x: &[T], dy: &[T], ncs: (usize, usize, usize), ch: usize, mu: T) -> (f64, f64) {
+    fn channel_backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: (usize, usize, usize), ch: usize, mu: T, ep: Epilogue<'_, T, A>) -> (f64, f64) {
         let (n, c, s) = ncs;
         let muv = F64x8::splat(mu.as_f64());
         let run = |i: usize| (i * c + ch) * s..(i * c + ch + 1) * s;
         let prefetch = std::mem::size_of_val(x) >= super::PREFETCH_MIN_BYTES;
         let (mut sdy, mut sdyx) = (0.0, 0.0);
+        let mut scratch = vec![T::zero(); if A::IDENTITY { 0 } else { s }];
         for i in 0..n {
             if prefetch && i + 1 < n {
                 super::prefetch(&x[run(i + 1)]);
                 super::prefetch(&dy[run(i + 1)]);
             }
             let r = run(i);
-            let (a, b) = sums2(&dy[r.clone()], &x[r], |g, v| (g, g * (v - muv)));
+            let dh = ep.dh(&x[r.clone()], &dy[r.clone()], ch, &mut scratch);
+            let (a, b) = sums2(dh, &x[r], |g, v| (g, g * (v - muv)));
             sdy += a;
             sdyx += b;
         }
@@ -345,18 +432,19 @@ multiversion! {
 }
 
 multiversion! {
-    /// `dx = a·dy + b·(x - mu) + k` over channel `ch`.
+    /// `dx = a·dh + b·(x - mu) + k` over channel `ch` (`dh` as `ep` says).
     #[inline]
-    fn channel_backward_apply<T: Real>(
+    fn channel_backward_apply<T: Real, A: Activation<T>>(
         x: &[T],
         dy: &[T],
         out: &ChannelOut<'_, T>,
         ncs: (usize, usize, usize),
-        ch: usize,
-        mu: T,
+        channel: (usize, T),
         abk: (T, T, T),
+        ep: Epilogue<'_, T, A>,
     ) {
-        let ((n, c, s), (a, b, k)) = (ncs, abk);
+        let ((n, c, s), (ch, mu), (a, b, k)) = (ncs, channel, abk);
+        let mut scratch = vec![T::zero(); if A::IDENTITY { 0 } else { s }];
         // Backwards: a channel of a large tensor (1.6 MB of x and dy at
         // (64,64,56,56)) does not fit in L2, and a forward second pass would
         // find every run evicted; backwards it starts with the runs just read.
@@ -365,7 +453,8 @@ multiversion! {
             let r = (i * c + ch) * s;
             // SAFETY: run r belongs to channel ch alone, whose task this is
             let dr = unsafe { out.run(r, s) };
-            let (xr, dyr) = (&x[r..r + s], &dy[r..r + s]);
+            let xr = &x[r..r + s];
+            let dyr = ep.dh(xr, &dy[r..r + s], ch, &mut scratch);
             if stream && stream::bn_gradient(as_f32(xr), as_f32(dyr), as_f32_mut(dr), (a, b, k, mu).map_f32()) {
                 continue;
             }
@@ -397,23 +486,23 @@ mod tests {
             let (x, dy) = (x.as_slice(), dy.as_slice());
             let (gamma, beta) = ([1.5f32, 0.5], [0.25f32, -1.0]);
             let mut y = AlignedVec::from_elem(f32::NAN, len);
-            let (mean, var) = stats_and_normalize(x, y.as_mut_slice(), (n, c, s), &gamma, &beta, 1e-5);
+            let (mean, var) = stats_and_normalize(x, y.as_mut_slice(), (n, c, s), (&gamma, &beta), 1e-5, Identity);
             let mu: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
             let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * (1.0 / (var[ch] + 1e-5).sqrt()) as f32).collect();
             let mut want = vec![f32::NAN; len];
-            normalize(x, &mut want, c, s, &mu, &scale, &beta);
+            normalize(x, &mut want, c, s, Affine { center: &mu, scale: &scale, shift: &beta }, Identity);
             assert!(y.as_slice().iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "forward, runs of {s}");
 
             let coef = |ch: usize, sum_dy: f64, sum_dyx: f64| {
                 (0.5 + ch as f32, (sum_dyx * 1e-7) as f32, (sum_dy * 1e-7) as f32)
             };
             let mut dx = AlignedVec::from_elem(f32::NAN, len);
-            let (sdy, sdyx) = backward_fused(x, dy, dx.as_mut_slice(), (n, c, s), &mu, coef);
+            let (sdy, sdyx) = backward_fused((x, dy), dx.as_mut_slice(), (n, c, s), &mu, Epilogue::none(), coef);
             let coefs: Vec<(f32, f32, f32)> = (0..c).map(|ch| coef(ch, sdy[ch], sdyx[ch])).collect();
             let part = |f: fn(&(f32, f32, f32)) -> f32| coefs.iter().map(f).collect::<Vec<f32>>();
             let (a, b, k) = (part(|t| t.0), part(|t| t.1), part(|t| t.2));
             let mut want = vec![f32::NAN; len];
-            backward_apply(x, dy, &mut want, c, s, &mu, &a, &b, &k);
+            backward_apply(x, dy, &mut want, (n, c, s), &mu, GradCoefs { a: &a, b: &b, k: &k }, Epilogue::none());
             assert!(dx.as_slice().iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "backward, runs of {s}");
         }
     }

@@ -52,6 +52,7 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+pub mod activation;
 pub mod batch_norm;
 pub mod conv;
 pub mod conv_bn_lanes;

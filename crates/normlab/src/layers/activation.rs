@@ -6,7 +6,9 @@
 
 use rayon::prelude::*;
 
-use super::{check_forward_ran, check_grad, Layer, Mode, PAR_MIN};
+use super::batch_norm::BnActivation;
+use super::{check_forward_ran, check_grad, BatchNorm, Layer, Mode, PAR_MIN};
+use crate::kernels::activation::{Activation, ReluAct, SigmoidAct};
 
 use crate::kernels::multiversion;
 use crate::real::Real;
@@ -100,6 +102,12 @@ impl<T: Real> Layer<T> for Sigmoid<T> {
     fn grad_input(&self) -> &Tensor<T> {
         &self.dx
     }
+    fn fuse_after_batch_norm(
+        &self,
+        bn: Box<BatchNorm<T>>,
+    ) -> std::result::Result<Box<dyn Layer<T>>, Box<BatchNorm<T>>> {
+        Ok(Box::new(BnActivation::new(*bn, SigmoidAct, self.kind())))
+    }
 }
 
 /// The rectifier, as `nn.ReLU`: `y = max(x, 0)`; backward
@@ -143,6 +151,12 @@ impl<T: Real> Layer<T> for ReLU<T> {
     }
     fn grad_input(&self) -> &Tensor<T> {
         &self.dx
+    }
+    fn fuse_after_batch_norm(
+        &self,
+        bn: Box<BatchNorm<T>>,
+    ) -> std::result::Result<Box<dyn Layer<T>>, Box<BatchNorm<T>>> {
+        Ok(Box::new(BnActivation::new(*bn, ReluAct, self.kind())))
     }
 }
 
@@ -201,6 +215,28 @@ impl<T: Real, F: PointwiseFn<T>> Layer<T> for Pointwise<T, F> {
     }
     fn grad_input(&self) -> &Tensor<T> {
         &self.dx
+    }
+    fn fuse_after_batch_norm(
+        &self,
+        bn: Box<BatchNorm<T>>,
+    ) -> std::result::Result<Box<dyn Layer<T>>, Box<BatchNorm<T>>> {
+        Ok(Box::new(BnActivation::new(*bn, PointwiseAct(self.f), self.kind())))
+    }
+}
+
+/// A [`PointwiseFn`] as the fused batch-norm kernels apply it, with the
+/// arithmetic of [`Pointwise`]'s own passes.
+#[derive(Clone, Copy)]
+struct PointwiseAct<F>(F);
+
+impl<T: Real, F: PointwiseFn<T>> Activation<T> for PointwiseAct<F> {
+    #[inline(always)]
+    fn value(&self, h: T) -> T {
+        self.0.value(h)
+    }
+    #[inline(always)]
+    fn grad(&self, h: T, dy: T) -> T {
+        dy * self.0.slope(h)
     }
 }
 

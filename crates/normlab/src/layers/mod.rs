@@ -30,9 +30,7 @@ pub mod pool;
 pub use activation::{
     GELUFn, LeakyReLU, LeakyReLUFn, Pointwise, PointwiseFn, ReLU, SiLU, SiLUFn, Sigmoid, Tanh, TanhFn, GELU,
 };
-pub use batch_norm::{
-    BatchNorm, BatchNormConfig, BnImpl, BnParts, BnSigmoidPool, ConvBnSigmoidPool, Momentum, RunningVar,
-};
+pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, BnParts, Momentum, RunningVar};
 pub use conv2d::Conv2d;
 pub use dropout::Dropout;
 pub use flatten::Flatten;
@@ -78,7 +76,7 @@ pub enum StateMut<'a, T: Copy> {
 /// A layer of a [`crate::models::Sequential`], PyTorch's `nn.Module` with
 /// the backward pass written out: `build` once, then `forward` and
 /// `backward` on each batch (batch dimension first).
-pub trait Layer<T: Real>: Send {
+pub trait Layer<T: Real>: Send + std::any::Any {
     /// The PyTorch class this layer corresponds to, e.g. `"BatchNorm2d"`.
     fn kind(&self) -> String;
 
@@ -140,6 +138,18 @@ pub trait Layer<T: Real>: Send {
     /// its batch norm is: 0, unless a fused layer puts a convolution first.
     fn batch_norm_entry(&self) -> usize {
         0
+    }
+
+    /// For an activation that batch norm can apply in its own sweeps: the
+    /// one layer doing `bn` then this activation; otherwise `bn` back.
+    /// Called by [`crate::models::Sequential::build`] on the layer after a
+    /// fused batch norm; a layer of one's own keeps the default.
+    #[doc(hidden)]
+    fn fuse_after_batch_norm(
+        &self,
+        bn: Box<BatchNorm<T>>,
+    ) -> std::result::Result<Box<dyn Layer<T>>, Box<BatchNorm<T>>> {
+        Err(bn)
     }
 }
 

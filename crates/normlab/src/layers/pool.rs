@@ -66,6 +66,11 @@ impl<T: Real> AvgPool2d<T> {
     pub fn new(kernel: usize, stride: usize) -> Self {
         AvgPool2d { window: Window { kernel, stride, dims: None }, y: Tensor::default(), dx: Tensor::default() }
     }
+
+    /// `(kernel, stride)`.
+    pub fn window(&self) -> (usize, usize) {
+        (self.window.kernel, self.window.stride)
+    }
 }
 
 impl<T: Real> Layer<T> for AvgPool2d<T> {

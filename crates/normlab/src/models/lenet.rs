@@ -11,8 +11,8 @@
 
 use super::Sequential;
 use crate::layers::{
-    AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, BnParts, Conv2d, ConvBnSigmoidPool, Dropout, Flatten, Init, Layer,
-    LayerNorm, Linear, ReLU, Sigmoid,
+    AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, Conv2d, Dropout, Flatten, Init, Layer, LayerNorm, Linear, ReLU,
+    Sigmoid,
 };
 use crate::real::Real;
 use crate::rng::Rng;
@@ -118,13 +118,8 @@ impl LeNetConfig {
         let fc_bias = self.bias_before_norm || !has_norm(self.norm_fc);
         for channels in [6, 16] {
             let conv = Conv2d::new(channels, 5).bias(conv_bias).init(Init::XavierUniform);
-            match self.fused_bn() {
-                Some(config) => net.push_boxed(Box::new(ConvBnSigmoidPool::new(conv, config)?)),
-                None => {
-                    stage(&mut net, Box::new(conv), has_norm(self.norm_conv))?;
-                    net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
-                }
-            }
+            stage(&mut net, Box::new(conv), has_norm(self.norm_conv))?;
+            net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
         }
         net.push_boxed(Box::new(Flatten::new()));
         for width in [120, 84] {
@@ -139,24 +134,6 @@ impl LeNetConfig {
         }
         net.push_boxed(Box::new(Linear::new(10).init(Init::XavierUniform)));
         Ok(net)
-    }
-
-    /// The batch norm configuration of a convolutional stage that runs as
-    /// one fused layer (`Conv2d -> BatchNorm2d -> Sigmoid -> AvgPool2d`),
-    /// where the configuration is exactly that (fused BN, full, before a
-    /// sigmoid).
-    fn fused_bn(&self) -> Option<BatchNormConfig> {
-        match self.norm {
-            Norm::Batch { imp: BnImpl::Fused, config }
-                if config.parts == BnParts::Full
-                    && self.norm_conv
-                    && self.placement == NormPlacement::BeforeActivation
-                    && self.activation == Activation::Sigmoid =>
-            {
-                Some(config)
-            }
-            _ => None,
-        }
     }
 
     fn norm_layer<T: Real>(&self) -> Box<dyn Layer<T>> {

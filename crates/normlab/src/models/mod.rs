@@ -1,6 +1,7 @@
 //! Models: a [`Sequential`] container with PyTorch-style names and shape
 //! inference, and the LeNet family of the chapter.
 
+mod fusion;
 pub mod lenet;
 
 pub use lenet::{
@@ -41,6 +42,8 @@ pub struct Sequential<T: Real = f32> {
     slot_base: Vec<usize>,
     mode: Mode,
     input_grad: bool,
+    /// Whether build replaces runs of layers by fused ones (see `fusion.rs`).
+    fusion: bool,
     built: bool,
     /// What [`Sequential::grad_input`] returns without layers.
     no_grad: Tensor<T>,
@@ -69,6 +72,7 @@ impl<T: Real> Sequential<T> {
             slot_base: Vec::new(),
             mode: Mode::Train,
             input_grad: false,
+            fusion: true,
             built: false,
             no_grad: Tensor::default(),
         }
@@ -88,23 +92,42 @@ impl<T: Real> Sequential<T> {
         self.built = false;
     }
 
+    /// Turns the fusion of layers at build on (the default) or off: with
+    /// it, runs such as `Conv2d -> BatchNorm2d -> ReLU` become one layer
+    /// that computes the same values in fewer sweeps over memory (the table
+    /// is in `models/fusion.rs`); [`Self::layers`] then lists the fused
+    /// layers. Off, every layer runs as pushed. Takes effect at the next
+    /// build; a model built fused stays fused.
+    pub fn fusion(mut self, on: bool) -> Self {
+        self.fusion = on;
+        self
+    }
+
     /// Infers every layer's sizes from one example's shape (e.g. `[1, 28, 28]`)
-    /// and initializes parameters from `rng`, in layer order. Returns one
-    /// example's output shape.
+    /// and initializes parameters from `rng`, in layer order, then fuses
+    /// runs of layers (see [`Self::fusion`]). Returns one example's output
+    /// shape.
     pub fn build(&mut self, example_shape: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
         if self.layers.is_empty() {
             return Err(Error::config("model", "a Sequential needs at least one layer"));
         }
         let mut shape = example_shape.to_vec();
         self.output_shapes.clear();
-        for (i, layer) in self.layers.iter_mut().enumerate() {
+        let mut slot = 0;
+        for layer in self.layers.iter_mut() {
             shape = layer.build(&shape, rng).map_err(|e| match e {
                 Error::Shape { layer: l, message } => {
-                    Error::Shape { layer: format!("{}.{i} ({l})", self.prefix), message }
+                    Error::Shape { layer: format!("{}.{slot} ({l})", self.prefix), message }
                 }
                 other => other,
             })?;
+            slot += layer.slots();
             self.output_shapes.push(shape.clone());
+        }
+        if self.fusion {
+            let built: Vec<fusion::Built<T>> =
+                std::mem::take(&mut self.layers).into_iter().zip(std::mem::take(&mut self.output_shapes)).collect();
+            (self.layers, self.output_shapes) = fusion::fuse(built)?.into_iter().unzip();
         }
         self.example_shape = example_shape.to_vec();
         self.slot_base = self.slots();
@@ -140,13 +163,18 @@ impl<T: Real> Sequential<T> {
         self.input_grad = on;
     }
 
-    /// The layers, in order.
+    /// The layers, in order, as they run: after a build with fusion on
+    /// (the default), a fused run is one entry (see [`Self::fusion`]).
     pub fn layers(&self) -> &[Box<dyn Layer<T>>] {
         &self.layers
     }
     /// The layers, in order, to change in place.
     pub fn layers_mut(&mut self) -> &mut [Box<dyn Layer<T>>] {
         &mut self.layers
+    }
+    /// The layers, taken out of the model (PyTorch's `children()`, owned).
+    pub fn into_layers(self) -> Vec<Box<dyn Layer<T>>> {
+        self.layers
     }
     /// The number of layers (a fused block counts once; see [`Self::slots`]).
     pub fn len(&self) -> usize {
@@ -346,7 +374,8 @@ mod tests {
 
     /// BNLeNet's layers in runs: the two convolutional stages and the two
     /// larger linear layers one by one, what lies between them (flatten,
-    /// BN1d and sigmoid, the last linear layer) in runs on one thread.
+    /// BN1d fused with its sigmoid, the last linear layer) in runs on one
+    /// thread.
     #[test]
     fn layers_too_small_to_split_form_serial_runs() {
         let net = bn_lenet::<f32>(&mut crate::rng::seeded(0)).unwrap();
@@ -354,7 +383,7 @@ mod tests {
             net.runs(128).into_iter().map(|r| (r.layers, r.serial)).collect();
         let n = net.len();
         let (par, ser) = (false, true);
-        let want = [(0..1, par), (1..2, par), (2..3, ser), (3..4, par), (4..6, ser), (6..7, par), (7..n, ser)];
+        let want = [(0..1, par), (1..2, par), (2..3, ser), (3..4, par), (4..5, ser), (5..6, par), (6..n, ser)];
         assert_eq!(runs, want);
         // a batch of 2: the linear layers fall under the parallel size
         let small = net.runs(2);

@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::{BatchNorm, BatchNormConfig, BnImpl, BnParts};
+use super::{BatchNorm, BnImpl, BnParts};
 use crate::kernels::avg_pool_2x2;
 use crate::kernels::batch_norm::{ChannelOut, ShiftedSums, PAR_MIN};
 use crate::kernels::sigmoid::{self, PooledPlane};
@@ -41,17 +41,16 @@ pub struct BnSigmoidPool<T: Real = f32> {
 }
 
 impl<T: Real> BnSigmoidPool<T> {
-    /// Only full batch norm: the lite variants run as separate layers.
-    pub fn new(config: BatchNormConfig) -> Result<Self> {
-        if config.parts != BnParts::Full {
-            return Err(Error::config("fused block", "only full batch norm is fused with sigmoid and pooling"));
+    /// The block made of a built fused full batch norm over `(C, H, W)`
+    /// with even H and W; `bn` back otherwise.
+    pub(crate) fn from_built(bn: Box<BatchNorm<T>>) -> std::result::Result<Self, Box<BatchNorm<T>>> {
+        let fits = bn.imp == BnImpl::Fused && bn.config.parts == BnParts::Full;
+        match bn.example[..] {
+            [c, h, w] if fits && h > 0 && w > 0 && h % 2 == 0 && w % 2 == 0 => {
+                Ok(BnSigmoidPool { bn: *bn, dims: (c, h, w), y: Tensor::default(), dz: Tensor::default() })
+            }
+            _ => Err(bn),
         }
-        Ok(BnSigmoidPool {
-            bn: BatchNorm::with_impl(config, BnImpl::Fused),
-            dims: (0, 0, 0),
-            y: Tensor::default(),
-            dz: Tensor::default(),
-        })
     }
 
     /// `(mean, scale, shift)` of channel `ch` as the last forward pass used

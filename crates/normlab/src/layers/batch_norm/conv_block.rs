@@ -15,7 +15,6 @@ use rayon::prelude::*;
 
 use super::block::{finish_backward, BnSigmoidPool};
 use super::BatchNorm;
-use super::BatchNormConfig;
 use crate::aligned::AlignedVec;
 use crate::kernels::batch_norm::ShiftedSums;
 use crate::kernels::conv::ConvGeometry;
@@ -47,17 +46,20 @@ pub struct ConvBnSigmoidPool<T: Real = f32> {
 }
 
 impl<T: Real> ConvBnSigmoidPool<T> {
-    /// `conv`, then batch norm with `config` (full), sigmoid and pooling.
-    pub fn new(conv: Conv2d<T>, config: BatchNormConfig) -> Result<Self> {
-        Ok(ConvBnSigmoidPool {
+    /// The layer made of a built convolution and the built block after it.
+    pub(crate) fn from_built(conv: Conv2d<T>, block: BnSigmoidPool<T>) -> Result<Self> {
+        let mut layer = ConvBnSigmoidPool {
             conv,
-            block: BnSigmoidPool::new(config)?,
+            block,
             lanes: false,
             groups: AlignedVec::new(),
             forward_input: vec![0],
             y: Tensor::default(),
             dz: Tensor::default(),
-        })
+        };
+        let (g, c, _, _) = layer.geometry()?;
+        layer.lanes = conv_bn_lanes::applies::<T>(&g, c);
+        Ok(layer)
     }
 
     /// The convolution's input geometry, its output channels, height and
@@ -284,9 +286,12 @@ mod tests {
     use crate::layers::Init;
 
     fn stage(lanes: bool) -> ConvBnSigmoidPool<f32> {
-        let conv = Conv2d::new(6, 5).init(Init::XavierUniform);
-        let mut s = ConvBnSigmoidPool::new(conv, BatchNormConfig::pytorch()).unwrap();
-        s.build(&[1, 28, 28], &mut crate::rng::seeded(3)).unwrap();
+        let mut conv = Conv2d::new(6, 5).init(Init::XavierUniform);
+        let z = conv.build(&[1, 28, 28], &mut crate::rng::seeded(3)).unwrap();
+        let mut bn = BatchNorm::new(crate::layers::BatchNormConfig::pytorch());
+        bn.build(&z, &mut crate::rng::seeded(3)).unwrap();
+        let block = BnSigmoidPool::from_built(Box::new(bn)).unwrap_or_else(|_| panic!("a block over 6x24x24"));
+        let mut s = ConvBnSigmoidPool::from_built(conv, block).unwrap();
         if !lanes {
             s.lanes = false;
         }

@@ -12,6 +12,7 @@
 //! chapter's `gamma·s·(dy - dbeta/m - x_hat·dgamma/m)` expanded.
 
 use super::BnParts;
+use crate::kernels::activation::Activation;
 use crate::kernels::batch_norm as k;
 use crate::real::Real;
 
@@ -22,30 +23,35 @@ pub(super) struct Saved<'a, T> {
     pub inv_std: &'a [T],
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn forward<T: Real>(
+/// `y = act((x - center)·scale + beta)`, `scale = gamma·inv_std`.
+pub(super) fn forward<T: Real, A: Activation<T>>(
     x: &[T],
-    c: usize,
-    s: usize,
-    center: &[T],
-    inv_std: &[T],
-    gamma: &[T],
-    beta: &[T],
+    (c, s): (usize, usize),
+    saved: &Saved<'_, T>,
+    (gamma, beta): (&[T], &[T]),
+    act: A,
     y: &mut [T],
 ) {
-    let scale: Vec<T> = gamma.iter().zip(inv_std).map(|(&g, &i)| g * i).collect();
-    k::normalize(x, y, c, s, center, &scale, beta);
+    let scale = scale(gamma, saved.inv_std);
+    k::normalize(x, y, c, s, k::Affine { center: saved.center, scale: &scale, shift: beta }, act);
+}
+
+/// `gamma·inv_std` per channel: the forward pass's scale.
+pub(super) fn scale<T: Real>(gamma: &[T], inv_std: &[T]) -> Vec<T> {
+    gamma.iter().zip(inv_std).map(|(&g, &i)| g * i).collect()
 }
 
 /// `batch_parts` is `Some(parts)` when the statistics came from the batch
 /// (so they depend on x), `None` when they were fixed running statistics.
-pub(super) fn backward<T: Real>(
-    x: &[T],
-    dy: &[T],
+/// `ep` turns `dy` into the gradient at batch norm's output (identity for
+/// batch norm alone). Returns `(dgamma, dbeta)`.
+pub(super) fn backward<T: Real, A: Activation<T>>(
+    (x, dy): (&[T], &[T]),
     (n, c, s): (usize, usize, usize),
     saved: Saved<'_, T>,
     batch_parts: Option<BnParts>,
     gamma: &[T],
+    ep: k::Epilogue<'_, T, A>,
     dx: Option<&mut [T]>,
 ) -> (Vec<f64>, Vec<f64>) {
     let m = (n * s) as f64;
@@ -66,12 +72,12 @@ pub(super) fn backward<T: Real>(
     };
     let (dbeta, sum_dy_xmu) = match dx {
         // large images: sums and dx per channel in one sweep while it is in cache
-        Some(dx) if s > 1 => k::backward_fused(x, dy, dx, (n, c, s), saved.mean, |ch, a, b| {
+        Some(dx) if s > 1 => k::backward_fused((x, dy), dx, (n, c, s), saved.mean, ep, |ch, a, b| {
             let (a, b, k, _) = coef(ch, a, b);
             (a, b, k)
         }),
         dx => {
-            let sums = k::backward_sums(x, dy, n, c, s, saved.mean);
+            let sums = k::backward_sums(x, dy, (n, c, s), saved.mean, ep);
             if let Some(dx) = dx {
                 let (mut a, mut b, mut kk) = (Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c));
                 for ch in 0..c {
@@ -80,7 +86,7 @@ pub(super) fn backward<T: Real>(
                     b.push(bc);
                     kk.push(kc);
                 }
-                k::backward_apply(x, dy, dx, c, s, saved.mean, &a, &b, &kk);
+                k::backward_apply(x, dy, dx, (n, c, s), saved.mean, k::GradCoefs { a: &a, b: &b, k: &kk }, ep);
             }
             sums
         }

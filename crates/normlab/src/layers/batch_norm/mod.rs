@@ -39,15 +39,19 @@
 //! assert_eq!(torch.momentum.new_stat_weight(1), Some(0.1));
 //! ```
 
+mod activation;
 mod block;
 mod conv_block;
 mod fused;
 mod scratch;
 
-pub use block::BnSigmoidPool;
-pub use conv_block::ConvBnSigmoidPool;
+pub(crate) use activation::BnActivation;
+pub(crate) use block::BnSigmoidPool;
+pub(crate) use conv_block::ConvBnSigmoidPool;
 
 use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut};
+use crate::kernels::activation::{Activation, Identity};
+use crate::kernels::batch_norm::{stats_and_normalize, Affine, Epilogue};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -388,14 +392,14 @@ impl<T: Real> BatchNorm<T> {
     /// values kept for the backward pass; with `write_y`, the fused
     /// implementation may also write the output in the same sweep (returns
     /// the `(N, C, S)` view and whether it did).
-    fn prepare_and_maybe_normalize(
+    fn prepare_and_maybe_normalize<A: Activation<T>>(
         &mut self,
         x: &Tensor<T>,
         mode: Mode,
-        write_y: bool,
+        act: A,
     ) -> Result<((usize, usize, usize), bool)> {
         self.prepare_using(x, mode, |bn, (n, c, s)| {
-            let one_sweep = write_y && bn.imp == BnImpl::Fused && bn.config.parts == BnParts::Full && s > 1;
+            let one_sweep = bn.imp == BnImpl::Fused && bn.config.parts == BnParts::Full && s > 1;
             match bn.imp {
                 BnImpl::Scratch => (scratch::batch_stats(x.data(), (n, c, s)), false),
                 BnImpl::Fused if one_sweep => {
@@ -403,7 +407,8 @@ impl<T: Real> BatchNorm<T> {
                     bn.y.resize(x.shape());
                     let y = bn.y.data_mut();
                     let eps = bn.config.eps;
-                    (crate::kernels::batch_norm::stats_and_normalize(x.data(), y, (n, c, s), &gamma, &beta, eps), true)
+                    let stats = stats_and_normalize(x.data(), y, (n, c, s), (&gamma, &beta), eps, act);
+                    (stats, true)
                 }
                 BnImpl::Fused => (crate::kernels::batch_norm::channel_stats(x.data(), n, c, s), false),
             }
@@ -486,6 +491,73 @@ impl<T: Real> BatchNorm<T> {
         Ok(normalized)
     }
 
+    /// The forward pass, with `act` applied to the output (only the fused
+    /// implementation takes an activation other than [`Identity`]).
+    pub(super) fn forward_with<A: Activation<T>>(&mut self, x: &Tensor<T>, mode: Mode, act: A) -> Result<&Tensor<T>> {
+        debug_assert!(A::IDENTITY || self.imp == BnImpl::Fused, "an activation fused into scratch BN");
+        let ((n, c, s), normalized) = self.prepare_and_maybe_normalize(x, mode, act)?;
+        if normalized {
+            return Ok(&self.y);
+        }
+        self.y.resize(x.shape());
+        let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
+        match self.imp {
+            BnImpl::Scratch => {
+                let saved = &mut self.saved;
+                let coefs = scratch::Coefs { mean: &saved.mean, inv_std: &saved.inv_std, gamma: &gamma, beta: &beta };
+                scratch::forward(x.data(), (n, c, s), coefs, &mut saved.x_hat, self.y.data_mut());
+            }
+            BnImpl::Fused => {
+                let sv = &self.saved;
+                let saved = fused::Saved { mean: &sv.mean, center: &sv.center, inv_std: &sv.inv_std };
+                fused::forward(x.data(), (c, s), &saved, (&gamma, &beta), act, self.y.data_mut())
+            }
+        }
+        Ok(&self.y)
+    }
+
+    /// The backward pass of [`Self::forward_with`] with the same `act`:
+    /// `dy` is the gradient at the activation's output.
+    pub(super) fn backward_with<A: Activation<T>>(
+        &mut self,
+        x: &Tensor<T>,
+        dy: &Tensor<T>,
+        need_dx: bool,
+        act: A,
+    ) -> Result<&Tensor<T>> {
+        let (n, c, s) = self.view(x)?;
+        check_forward_ran(&self.name(), &self.saved.shape, x.shape())?;
+        check_grad(&self.name(), dy, x.shape())?;
+        let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
+        if need_dx {
+            self.dx.resize(x.shape());
+        }
+        let (dgamma, dbeta) = match self.imp {
+            BnImpl::Scratch => {
+                let sv = &self.saved;
+                let dx = need_dx.then_some(self.dx.data_mut());
+                scratch::backward(dy.data(), (n, c, s), &sv.x_hat, &sv.inv_std, sv.batch_stats, &gamma, dx)
+            }
+            BnImpl::Fused => {
+                let sv = &self.saved;
+                let dx = need_dx.then_some(self.dx.data_mut());
+                let scale = fused::scale(&gamma, &sv.inv_std);
+                let affine = Affine { center: &sv.center, scale: &scale, shift: &beta };
+                fused::backward(
+                    (x.data(), dy.data()),
+                    (n, c, s),
+                    fused::Saved { mean: &sv.mean, center: &sv.center, inv_std: &sv.inv_std },
+                    sv.batch_stats.then_some(self.config.parts),
+                    &gamma,
+                    Epilogue { affine, act },
+                    dx,
+                )
+            }
+        };
+        self.set_affine_grads(&dgamma, &dbeta);
+        Ok(&self.dx)
+    }
+
     /// `running = (1 - w)·running + w·batch` after one more tracked batch.
     fn update_running_stats(&mut self, mean: &[f64], var: &[f64], count: usize) -> Result<()> {
         self.num_batches_tracked += 1;
@@ -542,62 +614,11 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
     }
 
     fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
-        let ((n, c, s), normalized) = self.prepare_and_maybe_normalize(x, mode, true)?;
-        if normalized {
-            return Ok(&self.y);
-        }
-        self.y.resize(x.shape());
-        let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
-        match self.imp {
-            BnImpl::Scratch => {
-                let saved = &mut self.saved;
-                let coefs = scratch::Coefs { mean: &saved.mean, inv_std: &saved.inv_std, gamma: &gamma, beta: &beta };
-                scratch::forward(x.data(), (n, c, s), coefs, &mut saved.x_hat, self.y.data_mut());
-            }
-            BnImpl::Fused => fused::forward(
-                x.data(),
-                c,
-                s,
-                &self.saved.center,
-                &self.saved.inv_std,
-                &gamma,
-                &beta,
-                self.y.data_mut(),
-            ),
-        }
-        Ok(&self.y)
+        self.forward_with(x, mode, Identity)
     }
 
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
-        let (n, c, s) = self.view(x)?;
-        check_forward_ran(&self.name(), &self.saved.shape, x.shape())?;
-        check_grad(&self.name(), dy, x.shape())?;
-        let (gamma, _) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
-        if need_dx {
-            self.dx.resize(x.shape());
-        }
-        let (dgamma, dbeta) = match self.imp {
-            BnImpl::Scratch => {
-                let sv = &self.saved;
-                let dx = need_dx.then_some(self.dx.data_mut());
-                scratch::backward(dy.data(), (n, c, s), &sv.x_hat, &sv.inv_std, sv.batch_stats, &gamma, dx)
-            }
-            BnImpl::Fused => {
-                let sv = &self.saved;
-                let dx = need_dx.then_some(self.dx.data_mut());
-                fused::backward(
-                    x.data(),
-                    dy.data(),
-                    (n, c, s),
-                    fused::Saved { mean: &sv.mean, center: &sv.center, inv_std: &sv.inv_std },
-                    sv.batch_stats.then_some(self.config.parts),
-                    &gamma,
-                    dx,
-                )
-            }
-        };
-        self.set_affine_grads(&dgamma, &dbeta);
-        Ok(&self.dx)
+        self.backward_with(x, dy, need_dx, Identity)
     }
 
     fn output(&self) -> &Tensor<T> {

@@ -1,0 +1,96 @@
+//! The fusion pass of [`super::Sequential::build`]: runs of layers that one
+//! fused layer computes faster are replaced by it, once the layers are built
+//! (so their shapes are known). The fused layer occupies the `nn.Sequential`
+//! slots of the layers it replaces, so state names do not change.
+//!
+//! | run of layers (fused batch norm, full)              | fused layer                      |
+//! |-----------------------------------------------------|----------------------------------|
+//! | `Conv2d -> BatchNorm2d -> Sigmoid -> AvgPool2d(2, 2)` | conv, then the block below; 16 images per vector where `kernels::conv_bn_lanes` applies |
+//! | `BatchNorm2d -> Sigmoid -> AvgPool2d(2, 2)`           | two sweeps each way (`BnSigmoidPool`) |
+//! | `BatchNorm -> ReLU / Sigmoid / LeakyReLU / Tanh / SiLU / GELU` | the activation inside batch norm's sweeps (`BnActivation`) |
+//!
+//! Even H and W are required for the pooled blocks; any other run stays as
+//! it is. The scratch batch norm (the chapter's own layer) is never fused.
+
+use std::any::Any;
+use std::collections::VecDeque;
+
+use crate::layers::batch_norm::{BnSigmoidPool, ConvBnSigmoidPool};
+use crate::layers::{AvgPool2d, BatchNorm, BnImpl, BnParts, Conv2d, Layer, Sigmoid};
+use crate::real::Real;
+use crate::Result;
+
+/// A built layer and its output shape for one example.
+pub(super) type Built<T> = (Box<dyn Layer<T>>, Vec<usize>);
+
+fn is<L: 'static, T: Real>(layer: Option<&Built<T>>) -> bool {
+    layer.is_some_and(|(l, _)| (&**l as &dyn Any).is::<L>())
+}
+
+fn fusable_batch_norm<T: Real>(layer: Option<&Built<T>>) -> bool {
+    layer.is_some_and(|(l, _)| {
+        (&**l as &dyn Any)
+            .downcast_ref::<BatchNorm<T>>()
+            .is_some_and(|bn| bn.implementation() == BnImpl::Fused && bn.config().parts == BnParts::Full)
+    })
+}
+
+fn halving_pool<T: Real>(layer: Option<&Built<T>>) -> bool {
+    layer.is_some_and(|(l, _)| (&**l as &dyn Any).downcast_ref::<AvgPool2d<T>>().is_some_and(|p| p.window() == (2, 2)))
+}
+
+/// Takes the front layer as an `L` (the caller checked its type).
+fn take<L: 'static, T: Real>(layers: &mut VecDeque<Built<T>>) -> Box<L> {
+    let (layer, _) = layers.pop_front().expect("the caller saw a layer here");
+    let any: Box<dyn Any> = layer;
+    any.downcast::<L>().unwrap_or_else(|_| unreachable!("the caller checked the type"))
+}
+
+/// Whether a batch norm whose output (for one example) is `shape` can feed
+/// the pooled block: `(C, H, W)` with even H and W.
+fn even_planes(shape: &[usize]) -> bool {
+    matches!(shape, [_, h, w] if *h > 0 && *w > 0 && h % 2 == 0 && w % 2 == 0)
+}
+
+/// The layers with every run of the table above replaced by its fused layer.
+pub(super) fn fuse<T: Real>(layers: Vec<Built<T>>) -> Result<Vec<Built<T>>> {
+    let mut rest: VecDeque<Built<T>> = layers.into();
+    let mut out = Vec::with_capacity(rest.len());
+    while let Some(front) = rest.front() {
+        let conv_first = is::<Conv2d<T>, T>(Some(front));
+        let bn_at = usize::from(conv_first);
+        let pooled = fusable_batch_norm(rest.get(bn_at))
+            && even_planes(&rest[bn_at].1)
+            && is::<Sigmoid<T>, T>(rest.get(bn_at + 1))
+            && halving_pool(rest.get(bn_at + 2));
+        if pooled {
+            let conv = conv_first.then(|| take::<Conv2d<T>, T>(&mut rest));
+            let bn = take::<BatchNorm<T>, T>(&mut rest);
+            let block = BnSigmoidPool::from_built(bn)
+                .unwrap_or_else(|_| unreachable!("fused, full, over even planes: checked above"));
+            rest.pop_front(); // the sigmoid
+            let (_, shape) = rest.pop_front().expect("the pool: checked above");
+            let fused: Box<dyn Layer<T>> = match conv {
+                Some(conv) => Box::new(ConvBnSigmoidPool::from_built(*conv, block)?),
+                None => Box::new(block),
+            };
+            out.push((fused, shape));
+            continue;
+        }
+        if fusable_batch_norm(Some(front)) && rest.len() > 1 {
+            let (_, bn_shape) = &rest[0];
+            let bn_shape = bn_shape.clone();
+            let bn = take::<BatchNorm<T>, T>(&mut rest);
+            match rest[0].0.fuse_after_batch_norm(bn) {
+                Ok(fused) => {
+                    let (_, shape) = rest.pop_front().expect("checked: a layer after the batch norm");
+                    out.push((fused, shape));
+                }
+                Err(bn) => out.push((bn, bn_shape)),
+            }
+            continue;
+        }
+        out.push(rest.pop_front().expect("front() was Some"));
+    }
+    Ok(out)
+}
