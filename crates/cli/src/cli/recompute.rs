@@ -47,6 +47,17 @@ pub fn bn_layers(net: &mut Sequential<f32>) -> usize {
     net.layers_mut().iter_mut().filter_map(|l| l.as_batch_norm_mut()).count()
 }
 
+/// `train --recompute-stats` on a model without BN is refused before training.
+pub fn check_has_batch_norm(net: &mut Sequential<f32>, model: &str, fix: &str) -> normlab::Result<()> {
+    if bn_layers(net) == 0 {
+        return Err(Error::config(
+            "--recompute-stats",
+            format!("model {model} has no batch-norm layers, so there are no statistics to recompute; {fix}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses data with fewer than [`MIN_IMAGES`] training images.
 pub fn check_enough_images(fm: &FashionMnist) -> normlab::Result<()> {
     let n = fm.train.len();
