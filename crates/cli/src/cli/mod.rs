@@ -68,7 +68,8 @@ static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
 /// Prints one line of results on stdout. A reader that went away
 /// (`normlab train --json | head -1`) does not stop the command: `train`
-/// goes on, since its files are its real output, and prints nothing more. Any other write error (a full disk) is an error.
+/// and `experiment` go on, since their files are their real output, and
+/// print nothing more. Any other write error (a full disk) is an error.
 pub fn print_line(line: &str) -> anyhow::Result<()> {
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
         return Ok(());
@@ -99,9 +100,9 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    // train writes files that outlive their reader: for it
+    // train and experiment write files that outlive their reader: for them
     // a closed pipe is an error to ignore (print_line), not a signal to die
-    if !matches!(cli.command, Command::Train(_)) {
+    if !matches!(cli.command, Command::Train(_) | Command::Experiment(_)) {
         restore_sigpipe();
     }
     // a NORMLAB_ISA the kernels would ignore is a mistake to point out
