@@ -121,11 +121,11 @@ pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Opt
     Err(Error::config(
         names.join(", "),
         format!(
-            "{} was trained with {}, not {}; leave {} out to continue the run as recorded \
+            "{} was trained with {}; given {}; leave {} out to continue the run as recorded \
              (only --epochs may change, to raise the total), or start a new run with --out",
             dir.display(),
-            recorded.join(" and "),
-            given.join(" "),
+            recorded.join(", "),
+            given.join(", "),
             if names.len() == 1 { "it" } else { "them" }
         ),
     ))
