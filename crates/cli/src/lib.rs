@@ -1,8 +1,9 @@
 //! The `normlab` application: the command line ([`cli`]), the chapter's
 //! experiments with their reports ([`experiments`]), plots ([`plot`]), the
-//! machine-relative benchmark ([`bench`]), and finding or downloading
-//! Fashion-MNIST ([`locate`], [`download`]). Everything numerical is the
-//! `normlab` library's; this crate decides what to run and shows it.
+//! machine-relative benchmark ([`bench`]), finding or downloading
+//! Fashion-MNIST ([`locate`], [`download`]), and the output directories
+//! runs own ([`rundir`]). Everything numerical is the `normlab` library's;
+//! this crate decides what to run and shows it.
 
 pub mod bench;
 pub mod cli;
@@ -10,3 +11,4 @@ pub mod download;
 pub mod experiments;
 pub mod locate;
 pub mod plot;
+pub mod rundir;

@@ -99,7 +99,8 @@ fn divergence_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint() {
     let saved = std::fs::read(dir.join("model.safetensors")).unwrap();
     let state = std::fs::read(dir.join("checkpoint.safetensors")).unwrap();
 
-    let mut bad = vec!["train", "--out", dir.to_str().unwrap(), "--lr", "3e38"];
+    // --force: the new run may replace the old one, but only once it has an epoch to show for it
+    let mut bad = vec!["train", "--out", dir.to_str().unwrap(), "--force", "--lr", "3e38"];
     bad.extend(common);
     let out = normlab(&bad);
     assert_eq!(out.status.code(), Some(1));

@@ -1,11 +1,12 @@
 //! `normlab experiment NAME|all`: the chapter's questions, answered by
 //! training several seeds of each setting and writing a report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::experiments::{self, ExperimentOptions, Summary};
+use crate::experiments::{self, ExperimentOptions};
+use crate::rundir::{Owner, RunDir};
 use normlab::Error;
 
 use super::DataArgs;
@@ -49,9 +50,12 @@ pub struct ExperimentArgs {
     /// Epochs per run (default: the experiment's own, see its report).
     #[arg(long, value_name = "E", allow_hyphen_values = true)]
     epochs: Option<String>,
-    /// Output directory.
+    /// Output directory, new or empty (default runs/experiment-NAME-<UTC time>, with -2, -3, ... if taken).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Replace the experiment that --out holds, whole.
+    #[arg(long, requires = "out")]
+    force: bool,
     /// A small subset (1,000 training and 500 test images) and 2 epochs: checks the pipeline in seconds.
     #[arg(long)]
     quick: bool,
@@ -86,41 +90,58 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     let seeds = parse_count("--seeds", &args.seeds, 1, "3")?;
     let epochs = args.epochs.as_deref().map(|e| parse_count("--epochs", e, 1, "5")).transpose()?;
     let limit_train = args.limit_train.as_deref().map(|n| parse_count("--limit-train", n, 2, "10000")).transpose()?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        let stamp = super::utc_timestamp();
-        PathBuf::from("runs").join(if all {
-            format!("experiments-{stamp}")
-        } else {
-            format!("experiment-{}-{stamp}", args.name)
-        })
-    });
-    let options =
-        ExperimentOptions { seeds, epochs, quick: args.quick, limit_train, out: out.clone(), log: !args.quiet };
+    let stamp = super::utc_timestamp();
+    let mut options = ExperimentOptions {
+        seeds,
+        epochs,
+        quick: args.quick,
+        limit_train,
+        out: args.out.clone().unwrap_or_default(),
+        log: !args.quiet,
+    };
     options.validate()?;
-    normlab::fsutil::ensure_writable_dir(&out)?;
+    let mut dir = match &args.out {
+        Some(out) => RunDir::claim(out, args.force, Owner::Experiment)?,
+        None => RunDir::claim_new(
+            Path::new("runs"),
+            &if all { format!("experiments-{stamp}") } else { format!("experiment-{}-{stamp}", args.name) },
+        )?,
+    };
+    let out = dir.path().to_path_buf();
+    options.out = out.clone();
     let fm = crate::locate::load(&args.data.source(!args.quiet && super::stderr_is_terminal()))?;
-    let print = |s: &Summary| -> Result<()> {
+    dir.begin_writing()?;
+    let result = match exp {
+        Some(exp) => experiments::run(exp, &fm, &options).map(|s| vec![s]),
+        None => experiments::run_all(&fm, &options),
+    };
+    // what is finished stays: one experiment's report, or the index of
+    // those of `all` done before the failure; anything less is removed
+    if result.is_ok() || out.join("index.html").exists() {
+        dir.keep();
+    }
+    let summaries = result?;
+    drop(dir);
+    for s in &summaries {
         if args.json {
-            println!("{}", serde_json::to_string(s)?);
+            super::print_line(&serde_json::to_string(s)?)?;
         } else if !args.quiet {
-            println!("{}: {:.1} s, report in {}", s.name, s.seconds, s.out.join("index.html").display());
+            super::print_line(&format!(
+                "{}: {:.1} s, report in {}",
+                s.name,
+                s.seconds,
+                s.out.join("index.html").display()
+            ))?;
             for line in &s.reading {
-                println!("  - {line}");
+                super::print_line(&format!("  - {line}"))?;
             }
         }
-        Ok(())
-    };
-    match exp {
-        Some(exp) => print(&experiments::run(exp, &fm, &options)?)?,
-        None => {
-            for s in experiments::run_all(&fm, &options)? {
-                print(&s)?;
-            }
-            if args.json {
-                println!("{}", serde_json::json!({ "index": out.join("index.html") }));
-            } else if !args.quiet {
-                println!("index of all experiments: {}", out.join("index.html").display());
-            }
+    }
+    if all {
+        if args.json {
+            super::print_line(&serde_json::json!({ "index": out.join("index.html") }).to_string())?;
+        } else if !args.quiet {
+            super::print_line(&format!("index of all experiments: {}", out.join("index.html").display()))?;
         }
     }
     Ok(())

@@ -11,8 +11,9 @@ mod predict;
 mod recompute;
 mod train;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -62,8 +63,35 @@ pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
+/// Set once stdout's reader has gone away.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Prints one line of results on stdout. A reader that went away
+/// (`normlab train --json | head -1`) does not stop the command: `train`
+/// and `experiment` go on, since their files are their real output, and
+/// print nothing more. Any other write error (a full disk) is an error.
+pub fn print_line(line: &str) -> anyhow::Result<()> {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot write the results to stdout: {e}")),
+    }
+}
+
+/// A line for people on stderr; one that cannot be written is dropped
+/// (the command's work does not depend on its reader).
+pub fn note(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 pub fn main() -> i32 {
-    restore_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -72,9 +100,14 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    // train and experiment write files that outlive their reader: for them
+    // a closed pipe is an error to ignore (print_line), not a signal to die
+    if !matches!(cli.command, Command::Train(_) | Command::Experiment(_)) {
+        restore_sigpipe();
+    }
     // a NORMLAB_ISA the kernels would ignore is a mistake to point out
     if let Err(message) = normlab::isa::from_env() {
-        eprintln!("error: {message}");
+        note(&format!("error: {message}"));
         return 2;
     }
     let mut pool = rayon::ThreadPoolBuilder::new();
@@ -83,15 +116,15 @@ pub fn main() -> i32 {
         // more threads than cores only wait for each other (1000 on 2 cores ran 30x slower)
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if t as usize > cores {
-            eprintln!(
+            note(&format!(
                 "warning: --threads {t} is more than this machine's {cores} cores; it will run slower, not faster"
-            );
+            ));
         }
     }
     let pool = match pool.build() {
         Ok(pool) => pool,
         Err(e) => {
-            eprintln!("error: cannot start the worker threads: {e}");
+            note(&format!("error: cannot start the worker threads: {e}"));
             return 1;
         }
     };
@@ -114,7 +147,7 @@ pub fn main() -> i32 {
             let user = e.downcast_ref::<normlab::Error>().is_some_and(|e| e.is_user_error());
             // one line, whatever the underlying library put in its message
             let msg = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-            eprintln!("error: {msg}");
+            note(&format!("error: {msg}"));
             if user {
                 2
             } else {
@@ -146,7 +179,7 @@ pub fn utc_timestamp() -> String {
 fn restore_sigpipe() {
     #[cfg(unix)]
     // SAFETY: resetting a signal to its default disposition at start-up,
-    // before any other thread exists.
+    // before any other thread exists (the worker pool starts later).
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

@@ -8,44 +8,53 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::plot;
+use crate::rundir::{Owner, RunDir};
 use normlab::data::FashionMnist;
-use normlab::fsutil::{ensure_writable_dir, write_atomic};
+use normlab::fsutil::write_atomic;
 use normlab::models::ModelKind;
 use normlab::optim::SgdConfig;
 use normlab::train::{self, checkpoint, EpochMetrics, Observer, TrainOptions, Trainer, CHAPTER_EPOCHS};
 
 use super::DataArgs;
 
+mod record;
+use record::{DataRecord, RunRecord};
+
 #[derive(clap::Args, Debug)]
 #[command(
     about = "Train a LeNet on Fashion-MNIST (defaults: the chapter's recipe)",
-    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n\nWrites metrics.csv, curves.svg/png, model.safetensors (PyTorch state_dict names) and run.json\nunder --out (default runs/<model>-<UTC time>)."
+    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n  normlab train --resume runs/plain --epochs 8    # continue (or extend) a run as it was recorded\n  normlab train --out runs/plain --force          # replace the run in runs/plain\n\nWrites metrics.csv, curves.svg/png, model.safetensors (PyTorch state_dict names), run.json and\ncheckpoint.safetensors (for --resume) under --out (default runs/<model>-<UTC time>), a directory\nthat belongs to this run alone."
 )]
 pub struct TrainArgs {
-    /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet
-    #[arg(long, default_value = "bn-lenet")]
-    model: String,
+    /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet [default: bn-lenet]
+    #[arg(long)]
+    model: Option<String>,
     /// Epochs in all (default: the chapter's 10; with --resume, a new total to extend the run).
     #[arg(long)]
     epochs: Option<usize>,
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    /// Learning rate of plain minibatch SGD.
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
-    lr: f64,
-    /// SGD momentum (PyTorch semantics).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    momentum: f64,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    weight_decay: f64,
-    /// Seeds the initial weights and the shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Training examples per SGD step [default: 128]
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate of plain minibatch SGD [default: 0.1]
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// SGD momentum (PyTorch semantics) [default: 0]
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// L2 penalty added to each gradient [default: 0]
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    /// Seeds the initial weights and the shuffling [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
     #[command(flatten)]
     data: DataArgs,
-    /// Output directory (default runs/<model>-<UTC time>).
+    /// Output directory, new or empty (default runs/<model>-<UTC time>, with -2, -3, ... if taken).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Replace the run that --out holds, whole (its files are removed once this run's first epoch is done).
+    #[arg(long, requires = "out")]
+    force: bool,
     /// Train on the first N training images only.
     #[arg(long, value_name = "N")]
     limit_train: Option<usize>,
@@ -62,7 +71,9 @@ pub struct TrainArgs {
     #[arg(long)]
     quiet: bool,
     /// Continue the run in DIR from its last complete epoch (its
-    /// checkpoint.safetensors); the run's own options are used.
+    /// checkpoint.safetensors) with its recorded options and data; options
+    /// given with it must agree with the record, except --epochs, which may
+    /// raise the total.
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
 }
@@ -114,48 +125,129 @@ fn write_metrics(path: &Path, history: &[EpochMetrics]) -> normlab::Result<()> {
 /// recompute BN statistics, then write the plots and the summary.
 pub fn run(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
-    let (out, mut trainer) = match &args.resume {
-        Some(dir) => (dir.clone(), resume(dir, args.epochs)?),
-        None => start(&args)?,
-    };
-    let kind = ModelKind::parse(&trainer.options.model)?;
-    ensure_writable_dir(&out)?;
-    let show_progress = !args.quiet && super::stderr_is_terminal();
-    let fm = crate::locate::load(&args.data.source(show_progress))?;
-    let run = Run::new(&args, out, kind, &trainer, fm);
-    run.say_start(&trainer);
-    train_epochs(&run, &mut trainer, show_progress)?;
-    let recompute = if args.recompute_stats { recompute_stats(&run, &mut trainer)? } else { serde_json::Value::Null };
-    finish(&run, &trainer, recompute, started)
+    match &args.resume {
+        Some(dir) => resume(&args, dir, started),
+        None => start(&args, started),
+    }
 }
 
-/// Continues the run in `dir` from its training checkpoint; `epochs`, when
-/// given, is the new total.
-fn resume(dir: &Path, epochs: Option<usize>) -> Result<Trainer> {
-    let mut trainer = Trainer::resume(&dir.join(STATE_FILE))?;
-    if let Some(e) = epochs {
+/// A new run from the command line's options, in a directory of its own.
+fn start(args: &TrainArgs, started: Instant) -> Result<()> {
+    let kind = ModelKind::parse(args.model.as_deref().unwrap_or(ModelKind::BnLenet.name()))?;
+    let mut options = TrainOptions::chapter(kind);
+    options.epochs = args.epochs.unwrap_or(CHAPTER_EPOCHS);
+    options.batch_size = args.batch_size.unwrap_or(options.batch_size);
+    let lr = args.lr.unwrap_or(options.sgd.lr);
+    options.sgd = SgdConfig {
+        momentum: args.momentum.unwrap_or(0.0),
+        weight_decay: args.weight_decay.unwrap_or(0.0),
+        ..SgdConfig::new(lr)
+    };
+    options.seed = args.seed.unwrap_or(0);
+    options.limit_train = args.limit_train;
+    options.limit_val = args.limit_val;
+    let mut trainer = Trainer::new(options)?;
+    if args.recompute_stats {
+        super::recompute::check_has_batch_norm(&mut trainer.net, kind.name(), "leave --recompute-stats out")?;
+    }
+    let dir = match &args.out {
+        Some(out) => RunDir::claim(out, args.force, Owner::Train)?,
+        None => RunDir::claim_new(Path::new("runs"), &format!("{}-{}", kind.name(), super::utc_timestamp()))?,
+    };
+    let show_progress = !args.quiet && super::stderr_is_terminal();
+    let fm = crate::locate::load(&args.data.source(show_progress))?;
+    if args.recompute_stats {
+        super::recompute::check_enough_images(&fm)?;
+    }
+    let record = RunRecord { data: DataRecord::of(&fm), recompute_stats: args.recompute_stats };
+    execute(args, dir, kind, trainer, fm, record, started)
+}
+
+/// Continues the run in `dir` from its training checkpoint, as it was
+/// recorded; `--epochs`, when given, is the new total.
+fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
+    let claimed = RunDir::resume(dir)?;
+    let state = dir.join(STATE_FILE);
+    if !state.is_file() {
+        return Err(normlab::Error::io(
+            dir,
+            std::io::Error::other(format!(
+                "holds no {STATE_FILE}: this is not a run's directory, or its run ended before its first epoch; \
+                 start a new run with --out"
+            )),
+        )
+        .into());
+    }
+    let (mut trainer, metadata) = Trainer::resume_with_metadata(&state)?;
+    let recorded = RunRecord::read(&state, &metadata)?;
+    record::check_options(args, dir, &trainer.options, recorded.as_ref())?;
+    let done = trainer.epoch();
+    if let Some(e) = args.epochs {
+        if e < done {
+            return Err(normlab::Error::config(
+                "--epochs",
+                format!(
+                    "{e} is below the {done} epochs {} has done; give --epochs {done} or more to extend it, or leave --epochs out",
+                    dir.display()
+                ),
+            )
+            .into());
+        }
         trainer.options.epochs = e;
         trainer.options.validate()?;
     }
-    Ok(trainer)
+    let quiet = args.quiet;
+    let say = |line: String| {
+        if !quiet {
+            super::note(&line);
+        }
+    };
+    if done >= trainer.options.epochs && record::finished(dir, done) {
+        // nothing to do, and nothing touched: the run's files stay as they are
+        say(format!(
+            "{} is finished ({done} of {done} epochs); nothing to do (raise --epochs to train it further)",
+            dir.display()
+        ));
+        return Ok(());
+    }
+    let kind = ModelKind::parse(&trainer.options.model)?;
+    // unknown in checkpoints older than the record: the command line says
+    let recompute = recorded.as_ref().map_or_else(|| record::legacy_recompute(args, dir), |r| r.recompute_stats);
+    if recompute {
+        super::recompute::check_has_batch_norm(&mut trainer.net, kind.name(), "leave --recompute-stats out")?;
+    }
+    let show_progress = !args.quiet && super::stderr_is_terminal();
+    let fm = record::resume_data(args, dir, recorded.as_ref(), show_progress, say)?;
+    if recompute {
+        super::recompute::check_enough_images(&fm)?;
+    }
+    let record = RunRecord { data: DataRecord::of(&fm), recompute_stats: recompute };
+    execute(args, claimed, kind, trainer, fm, record, started)
 }
 
-/// A new run from the command line's options, and its output directory.
-fn start(args: &TrainArgs) -> Result<(PathBuf, Trainer)> {
-    let kind = ModelKind::parse(&args.model)?;
-    let mut options = TrainOptions::chapter(kind);
-    options.epochs = args.epochs.unwrap_or(CHAPTER_EPOCHS);
-    options.batch_size = args.batch_size;
-    options.sgd = SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay, ..SgdConfig::new(args.lr) };
-    options.seed = args.seed;
-    options.limit_train = args.limit_train;
-    options.limit_val = args.limit_val;
-    options.validate()?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", kind.name(), super::utc_timestamp())));
-    Ok((out, Trainer::new(options)?))
+/// Trains the remaining epochs, recomputes the statistics if the run
+/// asks for it, and writes the plots and the summary.
+fn execute(
+    args: &TrainArgs,
+    mut dir: RunDir,
+    kind: ModelKind,
+    mut trainer: Trainer,
+    fm: FashionMnist,
+    record: RunRecord,
+    started: Instant,
+) -> Result<()> {
+    let show_progress = !args.quiet && super::stderr_is_terminal();
+    let run = Run::new(args, dir.path().to_path_buf(), kind, &trainer, fm, record);
+    run.say_start(&trainer);
+    if trainer.epoch() > 0 {
+        // a resumed run: its files as of its checkpoint, whatever a kill
+        // left of them (the same bytes where they were complete)
+        write_epoch_files(&run, &mut dir, &mut trainer)?;
+    }
+    train_epochs(&run, &mut dir, &mut trainer, show_progress)?;
+    let recompute =
+        if run.record.recompute_stats { recompute_stats(&run, &mut trainer)? } else { serde_json::Value::Null };
+    finish(&run, &trainer, recompute, started)
 }
 
 /// What a run writes to and reads from, fixed once it starts.
@@ -163,6 +255,7 @@ struct Run {
     out: PathBuf,
     kind: ModelKind,
     fm: FashionMnist,
+    record: RunRecord,
     n_train: usize,
     n_val: usize,
     json: bool,
@@ -170,18 +263,25 @@ struct Run {
 }
 
 impl Run {
-    fn new(args: &TrainArgs, out: PathBuf, kind: ModelKind, trainer: &Trainer, fm: FashionMnist) -> Self {
+    fn new(
+        args: &TrainArgs,
+        out: PathBuf,
+        kind: ModelKind,
+        trainer: &Trainer,
+        fm: FashionMnist,
+        record: RunRecord,
+    ) -> Self {
         let options = &trainer.options;
         let n_train = options.limit_train.map_or(fm.train.len(), |l| l.min(fm.train.len()));
         let n_val = options.limit_val.map_or(fm.test.len(), |l| l.min(fm.test.len()));
-        Run { out, kind, fm, n_train, n_val, json: args.json, quiet: args.quiet }
+        Run { out, kind, fm, record, n_train, n_val, json: args.json, quiet: args.quiet }
     }
 
     /// A progress line for people, on stderr (stdout carries only results),
     /// none with --quiet.
     fn say(&self, line: String) {
         if !self.quiet {
-            eprintln!("{line}");
+            super::note(&line);
         }
     }
 
@@ -217,6 +317,8 @@ impl Run {
             "threads": rayon::current_num_threads(),
             "isa": normlab::isa::active().name(),
             "data_dir": self.fm.dir,
+            "data_sha256": self.record.data.sha256,
+            "recompute_stats": self.record.recompute_stats,
             "train_examples": self.n_train,
             "val_examples": self.n_val,
             "epochs": trainer.history,
@@ -227,8 +329,9 @@ impl Run {
 }
 
 /// The remaining epochs; after each, every file of the run is brought up to
-/// date (metrics, model, training checkpoint, run.json).
-fn train_epochs(run: &Run, trainer: &mut Trainer, show_progress: bool) -> Result<()> {
+/// date (metrics, model, training checkpoint, run.json). The directory is
+/// the run's for good once the first epoch's files are all written.
+fn train_epochs(run: &Run, dir: &mut RunDir, trainer: &mut Trainer, show_progress: bool) -> Result<()> {
     let bar = ProgressBar::with_draw_target(
         None,
         if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
@@ -243,21 +346,28 @@ fn train_epochs(run: &Run, trainer: &mut Trainer, show_progress: bool) -> Result
             "epoch {:>2}/{}  train loss {:.4}  train acc {:.4}  val loss {:.4}  val acc {:.4}  ({:.2} s train, {:.2} s eval)",
             m.epoch, epochs, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.train_seconds, m.eval_seconds
         ));
+        write_epoch_files(run, dir, trainer)?;
+        // the files first: they are the run's output, the line only reports them
         if run.json {
-            println!("{}", serde_json::to_string(&m)?);
+            super::print_line(&serde_json::to_string(&m)?)?;
         }
-        write_metrics(&run.out.join("metrics.csv"), &trainer.history)?;
-        let network = trainer.options.network;
-        checkpoint::save(
-            &mut trainer.net,
-            run.kind.name(),
-            &network,
-            &[("epoch", m.epoch.to_string())],
-            &run.model_path(),
-        )?;
-        trainer.save_state(&run.out.join(STATE_FILE))?;
-        run.write_run_json(trainer, json!("in progress"))?;
     }
+    Ok(())
+}
+
+/// Brings every file of the run up to date with `trainer`'s completed
+/// epochs: the training checkpoint first (a run killed after it is
+/// resumable, and its resume rewrites the rest), then metrics.csv,
+/// model.safetensors and run.json. Once they are all written the directory
+/// is the run's for good.
+fn write_epoch_files(run: &Run, dir: &mut RunDir, trainer: &mut Trainer) -> Result<()> {
+    dir.begin_writing()?;
+    trainer.save_state_with(&run.out.join(STATE_FILE), &[(record::META_RECORD, run.record.to_json())])?;
+    write_metrics(&run.out.join("metrics.csv"), &trainer.history)?;
+    let (network, epoch) = (trainer.options.network, trainer.epoch().to_string());
+    checkpoint::save(&mut trainer.net, run.kind.name(), &network, &[("epoch", epoch)], &run.model_path())?;
+    run.write_run_json(trainer, json!("in progress"))?;
+    dir.keep();
     Ok(())
 }
 
@@ -318,15 +428,15 @@ fn finish(run: &Run, trainer: &Trainer, recompute: serde_json::Value, started: I
     run.write_run_json(trainer, summary.clone())?;
     // the result on stdout: the JSON summary, or a line for people unless --quiet
     if run.json {
-        println!("{summary}");
+        super::print_line(&summary.to_string())?;
     } else if !run.quiet {
-        println!(
+        super::print_line(&format!(
             "done in {:.1} s ({per_epoch:.2} s per training epoch, {:.0} examples/s): val acc {:.4}; wrote {}",
             started.elapsed().as_secs_f64(),
             run.n_train as f64 / per_epoch,
             last.val_acc,
             run.out.display()
-        );
+        ))?;
     }
     Ok(())
 }

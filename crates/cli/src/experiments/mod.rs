@@ -26,6 +26,7 @@ pub mod recompute;
 pub mod report;
 pub mod runner;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -145,7 +146,8 @@ pub struct Context {
 impl Context {
     pub fn log(&self, line: &str) {
         if self.log {
-            eprintln!("{line}");
+            // a reader of stderr that went away does not stop the experiment
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
         }
     }
     /// One line on data, epochs and seeds for the report's setup.

@@ -1,6 +1,7 @@
 //! Saving a run's whole state and continuing it exactly: the model, SGD's
 //! momentum buffers, the random streams, the options and the history.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Serialize;
@@ -23,6 +24,13 @@ impl Trainer {
     /// state, SGD's momentum buffers, the shuffling and dropout random
     /// streams, the options and the metrics so far. Written atomically.
     pub fn save_state(&mut self, path: &Path) -> Result<()> {
+        self.save_state_with(path, &[])
+    }
+
+    /// [`Trainer::save_state`] with `extra` metadata entries beside the
+    /// run's own (what an application records about the run, such as the
+    /// data it trains on); [`Trainer::resume_with_metadata`] gives them back.
+    pub fn save_state_with(&mut self, path: &Path, extra: &[(&str, String)]) -> Result<()> {
         let buffers: Vec<checkpoint::ExtraTensor> = self
             .sgd
             .momentum_buffers()
@@ -31,13 +39,14 @@ impl Trainer {
             .map(|(i, b)| (format!("{MOMENTUM_PREFIX}{i:04}"), vec![b.len()], b.clone()))
             .collect();
         let layer_rngs: Vec<Rng> = self.net.layers_mut().iter_mut().filter_map(|l| l.rng_mut().cloned()).collect();
-        let meta = [
+        let mut meta = vec![
             ("epoch", self.epoch().to_string()),
             (META_OPTIONS, to_json(&self.options, path)?),
             (META_HISTORY, to_json(&self.history, path)?),
             (META_SHUFFLE_RNG, to_json(&self.shuffle_rng, path)?),
             (META_LAYER_RNGS, to_json(&layer_rngs, path)?),
         ];
+        meta.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
         let bytes =
             checkpoint::to_bytes_with(&mut self.net, &self.options.model, &self.options.network, &meta, &buffers)?;
         write_atomic(path, &bytes)
@@ -45,6 +54,12 @@ impl Trainer {
 
     /// Continues a run from [`Trainer::save_state`]'s file.
     pub fn resume(path: &Path) -> Result<Self> {
+        Ok(Self::resume_with_metadata(path)?.0)
+    }
+
+    /// [`Trainer::resume`], and every metadata entry of the file (the
+    /// `extra` entries of [`Trainer::save_state_with`] among them).
+    pub fn resume_with_metadata(path: &Path) -> Result<(Self, HashMap<String, String>)> {
         let info = checkpoint::info(path)?;
         let get = |key: &str| {
             info.metadata.get(key).ok_or_else(|| {
@@ -83,7 +98,7 @@ impl Trainer {
             }
             trainer.sgd.set_momentum_buffers(extras.into_iter().map(|e| e.2).collect());
         }
-        Ok(trainer)
+        Ok((trainer, info.metadata))
     }
 }
 

@@ -1,0 +1,213 @@
+//! What a run's checkpoint records beyond its [`TrainOptions`], and the
+//! checks that keep `--resume` honest: the options given with it must
+//! agree with the record, and the data must be the data the run trained on.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use normlab::data::{load_dir, FashionMnist, Split};
+use normlab::train::TrainOptions;
+use normlab::{Error, Result};
+
+use super::TrainArgs;
+
+/// Metadata key of the [`RunRecord`] in checkpoint.safetensors. Checkpoints
+/// written before it existed lack it: see [`RunRecord::read`].
+pub const META_RECORD: &str = "normlab.run_record";
+
+/// The data a run trains and validates on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// The directory it was read from (absolute where it could be made so).
+    pub dir: PathBuf,
+    pub train_examples: usize,
+    pub test_examples: usize,
+    /// SHA-256 of the decoded images and labels of both splits: the same
+    /// data compressed or not, or copied elsewhere, has the same sum.
+    pub sha256: String,
+}
+
+impl DataRecord {
+    pub fn of(fm: &FashionMnist) -> Self {
+        DataRecord {
+            dir: std::fs::canonicalize(&fm.dir).unwrap_or_else(|_| fm.dir.clone()),
+            train_examples: fm.train.len(),
+            test_examples: fm.test.len(),
+            sha256: data_sha256(fm),
+        }
+    }
+}
+
+fn data_sha256(fm: &FashionMnist) -> String {
+    let mut h = Sha256::new();
+    let mut split = |s: &Split| {
+        for part in [&s.images, &s.labels] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    };
+    split(&fm.train);
+    split(&fm.test);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What shapes a run besides its [`TrainOptions`] (model, epochs, batch
+/// size, every SGD option, seed, limits): its data, and whether the BN
+/// statistics are recomputed at the end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub data: DataRecord,
+    pub recompute_stats: bool,
+}
+
+impl RunRecord {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a record of strings and numbers serializes")
+    }
+
+    /// The record in a checkpoint's metadata; `None` for a checkpoint
+    /// written before normlab kept one (its data and `--recompute-stats`
+    /// are then unknown).
+    pub fn read(checkpoint: &Path, metadata: &std::collections::HashMap<String, String>) -> Result<Option<Self>> {
+        metadata
+            .get(META_RECORD)
+            .map(|s| {
+                serde_json::from_str(s).map_err(|e| {
+                    Error::checkpoint(
+                        checkpoint,
+                        format!("metadata '{META_RECORD}' is damaged ({e}); the run cannot be resumed"),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Refuses every option given with `--resume` that differs from what the
+/// run in `dir` recorded, naming them all; an option equal to the record
+/// is fine. `--epochs` is checked by the caller, the data by [`resume_data`].
+pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Option<&RunRecord>) -> Result<()> {
+    let mut names: Vec<&str> = Vec::new();
+    let mut given: Vec<String> = Vec::new();
+    let mut recorded: Vec<String> = Vec::new();
+    let mut differ = |name: &'static str, g: Option<String>, r: Option<String>| {
+        if let Some(g) = g {
+            if Some(&g) != r.as_ref() {
+                names.push(name);
+                given.push(format!("{name} {g}"));
+                recorded.push(r.map_or(format!("no {name}"), |r| format!("{name} {r}")));
+            }
+        }
+    };
+    let show = |v: f64| format!("{v:?}");
+    differ("--model", args.model.clone(), Some(o.model.clone()));
+    differ("--batch-size", args.batch_size.map(|b| b.to_string()), Some(o.batch_size.to_string()));
+    differ("--lr", args.lr.map(show), Some(show(o.sgd.lr)));
+    differ("--momentum", args.momentum.map(show), Some(show(o.sgd.momentum)));
+    differ("--weight-decay", args.weight_decay.map(show), Some(show(o.sgd.weight_decay)));
+    differ("--seed", args.seed.map(|s| s.to_string()), Some(o.seed.to_string()));
+    differ("--limit-train", args.limit_train.map(|n| n.to_string()), o.limit_train.map(|n| n.to_string()));
+    differ("--limit-val", args.limit_val.map(|n| n.to_string()), o.limit_val.map(|n| n.to_string()));
+    if args.recompute_stats && record.is_some_and(|r| !r.recompute_stats) {
+        names.push("--recompute-stats");
+        given.push("--recompute-stats".into());
+        recorded.push("no --recompute-stats".into());
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(Error::config(
+        names.join(", "),
+        format!(
+            "{} was trained with {}; given {}; leave {} out to continue the run as recorded \
+             (only --epochs may change, to raise the total), or start a new run with --out",
+            dir.display(),
+            recorded.join(", "),
+            given.join(", "),
+            if names.len() == 1 { "it" } else { "them" }
+        ),
+    ))
+}
+
+/// The data to continue the run on: `--data-dir` if given, else the
+/// recorded directory; either must hold the data the run trained on. With
+/// no record (an older checkpoint): `--data-dir`, else the directory its
+/// run.json names, else the usual search, with a warning that it cannot be
+/// checked.
+pub fn resume_data(
+    args: &TrainArgs,
+    dir: &Path,
+    record: Option<&RunRecord>,
+    progress: bool,
+    warn: impl Fn(String),
+) -> Result<FashionMnist> {
+    let Some(r) = record else {
+        // an older checkpoint: --data-dir, else the directory run.json names, else the search
+        let mut source = args.data.source(progress);
+        if source.data_dir.is_none() {
+            source.data_dir = run_json(dir).and_then(|doc| doc["data_dir"].as_str().map(PathBuf::from));
+        }
+        let fm = crate::locate::load(&source)?;
+        warn(format!(
+            "warning: {}'s checkpoint predates normlab's record of the data; resuming on {}, which cannot be checked against the data the run began with",
+            dir.display(),
+            fm.dir.display()
+        ));
+        return Ok(fm);
+    };
+    let recorded = &r.data;
+    let fm = match &args.data.data_dir {
+        Some(_) => crate::locate::load(&args.data.source(progress))?,
+        None => load_dir(&recorded.dir).map_err(|e| {
+            Error::data(
+                &recorded.dir,
+                format!(
+                    "the data {} was trained on cannot be read ({e}); pass --data-dir naming a copy of the same files",
+                    dir.display()
+                ),
+            )
+        })?,
+    };
+    if data_sha256(&fm) == recorded.sha256 {
+        return Ok(fm);
+    }
+    let what = format!(
+        "holds other data than {} was trained on ({} training and {} test images from {})",
+        dir.display(),
+        recorded.train_examples,
+        recorded.test_examples,
+        recorded.dir.display()
+    );
+    Err(match &args.data.data_dir {
+        Some(given) => Error::config(
+            "--data-dir",
+            format!(
+                "{} {what}; leave --data-dir out to use that directory, or name one with the same files",
+                given.display()
+            ),
+        ),
+        None => {
+            Error::data(&recorded.dir, format!("{what}: its files changed; pass --data-dir naming the original files"))
+        }
+    })
+}
+
+fn run_json(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).ok()?).ok()
+}
+
+/// True when run.json says the run finished its `done` epochs (its result
+/// is the summary, written last, after any recomputation of statistics).
+pub fn finished(dir: &Path, done: usize) -> bool {
+    run_json(dir)
+        .is_some_and(|doc| doc["result"]["summary"] == true && doc["result"]["epochs"].as_u64() == Some(done as u64))
+}
+
+/// Whether a run whose checkpoint predates the record recomputes the
+/// statistics: if `--recompute-stats` is given, or run.json shows that
+/// the run did.
+pub fn legacy_recompute(args: &TrainArgs, dir: &Path) -> bool {
+    args.recompute_stats || run_json(dir).is_some_and(|doc| doc["result"]["recompute_stats"].is_object())
+}
