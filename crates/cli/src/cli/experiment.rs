@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::experiments::{self, ExperimentOptions, Summary};
-use normlab::Error;
+use crate::experiments::{self, ExperimentOptions, Summary, MAX_SEEDS};
 
+use super::args::{count, Count, PathArg};
 use super::DataArgs;
 
 const AFTER_HELP: &str = "\
@@ -43,14 +43,15 @@ pub struct ExperimentArgs {
     /// lr | placement | lite | frozen-affine | bias | dropout | batch-size | recompute | deep | group-norm | all
     #[arg(value_name = "NAME")]
     name: String,
-    /// Seeds per setting (mean ± std over them).
-    #[arg(long, value_name = "K", default_value = "3", allow_hyphen_values = true)]
-    seeds: String,
+    /// Seeds per setting (mean ± std over them), at most 100.
+    #[arg(long, value_name = "K", default_value_t = 3, allow_negative_numbers = true,
+          value_parser = Count { min: 1, max: MAX_SEEDS as u64, example: "3" })]
+    seeds: usize,
     /// Epochs per run (default: the experiment's own, see its report).
-    #[arg(long, value_name = "E", allow_hyphen_values = true)]
-    epochs: Option<String>,
+    #[arg(long, value_name = "E", allow_negative_numbers = true, value_parser = count(1, "5"))]
+    epochs: Option<usize>,
     /// Output directory.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = PathArg)]
     out: Option<PathBuf>,
     /// A small subset (1,000 training and 500 test images) and 2 epochs: checks the pipeline in seconds.
     #[arg(long)]
@@ -58,8 +59,8 @@ pub struct ExperimentArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Train on the first N training images (default: the experiment's own).
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    limit_train: Option<String>,
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count(2, "10000"))]
+    limit_train: Option<usize>,
     /// Print each experiment's summary (tables, reading, output directory) as one JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -69,23 +70,10 @@ pub struct ExperimentArgs {
     quiet: bool,
 }
 
-/// A whole number for `option`, at least `min`, or a one-line user error.
-fn parse_count(option: &str, text: &str, min: usize, example: &str) -> normlab::Result<usize> {
-    match text.trim().parse::<usize>() {
-        Ok(v) if v >= min => Ok(v),
-        _ => Err(Error::config(
-            option,
-            format!("'{text}' is not a whole number of at least {min}; e.g. {option} {example}"),
-        )),
-    }
-}
-
 pub fn run(args: ExperimentArgs) -> Result<()> {
     let all = args.name == "all";
     let exp = if all { None } else { Some(experiments::find(&args.name)?) };
-    let seeds = parse_count("--seeds", &args.seeds, 1, "3")?;
-    let epochs = args.epochs.as_deref().map(|e| parse_count("--epochs", e, 1, "5")).transpose()?;
-    let limit_train = args.limit_train.as_deref().map(|n| parse_count("--limit-train", n, 2, "10000")).transpose()?;
+    let (seeds, epochs, limit_train) = (args.seeds, args.epochs, args.limit_train);
     let out = args.out.clone().unwrap_or_else(|| {
         let stamp = super::utc_timestamp();
         PathBuf::from("runs").join(if all {
@@ -101,11 +89,11 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     let fm = crate::locate::load(&args.data.source(!args.quiet && super::stderr_is_terminal()))?;
     let print = |s: &Summary| -> Result<()> {
         if args.json {
-            println!("{}", serde_json::to_string(s)?);
+            outln!("{}", serde_json::to_string(s)?);
         } else if !args.quiet {
-            println!("{}: {:.1} s, report in {}", s.name, s.seconds, s.out.join("index.html").display());
+            outln!("{}: {:.1} s, report in {}", s.name, s.seconds, s.out.join("index.html").display());
             for line in &s.reading {
-                println!("  - {line}");
+                outln!("  - {line}");
             }
         }
         Ok(())
@@ -117,9 +105,9 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                 print(&s)?;
             }
             if args.json {
-                println!("{}", serde_json::json!({ "index": out.join("index.html") }));
+                outln!("{}", serde_json::json!({ "index": out.join("index.html") }));
             } else if !args.quiet {
-                println!("index of all experiments: {}", out.join("index.html").display());
+                outln!("index of all experiments: {}", out.join("index.html").display());
             }
         }
     }

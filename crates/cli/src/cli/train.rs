@@ -14,6 +14,7 @@ use normlab::models::ModelKind;
 use normlab::optim::SgdConfig;
 use normlab::train::{self, checkpoint, EpochMetrics, Observer, TrainOptions, Trainer, CHAPTER_EPOCHS};
 
+use super::args::{count, PathArg};
 use super::DataArgs;
 
 #[derive(clap::Args, Debug)]
@@ -26,9 +27,9 @@ pub struct TrainArgs {
     #[arg(long, default_value = "bn-lenet")]
     model: String,
     /// Epochs in all (default: the chapter's 10; with --resume, a new total to extend the run).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count(1, "10"))]
     epochs: Option<usize>,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = count(1, "128"))]
     batch_size: usize,
     /// Learning rate of plain minibatch SGD.
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
@@ -39,18 +40,18 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     weight_decay: f64,
     /// Seeds the initial weights and the shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = count(0, "0"))]
+    seed: usize,
     #[command(flatten)]
     data: DataArgs,
     /// Output directory (default runs/<model>-<UTC time>).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = PathArg)]
     out: Option<PathBuf>,
     /// Train on the first N training images only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count(1, "10000"))]
     limit_train: Option<usize>,
     /// Evaluate on the first N test images only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count(1, "1000"))]
     limit_val: Option<usize>,
     /// After training, recompute BN statistics over the whole training set.
     #[arg(long)]
@@ -63,7 +64,7 @@ pub struct TrainArgs {
     quiet: bool,
     /// Continue the run in DIR from its last complete epoch (its
     /// checkpoint.safetensors); the run's own options are used.
-    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    #[arg(long, value_name = "DIR", conflicts_with = "out", value_parser = PathArg)]
     resume: Option<PathBuf>,
 }
 
@@ -147,7 +148,7 @@ fn start(args: &TrainArgs) -> Result<(PathBuf, Trainer)> {
     options.epochs = args.epochs.unwrap_or(CHAPTER_EPOCHS);
     options.batch_size = args.batch_size;
     options.sgd = SgdConfig { momentum: args.momentum, weight_decay: args.weight_decay, ..SgdConfig::new(args.lr) };
-    options.seed = args.seed;
+    options.seed = args.seed as u64;
     options.limit_train = args.limit_train;
     options.limit_val = args.limit_val;
     options.validate()?;
@@ -181,7 +182,7 @@ impl Run {
     /// none with --quiet.
     fn say(&self, line: String) {
         if !self.quiet {
-            eprintln!("{line}");
+            super::say(format_args!("{line}"));
         }
     }
 
@@ -216,7 +217,8 @@ impl Run {
             "options": trainer.options,
             "threads": rayon::current_num_threads(),
             "isa": normlab::isa::active().name(),
-            "data_dir": self.fm.dir,
+            // lossy: a cache under a non-UTF-8 $HOME must not stop the run
+            "data_dir": self.fm.dir.to_string_lossy(),
             "train_examples": self.n_train,
             "val_examples": self.n_val,
             "epochs": trainer.history,
@@ -243,9 +245,6 @@ fn train_epochs(run: &Run, trainer: &mut Trainer, show_progress: bool) -> Result
             "epoch {:>2}/{}  train loss {:.4}  train acc {:.4}  val loss {:.4}  val acc {:.4}  ({:.2} s train, {:.2} s eval)",
             m.epoch, epochs, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.train_seconds, m.eval_seconds
         ));
-        if run.json {
-            println!("{}", serde_json::to_string(&m)?);
-        }
         write_metrics(&run.out.join("metrics.csv"), &trainer.history)?;
         let network = trainer.options.network;
         checkpoint::save(
@@ -257,6 +256,10 @@ fn train_epochs(run: &Run, trainer: &mut Trainer, show_progress: bool) -> Result
         )?;
         trainer.save_state(&run.out.join(STATE_FILE))?;
         run.write_run_json(trainer, json!("in progress"))?;
+        // after the epoch's files: a stdout that fails leaves a run that --resume continues
+        if run.json {
+            outln!("{}", serde_json::to_string(&m)?);
+        }
     }
     Ok(())
 }
@@ -318,9 +321,9 @@ fn finish(run: &Run, trainer: &Trainer, recompute: serde_json::Value, started: I
     run.write_run_json(trainer, summary.clone())?;
     // the result on stdout: the JSON summary, or a line for people unless --quiet
     if run.json {
-        println!("{summary}");
+        outln!("{summary}");
     } else if !run.quiet {
-        println!(
+        outln!(
             "done in {:.1} s ({per_epoch:.2} s per training epoch, {:.0} examples/s): val acc {:.4}; wrote {}",
             started.elapsed().as_secs_f64(),
             run.n_train as f64 / per_epoch,
