@@ -97,10 +97,7 @@ pub fn one_line(e: &clap::Error, command: &str) -> String {
             parts.push(tip.split_whitespace().collect::<Vec<_>>().join(" "));
         } else if let Some(usage) = p.strip_prefix("Usage:") {
             // "normlab train [OPTIONS]": the words before the first option
-            let words: Vec<&str> = usage
-                .split_whitespace()
-                .take_while(|w| !w.starts_with(['[', '<', '-']))
-                .collect();
+            let words: Vec<&str> = usage.split_whitespace().take_while(|w| !w.starts_with(['[', '<', '-'])).collect();
             if !words.is_empty() {
                 command = words.join(" ");
             }

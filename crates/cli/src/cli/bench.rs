@@ -43,7 +43,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !args.json {
         outln!(
             "machine: {} threads, FMA peak {:.0} GFLOP/s ({}), triad {:.1} GB/s",
-            limits.threads, limits.fma_gflops, limits.vector_isa, limits.triad_gbs
+            limits.threads,
+            limits.fma_gflops,
+            limits.vector_isa,
+            limits.triad_gbs
         );
     }
     if args.suite {
@@ -73,10 +76,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         return Ok(());
     }
-    outln!(
-        "\n{:<11} {:<16} {:<17} {:<18} {:>9} {:>9} {:>7}",
-        "kernel", "impl", "pass", "shape", "ms", "rate", "limit"
-    );
+    outln!("\n{:<11} {:<16} {:<17} {:<18} {:>9} {:>9} {:>7}", "kernel", "impl", "pass", "shape", "ms", "rate", "limit");
     for k in &kernels {
         let rate = match (k.gbs, k.gflops) {
             (Some(g), _) => format!("{g:.1} GB/s"),
@@ -119,7 +119,13 @@ fn suite(limits: &machine::Limits, args: &BenchArgs) -> Result<()> {
     }
     outln!(
         "\n{:<10} {:>6} {:>10} {:>12} {:>9} {:>9} {:>8}",
-        "network", "batch", "step ms", "examples/s", "GFLOP", "GFLOP/s", "of peak"
+        "network",
+        "batch",
+        "step ms",
+        "examples/s",
+        "GFLOP",
+        "GFLOP/s",
+        "of peak"
     );
     for t in &timings {
         outln!(

@@ -85,7 +85,11 @@ pub struct StdoutError(std::io::Error);
 
 impl std::fmt::Display for StdoutError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot write the results to stdout ({}); free space where stdout goes, or redirect it to another file", self.0)
+        write!(
+            f,
+            "cannot write the results to stdout ({}); free space where stdout goes, or redirect it to another file",
+            self.0
+        )
     }
 }
 

@@ -99,7 +99,9 @@ fn check_image_path(path: &Path) -> normlab::Result<()> {
     }
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Err(Error::data(path, format!("is a directory; {fix}, e.g. {}/*.png", path.display()))),
-        Ok(m) if !m.is_file() => Err(Error::data(path, format!("is not a regular file (a device, FIFO or socket); {fix}"))),
+        Ok(m) if !m.is_file() => {
+            Err(Error::data(path, format!("is not a regular file (a device, FIFO or socket); {fix}")))
+        }
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(Error::data(path, format!("{e}; check the path, and {fix}")))

@@ -332,7 +332,10 @@ fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>, igno
                 }
                 *c = i64::from_le_bytes(view.data().try_into().expect("8 bytes"));
                 if *c < 0 {
-                    return Err(Error::checkpoint(path, format!("tensor '{name}' is {c}, a negative count; {DAMAGED}")));
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("tensor '{name}' is {c}, a negative count; {DAMAGED}"),
+                    ));
                 }
             }
         }
@@ -385,10 +388,9 @@ const OPTIMIZER_PREFIX: &str = "optim.";
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::checkpoint(
-            path,
-            format!("{e}; check the path (a run writes runs/<run>/model.safetensors)"),
-        ),
+        std::io::ErrorKind::NotFound => {
+            Error::checkpoint(path, format!("{e}; check the path (a run writes runs/<run>/model.safetensors)"))
+        }
         _ => Error::io(path, e),
     })?;
     if meta.is_dir() {
@@ -472,7 +474,7 @@ fn declared_size(header: &[u8]) -> std::result::Result<u64, String> {
 fn check_values(path: &Path, name: &str, values: &[f32]) -> Result<()> {
     if let Some(v) = values.iter().find(|v| !v.is_finite()) {
         let what = if name.starts_with(OPTIMIZER_PREFIX) {
-            "the optimizer state of this training checkpoint is corrupt (a run that diverged stops before it saves): \
+            "the optimizer state of this training checkpoint is corrupt (training never saves such a value): \
              resume from a good copy or start the run again"
         } else {
             DAMAGED
