@@ -173,7 +173,8 @@ fn all_names() -> String {
 fn not_a_directory(dir: &Path) -> Option<String> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => None,
-        Ok(_) => Some("is a file, not a directory".to_string()),
+        Ok(m) if m.is_file() => Some("is a file, not a directory".to_string()),
+        Ok(_) => Some("is not a directory (a device, FIFO or socket)".to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(if dir.symlink_metadata().is_ok() {
             "is a symbolic link to nothing".to_string()
         } else {

@@ -211,6 +211,10 @@ fn command_line_command() -> String {
 /// ("No space left on device"), appended to its message.
 fn what_to_do(e: &normlab::Error) -> &'static str {
     let normlab::Error::Io { source, .. } = e else { return "" };
+    if source.raw_os_error().is_none() {
+        // a message of normlab's own, which already says what to do
+        return "";
+    }
     match source.kind() {
         std::io::ErrorKind::StorageFull => "; free some space on that disk, or choose an output on another one",
         std::io::ErrorKind::QuotaExceeded => "; your disk quota is used up: free some space or write elsewhere",

@@ -389,7 +389,8 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
-            Error::checkpoint(path, format!("{e}; check the path (a run writes runs/<run>/model.safetensors)"))
+            let fix = "`normlab train` writes model.safetensors and checkpoint.safetensors in its run directory";
+            Error::checkpoint(path, format!("{e}; check the path ({fix})"))
         }
         _ => Error::io(path, e),
     })?;
