@@ -253,6 +253,23 @@ fn checkpoints_that_are_not_files_of_their_size_are_refused_before_reading() {
     assert!(!out.exists());
 }
 
+#[test]
+fn data_files_that_are_not_regular_are_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("train-images-idx3-ubyte");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo on a path that does not exist yet.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let start = Instant::now();
+    for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+        let err = normlab::data::idx::read_images(path).expect_err("refused").to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        let err = normlab::data::idx::read_labels(path).expect_err("refused").to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
 // ---------------------------------------------------------------------------
 // Everyday mistakes: one line, with the fix
 
