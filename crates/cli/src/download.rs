@@ -267,7 +267,7 @@ fn download_one(
     let limit = max_download_len(file);
     let too_long = |what: String| {
         fail(format!(
-            "{what}, more than {} can take ({limit} bytes at most); the mirror serves something else, \
+            "{what}, more than {} can be ({limit} bytes at most), so reading stopped; the mirror serves something else, \
              set {MIRROR_ENV} to another mirror or pass --data-dir",
             file.name
         ))
@@ -286,7 +286,7 @@ fn download_one(
     let copied = copy_body(&mut body, &mut writer, limit).map_err(|e| match e {
         CopyError::Read(e) => fail(format!("{e}; the connection was lost, try again")),
         CopyError::Write(e) => Error::io(&temp.path, e),
-        CopyError::TooLong => too_long("the server sent more".to_string()),
+        CopyError::TooLong => too_long("the server kept sending".to_string()),
     })?;
     bar.finish_and_clear();
     if let Some(want) = content_length {
