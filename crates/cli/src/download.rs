@@ -14,6 +14,14 @@
 //! disk and only then renamed to its final name. A reader of the directory
 //! therefore sees either no file or a complete, verified one, and every error
 //! path (HTTP error, connection cut, bad hash, panic) removes the temporary.
+//! A process killed mid-download (Ctrl-C, SIGKILL) leaves its temporary
+//! behind; the next download into the directory, or the next search of the
+//! cache, removes it ([`remove_stale_temporaries`]).
+//!
+//! No response is read past what the file can be: the expected length
+//! comes with the SHA-256, and a gzip stream is never much longer than its
+//! content ([`max_download_len`]); an endless or oversized response stops
+//! there.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
@@ -84,6 +92,7 @@ pub fn download_all(base_url: &str, dest_dir: &Path, progress: bool) -> Result<(
 pub fn download_all_with(base_url: &str, dest_dir: &Path, progress: bool, expected: &[ExpectedFile<'_>]) -> Result<()> {
     let base = check_base_url(base_url)?;
     fs::create_dir_all(dest_dir).map_err(|e| Error::io(dest_dir, e))?;
+    remove_stale_temporaries(dest_dir);
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(15))
         // Per read, not for the whole body: a slow link may take minutes
@@ -174,6 +183,50 @@ fn check_base_url(base_url: &str) -> Result<String> {
     Ok(if base_url.ends_with('/') { base_url.to_string() } else { format!("{base_url}/") })
 }
 
+/// The most bytes read for `file`: its decompressed length, plus what gzip
+/// can add to incompressible data (5 bytes per 64 KiB stored block, a
+/// header and trailer), with a generous margin. A mirror may also serve the
+/// file uncompressed, which is within it.
+pub fn max_download_len(file: &ExpectedFile<'_>) -> u64 {
+    file.len + file.len / 100 + (1 << 20)
+}
+
+/// Removes the temporary files that downloads killed before they could
+/// clean up (Ctrl-C, SIGKILL, a power cut) left in `dir`: those of
+/// processes no longer running, and any older than a day. A running
+/// download's own file is left alone. Best effort: errors are ignored.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(TEMP_SUFFIX)) else { continue };
+        // ".NAME.PID.N": the pid of the process that writes it
+        let pid: Option<i32> = stem.rsplit('.').nth(1).and_then(|p| p.parse().ok());
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(86_400));
+        if old || !pid.is_some_and(process_is_running) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether a process with this id exists (it may be another user's).
+fn process_is_running(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    if pid as u32 == std::process::id() {
+        return true;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Removes the temporary file when dropped, unless it was renamed into place.
 struct TempFile {
     path: PathBuf,
@@ -211,6 +264,17 @@ fn download_one(
         ureq::Error::Transport(t) => fail(describe_transport(&t)),
     })?;
     let content_length: Option<u64> = response.header("Content-Length").and_then(|v| v.trim().parse().ok());
+    let limit = max_download_len(file);
+    let too_long = |what: String| {
+        fail(format!(
+            "{what}, more than {} can be ({limit} bytes at most), so reading stopped; the mirror serves something else, \
+             set {MIRROR_ENV} to another mirror or pass --data-dir",
+            file.name
+        ))
+    };
+    if let Some(announced) = content_length.filter(|&n| n > limit) {
+        return Err(too_long(format!("the server announces {announced} bytes")));
+    }
 
     let mut temp = TempFile { path: temp_path(dest_dir, file.name), armed: false };
     let out = OpenOptions::new().write(true).create_new(true).open(&temp.path).map_err(|e| Error::io(&temp.path, e))?;
@@ -219,9 +283,10 @@ fn download_one(
     let bar = progress_bar(content_length, file.name, show_progress);
     let mut body = bar.wrap_read(response.into_reader());
     let mut writer = BufWriter::new(out);
-    let copied = copy_body(&mut body, &mut writer).map_err(|e| match e {
+    let copied = copy_body(&mut body, &mut writer, limit).map_err(|e| match e {
         CopyError::Read(e) => fail(format!("{e}; the connection was lost, try again")),
         CopyError::Write(e) => Error::io(&temp.path, e),
+        CopyError::TooLong => too_long("the server kept sending".to_string()),
     })?;
     bar.finish_and_clear();
     if let Some(want) = content_length {
@@ -270,13 +335,20 @@ fn describe_transport(t: &ureq::Transport) -> String {
 enum CopyError {
     Read(io::Error),
     Write(io::Error),
+    /// More than the limit arrived; reading stopped there.
+    TooLong,
 }
 
-/// `io::copy`, but telling read (network) errors from write (disk) errors.
-fn copy_body(from: &mut impl Read, to: &mut impl Write) -> std::result::Result<u64, CopyError> {
+/// `io::copy`, but telling read (network) errors from write (disk) errors,
+/// and stopping once more than `limit` bytes arrive.
+fn copy_body(from: &mut impl Read, to: &mut impl Write, limit: u64) -> std::result::Result<u64, CopyError> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
+    let mut from = from.take(limit + 1);
     loop {
+        if total > limit {
+            return Err(CopyError::TooLong);
+        }
         let n = match from.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,

@@ -94,8 +94,8 @@ pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
             return match find_files(dir) {
                 Ok(_) => Ok(dir.clone()),
                 Err(missing) => {
-                    let problem = if !dir.is_dir() {
-                        "does not exist".to_string()
+                    let problem = if let Some(why) = not_a_directory(dir) {
+                        why
                     } else if missing.len() == STEMS.len() {
                         "holds none of the Fashion-MNIST files".to_string()
                     } else {
@@ -104,7 +104,7 @@ pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
                     Err(Error::data(
                         dir,
                         format!(
-                            "this directory, {how}, {problem}; it must hold all four ({}), \
+                            "this path, {how}, {problem}; it must be a directory holding all four ({}), \
                              gzip-compressed or not; fix the path, or leave it unset to use \
                              {SYSTEM_DIR} or download the data",
                             all_names()
@@ -115,6 +115,10 @@ pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
         }
     }
 
+    if let Some(cache) = &paths.cache_dir {
+        // what downloads killed midway left there
+        download::remove_stale_temporaries(cache);
+    }
     let mut looked = vec![format!("{DATA_ENV} (not set)")];
     for dir in std::iter::once(&paths.system_dir).chain(paths.cache_dir.as_ref()) {
         match find_files(dir) {
@@ -164,9 +168,26 @@ fn all_names() -> String {
     STEMS.map(|s| format!("{s}.gz")).join(", ")
 }
 
+/// Why `dir` is not a directory that can be searched ("does not exist",
+/// "is a file", "is a symbolic link loop"), or `None` when it is one.
+fn not_a_directory(dir: &Path) -> Option<String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(m) if m.is_file() => Some("is a file, not a directory".to_string()),
+        Ok(_) => Some("is not a directory (a device, FIFO or socket)".to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(if dir.symlink_metadata().is_ok() {
+            "is a symbolic link to nothing".to_string()
+        } else {
+            "does not exist".to_string()
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Some("is a symbolic link loop".to_string()),
+        Err(e) => Some(format!("cannot be read ({e})")),
+    }
+}
+
 fn describe_missing(dir: &Path, missing: &[String]) -> String {
-    if !dir.is_dir() {
-        format!("{} (does not exist)", dir.display())
+    if let Some(why) = not_a_directory(dir) {
+        format!("{} ({why})", dir.display())
     } else {
         format!("{} (missing {})", dir.display(), missing.join(", "))
     }

@@ -1,9 +1,11 @@
 //! Checkpoints damaged field by field (a header length beyond the file, a
 //! tensor with the wrong shape or dtype, missing and unknown names, another
-//! model's weights, an invalid network description, NaN weights) are
-//! refused by `eval`, `inspect` and `checkpoint::load` with exit code 2 or
-//! an `Err` and a one-line message that names the file, never a panic or
-//! an allocation the file does not justify.
+//! model's weights, an invalid network description, NaN, infinite or
+//! overflowing weights, a negative variance or count, a corrupt optimizer
+//! state) are refused by `eval`, `inspect` and `checkpoint::load` with exit
+//! code 2 or an `Err` and a one-line message that names the file, never a
+//! panic, a NaN printed with exit code 0, or an allocation the file does
+//! not justify.
 //!
 //! Two tests keep fixed the bugs that hostile testing found here (their doc
 //! comments start with "Regression"): network-description errors that did
@@ -281,4 +283,72 @@ fn checkpoint_with_non_finite_weights() {
     c.set("net.5.running_var", Dtype::F32, &[16], f32_bytes(&v));
     let dir = tempfile::tempdir().unwrap();
     refused(&c.write(&dir.path().join("nan.safetensors")), &["nan.safetensors", "net.5.running_var", "NaN"]);
+}
+
+#[test]
+fn checkpoint_with_impossible_values_names_the_tensor() {
+    let good = Ckpt::read(&trained().bn);
+    let dir = tempfile::tempdir().unwrap();
+    // a negative running variance: eval printed "loss NaN" with exit code 0
+    let mut c = good.clone();
+    let mut v = c.f32s("net.5.running_var");
+    v[2] = -0.5;
+    c.set("net.5.running_var", Dtype::F32, &[16], f32_bytes(&v));
+    refused(&c.write(&dir.path().join("negative.safetensors")), &["negative.safetensors", "net.5.running_var", "-0.5"]);
+    // infinity in a weight
+    let mut c = good.clone();
+    let mut w = c.f32s("net.0.weight");
+    w[7] = f32::NEG_INFINITY;
+    c.set("net.0.weight", Dtype::F32, &[6, 1, 5, 5], f32_bytes(&w));
+    refused(&c.write(&dir.path().join("inf.safetensors")), &["inf.safetensors", "net.0.weight", "-inf"]);
+    // a negative count of batches
+    let mut c = good;
+    c.set("net.1.num_batches_tracked", Dtype::I64, &[], (-4i64).to_le_bytes().to_vec());
+    refused(&c.write(&dir.path().join("count.safetensors")), &["count.safetensors", "net.1.num_batches_tracked"]);
+}
+
+#[test]
+fn weights_that_overflow_are_refused_by_eval_and_predict() {
+    // finite weights of 3e38: every check on load passes, the outputs overflow
+    let mut c = Ckpt::read(&trained().bn);
+    let weights: Vec<String> = c.tensors.keys().filter(|n| n.ends_with(".weight")).cloned().collect();
+    for name in &weights {
+        let w: Vec<f32> = c.f32s(name).iter().map(|x| x.signum() * 3e38).collect();
+        let shape = c.tensors[name].1.clone();
+        c.set(name, Dtype::F32, &shape, f32_bytes(&w));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ck = c.write(&dir.path().join("huge.safetensors"));
+    let sub = subset();
+    for json in [false, true] {
+        let mut args = vec!["eval", "--checkpoint", s(&ck), "--data-dir", s(&sub), "--limit", "64"];
+        if json {
+            args.push("--json");
+        }
+        normlab(&args).user_error(&["huge.safetensors", "overflow"]);
+    }
+    let img = dir.path().join("x.png");
+    common::runs::test_images(1)[0].0.save(&img).unwrap();
+    normlab(&["predict", "--checkpoint", s(&ck), s(&img)]).user_error(&["huge.safetensors", "overflow"]);
+    // inspect shows the values as they are
+    normlab(&["inspect", "--checkpoint", s(&ck)]).ok();
+}
+
+#[test]
+fn a_corrupt_optimizer_state_is_called_corrupt_not_diverged() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    common::runs::train(&run, &["--momentum", "0.9", "--epochs", "1", "--quiet"]).ok();
+    let state = run.join("checkpoint.safetensors");
+    let mut c = Ckpt::read(&state);
+    let name = c.tensors.keys().find(|n| n.starts_with("optim.momentum_buffer.")).expect("a momentum buffer").clone();
+    let mut b = c.f32s(&name);
+    b[0] = f32::NAN;
+    let shape = c.tensors[&name].1.clone();
+    c.set(&name, Dtype::F32, &shape, f32_bytes(&b));
+    c.write(&state);
+    let sub = subset();
+    let r = normlab(&["train", "--resume", s(&run), "--epochs", "2", "--quiet", "--data-dir", s(&sub)]);
+    r.user_error(&["checkpoint.safetensors", &name, "corrupt"]);
+    assert!(!r.stderr.contains("diverged") && !r.stderr.contains("learning rate"), "{}", r.ctx());
 }

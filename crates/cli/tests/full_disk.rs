@@ -1,5 +1,5 @@
 //! A full disk while `train` and `recompute-stats` save: a one-line error
-//! (exit code 2) that names the file and says why, the old output kept, no
+//! (exit code 2) that names the file, says why and what to do, the old output kept, no
 //! half-written model and no temporary file left.
 //!
 //! (normlab's `write_atomic` test does the same to the library's writer.)
@@ -89,7 +89,7 @@ fn recompute_stats_on_a_full_disk_keeps_the_old_output() {
     let sub = subset();
     let args = ["recompute-stats", "--checkpoint", s(&trained().bn), "--out", s(&out), "--data-dir", s(&sub)];
     let r = normlab_with(&args, Some(full_disk_for(&out)));
-    r.user_error(&["precise.safetensors", "No space left on device"]);
+    r.user_error(&["precise.safetensors", "No space left on device", "free some space"]);
     assert_eq!(std::fs::read(&out).unwrap(), before, "the existing output is untouched");
     assert_eq!(temporaries_in(dir.path()), Vec::<String>::new(), "no temporary file is left");
 }
@@ -121,7 +121,7 @@ fn train_on_a_full_disk_is_a_one_line_error() {
     ];
     let r = normlab_with(&args, Some(full_disk_for(&out.join("model.safetensors"))));
     // (without --json, train prints its per-epoch lines on stdout)
-    r.fails_with(&["model.safetensors", "No space left on device"]);
+    r.fails_with(&["model.safetensors", "No space left on device", "free some space"]);
     assert!(!out.join("model.safetensors").exists(), "no half-written model");
     assert_eq!(temporaries_in(&out), Vec::<String>::new(), "no temporary file is left");
 }

@@ -16,6 +16,18 @@ pub fn temp_path(path: &Path) -> PathBuf {
 
 /// Replaces `path` with `bytes` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // a rename would put a regular file in place of a device (`--out
+    // /dev/null` run as root replaced /dev/null), a FIFO or a directory's
+    // entry: only a regular file (or nothing) is ever replaced
+    if let Ok(meta) = fs::metadata(path) {
+        if !meta.is_file() {
+            let what = if meta.is_dir() { "a directory" } else { "not a regular file (a device, FIFO or socket)" };
+            return Err(Error::io(
+                path,
+                std::io::Error::other(format!("is {what}, and normlab writes only regular files: choose a file name")),
+            ));
+        }
+    }
     let tmp = temp_path(path);
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;

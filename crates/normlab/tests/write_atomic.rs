@@ -46,3 +46,37 @@ fn write_atomic_on_a_full_disk_fails_and_keeps_the_old_file() {
     assert!(write_atomic(&fresh, b"x").is_err());
     assert!(!fresh.exists() && std::fs::symlink_metadata(temp_path(&fresh)).is_err());
 }
+
+/// A rename replaces whatever the target's name points at: run as root,
+/// `recompute-stats --out /dev/null` once put a regular file in place of the
+/// device. Only regular files are replaced; a FIFO (a stand-in for a device
+/// that a test may break safely) and a directory are refused and stay.
+#[test]
+fn write_atomic_replaces_only_regular_files() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped the FIFO case: mkfifo failed here");
+    } else {
+        let msg = write_atomic(&fifo, b"x").expect_err("a FIFO is not replaced").to_string();
+        assert!(msg.contains("not a regular file") && msg.contains(s(&fifo)), "{msg}");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO is still there");
+        // through a symbolic link too
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        assert!(write_atomic(&link, b"x").is_err());
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let msg = write_atomic(&sub, b"x").expect_err("a directory is not replaced").to_string();
+    assert!(msg.contains("is a directory"), "{msg}");
+    assert!(sub.is_dir());
+    // a regular file is replaced
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"old").unwrap();
+    write_atomic(&file, b"new").unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"new");
+}

@@ -19,7 +19,7 @@ use super::DataArgs;
 )]
 pub struct BenchArgs {
     /// Seconds of repetitions per measurement (the median is reported).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
     budget: f64,
     /// Skip the full training epoch on Fashion-MNIST.
     #[arg(long)]
@@ -41,9 +41,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let limits = machine::measure();
     if !args.json {
-        println!(
+        outln!(
             "machine: {} threads, FMA peak {:.0} GFLOP/s ({}), triad {:.1} GB/s",
-            limits.threads, limits.fma_gflops, limits.vector_isa, limits.triad_gbs
+            limits.threads,
+            limits.fma_gflops,
+            limits.vector_isa,
+            limits.triad_gbs
         );
     }
     if args.suite {
@@ -65,7 +68,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"impl": "normlab", "normlab_version": env!("CARGO_PKG_VERSION"), "threads": limits.threads,
                    "isa": normlab::isa::active().name(), "isa_detected": normlab::isa::detected().name(),
@@ -73,10 +76,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
-        "\n{:<11} {:<16} {:<17} {:<18} {:>9} {:>9} {:>7}",
-        "kernel", "impl", "pass", "shape", "ms", "rate", "limit"
-    );
+    outln!("\n{:<11} {:<16} {:<17} {:<18} {:>9} {:>9} {:>7}", "kernel", "impl", "pass", "shape", "ms", "rate", "limit");
     for k in &kernels {
         let rate = match (k.gbs, k.gflops) {
             (Some(g), _) => format!("{g:.1} GB/s"),
@@ -84,7 +84,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             _ => String::new(),
         };
         let name = k.model.clone().unwrap_or_else(|| k.implementation.clone());
-        println!(
+        outln!(
             "{:<11} {:<16} {:<17} {:<18} {:>9.3} {:>9} {:>6.1}%",
             k.kernel,
             name,
@@ -96,7 +96,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     for e in &epochs {
-        println!(
+        outln!(
             "epoch {:<18} {:.2} s, {:.0} examples/s",
             e["model"].as_str().unwrap_or(""),
             e["seconds"].as_f64().unwrap_or(f64::NAN),
@@ -110,19 +110,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn suite(limits: &machine::Limits, args: &BenchArgs) -> Result<()> {
     let timings = bench::suite::run(limits.fma_gflops, args.budget)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"impl": "normlab", "normlab_version": env!("CARGO_PKG_VERSION"), "threads": limits.threads,
                    "isa": normlab::isa::active().name(), "machine": limits, "suite": timings})
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "\n{:<10} {:>6} {:>10} {:>12} {:>9} {:>9} {:>8}",
-        "network", "batch", "step ms", "examples/s", "GFLOP", "GFLOP/s", "of peak"
+        "network",
+        "batch",
+        "step ms",
+        "examples/s",
+        "GFLOP",
+        "GFLOP/s",
+        "of peak"
     );
     for t in &timings {
-        println!(
+        outln!(
             "{:<10} {:>6} {:>10.3} {:>12.0} {:>9.3} {:>9.1} {:>7.1}%",
             t.network,
             t.batch,

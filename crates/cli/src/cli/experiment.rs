@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::experiments::{self, ExperimentOptions};
+use crate::experiments::{self, ExperimentOptions, MAX_SEEDS};
 use crate::rundir::{Owner, RunDir};
-use normlab::Error;
 
+use super::args::{count, Count, PathArg};
 use super::DataArgs;
 
 const AFTER_HELP: &str = "\
@@ -44,14 +44,15 @@ pub struct ExperimentArgs {
     /// lr | placement | lite | frozen-affine | bias | dropout | batch-size | recompute | deep | group-norm | all
     #[arg(value_name = "NAME")]
     name: String,
-    /// Seeds per setting (mean ± std over them).
-    #[arg(long, value_name = "K", default_value = "3", allow_hyphen_values = true)]
-    seeds: String,
+    /// Seeds per setting (mean ± std over them), at most 100.
+    #[arg(long, value_name = "K", default_value_t = 3, allow_negative_numbers = true,
+          value_parser = Count { min: 1, max: MAX_SEEDS as u64, example: "3" })]
+    seeds: usize,
     /// Epochs per run (default: the experiment's own, see its report).
-    #[arg(long, value_name = "E", allow_hyphen_values = true)]
-    epochs: Option<String>,
+    #[arg(long, value_name = "E", allow_negative_numbers = true, value_parser = count(1, "5"))]
+    epochs: Option<usize>,
     /// Output directory, new or empty (default runs/experiment-NAME-<UTC time>, with -2, -3, ... if taken).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = PathArg)]
     out: Option<PathBuf>,
     /// Replace the experiment that --out holds, whole.
     #[arg(long, requires = "out")]
@@ -62,8 +63,8 @@ pub struct ExperimentArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Train on the first N training images (default: the experiment's own).
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    limit_train: Option<String>,
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count(2, "10000"))]
+    limit_train: Option<usize>,
     /// Print each experiment's summary (tables, reading, output directory) as one JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -73,23 +74,10 @@ pub struct ExperimentArgs {
     quiet: bool,
 }
 
-/// A whole number for `option`, at least `min`, or a one-line user error.
-fn parse_count(option: &str, text: &str, min: usize, example: &str) -> normlab::Result<usize> {
-    match text.trim().parse::<usize>() {
-        Ok(v) if v >= min => Ok(v),
-        _ => Err(Error::config(
-            option,
-            format!("'{text}' is not a whole number of at least {min}; e.g. {option} {example}"),
-        )),
-    }
-}
-
 pub fn run(args: ExperimentArgs) -> Result<()> {
     let all = args.name == "all";
     let exp = if all { None } else { Some(experiments::find(&args.name)?) };
-    let seeds = parse_count("--seeds", &args.seeds, 1, "3")?;
-    let epochs = args.epochs.as_deref().map(|e| parse_count("--epochs", e, 1, "5")).transpose()?;
-    let limit_train = args.limit_train.as_deref().map(|n| parse_count("--limit-train", n, 2, "10000")).transpose()?;
+    let (seeds, epochs, limit_train) = (args.seeds, args.epochs, args.limit_train);
     let stamp = super::utc_timestamp();
     let mut options = ExperimentOptions {
         seeds,

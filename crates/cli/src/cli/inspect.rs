@@ -10,13 +10,15 @@ use normlab::layers::Layer;
 use normlab::train::checkpoint;
 use normlab::Error;
 
+use super::args::PathArg;
+
 #[derive(clap::Args, Debug)]
 #[command(
     about = "Show every BN layer's gamma, beta, running mean and running variance",
     after_help = "Examples:\n  normlab inspect --checkpoint model.safetensors            # summary of every BN layer\n  normlab inspect --checkpoint model.safetensors --layer net.1   # full vectors of the first BN layer"
 )]
 pub struct InspectArgs {
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = PathArg)]
     checkpoint: PathBuf,
     /// Print the full vectors of this layer (e.g. net.1).
     #[arg(long, value_name = "NAME")]
@@ -57,9 +59,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
     }
     if layers.is_empty() && args.layer.is_none() {
         if args.json {
-            println!("{}", json!({"checkpoint": args.checkpoint, "model": info.model, "batch_norm_layers": []}));
+            outln!("{}", json!({"checkpoint": args.checkpoint, "model": info.model, "batch_norm_layers": []}));
         } else {
-            println!("{} ({}) has no batch-norm layers", args.checkpoint.display(), info.model);
+            outln!("{} ({}) has no batch-norm layers", args.checkpoint.display(), info.model);
         }
         return Ok(());
     }
@@ -91,22 +93,22 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 o
             })
             .collect();
-        println!("{}", json!({"checkpoint": args.checkpoint, "model": info.model, "batch_norm_layers": out}));
+        outln!("{}", json!({"checkpoint": args.checkpoint, "model": info.model, "batch_norm_layers": out}));
         return Ok(());
     }
-    println!("{} ({})", args.checkpoint.display(), info.model);
+    outln!("{} ({})", args.checkpoint.display(), info.model);
     for (name, kind, c, nbt, vectors) in &layers {
-        println!("\n{name}  {kind}({c})  num_batches_tracked {nbt}");
+        outln!("\n{name}  {kind}({c})  num_batches_tracked {nbt}");
         if full {
             for (k, v) in vectors {
                 let items: Vec<String> = v.iter().map(|x| format!("{x:.4}")).collect();
-                println!("  {k:<13} [{}]", items.join(", "));
+                outln!("  {k:<13} [{}]", items.join(", "));
             }
         } else {
-            println!("  {:<13} {:>9} {:>9} {:>9} {:>9}", "", "mean", "std", "min", "max");
+            outln!("  {:<13} {:>9} {:>9} {:>9} {:>9}", "", "mean", "std", "min", "max");
             for (k, v) in vectors {
                 let s = stats(v);
-                println!(
+                outln!(
                     "  {k:<13} {:>9.4} {:>9.4} {:>9.4} {:>9.4}",
                     s["mean"].as_f64().unwrap_or(f64::NAN),
                     s["std"].as_f64().unwrap_or(f64::NAN),

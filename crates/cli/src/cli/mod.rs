@@ -1,8 +1,23 @@
 //! The subcommands, one module each, over the library: `train`, `eval`,
 //! `predict`, `inspect`, `recompute-stats`, `experiment` and `bench`.
 //! Exit codes: 0 success, 2 a user error (bad option, bad file) with a
-//! one-line message saying what to do, 1 anything else.
+//! one-line message saying what to do, 1 anything else (a failed write
+//! to stdout included).
 
+/// `println!` that returns an error instead of panicking when stdout cannot
+/// be written (`> /dev/full`); use it with `?` in a function returning
+/// `anyhow::Result`.
+macro_rules! outln {
+    () => { $crate::cli::write_stdout(format_args!("\n"))? };
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))? };
+}
+
+/// `print!` that returns an error instead of panicking, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*))? };
+}
+
+mod args;
 mod bench;
 mod eval;
 mod experiment;
@@ -15,7 +30,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -26,8 +41,9 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Worker threads for the kernels (default: all cores).
-    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    threads: Option<u16>,
+    #[arg(long, global = true, allow_negative_numbers = true,
+          value_parser = args::Count { min: 1, max: 1024, example: "2" })]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +64,7 @@ enum Command {
 pub struct DataArgs {
     /// Directory holding the four Fashion-MNIST files (else $NORMLAB_DATA,
     /// /usr/share/datasets/fashion-mnist, the cache, or a download).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = args::PathArg)]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -63,41 +79,74 @@ pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
-/// Set once stdout's reader has gone away.
+/// Set once stdout's reader has gone away (see [`write_stdout`]).
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
-/// Prints one line of results on stdout. A reader that went away
-/// (`normlab train --json | head -1`) does not stop the command: `train`
-/// and `experiment` go on, since their files are their real output, and
-/// print nothing more. Any other write error (a full disk) is an error.
-pub fn print_line(line: &str) -> anyhow::Result<()> {
+/// stdout could not be written: a full device, say. Not the user's mistake
+/// in the command: exit code 1.
+#[derive(Debug)]
+pub struct StdoutError(std::io::Error);
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot write the results to stdout ({}); free space where stdout goes, or redirect it to another file",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for StdoutError {}
+
+/// Writes `args` to stdout and flushes, so that a failure is reported here
+/// (by [`outln!`]) rather than lost at exit. A reader that went away
+/// (`normlab train --json | head -1`; only seen where SIGPIPE is ignored:
+/// `train` and `experiment`, whose files are their real output) does not
+/// stop the command: it goes on and prints nothing more.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
-    match writeln!(out, "{line}").and_then(|_| out.flush()) {
+    match out.write_fmt(args).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             STDOUT_CLOSED.store(true, Ordering::Relaxed);
             Ok(())
         }
-        Err(e) => Err(anyhow::anyhow!("cannot write the results to stdout: {e}")),
+        Err(e) => Err(StdoutError(e)),
     }
 }
 
+/// One line of results on stdout, as [`write_stdout`].
+pub fn print_line(line: &str) -> Result<(), StdoutError> {
+    write_stdout(format_args!("{line}\n"))
+}
+
 /// A line for people on stderr; one that cannot be written is dropped
-/// (the command's work does not depend on its reader).
-pub fn note(line: &str) {
+/// (there is nowhere left to say so, and the command's work does not
+/// depend on its reader), rather than a panic as with `eprintln!`.
+pub fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        // --help and --version, in full on stdout
+        Err(e) if !e.use_stderr() => {
+            return match write_stdout(format_args!("{}", e.render())) {
+                Ok(()) => 0,
+                Err(e) => {
+                    say(format_args!("error: {e}"));
+                    1
+                }
+            };
+        }
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return code;
+            say(format_args!("{}", args::one_line(&e, &command_line_command())));
+            return 2;
         }
     };
     // train and experiment write files that outlive their reader: for them
@@ -107,16 +156,16 @@ pub fn main() -> i32 {
     }
     // a NORMLAB_ISA the kernels would ignore is a mistake to point out
     if let Err(message) = normlab::isa::from_env() {
-        note(&format!("error: {message}"));
+        say(format_args!("error: {message}"));
         return 2;
     }
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(t) = cli.threads {
-        pool = pool.num_threads(t as usize);
+        pool = pool.num_threads(t);
         // more threads than cores only wait for each other (1000 on 2 cores ran 30x slower)
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if t as usize > cores {
-            note(&format!(
+        if t > cores {
+            say(format_args!(
                 "warning: --threads {t} is more than this machine's {cores} cores; it will run slower, not faster"
             ));
         }
@@ -124,7 +173,7 @@ pub fn main() -> i32 {
     let pool = match pool.build() {
         Ok(pool) => pool,
         Err(e) => {
-            note(&format!("error: cannot start the worker threads: {e}"));
+            say(format_args!("error: cannot start the worker threads: {e}"));
             return 1;
         }
     };
@@ -147,13 +196,58 @@ pub fn main() -> i32 {
             let user = e.downcast_ref::<normlab::Error>().is_some_and(|e| e.is_user_error());
             // one line, whatever the underlying library put in its message
             let msg = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-            note(&format!("error: {msg}"));
+            let hint = e.downcast_ref::<normlab::Error>().map_or("", what_to_do);
+            say(format_args!("error: {msg}{hint}"));
             if user {
                 2
             } else {
                 1
             }
         }
+    }
+}
+
+/// A loss or probability that is not a number means the model's outputs
+/// overflow (weights near f32's limit pass every check on load): refused
+/// rather than printed, naming the checkpoint.
+pub fn refuse_non_finite(checkpoint: &std::path::Path, what: &str, value: f64) -> normlab::Result<()> {
+    if value.is_finite() {
+        return Ok(());
+    }
+    Err(normlab::Error::checkpoint(
+        checkpoint,
+        format!(
+            "{what} is {value}: the model's outputs overflow, its weights are far too large for a trained network; \
+             the file is damaged, use another checkpoint"
+        ),
+    ))
+}
+
+/// `normlab SUBCOMMAND` as typed (the first argument that names one), for
+/// the pointer to its --help; `normlab` when there is none.
+fn command_line_command() -> String {
+    let cli = Cli::command();
+    let names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+    std::env::args_os()
+        .skip(1)
+        .find_map(|a| a.to_str().filter(|a| names.contains(a)).map(|a| format!("normlab {a}")))
+        .unwrap_or_else(|| "normlab".to_string())
+}
+
+/// The fix for an operating-system error that only says what happened
+/// ("No space left on device"), appended to its message.
+fn what_to_do(e: &normlab::Error) -> &'static str {
+    let normlab::Error::Io { source, .. } = e else { return "" };
+    if source.raw_os_error().is_none() {
+        // a message of normlab's own, which already says what to do
+        return "";
+    }
+    match source.kind() {
+        std::io::ErrorKind::StorageFull => "; free some space on that disk, or choose an output on another one",
+        std::io::ErrorKind::QuotaExceeded => "; your disk quota is used up: free some space or write elsewhere",
+        std::io::ErrorKind::ReadOnlyFilesystem => "; that file system is read-only: choose another place to write",
+        std::io::ErrorKind::PermissionDenied => "; check the permissions, or choose another path",
+        _ => "",
     }
 }
 

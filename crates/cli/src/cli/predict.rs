@@ -10,13 +10,15 @@ use normlab::loss::softmax_rows;
 use normlab::train::checkpoint;
 use normlab::{Error, Tensor};
 
+use super::args::PathArg;
+
 #[derive(clap::Args, Debug)]
 #[command(
     about = "Predict the class of images (PNG/JPEG, any size; converted to 28x28 grey)",
     after_help = "Examples:\n  normlab predict --checkpoint model.safetensors shoe.png bag.jpg\n  normlab predict --checkpoint model.safetensors --invert photo.jpg   # dark object on a light background\n\nFashion-MNIST images are light objects on a black background; use --invert for photos."
 )]
 pub struct PredictArgs {
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = PathArg)]
     checkpoint: PathBuf,
     /// Invert grey levels (for dark-on-light photos).
     #[arg(long)]
@@ -24,7 +26,7 @@ pub struct PredictArgs {
     /// Print one JSON object per image.
     #[arg(long)]
     json: bool,
-    #[arg(required = true, value_name = "IMAGE")]
+    #[arg(required = true, value_name = "IMAGE", value_parser = PathArg)]
     images: Vec<PathBuf>,
 }
 
@@ -38,6 +40,7 @@ const MAX_ALLOC: u64 = 256 << 20;
 /// Decodes any PNG/JPEG into 28x28 grey levels in [0, 1].
 pub fn load_image(path: &Path, invert: bool) -> normlab::Result<Vec<f32>> {
     let bad = |msg: String| Error::data(path, msg);
+    check_image_path(path)?;
     let mut reader = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
@@ -87,6 +90,26 @@ pub fn load_image(path: &Path, invert: bool) -> normlab::Result<Vec<f32>> {
         .collect())
 }
 
+/// A directory, `-` (stdin), a missing file or a device is said to be so
+/// with what to pass instead, before the decoder sees it.
+fn check_image_path(path: &Path) -> normlab::Result<()> {
+    let fix = "pass PNG or JPEG files";
+    if path.as_os_str() == "-" {
+        return Err(Error::data(path, format!("images are not read from stdin; save the image to a file and {fix}")));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(Error::data(path, format!("is a directory; {fix}, e.g. {}/*.png", path.display()))),
+        Ok(m) if !m.is_file() => {
+            Err(Error::data(path, format!("is not a regular file (a device, FIFO or socket); {fix}")))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::data(path, format!("{e}; check the path, and {fix}")))
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 pub fn run(args: PredictArgs) -> Result<()> {
     let (mut net, info) = checkpoint::load(&args.checkpoint)?;
     net.eval();
@@ -95,16 +118,18 @@ pub fn run(args: PredictArgs) -> Result<()> {
         // one image at a time: prediction-mode BN needs no batch
         let x = Tensor::from_vec(&[1, 1, 28, 28], pixels)?;
         let probs = softmax_rows(net.forward(&x)?).remove(0);
+        let worst = probs.iter().copied().find(|p| !p.is_finite()).unwrap_or(0.0);
+        super::refuse_non_finite(&args.checkpoint, "a class probability", worst)?;
         let mut ranked: Vec<(usize, f64)> = probs.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let top: Vec<(usize, f64)> = ranked.into_iter().take(3).collect();
         if args.json {
             let list: Vec<_> =
                 top.iter().map(|&(c, p)| json!({"class": c, "name": CLASS_NAMES[c], "probability": p})).collect();
-            println!("{}", json!({"image": path, "model": info.model, "top": list}));
+            outln!("{}", json!({"image": path, "model": info.model, "top": list}));
         } else {
             let text: Vec<String> = top.iter().map(|&(c, p)| format!("{} {:.3}", CLASS_NAMES[c], p)).collect();
-            println!("{}: {}", path.display(), text.join(", "));
+            outln!("{}: {}", path.display(), text.join(", "));
         }
     }
     Ok(())

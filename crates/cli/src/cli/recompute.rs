@@ -13,6 +13,7 @@ use normlab::models::Sequential;
 use normlab::train::{self, checkpoint};
 use normlab::Error;
 
+use super::args::{count, PathArg};
 use super::DataArgs;
 
 #[derive(clap::Args, Debug)]
@@ -21,15 +22,15 @@ use super::DataArgs;
     after_help = "Example:\n  normlab recompute-stats --checkpoint runs/x/model.safetensors --out runs/x/model-precise-bn.safetensors"
 )]
 pub struct RecomputeArgs {
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = PathArg)]
     checkpoint: PathBuf,
     /// Where to write the model with recomputed statistics: a new file, not
     /// the checkpoint itself nor a file of a run (model.safetensors, ...).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = PathArg)]
     out: PathBuf,
     #[command(flatten)]
     data: DataArgs,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, allow_negative_numbers = true, value_parser = count(2, "500"))]
     batch_size: usize,
     #[arg(long)]
     json: bool,
@@ -158,13 +159,13 @@ pub fn run(args: RecomputeArgs) -> Result<()> {
     extra.push(("bn_stats", "recomputed over the training set".into()));
     checkpoint::save(&mut net, &info.model, &info.network, &extra, &args.out)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"bn_layers": layers, "val_acc_before": before.accuracy, "val_acc_after": after.accuracy,
                    "val_loss_before": before.loss, "val_loss_after": after.loss, "out": args.out})
         );
     } else {
-        println!(
+        outln!(
             "recomputed {layers} BN layers over {} training images: val acc {:.4} -> {:.4}, val loss {:.4} -> {:.4}; wrote {}",
             fm.train.len(),
             before.accuracy,

@@ -15,6 +15,7 @@ use normlab::models::ModelKind;
 use normlab::optim::SgdConfig;
 use normlab::train::{self, checkpoint, EpochMetrics, Observer, TrainOptions, Trainer, CHAPTER_EPOCHS};
 
+use super::args::{count, PathArg};
 use super::DataArgs;
 
 mod record;
@@ -30,10 +31,10 @@ pub struct TrainArgs {
     #[arg(long)]
     model: Option<String>,
     /// Epochs in all (default: the chapter's 10; with --resume, a new total to extend the run).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count(1, "10"))]
     epochs: Option<usize>,
     /// Training examples per SGD step [default: 128]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count(1, "128"))]
     batch_size: Option<usize>,
     /// Learning rate of plain minibatch SGD [default: 0.1]
     #[arg(long, allow_negative_numbers = true)]
@@ -45,21 +46,21 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Seeds the initial weights and the shuffling [default: 0]
-    #[arg(long)]
-    seed: Option<u64>,
+    #[arg(long, allow_negative_numbers = true, value_parser = count(0, "0"))]
+    seed: Option<usize>,
     #[command(flatten)]
     data: DataArgs,
     /// Output directory, new or empty (default runs/<model>-<UTC time>, with -2, -3, ... if taken).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = PathArg)]
     out: Option<PathBuf>,
     /// Replace the run that --out holds, whole (its files are removed once this run's first epoch is done).
     #[arg(long, requires = "out")]
     force: bool,
     /// Train on the first N training images only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count(1, "10000"))]
     limit_train: Option<usize>,
     /// Evaluate on the first N test images only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count(1, "1000"))]
     limit_val: Option<usize>,
     /// After training, recompute BN statistics over the whole training set.
     #[arg(long)]
@@ -74,7 +75,7 @@ pub struct TrainArgs {
     /// checkpoint.safetensors) with its recorded options and data; options
     /// given with it must agree with the record, except --epochs, which may
     /// raise the total.
-    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    #[arg(long, value_name = "DIR", conflicts_with = "out", value_parser = PathArg)]
     resume: Option<PathBuf>,
 }
 
@@ -143,7 +144,7 @@ fn start(args: &TrainArgs, started: Instant) -> Result<()> {
         weight_decay: args.weight_decay.unwrap_or(0.0),
         ..SgdConfig::new(lr)
     };
-    options.seed = args.seed.unwrap_or(0);
+    options.seed = args.seed.unwrap_or(0) as u64;
     options.limit_train = args.limit_train;
     options.limit_val = args.limit_val;
     let mut trainer = Trainer::new(options)?;
@@ -199,7 +200,7 @@ fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
     let quiet = args.quiet;
     let say = |line: String| {
         if !quiet {
-            super::note(&line);
+            super::say(format_args!("{line}"));
         }
     };
     if done >= trainer.options.epochs && record::finished(dir, done) {
@@ -281,7 +282,7 @@ impl Run {
     /// none with --quiet.
     fn say(&self, line: String) {
         if !self.quiet {
-            super::note(&line);
+            super::say(format_args!("{line}"));
         }
     }
 
@@ -316,7 +317,8 @@ impl Run {
             "options": trainer.options,
             "threads": rayon::current_num_threads(),
             "isa": normlab::isa::active().name(),
-            "data_dir": self.fm.dir,
+            // lossy: a cache under a non-UTF-8 $HOME must not stop the run
+            "data_dir": self.fm.dir.to_string_lossy(),
             "data_sha256": self.record.data.sha256,
             "recompute_stats": self.record.recompute_stats,
             "train_examples": self.n_train,

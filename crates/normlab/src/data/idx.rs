@@ -89,6 +89,14 @@ pub fn parse_labels(bytes: &[u8], path_for_errors: &Path) -> Result<Vec<u8>> {
 /// the file starts with the gzip magic bytes, as is otherwise. The flag says
 /// whether it was gzip (so that read errors can be blamed on the compression).
 pub fn open_decoded(path: &Path) -> Result<(Box<dyn Read>, bool)> {
+    // a FIFO would block the open, a device (/dev/zero) never end
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::data(
+            path,
+            "is not a regular file (a directory, device, FIFO or socket); the data directory must hold the files themselves",
+        ));
+    }
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut head = [0u8; 2];
     let got = read_up_to(&mut file, &mut head).map_err(|e| Error::io(path, e))?;

@@ -175,7 +175,7 @@ pub fn save(
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    read_bounded(path)
 }
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
@@ -233,14 +233,19 @@ fn info_from(path: &Path, metadata: HashMap<String, String>) -> Result<Checkpoin
     Ok(CheckpointInfo { model, network, metadata })
 }
 
-/// Rebuilds the network a checkpoint describes and loads its state.
+/// Rebuilds the network a checkpoint describes and loads its state. A
+/// training checkpoint (`checkpoint.safetensors`) gives its model; the
+/// optimizer's tensors are passed over. The file is refused (naming the
+/// tensor) when it is not a regular file of the size its header declares,
+/// or holds NaN, infinity or a negative running variance.
 pub fn load(path: &Path) -> Result<(Sequential<f32>, CheckpointInfo)> {
     let bytes = read(path)?;
     let (st, metadata) = parse(path, &bytes)?;
     let info = info_from(path, metadata)?;
     let mut net = models::build_config(&info.network, &mut rng::seeded(0))
         .map_err(|e| Error::checkpoint(path, format!("the network description in the metadata is invalid: {e}")))?;
-    load_state(&mut net, path, &st, None)?;
+    // a training checkpoint (checkpoint.safetensors) loads as its model part
+    load_state(&mut net, path, &st, Some(OPTIMIZER_PREFIX))?;
     Ok((net, info))
 }
 
@@ -261,8 +266,9 @@ pub fn load_with_extras(
             if view.dtype() != Dtype::F32 {
                 return Err(Error::checkpoint(path, format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
             }
-            let values =
+            let values: Vec<f32> =
                 view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+            check_values(path, name, &values)?;
             extras.push((name.clone(), view.shape().to_vec(), values));
         }
     }
@@ -272,7 +278,9 @@ pub fn load_with_extras(
 
 /// Loads the state of a checkpoint ([`save`], [`save_state_dict`]) into an
 /// existing, built network of the same architecture; every name must
-/// match, with the same shape and dtype. Returns the file's metadata.
+/// match, with the same shape and dtype (optimizer tensors, `optim.*`, are
+/// passed over), and the values are checked as by [`load`]. Returns the
+/// file's metadata.
 pub fn load_into(net: &mut Sequential<f32>, path: &Path) -> Result<HashMap<String, String>> {
     if net.example_shape().is_empty() {
         return Err(Error::checkpoint(
@@ -282,7 +290,7 @@ pub fn load_into(net: &mut Sequential<f32>, path: &Path) -> Result<HashMap<Strin
     }
     let bytes = read(path)?;
     let (st, metadata) = parse(path, &bytes)?;
-    load_state(net, path, &st, None)?;
+    load_state(net, path, &st, Some(OPTIMIZER_PREFIX))?;
     Ok(metadata)
 }
 
@@ -312,9 +320,7 @@ fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>, igno
                 for (d, b) in value.data_mut().iter_mut().zip(view.data().chunks_exact(4)) {
                     *d = f32::from_le_bytes(b.try_into().expect("4 bytes"));
                 }
-                if !value.all_finite() {
-                    return Err(Error::checkpoint(path, format!("tensor '{name}' holds NaN or infinite values")));
-                }
+                check_values(path, &name, value.data())?;
             }
             StateMut::Count(c) => {
                 if view.dtype() != Dtype::I64 || view.data().len() != 8 {
@@ -325,6 +331,12 @@ fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>, igno
                     )));
                 }
                 *c = i64::from_le_bytes(view.data().try_into().expect("8 bytes"));
+                if *c < 0 {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("tensor '{name}' is {c}, a negative count; {DAMAGED}"),
+                    ));
+                }
             }
         }
     }
@@ -343,6 +355,140 @@ fn load_state(net: &mut Sequential<f32>, path: &Path, st: &SafeTensors<'_>, igno
             msg += &format!(" unexpected {}", unknown.join(", "));
         }
         return Err(Error::checkpoint(path, msg));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// What a loaded file must be before it is believed: a regular file of the
+// size its header declares, read without trusting any length in it, and
+// values a trained network can hold.
+
+/// The fix for a file whose content is impossible.
+const DAMAGED: &str = "the file is damaged: use another checkpoint (the model.safetensors of a good run)";
+
+/// The largest JSON header read (the safetensors format's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The largest checkpoint read: normlab's networks take a few megabytes,
+/// so a file that declares more is refused before its data is read.
+pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
+
+/// The prefix of a training checkpoint's optimizer tensors, which
+/// [`load`] and [`load_into`] pass over: a checkpoint.safetensors loads as
+/// the model it holds.
+const OPTIMIZER_PREFIX: &str = "optim.";
+
+/// Reads a checkpoint after checking, from the file system's metadata and
+/// the 8-byte header length, that it is a regular file whose size is the
+/// one its header declares: a directory, a FIFO (which would block) or a
+/// device (`/dev/zero`, which never ends) is refused before it is opened,
+/// and a file padded or truncated (a 4 GB sparse file) before its data is
+/// read.
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            let fix = "`normlab train` writes model.safetensors and checkpoint.safetensors in its run directory";
+            Error::checkpoint(path, format!("{e}; check the path ({fix})"))
+        }
+        _ => Error::io(path, e),
+    })?;
+    if meta.is_dir() {
+        let inside = path.join("model.safetensors");
+        let fix = if inside.is_file() {
+            format!("pass the file inside it: --checkpoint {}", inside.display())
+        } else {
+            "pass a model.safetensors file written by `normlab train`".to_string()
+        };
+        return Err(Error::checkpoint(path, format!("is a directory, not a checkpoint; {fix}")));
+    }
+    if !meta.is_file() {
+        return Err(Error::checkpoint(
+            path,
+            "is not a regular file (a device, FIFO or socket); pass a model.safetensors file written by `normlab train`",
+        ));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // the size of what was opened (the path may have been replaced since)
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let bad = |what: String| {
+        Error::checkpoint(
+            path,
+            format!("not a valid safetensors checkpoint ({what}); pass a model.safetensors written by `normlab train`"),
+        )
+    };
+    if size < 8 {
+        return Err(bad(format!("{size} bytes, less than the 8-byte header length")));
+    }
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER_BYTES || n > size - 8 {
+        return Err(bad(format!("its header claims {n} bytes, the file has {size}")));
+    }
+    let mut header = Vec::new();
+    (&mut file).take(n).read_to_end(&mut header).map_err(|e| Error::io(path, e))?;
+    let declared = declared_size(&header).map_err(bad)?;
+    if declared > MAX_CHECKPOINT_BYTES {
+        return Err(bad(format!(
+            "its header declares {declared} bytes of tensors, more than the {} MiB normlab reads",
+            MAX_CHECKPOINT_BYTES >> 20
+        )));
+    }
+    if declared.checked_add(8 + n) != Some(size) {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "the file is {size} bytes but its header describes {}; it is truncated, padded or damaged: \
+                 use another checkpoint",
+                (8 + n).saturating_add(declared)
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    bytes.extend_from_slice(&len);
+    bytes.append(&mut header);
+    file.take(declared).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 != size {
+        return Err(Error::checkpoint(path, "the file changed while it was read; try again"));
+    }
+    Ok(bytes)
+}
+
+/// The size of the data section a safetensors JSON header describes: the
+/// largest end offset of its tensors.
+fn declared_size(header: &[u8]) -> std::result::Result<u64, String> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| format!("the header is not a JSON object: {e}"))?;
+    let mut end = 0u64;
+    for (name, entry) in map.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let offsets = entry.get("data_offsets").and_then(|o| o.as_array()).filter(|o| o.len() == 2);
+        let last = offsets.and_then(|o| o[1].as_u64()).ok_or_else(|| format!("tensor '{name}' has no data_offsets"))?;
+        end = end.max(last);
+    }
+    Ok(end)
+}
+
+/// Values no trained network holds: NaN or infinity anywhere, a negative
+/// running variance; the error names the tensor.
+fn check_values(path: &Path, name: &str, values: &[f32]) -> Result<()> {
+    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+        let what = if name.starts_with(OPTIMIZER_PREFIX) {
+            "the optimizer state of this training checkpoint is corrupt (training never saves such a value): \
+             resume from a good copy or start the run again"
+        } else {
+            DAMAGED
+        };
+        return Err(Error::checkpoint(path, format!("tensor '{name}' holds {v}; {what}")));
+    }
+    if name.ends_with("running_var") {
+        if let Some(v) = values.iter().find(|&&v| v < 0.0) {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor '{name}' holds the variance {v}, and a variance is never negative; {DAMAGED}"),
+            ));
+        }
     }
     Ok(())
 }

@@ -32,6 +32,17 @@ pub struct TrainOptions {
     pub eval_batch_size: usize,
 }
 
+/// Batch norm over one training image: every batch holds that image alone.
+pub(crate) fn one_training_image(cause: &str) -> Error {
+    Error::config(
+        "training data",
+        format!(
+            "{cause} leaves one training image, so every batch holds one image, and batch norm cannot \
+             train on a batch of one (every centred value is 0); use --limit-train 2 or more"
+        ),
+    )
+}
+
 impl TrainOptions {
     /// The chapter's recipe for a built-in model: [`CHAPTER_EPOCHS`] epochs,
     /// batch 128, plain SGD with lr 0.1, seed 0.
@@ -74,6 +85,9 @@ impl TrainOptions {
         }
         if self.limit_train == Some(0) || self.limit_val == Some(0) {
             return Err(Error::config("limit", "--limit-train and --limit-val must be at least 1"));
+        }
+        if self.limit_train == Some(1) && matches!(self.network.norm, models::Norm::Batch { .. }) {
+            return Err(one_training_image("--limit-train 1"));
         }
         Ok(())
     }

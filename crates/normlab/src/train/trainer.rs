@@ -25,6 +25,24 @@ pub trait Observer {
 pub struct NoObserver;
 impl Observer for NoObserver {}
 
+/// What to change after a divergence: the weight decay when it alone makes
+/// the weights grow (each step multiplies them by `1 - lr · weight_decay`,
+/// larger than 1 in size once `lr · weight_decay > 2`), else the learning
+/// rate.
+fn divergence_fix(sgd: &crate::optim::SgdConfig) -> String {
+    if sgd.lr * sgd.weight_decay > 2.0 {
+        format!(
+            "--weight-decay {:?} is too large for --lr {:?} (each step scales the weights by 1 - lr x weight decay, \
+             which must stay within [-1, 1]); use a weight decay below {}, e.g. --weight-decay 5e-4",
+            sgd.weight_decay,
+            sgd.lr,
+            2.0 / sgd.lr
+        )
+    } else {
+        format!("try a smaller learning rate (now --lr {:?})", sgd.lr)
+    }
+}
+
 /// The state of a run: model, optimizer, data order and history.
 pub struct Trainer {
     /// What this run does.
@@ -78,6 +96,9 @@ impl Trainer {
         if n == 0 {
             return Err(Error::config("training data", "the training set is empty"));
         }
+        if n == 1 && matches!(self.options.network.norm, models::Norm::Batch { .. }) {
+            return Err(super::options::one_training_image("a training set of one image"));
+        }
         let epoch = self.epoch() + 1;
         let start = Instant::now();
         self.order.clear();
@@ -102,10 +123,9 @@ impl Trainer {
                 let (loss, right) = self.loss.forward(logits, &self.labels)?;
                 if !loss.is_finite() {
                     return Err(Error::Diverged(format!(
-                        "training diverged at epoch {epoch}, batch {}/{batches}: the loss is {loss}; \
-                         try a smaller learning rate (now --lr {:?})",
+                        "training diverged at epoch {epoch}, batch {}/{batches}: the loss is {loss}; {}",
                         b + 1,
-                        self.options.sgd.lr
+                        divergence_fix(&self.options.sgd)
                     )));
                 }
                 self.net.backward(&self.x, self.loss.grad())?;
@@ -133,9 +153,8 @@ impl Trainer {
             };
             if !finite {
                 return Err(Error::Diverged(format!(
-                    "training diverged in epoch {epoch}: {name} holds NaN or infinite values; \
-                     try a smaller learning rate (now --lr {:?})",
-                    self.options.sgd.lr
+                    "training diverged in epoch {epoch}: {name} holds NaN or infinite values; {}",
+                    divergence_fix(&self.options.sgd)
                 )));
             }
         }

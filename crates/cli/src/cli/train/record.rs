@@ -21,6 +21,7 @@ pub const META_RECORD: &str = "normlab.run_record";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataRecord {
     /// The directory it was read from (absolute where it could be made so).
+    #[serde(with = "exact_path")]
     pub dir: PathBuf,
     pub train_examples: usize,
     pub test_examples: usize,
@@ -37,6 +38,42 @@ impl DataRecord {
             test_examples: fm.test.len(),
             sha256: data_sha256(fm),
         }
+    }
+}
+
+/// A path saved exactly: as text where it is UTF-8, else (`NORMLAB_DATA`
+/// may name any directory) as its bytes, so a resume finds the same one.
+mod exact_path {
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        match path.to_str() {
+            Some(text) => Repr::Text(text.to_string()),
+            #[cfg(unix)]
+            None => Repr::Bytes(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec()),
+            #[cfg(not(unix))]
+            None => Repr::Text(path.to_string_lossy().into_owned()),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::Text(text) => PathBuf::from(text),
+            #[cfg(unix)]
+            Repr::Bytes(bytes) => PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes)),
+            #[cfg(not(unix))]
+            Repr::Bytes(bytes) => PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()),
+        })
     }
 }
 
