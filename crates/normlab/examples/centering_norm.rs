@@ -19,7 +19,7 @@
 //! Run: `cargo run --release --example centering_norm [DATA_DIR]`
 
 use normlab::data::{self, Batch, Batches, LastBatch};
-use normlab::layers::{AvgPool2d, Conv2d, Flatten, Init, Layer, Linear, Mode, Sigmoid, StateMut};
+use normlab::layers::{AvgPool2d, Conv2d, Flatten, Init, Layer, Linear, Mode, Sigmoid, StateMut, StateName};
 use normlab::loss::CrossEntropy;
 use normlab::models::Sequential;
 use normlab::optim::{Sgd, SgdConfig};
@@ -102,8 +102,8 @@ impl<T: Real> Layer<T> for CenteringNorm<T> {
     fn grad_input(&self) -> &Tensor<T> {
         &self.dx
     }
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
-        vec![("running_mean", StateMut::Buffer(&mut self.running_mean))]
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
+        vec![("running_mean".into(), StateMut::Buffer(&mut self.running_mean))]
     }
 }
 

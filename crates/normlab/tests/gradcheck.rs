@@ -57,7 +57,7 @@ fn gradcheck(name: &str, layer: &mut dyn Layer<f64>, x: &Tensor<f64>, mode: Mode
         for i in 0..grad.numel() {
             let mut eval = |delta: f64| {
                 for (n, s) in layer.state_mut() {
-                    if n == pname {
+                    if n == pname.as_str() {
                         if let StateMut::Param { value, .. } = s {
                             value.data_mut()[i] += delta;
                         }
@@ -136,10 +136,10 @@ fn lite_batch_norm_gradients() {
 #[test]
 fn frozen_affine_is_saved_but_not_learned() {
     let mut layer = built(BatchNorm::<f64>::new(BatchNormConfig::pytorch().learn_affine(false)), &[3]);
-    let kinds: Vec<(&str, bool)> =
-        layer.state_mut().into_iter().map(|(n, s)| (n, matches!(s, StateMut::Param { .. }))).collect();
-    assert_eq!(kinds[0], ("weight", false));
-    assert_eq!(kinds[1], ("bias", false));
+    let kinds: Vec<(String, bool)> =
+        layer.state_mut().into_iter().map(|(n, s)| (n.into_owned(), matches!(s, StateMut::Param { .. }))).collect();
+    assert_eq!(kinds[0], ("weight".to_string(), false));
+    assert_eq!(kinds[1], ("bias".to_string(), false));
     let mut net = normlab::models::Sequential::<f64>::new().push(layer);
     net.build(&[3], &mut rng::seeded(0)).unwrap();
     let x = random(&[4, 3], &mut rng::seeded(1), 1.0, 0.0);
@@ -361,4 +361,75 @@ fn activation_values_match_their_definitions() {
     let mut leaky = built(LeakyReLU::<f64>::new(0.2), &[1]);
     leaky.forward(&zero, Mode::Train).unwrap();
     assert_eq!(leaky.backward(&zero, &one, true).unwrap().data(), &[0.2]);
+}
+
+/// The layer a model fuses `net` into at build (one layer), checked to be
+/// `kind`.
+fn fused(net: models::Sequential<f64>, example: &[usize], kind: &str) -> Box<dyn Layer<f64>> {
+    let mut net = net;
+    net.build(example, &mut rng::seeded(3)).unwrap();
+    let mut layers = net.into_layers();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0].kind(), kind);
+    layers.remove(0)
+}
+
+#[test]
+fn batch_norm_fused_with_its_activation_gradients() {
+    let bn = || BatchNorm::new(BatchNormConfig::pytorch());
+    let cases: Vec<(models::Sequential<f64>, Vec<usize>, &str)> = vec![
+        (models::Sequential::new().push(bn()).push(Tanh::new()), vec![3, 2, 3], "BatchNorm2d+Tanh"),
+        (models::Sequential::new().push(bn()).push(GELU::new(false)), vec![4], "BatchNorm1d+GELU"),
+        (models::Sequential::new().push(bn()).push(Sigmoid::new()), vec![2, 3, 3], "BatchNorm2d+Sigmoid"),
+    ];
+    for (net, example, kind) in cases {
+        let mut layer = fused(net, &example, kind);
+        perturb_params(layer.as_mut(), &mut rng::seeded(5));
+        let mut shape = vec![5];
+        shape.extend(&example);
+        let x = random(&shape, &mut rng::seeded(2), 1.5, 0.3);
+        for mode in [Mode::Train, Mode::Eval] {
+            gradcheck(&format!("{kind} {mode:?}"), layer.as_mut(), &x, mode);
+        }
+    }
+}
+
+#[test]
+fn residual_block_gradients() {
+    use models::{Residual, Sequential};
+    let bn = || BatchNorm::new(BatchNormConfig::pytorch());
+    // identity shortcut: the body keeps the shape
+    let body = Sequential::new()
+        .push(Conv2d::new(3, 3).padding(1))
+        .push(bn())
+        .push(Tanh::new())
+        .push(Conv2d::new(3, 3).padding(1))
+        .push(bn());
+    let mut block = built(Residual::new(body), &[3, 4, 4]);
+    perturb_params(&mut block, &mut rng::seeded(5));
+    let x = random(&[2, 3, 4, 4], &mut rng::seeded(2), 1.0, 0.0);
+    gradcheck("Residual (identity)", &mut block, &x, Mode::Train);
+    // a stride-2 body and a 1x1 convolution + BN shortcut
+    let body = Sequential::new().push(Conv2d::new(4, 3).padding(1).stride(2)).push(bn()).push(Tanh::new());
+    let shortcut = Sequential::new().push(Conv2d::new(4, 1).stride(2)).push(bn());
+    let mut block = built(Residual::with_shortcut(body, shortcut), &[2, 5, 5]);
+    perturb_params(&mut block, &mut rng::seeded(6));
+    let x = random(&[3, 2, 5, 5], &mut rng::seeded(4), 1.0, 0.0);
+    for mode in [Mode::Train, Mode::Eval] {
+        gradcheck(&format!("Residual (shortcut) {mode:?}"), &mut block, &x, mode);
+    }
+    let names: Vec<String> = block.state_mut().into_iter().map(|(n, _)| n.into_owned()).collect();
+    assert_eq!(names[0], "body.0.weight");
+    assert!(names.contains(&"shortcut.1.running_mean".to_string()), "{names:?}");
+}
+
+#[test]
+fn residual_block_refuses_shapes_that_do_not_add_up_and_dropout() {
+    use models::{Residual, Sequential};
+    let mut r = Residual::<f64>::new(Sequential::new().push(Conv2d::new(4, 3)));
+    let err = r.build(&[2, 5, 5], &mut rng::seeded(0)).unwrap_err().to_string();
+    assert!(err.contains("differs from") && err.contains("shortcut"), "{err}");
+    let mut r = Residual::<f64>::new(Sequential::new().push(Dropout::new(0.5).unwrap()));
+    let err = r.build(&[3], &mut rng::seeded(0)).unwrap_err().to_string();
+    assert!(err.contains("dropout inside a residual block"), "{err}");
 }

@@ -135,7 +135,7 @@ fn batch_norm_without_affine_parameters() {
     for imp in [BnImpl::Scratch, BnImpl::Fused] {
         let x = f.t("x");
         let mut layer = bn(BatchNormConfig::pytorch().affine(false), imp, &x);
-        let names: Vec<&str> = layer.state_mut().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = layer.state_mut().into_iter().map(|(n, _)| n.into_owned()).collect();
         assert_eq!(names, ["running_mean", "running_var", "num_batches_tracked"]);
         set_state(&mut layer, "running_mean", &f.t("running_mean_in"));
         set_state(&mut layer, "running_var", &f.t("running_var_in"));
@@ -157,7 +157,7 @@ fn batch_norm_without_running_stats_uses_batch_stats_in_eval() {
     for imp in [BnImpl::Scratch, BnImpl::Fused] {
         let x = f.t("x");
         let mut layer = bn(BatchNormConfig::pytorch().track_running_stats(false), imp, &x);
-        let names: Vec<&str> = layer.state_mut().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = layer.state_mut().into_iter().map(|(n, _)| n.into_owned()).collect();
         assert_eq!(names, ["weight", "bias"]);
         set_state(&mut layer, "weight", &f.t("weight"));
         set_state(&mut layer, "bias", &f.t("bias"));

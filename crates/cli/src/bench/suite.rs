@@ -6,6 +6,11 @@
 //! - `vgg-bn`: 3x3 convolutions with padding 1 (32, 32, 64, 64, 128
 //!   channels), BN and ReLU after each, 2x2 max-pooling, then
 //!   Linear(256)-BN1d-ReLU-Linear(10) (batch 128, 1x28x28).
+//! - `resnet-bn`: a small ResNet on 3x32x32 (batch 64): a 3x3 stem of 16
+//!   channels with BN and ReLU, then three basic blocks (conv-BN-ReLU-conv-BN
+//!   plus the shortcut, then ReLU) of 16, 32 (stride 2) and 64 (stride 2)
+//!   channels, a 1x1 convolution + BN shortcut where the shape changes,
+//!   global average pooling and Linear(10).
 //! - `mlp-bn`: the BN paper's MNIST network, three hidden layers of 100
 //!   sigmoid units with BN after each affine layer (batch 60, 784 inputs).
 //!
@@ -16,9 +21,9 @@
 
 use serde::Serialize;
 
-use normlab::layers::{BatchNorm, BatchNormConfig, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid};
+use normlab::layers::{AvgPool2d, BatchNorm, BatchNormConfig, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sigmoid};
 use normlab::loss::CrossEntropy;
-use normlab::models::{self, Sequential};
+use normlab::models::{self, Residual, Sequential};
 use normlab::optim::{Sgd, SgdConfig};
 use normlab::rng::{self, Rng};
 use normlab::Result;
@@ -75,6 +80,33 @@ fn network(name: &str, rng: &mut Rng) -> Result<(Sequential<f32>, usize, Vec<usi
                 net.push(Flatten::new()).push(Linear::new(256)).push(bn()).push(ReLU::new()).push(Linear::new(10));
             (net, 128, vec![1, 28, 28], macs)
         }
+        "resnet-bn" => {
+            let conv = |c: usize, k: usize, stride: usize| Conv2d::new(c, k).stride(stride).padding(k / 2).bias(false);
+            let mut net = Sequential::new().push(conv(16, 3, 1)).push(bn()).push(ReLU::new());
+            let (mut side, mut cin) = (32usize, 16usize);
+            let mut macs = (side * side * 16 * 3 * 9) as f64;
+            for (cout, stride) in [(16, 1), (32, 2), (64, 2)] {
+                side /= stride;
+                let body = Sequential::new()
+                    .push(conv(cout, 3, stride))
+                    .push(bn())
+                    .push(ReLU::new())
+                    .push(conv(cout, 3, 1))
+                    .push(bn());
+                macs += (side * side * cout * (cin + cout) * 9) as f64;
+                let block = if stride != 1 || cin != cout {
+                    macs += (side * side * cout * cin) as f64;
+                    Residual::with_shortcut(body, Sequential::new().push(conv(cout, 1, stride)).push(bn()))
+                } else {
+                    Residual::new(body)
+                };
+                net = net.push(block).push(ReLU::new());
+                cin = cout;
+            }
+            macs += (cin * 10) as f64;
+            let net = net.push(AvgPool2d::new(side, side)).push(Flatten::new()).push(Linear::new(10));
+            (net, 64, vec![3, 32, 32], macs)
+        }
         "mlp-bn" => {
             let mut net = Sequential::new().push(Flatten::new());
             for _ in 0..3 {
@@ -87,7 +119,7 @@ fn network(name: &str, rng: &mut Rng) -> Result<(Sequential<f32>, usize, Vec<usi
 }
 
 /// The suite's network names, in the order they are timed.
-pub const NETWORKS: [&str; 3] = ["bn-lenet", "vgg-bn", "mlp-bn"];
+pub const NETWORKS: [&str; 4] = ["bn-lenet", "vgg-bn", "resnet-bn", "mlp-bn"];
 
 /// Times one SGD step of each network, against `peak_gflops`.
 pub fn run(peak_gflops: f64, budget: f64) -> Result<Vec<SuiteTiming>> {

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_grad, init_weights, not_built, Init, Layer, Mode, StateMut};
+use super::{check_grad, init_weights, not_built, Init, Layer, Mode, StateMut, StateName};
 use crate::aligned::AlignedVec;
 use crate::kernels::batch_norm::ChannelOut;
 use crate::kernels::conv::{col2im, im2col, ConvGeometry};
@@ -376,10 +376,10 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         &self.dx
     }
 
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
-        let mut s = vec![("weight", StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad })];
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
+        let mut s = vec![("weight".into(), StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad })];
         if self.has_bias {
-            s.push(("bias", StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
+            s.push(("bias".into(), StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
         }
         s
     }

@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, PAR_MIN};
+use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, StateName, PAR_MIN};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -255,13 +255,13 @@ impl<T: Real> Layer<T> for GroupNorm<T> {
         &self.dx
     }
 
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
         if !self.affine {
             return Vec::new();
         }
         vec![
-            ("weight", StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad }),
-            ("bias", StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }),
+            ("weight".into(), StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad }),
+            ("bias".into(), StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }),
         ]
     }
 }

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, PAR_MIN};
+use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, StateName, PAR_MIN};
 use crate::kernels::lanes::{sums2, F64x8};
 use crate::kernels::stream::{self, MapF32};
 use crate::real::{as_f32, as_f32_mut, Real};
@@ -314,13 +314,13 @@ impl<T: Real> Layer<T> for LayerNorm<T> {
         &self.dx
     }
 
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
         if !self.affine {
             return Vec::new();
         }
         vec![
-            ("weight", StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad }),
-            ("bias", StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }),
+            ("weight".into(), StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad }),
+            ("bias".into(), StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }),
         ]
     }
 }

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{check_built, check_grad, init_weights, Init, Layer, Mode, StateMut};
+use super::{check_built, check_grad, init_weights, Init, Layer, Mode, StateMut, StateName};
 use crate::kernels::gemm::{gemm, Op};
 use crate::real::Real;
 use crate::rng::Rng;
@@ -173,10 +173,10 @@ impl<T: Real> Layer<T> for Linear<T> {
         &self.dx
     }
 
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
-        let mut s = vec![("weight", StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad })];
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
+        let mut s = vec![("weight".into(), StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad })];
         if self.has_bias {
-            s.push(("bias", StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
+            s.push(("bias".into(), StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
         }
         s
     }

@@ -56,6 +56,10 @@ pub enum Mode {
     Eval,
 }
 
+/// The name of an entry of a layer's state: a fixed name (`"weight"`), or
+/// one made at run time by a layer that holds others (`"body.0.weight"`).
+pub type StateName = std::borrow::Cow<'static, str>;
+
 /// A mutable view of one named entry of a layer's state, in the order and
 /// with the names of PyTorch's `state_dict` (`weight`, `bias`,
 /// `running_mean`, `running_var`, `num_batches_tracked`).
@@ -109,7 +113,7 @@ pub trait Layer<T: Real>: Send + std::any::Any {
     }
 
     /// Parameters and buffers with their PyTorch names; empty by default.
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
         Vec::new()
     }
 
@@ -132,6 +136,13 @@ pub trait Layer<T: Real>: Send + std::any::Any {
     /// (population statistics, inspection); `None` for every other layer.
     fn as_batch_norm_mut(&mut self) -> Option<&mut BatchNorm<T>> {
         None
+    }
+
+    /// Every batch norm in this layer, for code that works on all of them
+    /// (population statistics): [`Layer::as_batch_norm_mut`]'s one, or
+    /// those of the layers a block holds.
+    fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm<T>> {
+        self.as_batch_norm_mut().into_iter().collect()
     }
 
     /// Which of this layer's `nn.Sequential` entries (see [`Layer::slots`])

@@ -3,6 +3,9 @@
 
 mod fusion;
 pub mod lenet;
+mod residual;
+
+pub use residual::Residual;
 
 pub use lenet::{
     bn_lenet, bn_lenet_scratch, build, build_config, lenet, ln_lenet, Activation, LeNetConfig, ModelKind, Norm,
@@ -76,6 +79,13 @@ impl<T: Real> Sequential<T> {
             built: false,
             no_grad: Tensor::default(),
         }
+    }
+
+    /// The model held under `prefix` instead of `net`: its state names
+    /// then read `prefix.0.weight`, ...
+    pub fn named(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.into();
+        self
     }
 
     /// Appends a layer (builder style); build the model again afterwards.
@@ -275,7 +285,7 @@ impl<T: Real> Sequential<T> {
             .zip(slots)
             .flat_map(|(l, slot)| {
                 l.state_mut().into_iter().map(move |(name, s)| {
-                    let (offset, name) = entry_offset(name);
+                    let (offset, name) = entry_offset(&name);
                     (format!("{prefix}.{}.{name}", slot + offset), s)
                 })
             })

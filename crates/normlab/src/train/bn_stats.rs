@@ -14,12 +14,11 @@ use crate::Result;
 /// Returns the number of BN layers updated.
 pub fn recompute_bn_stats(net: &mut Sequential<f32>, data: &Split, batch_size: usize) -> Result<usize> {
     let mut saved = Vec::new();
-    for layer in net.layers_mut() {
-        if let Some(bn) = layer.as_batch_norm_mut() {
-            saved.push(bn.config().momentum);
-            bn.reset_running_stats();
-            bn.set_momentum(Momentum::CumulativeAverage);
-        }
+    // every BN, those inside blocks (a residual block's) included
+    for bn in net.layers_mut().iter_mut().flat_map(|l| l.batch_norms_mut()) {
+        saved.push(bn.config().momentum);
+        bn.reset_running_stats();
+        bn.set_momentum(Momentum::CumulativeAverage);
     }
     if saved.is_empty() {
         return Ok(0);
@@ -40,7 +39,7 @@ pub fn recompute_bn_stats(net: &mut Sequential<f32>, data: &Split, batch_size: u
         }
     }
     net.set_mode(mode);
-    let bns = net.layers_mut().iter_mut().filter_map(|l| l.as_batch_norm_mut());
+    let bns = net.layers_mut().iter_mut().flat_map(|l| l.batch_norms_mut());
     for (bn, &momentum) in bns.zip(&saved) {
         bn.set_momentum(momentum);
     }

@@ -16,7 +16,7 @@
 
 use super::BatchNorm;
 use crate::kernels::activation::Activation;
-use crate::layers::{Layer, Mode, StateMut};
+use crate::layers::{Layer, Mode, StateMut, StateName};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -60,7 +60,7 @@ impl<T: Real, A: Activation<T> + 'static> Layer<T> for BnActivation<T, A> {
     fn grad_input(&self) -> &Tensor<T> {
         self.bn.grad_input()
     }
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
         self.bn.state_mut()
     }
     fn splits_work(&self, input_len: usize) -> bool {

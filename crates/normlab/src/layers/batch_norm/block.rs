@@ -24,7 +24,7 @@ use super::{BatchNorm, BnImpl, BnParts};
 use crate::kernels::avg_pool_2x2;
 use crate::kernels::batch_norm::{ChannelOut, ShiftedSums, PAR_MIN};
 use crate::kernels::sigmoid::{self, PooledPlane};
-use crate::layers::{check_forward_ran, check_grad, Layer, Mode, StateMut};
+use crate::layers::{check_forward_ran, check_grad, Layer, Mode, StateMut, StateName};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -250,7 +250,7 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
     fn grad_input(&self) -> &Tensor<T> {
         &self.dz
     }
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
         self.bn.state_mut()
     }
     fn as_batch_norm_mut(&mut self) -> Option<&mut BatchNorm<T>> {

@@ -20,7 +20,7 @@ use crate::kernels::batch_norm::ShiftedSums;
 use crate::kernels::conv::ConvGeometry;
 use crate::kernels::conv_bn_lanes::{self, DzOut};
 use crate::kernels::conv_lanes::IMAGES;
-use crate::layers::{check_forward_ran, check_grad, check_input, not_built, Conv2d, Layer, Mode, StateMut};
+use crate::layers::{check_forward_ran, check_grad, check_input, not_built, Conv2d, Layer, Mode, StateMut, StateName};
 use crate::real::{as_f32, as_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -196,16 +196,8 @@ impl<T: Real> ConvBnSigmoidPool<T> {
 
 /// Batch norm's state names, moved to the `nn.Sequential` entry after the
 /// convolution's (see [`Layer::slots`]).
-fn second_slot(name: &'static str) -> &'static str {
-    match name {
-        "weight" => "1.weight",
-        "bias" => "1.bias",
-        "running_mean" => "1.running_mean",
-        "running_var" => "1.running_var",
-        "num_batches_tracked" => "1.num_batches_tracked",
-        // BatchNorm::state_mut names its entries with the five names above only
-        other => unreachable!("batch norm has no state named {other}"),
-    }
+fn second_slot(name: StateName) -> StateName {
+    format!("1.{name}").into()
 }
 
 impl<T: Real> Layer<T> for ConvBnSigmoidPool<T> {
@@ -265,7 +257,7 @@ impl<T: Real> Layer<T> for ConvBnSigmoidPool<T> {
         true
     }
 
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
         let mut state = self.conv.state_mut();
         state.extend(self.block.state_mut().into_iter().map(|(name, s)| (second_slot(name), s)));
         state
@@ -309,12 +301,12 @@ mod tests {
         }
     }
 
-    fn state(s: &mut ConvBnSigmoidPool<f32>) -> Vec<(&'static str, Tensor<f32>)> {
+    fn state(s: &mut ConvBnSigmoidPool<f32>) -> Vec<(StateName, Tensor<f32>)> {
         let mut out = Vec::new();
         for (name, st) in s.state_mut() {
             match st {
                 StateMut::Param { value, grad } => {
-                    out.push((name, value.clone()));
+                    out.push((name.clone(), value.clone()));
                     out.push((name, grad.clone()));
                 }
                 StateMut::Buffer(b) => out.push((name, b.clone())),
@@ -361,7 +353,7 @@ mod tests {
 
     #[test]
     fn batch_norm_state_is_named_for_the_second_entry() {
-        let names: Vec<&str> = stage(true).state_mut().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<StateName> = stage(true).state_mut().into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,
             ["weight", "bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]

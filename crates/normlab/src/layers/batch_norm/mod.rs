@@ -49,7 +49,7 @@ pub(crate) use activation::BnActivation;
 pub(crate) use block::BnSigmoidPool;
 pub(crate) use conv_block::ConvBnSigmoidPool;
 
-use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut};
+use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, StateName};
 use crate::kernels::activation::{Activation, Identity};
 use crate::kernels::batch_norm::{stats_and_normalize, Affine, Epilogue};
 use crate::real::Real;
@@ -632,19 +632,19 @@ impl<T: Real> Layer<T> for BatchNorm<T> {
         Some(self)
     }
 
-    fn state_mut(&mut self) -> Vec<(&'static str, StateMut<'_, T>)> {
+    fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
         let mut s = Vec::new();
         if self.config.affine && self.config.learn_affine {
-            s.push(("weight", StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad }));
-            s.push(("bias", StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
+            s.push(("weight".into(), StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad }));
+            s.push(("bias".into(), StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
         } else if self.config.affine {
-            s.push(("weight", StateMut::Buffer(&mut self.weight)));
-            s.push(("bias", StateMut::Buffer(&mut self.bias)));
+            s.push(("weight".into(), StateMut::Buffer(&mut self.weight)));
+            s.push(("bias".into(), StateMut::Buffer(&mut self.bias)));
         }
         if self.config.track_running_stats {
-            s.push(("running_mean", StateMut::Buffer(&mut self.running_mean)));
-            s.push(("running_var", StateMut::Buffer(&mut self.running_var)));
-            s.push(("num_batches_tracked", StateMut::Count(&mut self.num_batches_tracked)));
+            s.push(("running_mean".into(), StateMut::Buffer(&mut self.running_mean)));
+            s.push(("running_var".into(), StateMut::Buffer(&mut self.running_var)));
+            s.push(("num_batches_tracked".into(), StateMut::Count(&mut self.num_batches_tracked)));
         }
         s
     }

@@ -1,0 +1,168 @@
+//! A residual block: the skip connection a [`Sequential`] cannot express,
+//! as one layer that holds two small models.
+//!
+//! ```text
+//! forward:   y = body(x) + shortcut(x)          (shortcut(x) = x when there is none)
+//! backward:  dx = body'(x)ᵀ·dy + shortcut'(x)ᵀ·dy  (= dy through an identity shortcut)
+//! ```
+//!
+//! ResNet's basic block is `Residual(conv-BN-ReLU-conv-BN, shortcut)`
+//! followed by a ReLU; where the block changes the shape (a stride of 2,
+//! more channels) the shortcut is a 1x1 convolution and BN. State names are
+//! those of a PyTorch module with attributes `body` and `shortcut`:
+//! `net.3.body.0.weight`, `net.3.shortcut.1.running_mean`.
+
+use std::borrow::Cow;
+
+use super::Sequential;
+use crate::layers::{BatchNorm, Layer, Mode, StateMut};
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// `y = body(x) + shortcut(x)`, the shortcut the identity when absent; see
+/// the module docs.
+///
+/// ```
+/// use normlab::layers::{BatchNorm, BatchNormConfig, Conv2d, Layer, ReLU};
+/// use normlab::models::{Residual, Sequential};
+/// use normlab::{rng, Tensor};
+/// let bn = || BatchNorm::new(BatchNormConfig::pytorch());
+/// let body = Sequential::new()
+///     .push(Conv2d::new(8, 3).padding(1).bias(false)).push(bn()).push(ReLU::new())
+///     .push(Conv2d::new(8, 3).padding(1).bias(false)).push(bn());
+/// let mut net = Sequential::<f32>::new().push(Residual::new(body)).push(ReLU::new());
+/// net.build(&[8, 6, 6], &mut rng::seeded(0)).unwrap();
+/// assert_eq!(net.forward(&Tensor::zeros(&[2, 8, 6, 6])).unwrap().shape(), &[2, 8, 6, 6]);
+/// assert_eq!(net.state_names()[0], "net.0.body.0.weight");
+/// ```
+pub struct Residual<T: Real = f32> {
+    body: Sequential<T>,
+    shortcut: Option<Sequential<T>>,
+    y: Tensor<T>,
+    dx: Tensor<T>,
+    /// The input shape of the last forward pass (`[0]` before any).
+    forward_shape: Vec<usize>,
+}
+
+impl<T: Real> Residual<T> {
+    /// `x + body(x)`: the body must keep the shape of its input.
+    pub fn new(body: Sequential<T>) -> Self {
+        Residual {
+            body: body.named("body"),
+            shortcut: None,
+            y: Tensor::default(),
+            dx: Tensor::default(),
+            forward_shape: vec![0],
+        }
+    }
+
+    /// `shortcut(x) + body(x)`, for a body that changes the shape (both
+    /// must give the same output shape).
+    pub fn with_shortcut(body: Sequential<T>, shortcut: Sequential<T>) -> Self {
+        Residual { shortcut: Some(shortcut.named("shortcut")), ..Residual::new(body) }
+    }
+
+    fn parts_mut(&mut self) -> impl Iterator<Item = &mut Sequential<T>> {
+        std::iter::once(&mut self.body).chain(self.shortcut.as_mut())
+    }
+}
+
+impl<T: Real> Layer<T> for Residual<T> {
+    fn kind(&self) -> String {
+        "Residual".into()
+    }
+
+    fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
+        let body = self.body.build(input, rng)?;
+        let other = match &mut self.shortcut {
+            Some(s) => s.build(input, rng)?,
+            None => input.to_vec(),
+        };
+        if body != other {
+            let what = if self.shortcut.is_some() { "the shortcut's" } else { "its input's (no shortcut)" };
+            return Err(Error::shape(
+                "Residual",
+                format!(
+                    "the body's output shape {body:?} differs from {what} {other:?}; \
+                     give a shortcut that matches (e.g. a 1x1 convolution with the body's stride and channels)"
+                ),
+            ));
+        }
+        // a layer with its own random stream (dropout) would be saved in no
+        // checkpoint from in here, and a resumed run would draw other masks
+        for part in self.parts_mut() {
+            if part.layers_mut().iter_mut().any(|l| l.rng_mut().is_some()) {
+                return Err(Error::config(
+                    "Residual",
+                    "dropout inside a residual block is not supported: put it after the block",
+                ));
+            }
+        }
+        for part in self.parts_mut() {
+            part.set_input_grad(true);
+        }
+        Ok(body)
+    }
+
+    fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
+        self.forward_shape = vec![0];
+        self.body.set_mode(mode);
+        let body = self.body.forward(x)?;
+        self.y.resize(body.shape());
+        self.y.data_mut().copy_from_slice(body.data());
+        let other = match &mut self.shortcut {
+            Some(s) => {
+                s.set_mode(mode);
+                s.forward(x)?
+            }
+            None => x,
+        };
+        self.y.data_mut().iter_mut().zip(other.data()).for_each(|(y, &o)| *y += o);
+        self.forward_shape = x.shape().to_vec();
+        Ok(&self.y)
+    }
+
+    fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
+        crate::layers::check_forward_ran("Residual", &self.forward_shape, x.shape())?;
+        crate::layers::check_grad("Residual", dy, self.y.shape())?;
+        self.body.backward(x, dy)?;
+        if let Some(s) = &mut self.shortcut {
+            s.backward(x, dy)?;
+        }
+        if need_dx {
+            self.dx.resize(x.shape());
+            let through = self.shortcut.as_ref().map_or(dy, |s| s.grad_input());
+            let (dx, body) = (self.dx.data_mut(), self.body.grad_input().data());
+            dx.iter_mut().zip(body).zip(through.data()).for_each(|((d, &b), &s)| *d = b + s);
+        }
+        Ok(&self.dx)
+    }
+
+    fn output(&self) -> &Tensor<T> {
+        &self.y
+    }
+
+    fn grad_input(&self) -> &Tensor<T> {
+        &self.dx
+    }
+
+    fn state_mut(&mut self) -> Vec<(Cow<'static, str>, StateMut<'_, T>)> {
+        let mut state = Vec::new();
+        for part in self.parts_mut() {
+            state.extend(part.state_mut().into_iter().map(|(name, s)| (Cow::Owned(name), s)));
+        }
+        state
+    }
+
+    fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm<T>> {
+        let mut all = Vec::new();
+        for part in self.parts_mut() {
+            for layer in part.layers_mut() {
+                all.extend(layer.batch_norms_mut());
+            }
+        }
+        all
+    }
+}
