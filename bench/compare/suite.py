@@ -28,6 +28,8 @@ import statistics
 import subprocess
 import sys
 
+from compare import cpu_model  # noqa: E402 (this directory is on sys.path when run as a script)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
@@ -47,17 +49,6 @@ def cpu_flags():
     except OSError:
         pass
     return set()
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def run(cmd, env_extra, path):
