@@ -520,7 +520,7 @@ fn bench_suite_times_each_network_against_the_measured_peak() {
     assert_eq!(v["isa"].as_str(), Some(normlab::isa::active().name()), "{v}");
     let suite = v["suite"].as_array().expect("a suite array");
     let names: Vec<&str> = suite.iter().filter_map(|t| t["network"].as_str()).collect();
-    assert_eq!(names, ["bn-lenet", "vgg-bn", "mlp-bn"]);
+    assert_eq!(names, ["bn-lenet", "vgg-bn", "resnet-bn", "mlp-bn"]);
     for t in suite {
         for k in ["step_ms", "examples_per_sec", "gflop_per_step", "gflops", "fraction_of_peak"] {
             let x = t[k].as_f64().unwrap_or(f64::NAN);
@@ -534,4 +534,6 @@ fn bench_suite_times_each_network_against_the_measured_peak() {
     // the VGG-style network does about 80 times the chapter's arithmetic per example
     let per_example = |i: usize| suite[i]["gflop_per_step"].as_f64().unwrap() / suite[i]["batch"].as_f64().unwrap();
     assert!((60.0..100.0).contains(&(per_example(1) / per_example(0))), "{v}");
+    // the ResNet-style one (3x32x32) about 40 times
+    assert!((30.0..50.0).contains(&(per_example(2) / per_example(0))), "{v}");
 }

@@ -10,6 +10,10 @@
 //!
 //! `x - mean` is taken before scaling, never `x·scale + shift`: for a channel
 //! with mean 1e4 and std 1e-2 the latter cancels away every significant digit.
+//! And the mean is held as two f32 terms ([`TwoTerm`], [`split_mean`]):
+//! rounded to one f32 (spacing 2^-10 at 1e4) it would move every centred
+//! value of that channel by up to 5e-4, 5% of a standard deviation, where
+//! `(x - hi) - lo` is exact to f32 rounding of the result.
 
 use rayon::prelude::*;
 
@@ -129,11 +133,44 @@ multiversion! {
     }
 }
 
-/// Batch norm's output map per channel, `h = (x - center)·scale + shift`.
+/// The mean of a channel as `hi + lo`: `hi` the f64 mean rounded to `T`,
+/// `lo` the rest rounded, kept only where it moves a normalized value by
+/// 2^-20 or more (`|lo|·inv_std ≥ 2^-20`). Below that it is within the
+/// rounding of the result, and a zero `lo` leaves the arithmetic of
+/// well-conditioned channels bitwise what it was with one term (`(x - hi) -
+/// 0` is `x - hi`).
+pub fn split_mean<T: Real>(mean: f64, inv_std: f64) -> (T, T) {
+    let hi = T::from_f64(mean);
+    let lo = mean - hi.as_f64();
+    if (lo * inv_std).abs() >= 1.0 / (1u64 << 20) as f64 {
+        (hi, T::from_f64(lo))
+    } else {
+        (hi, T::zero())
+    }
+}
+
+/// Per-channel values held as two terms, `hi + lo` (see [`split_mean`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TwoTerm<'a, T> {
+    /// The values rounded.
+    pub hi: &'a [T],
+    /// What rounding lost (or 0), as long as `hi`.
+    pub lo: &'a [T],
+}
+
+impl<T: Real> TwoTerm<'_, T> {
+    /// Channel `ch`'s `(hi, lo)`.
+    #[inline(always)]
+    pub fn at(&self, ch: usize) -> (T, T) {
+        (self.hi[ch], self.lo[ch])
+    }
+}
+
+/// Batch norm's output map per channel, `h = ((x - center) - center_lo)·scale + shift`.
 #[derive(Clone, Copy, Debug)]
 pub struct Affine<'a, T> {
-    /// What is subtracted: the mean (0 when only scaling).
-    pub center: &'a [T],
+    /// What is subtracted: the mean (0 when only scaling), in two terms.
+    pub center: TwoTerm<'a, T>,
     /// `gamma / sqrt(var + eps)` (gamma when only centring).
     pub scale: &'a [T],
     /// beta.
@@ -141,10 +178,10 @@ pub struct Affine<'a, T> {
 }
 
 impl<T: Real> Affine<'_, T> {
-    /// Channel `ch`'s `(center, scale, shift)`.
+    /// Channel `ch`'s `((center, center_lo), scale, shift)`.
     #[inline(always)]
-    pub fn at(&self, ch: usize) -> (T, T, T) {
-        (self.center[ch], self.scale[ch], self.shift[ch])
+    pub fn at(&self, ch: usize) -> ((T, T), T, T) {
+        (self.center.at(ch), self.scale[ch], self.shift[ch])
     }
 }
 
@@ -163,7 +200,8 @@ pub struct Epilogue<'a, T, A> {
 impl<T: Real> Epilogue<'static, T, Identity> {
     /// Plain batch norm: `dy` is the gradient at its output.
     pub fn none() -> Self {
-        Epilogue { affine: Affine { center: &[], scale: &[], shift: &[] }, act: Identity }
+        let center = TwoTerm { hi: &[], lo: &[] };
+        Epilogue { affine: Affine { center, scale: &[], shift: &[] }, act: Identity }
     }
 }
 
@@ -175,10 +213,10 @@ impl<T: Real, A: Activation<T>> Epilogue<'_, T, A> {
         if A::IDENTITY {
             return dy;
         }
-        let (c, sc, sh) = self.affine.at(ch);
+        let ((c, c_lo), sc, sh) = self.affine.at(ch);
         let out = &mut scratch[..dy.len()];
         for ((o, &v), &g) in out.iter_mut().zip(x).zip(dy) {
-            *o = self.act.grad((v - c) * sc + sh, g);
+            *o = self.act.grad(((v - c) - c_lo) * sc + sh, g);
         }
         out
     }
@@ -189,26 +227,27 @@ impl<T: Real, A: Activation<T>> Epilogue<'_, T, A> {
         if A::IDENTITY {
             return dy;
         }
-        let (c, sc, sh) = self.affine.at(ch);
-        self.act.grad((x - c) * sc + sh, dy)
+        let ((c, c_lo), sc, sh) = self.affine.at(ch);
+        self.act.grad(((x - c) - c_lo) * sc + sh, dy)
     }
 }
 
 multiversion! {
-    /// `y = act((x - center[c])·scale[c] + shift[c])`.
+    /// `y = act(((x - center[c]) - center_lo[c])·scale[c] + shift[c])`.
     pub fn normalize<T: Real, A: Activation<T>>(x: &[T], y: &mut [T], c: usize, s: usize, affine: Affine<'_, T>, act: A) {
         if s == 1 {
             for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                 for i in 0..c {
-                    yr[i] = act.value((xr[i] - affine.center[i]) * affine.scale[i] + affine.shift[i]);
+                    let ((c, c_lo), sc, sh) = affine.at(i);
+                    yr[i] = act.value(((xr[i] - c) - c_lo) * sc + sh);
                 }
             }
             return;
         }
         let plane = |(idx, (yp, xp)): (usize, (&mut [T], &[T]))| {
-            let (mu, sc, sh) = affine.at(idx % c);
+            let ((mu, mu_lo), sc, sh) = affine.at(idx % c);
             for (o, &v) in yp.iter_mut().zip(xp) {
-                *o = act.value((v - mu) * sc + sh);
+                *o = act.value(((v - mu) - mu_lo) * sc + sh);
             }
         };
         if y.len() >= PAR_MIN {
@@ -222,7 +261,7 @@ multiversion! {
 multiversion! {
     /// Per channel: `(Σ dh, Σ dh·(x - mean))`, in f64, where `dh` is `dy`
     /// or what `ep` makes of it.
-    pub fn backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: (usize, usize, usize), mean: &[T], ep: Epilogue<'_, T, A>) -> (Vec<f64>, Vec<f64>) {
+    pub fn backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: (usize, usize, usize), mean: TwoTerm<'_, T>, ep: Epilogue<'_, T, A>) -> (Vec<f64>, Vec<f64>) {
         let (_, c, s) = ncs;
         if s == 1 {
             let (mut sdy, mut sdyx) = (vec![0.0f64; c], vec![0.0f64; c]);
@@ -230,12 +269,12 @@ multiversion! {
                 for i in 0..c {
                     let g = ep.dh_at(xr[i], gr[i], i).as_f64();
                     sdy[i] += g;
-                    sdyx[i] += g * (xr[i] - mean[i]).as_f64();
+                    sdyx[i] += g * ((xr[i] - mean.hi[i]).as_f64() - mean.lo[i].as_f64());
                 }
             }
             return (sdy, sdyx);
         }
-        per_channel(c, x.len(), |ch| channel_backward_sums(x, dy, ncs, ch, mean[ch], ep)).into_iter().unzip()
+        per_channel(c, x.len(), |ch| channel_backward_sums(x, dy, ncs, ch, mean.at(ch), ep)).into_iter().unzip()
     }
 }
 
@@ -257,7 +296,7 @@ multiversion! {
         dy: &[T],
         dx: &mut [T],
         ncs: (usize, usize, usize),
-        mean: &[T],
+        mean: TwoTerm<'_, T>,
         coefs: GradCoefs<'_, T>,
         ep: Epilogue<'_, T, A>,
     ) {
@@ -266,7 +305,7 @@ multiversion! {
         if s == 1 {
             for ((dr, xr), gr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
                 for i in 0..c {
-                    dr[i] = a[i] * ep.dh_at(xr[i], gr[i], i) + b[i] * (xr[i] - mean[i]) + k[i];
+                    dr[i] = a[i] * ep.dh_at(xr[i], gr[i], i) + b[i] * ((xr[i] - mean.hi[i]) - mean.lo[i]) + k[i];
                 }
             }
             return;
@@ -275,10 +314,10 @@ multiversion! {
         type Plane<'a, T> = (usize, (&'a mut [T], (&'a [T], &'a [T])));
         let plane = |scratch: &mut Vec<T>, (idx, (dp, (xp, gp))): Plane<'_, T>| {
             let ch = idx % c;
-            let (mu, a, b, k) = (mean[ch], a[ch], b[ch], k[ch]);
+            let ((mu, mu_lo), a, b, k) = (mean.at(ch), a[ch], b[ch], k[ch]);
             let gp = ep.dh(xp, gp, ch, scratch);
             for ((o, &v), &g) in dp.iter_mut().zip(xp).zip(gp) {
-                *o = a * g + b * (v - mu) + k;
+                *o = a * g + b * ((v - mu) - mu_lo) + k;
             }
         };
         let scratch = || vec![T::zero(); if A::IDENTITY { 0 } else { s }];
@@ -351,18 +390,21 @@ pub fn stats_and_normalize<T: Real, A: Activation<T>>(
     let out = ChannelOut::new(y);
     per_channel(c, x.len(), |ch| {
         let (mean, var) = channel_mean_var(x, (n, c, s), ch);
-        let (mu, scale, shift) = (T::from_f64(mean), gamma[ch] * T::from_f64(1.0 / (var + eps).sqrt()), beta[ch]);
+        let inv_std = 1.0 / (var + eps).sqrt();
+        let ((mu, mu_lo), scale, shift) = (split_mean::<T>(mean, inv_std), gamma[ch] * T::from_f64(inv_std), beta[ch]);
         let stream = stream::applies::<T>(std::mem::size_of_val(x));
         for r in (0..n).map(|i| (i * c + ch) * s) {
             // SAFETY: run r belongs to channel ch alone and lies inside y (asserted sizes)
             let yr = unsafe { out.run(r, s) };
+            // the streaming sweep subtracts one term
             if A::IDENTITY
                 && stream
+                && mu_lo == T::zero()
                 && stream::affine(as_f32(&x[r..r + s]), as_f32_mut(yr), (mu, scale, shift).map_f32())
             {
                 continue;
             }
-            affine_run(&x[r..r + s], yr, (mu, scale, shift), act);
+            affine_run(&x[r..r + s], yr, ((mu, mu_lo), scale, shift), act);
         }
         stream::fence(stream);
         (mean, var)
@@ -380,16 +422,16 @@ pub fn backward_fused<T: Real, A: Activation<T>>(
     (x, dy): (&[T], &[T]),
     dx: &mut [T],
     (n, c, s): (usize, usize, usize),
-    mean: &[T],
+    mean: TwoTerm<'_, T>,
     ep: Epilogue<'_, T, A>,
     coef: impl Fn(usize, f64, f64) -> (T, T, T) + Sync + Send,
 ) -> (Vec<f64>, Vec<f64>) {
     assert!(x.len() == n * c * s && dy.len() == x.len() && dx.len() == x.len() && s > 1, "backward_fused: shapes");
     let out = ChannelOut::new(dx);
     per_channel(c, x.len(), |ch| {
-        let (sdy, sdyx) = channel_backward_sums(x, dy, (n, c, s), ch, mean[ch], ep);
+        let (sdy, sdyx) = channel_backward_sums(x, dy, (n, c, s), ch, mean.at(ch), ep);
         let (a, b, k) = coef(ch, sdy, sdyx);
-        channel_backward_apply(x, dy, &out, (n, c, s), (ch, mean[ch]), (a, b, k), ep);
+        channel_backward_apply(x, dy, &out, (n, c, s), (ch, mean.at(ch)), (a, b, k), ep);
         (sdy, sdyx)
     })
     .into_iter()
@@ -397,11 +439,11 @@ pub fn backward_fused<T: Real, A: Activation<T>>(
 }
 
 multiversion! {
-    /// `y = act((x - mu)·scale + shift)` over one run.
-    fn affine_run<T: Real, A: Activation<T>>(x: &[T], y: &mut [T], coef: (T, T, T), act: A) {
-        let (mu, scale, shift) = coef;
+    /// `y = act(((x - mu) - mu_lo)·scale + shift)` over one run.
+    fn affine_run<T: Real, A: Activation<T>>(x: &[T], y: &mut [T], coef: ((T, T), T, T), act: A) {
+        let ((mu, mu_lo), scale, shift) = coef;
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = act.value((v - mu) * scale + shift);
+            *o = act.value(((v - mu) - mu_lo) * scale + shift);
         }
     }
 }
@@ -409,9 +451,10 @@ multiversion! {
 multiversion! {
     /// `(Σ dh, Σ dh·(x - mu))` over channel `ch` (`dh` as `ep` says).
     #[inline]
-    fn channel_backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: (usize, usize, usize), ch: usize, mu: T, ep: Epilogue<'_, T, A>) -> (f64, f64) {
+    fn channel_backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: (usize, usize, usize), ch: usize, mu: (T, T), ep: Epilogue<'_, T, A>) -> (f64, f64) {
         let (n, c, s) = ncs;
-        let muv = F64x8::splat(mu.as_f64());
+        // hi + lo in f64 (exactly hi where lo is 0)
+        let muv = F64x8::splat(mu.0.as_f64() + mu.1.as_f64());
         let run = |i: usize| (i * c + ch) * s..(i * c + ch + 1) * s;
         let prefetch = std::mem::size_of_val(x) >= super::PREFETCH_MIN_BYTES;
         let (mut sdy, mut sdyx) = (0.0, 0.0);
@@ -439,11 +482,11 @@ multiversion! {
         dy: &[T],
         out: &ChannelOut<'_, T>,
         ncs: (usize, usize, usize),
-        channel: (usize, T),
+        channel: (usize, (T, T)),
         abk: (T, T, T),
         ep: Epilogue<'_, T, A>,
     ) {
-        let ((n, c, s), (ch, mu), (a, b, k)) = (ncs, channel, abk);
+        let ((n, c, s), (ch, (mu, mu_lo)), (a, b, k)) = (ncs, channel, abk);
         let mut scratch = vec![T::zero(); if A::IDENTITY { 0 } else { s }];
         // Backwards: a channel of a large tensor (1.6 MB of x and dy at
         // (64,64,56,56)) does not fit in L2, and a forward second pass would
@@ -455,11 +498,15 @@ multiversion! {
             let dr = unsafe { out.run(r, s) };
             let xr = &x[r..r + s];
             let dyr = ep.dh(xr, &dy[r..r + s], ch, &mut scratch);
-            if stream && stream::bn_gradient(as_f32(xr), as_f32(dyr), as_f32_mut(dr), (a, b, k, mu).map_f32()) {
+            // the streaming sweep subtracts one term
+            if stream
+                && mu_lo == T::zero()
+                && stream::bn_gradient(as_f32(xr), as_f32(dyr), as_f32_mut(dr), (a, b, k, mu).map_f32())
+            {
                 continue;
             }
             for ((o, &v), &g) in dr.iter_mut().zip(xr).zip(dyr) {
-                *o = a * g + b * (v - mu) + k;
+                *o = a * g + b * ((v - mu) - mu_lo) + k;
             }
         }
         stream::fence(stream);
@@ -487,22 +534,24 @@ mod tests {
             let (gamma, beta) = ([1.5f32, 0.5], [0.25f32, -1.0]);
             let mut y = AlignedVec::from_elem(f32::NAN, len);
             let (mean, var) = stats_and_normalize(x, y.as_mut_slice(), (n, c, s), (&gamma, &beta), 1e-5, Identity);
-            let mu: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+            let (mu, mu_lo): (Vec<f32>, Vec<f32>) =
+                mean.iter().zip(&var).map(|(&m, &v)| split_mean::<f32>(m, 1.0 / (v + 1e-5).sqrt())).unzip();
+            let mean2 = TwoTerm { hi: &mu, lo: &mu_lo };
             let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * (1.0 / (var[ch] + 1e-5).sqrt()) as f32).collect();
             let mut want = vec![f32::NAN; len];
-            normalize(x, &mut want, c, s, Affine { center: &mu, scale: &scale, shift: &beta }, Identity);
+            normalize(x, &mut want, c, s, Affine { center: mean2, scale: &scale, shift: &beta }, Identity);
             assert!(y.as_slice().iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "forward, runs of {s}");
 
             let coef = |ch: usize, sum_dy: f64, sum_dyx: f64| {
                 (0.5 + ch as f32, (sum_dyx * 1e-7) as f32, (sum_dy * 1e-7) as f32)
             };
             let mut dx = AlignedVec::from_elem(f32::NAN, len);
-            let (sdy, sdyx) = backward_fused((x, dy), dx.as_mut_slice(), (n, c, s), &mu, Epilogue::none(), coef);
+            let (sdy, sdyx) = backward_fused((x, dy), dx.as_mut_slice(), (n, c, s), mean2, Epilogue::none(), coef);
             let coefs: Vec<(f32, f32, f32)> = (0..c).map(|ch| coef(ch, sdy[ch], sdyx[ch])).collect();
             let part = |f: fn(&(f32, f32, f32)) -> f32| coefs.iter().map(f).collect::<Vec<f32>>();
             let (a, b, k) = (part(|t| t.0), part(|t| t.1), part(|t| t.2));
             let mut want = vec![f32::NAN; len];
-            backward_apply(x, dy, &mut want, (n, c, s), &mu, GradCoefs { a: &a, b: &b, k: &k }, Epilogue::none());
+            backward_apply(x, dy, &mut want, (n, c, s), mean2, GradCoefs { a: &a, b: &b, k: &k }, Epilogue::none());
             assert!(dx.as_slice().iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "backward, runs of {s}");
         }
     }

@@ -16,14 +16,16 @@ use crate::kernels::activation::Activation;
 use crate::kernels::batch_norm as k;
 use crate::real::Real;
 
-/// Per-channel values kept from the forward pass.
+/// Per-channel values kept from the forward pass: the mean and the value
+/// subtracted (the mean, or 0 when only scaling) in two terms each (see
+/// `kernels::batch_norm::split_mean`).
 pub(super) struct Saved<'a, T> {
-    pub mean: &'a [T],
-    pub center: &'a [T],
+    pub mean: k::TwoTerm<'a, T>,
+    pub center: k::TwoTerm<'a, T>,
     pub inv_std: &'a [T],
 }
 
-/// `y = act((x - center)·scale + beta)`, `scale = gamma·inv_std`.
+/// `y = act(((x - center) - center_lo)·scale + beta)`, `scale = gamma·inv_std`.
 pub(super) fn forward<T: Real, A: Activation<T>>(
     x: &[T],
     (c, s): (usize, usize),
@@ -58,7 +60,8 @@ pub(super) fn backward<T: Real, A: Activation<T>>(
     // the coefficients of dx = a·dy + b·(x - mean) + k from a channel's sums
     let coef = |ch: usize, sum_dy: f64, sum_dy_xmu: f64| -> (T, T, T, f64) {
         // Σ dy·(x - c) = Σ dy·(x - mean) + (mean - c)·Σ dy
-        let sum_dy_xc = sum_dy_xmu + (saved.mean[ch] - saved.center[ch]).as_f64() * sum_dy;
+        let ((m_hi, m_lo), (c_hi, c_lo)) = (saved.mean.at(ch), saved.center.at(ch));
+        let sum_dy_xc = sum_dy_xmu + ((m_hi - c_hi).as_f64() + (m_lo - c_lo).as_f64()) * sum_dy;
         let a = gamma[ch] * saved.inv_std[ch];
         let (af, is) = (a.as_f64(), saved.inv_std[ch].as_f64());
         let (b, k) = match batch_parts {

@@ -51,7 +51,7 @@ pub(crate) use conv_block::ConvBnSigmoidPool;
 
 use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, StateName};
 use crate::kernels::activation::{Activation, Identity};
-use crate::kernels::batch_norm::{stats_and_normalize, Affine, Epilogue};
+use crate::kernels::batch_norm::{split_mean, stats_and_normalize, Affine, Epilogue, TwoTerm};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -221,9 +221,12 @@ pub enum BnImpl {
 struct Saved<T> {
     /// The statistics' mean, the value subtracted (the mean, or 0 when only
     /// scaling) and the factor applied (`1/sqrt(var + eps)`, or 1 when only
-    /// centring), per channel.
+    /// centring), per channel; the mean and the value subtracted carry a
+    /// second term, what rounding them lost (`kernels::batch_norm::split_mean`).
     mean: Vec<T>,
+    mean_lo: Vec<T>,
     center: Vec<T>,
+    center_lo: Vec<T>,
     inv_std: Vec<T>,
     /// Whether the statistics came from the batch (so they depend on x).
     batch_stats: bool,
@@ -232,6 +235,17 @@ struct Saved<T> {
     /// The shape of the input these values came from (`[0]` before any
     /// forward pass).
     shape: Vec<usize>,
+}
+
+impl<T: Real> Saved<T> {
+    /// The view the fused implementation reads.
+    fn fused(&self) -> fused::Saved<'_, T> {
+        fused::Saved {
+            mean: TwoTerm { hi: &self.mean, lo: &self.mean_lo },
+            center: TwoTerm { hi: &self.center, lo: &self.center_lo },
+            inv_std: &self.inv_std,
+        }
+    }
 }
 
 /// Batch normalization over dimension 1 of an `(N, C, *)` input, as
@@ -274,7 +288,9 @@ impl<T: Real> BatchNorm<T> {
             num_batches_tracked: 0,
             saved: Saved {
                 mean: Vec::new(),
+                mean_lo: Vec::new(),
                 center: Vec::new(),
+                center_lo: Vec::new(),
                 inv_std: Vec::new(),
                 batch_stats: false,
                 x_hat: Vec::new(),
@@ -476,18 +492,21 @@ impl<T: Real> BatchNorm<T> {
         let parts = self.config.parts;
         self.saved.shape = shape.to_vec();
         self.saved.batch_stats = batch_stats;
-        self.saved.mean = mean.iter().map(|&m| T::from_f64(m)).collect();
-        self.saved.center = match parts {
-            BnParts::ScaleOnly => vec![T::zero(); c],
-            _ => self.saved.mean.clone(),
-        };
-        self.saved.inv_std = var
+        let inv_std: Vec<f64> = var
             .iter()
             .map(|&v| match parts {
-                BnParts::CenterOnly => T::one(),
-                _ => T::from_f64(1.0 / (v + eps).sqrt()),
+                BnParts::CenterOnly => 1.0,
+                _ => 1.0 / (v + eps).sqrt(),
             })
             .collect();
+        // the split stats_and_normalize makes: the same hi and lo
+        (self.saved.mean, self.saved.mean_lo) =
+            mean.iter().zip(&inv_std).map(|(&m, &is)| split_mean::<T>(m, is)).unzip();
+        (self.saved.center, self.saved.center_lo) = match parts {
+            BnParts::ScaleOnly => (vec![T::zero(); c], vec![T::zero(); c]),
+            _ => (self.saved.mean.clone(), self.saved.mean_lo.clone()),
+        };
+        self.saved.inv_std = inv_std.iter().map(|&is| T::from_f64(is)).collect();
         Ok(normalized)
     }
 
@@ -504,13 +523,13 @@ impl<T: Real> BatchNorm<T> {
         match self.imp {
             BnImpl::Scratch => {
                 let saved = &mut self.saved;
-                let coefs = scratch::Coefs { mean: &saved.mean, inv_std: &saved.inv_std, gamma: &gamma, beta: &beta };
+                let mean = TwoTerm { hi: &saved.mean, lo: &saved.mean_lo };
+                let coefs = scratch::Coefs { mean, inv_std: &saved.inv_std, gamma: &gamma, beta: &beta };
                 scratch::forward(x.data(), (n, c, s), coefs, &mut saved.x_hat, self.y.data_mut());
             }
             BnImpl::Fused => {
                 let sv = &self.saved;
-                let saved = fused::Saved { mean: &sv.mean, center: &sv.center, inv_std: &sv.inv_std };
-                fused::forward(x.data(), (c, s), &saved, (&gamma, &beta), act, self.y.data_mut())
+                fused::forward(x.data(), (c, s), &sv.fused(), (&gamma, &beta), act, self.y.data_mut())
             }
         }
         Ok(&self.y)
@@ -542,11 +561,11 @@ impl<T: Real> BatchNorm<T> {
                 let sv = &self.saved;
                 let dx = need_dx.then_some(self.dx.data_mut());
                 let scale = fused::scale(&gamma, &sv.inv_std);
-                let affine = Affine { center: &sv.center, scale: &scale, shift: &beta };
+                let affine = Affine { center: sv.fused().center, scale: &scale, shift: &beta };
                 fused::backward(
                     (x.data(), dy.data()),
                     (n, c, s),
-                    fused::Saved { mean: &sv.mean, center: &sv.center, inv_std: &sv.inv_std },
+                    sv.fused(),
                     sv.batch_stats.then_some(self.config.parts),
                     &gamma,
                     Epilogue { affine, act },

@@ -46,6 +46,7 @@
 //! `BatchNorm::update_running_stats` (`mod.rs`); the functions here compute
 //! the rest, with `inv_std_c = 1 / sqrt(var_c + eps)` passed in.
 
+use crate::kernels::batch_norm::TwoTerm;
 use crate::real::Real;
 
 /// `(mean_c, var_c)` of every channel of `x`, viewed as `(n, c, s)`: the
@@ -75,15 +76,18 @@ pub(super) fn batch_stats<T: Real>(x: &[T], (n, c, s): (usize, usize, usize)) ->
 }
 
 /// The per-channel values the forward pass applies (`mean_c`,
-/// `inv_std_c = 1 / sqrt(var_c + eps)`, `gamma_c`, `beta_c`), each `C` long.
+/// `inv_std_c = 1 / sqrt(var_c + eps)`, `gamma_c`, `beta_c`), each `C` long;
+/// the mean in two terms, `hi + lo`, so that `x - mean_c` is exact to the
+/// rounding of the result even when the mean is far larger than the spread
+/// (see `kernels::batch_norm::split_mean`).
 pub(super) struct Coefs<'a, T> {
-    pub mean: &'a [T],
+    pub mean: TwoTerm<'a, T>,
     pub inv_std: &'a [T],
     pub gamma: &'a [T],
     pub beta: &'a [T],
 }
 
-/// `x_hat = (x - mean_c) · inv_std_c` into `x_hat` (resized to `x`'s
+/// `x_hat = ((x - mean_hi_c) - mean_lo_c) · inv_std_c` into `x_hat` (resized to `x`'s
 /// length, kept for the backward pass) and `y = gamma_c · x_hat + beta_c`
 /// into `y`, for `x` viewed as `(n, c, s)`.
 pub(super) fn forward<T: Real>(
@@ -98,7 +102,7 @@ pub(super) fn forward<T: Real>(
         for ch in 0..c {
             for k in 0..s {
                 let j = (i * c + ch) * s + k;
-                x_hat[j] = (x[j] - coefs.mean[ch]) * coefs.inv_std[ch];
+                x_hat[j] = ((x[j] - coefs.mean.hi[ch]) - coefs.mean.lo[ch]) * coefs.inv_std[ch];
                 y[j] = coefs.gamma[ch] * x_hat[j] + coefs.beta[ch];
             }
         }
