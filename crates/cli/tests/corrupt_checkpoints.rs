@@ -308,7 +308,7 @@ fn checkpoint_with_impossible_values_names_the_tensor() {
 }
 
 #[test]
-fn weights_that_overflow_are_refused_by_eval_and_predict() {
+fn weights_that_overflow_are_refused_by_eval_predict_and_recompute_stats() {
     // finite weights of 3e38: every check on load passes, the outputs overflow
     let mut c = Ckpt::read(&trained().bn);
     let weights: Vec<String> = c.tensors.keys().filter(|n| n.ends_with(".weight")).cloned().collect();
@@ -330,6 +330,11 @@ fn weights_that_overflow_are_refused_by_eval_and_predict() {
     let img = dir.path().join("x.png");
     common::runs::test_images(1)[0].0.save(&img).unwrap();
     normlab(&["predict", "--checkpoint", s(&ck), s(&img)]).user_error(&["huge.safetensors", "overflow"]);
+    // recompute-stats neither prints NaN losses nor writes a model
+    let out = dir.path().join("precise.safetensors");
+    normlab(&["recompute-stats", "--checkpoint", s(&ck), "--data-dir", s(&sub), "--out", s(&out)])
+        .user_error(&["huge.safetensors", "overflow"]);
+    assert!(!out.exists(), "no model written");
     // inspect shows the values as they are
     normlab(&["inspect", "--checkpoint", s(&ck)]).ok();
 }

@@ -150,8 +150,11 @@ pub fn run(args: RecomputeArgs) -> Result<()> {
     let fm = crate::locate::load(&args.data.source(!args.json && super::stderr_is_terminal()))?;
     check_enough_images(&fm)?;
     let before = train::evaluate(&mut net, &fm.test, args.batch_size, None)?;
+    // a model whose outputs overflow gets no new file and no NaN printed
+    super::refuse_non_finite(&args.checkpoint, "its test loss", before.loss)?;
     let layers = train::recompute_bn_stats(&mut net, &fm.train, args.batch_size)?;
     let after = train::evaluate(&mut net, &fm.test, args.batch_size, None)?;
+    super::refuse_non_finite(&args.checkpoint, "its test loss with the recomputed statistics", after.loss)?;
     let mut extra: Vec<(&str, String)> = Vec::new();
     if let Some(e) = info.metadata.get("epoch") {
         extra.push(("epoch", e.clone()));
