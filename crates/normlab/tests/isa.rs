@@ -9,8 +9,8 @@
 
 use normlab::isa::{self, Isa};
 use normlab::layers::{
-    BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, LeakyReLU, Mode, ReLU, SiLU, Sigmoid, StateMut, Tanh,
-    GELU,
+    BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, LeakyReLU, MaxPool2d, Mode, ReLU, SiLU, Sigmoid,
+    StateMut, Tanh, GELU,
 };
 use normlab::loss::CrossEntropy;
 use normlab::models;
@@ -57,6 +57,7 @@ fn same_code_layers() -> Vec<(String, Vec<Vec<u32>>)> {
         ("bn scratch", bn(BnImpl::Scratch), vec![8, 6, 10, 10]),
         ("layer norm", Box::new(LayerNorm::new(&[50])), vec![4, 50]),
         ("conv 3x3", Box::new(Conv2d::new(5, 3)), vec![4, 3, 12, 12]),
+        ("max pool 2x2", Box::new(MaxPool2d::new(2, 2)), vec![4, 3, 9, 10]),
     ];
     cases.into_iter().map(|(name, layer, shape)| (name.to_string(), run_layer(layer, &shape))).collect()
 }

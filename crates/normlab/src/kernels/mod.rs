@@ -132,6 +132,44 @@ pub fn avg_pool_2x2<T: Real>(x: &[T], w: usize, y: &mut [T]) {
     }
 }
 
+/// `a` replaced by `b` as a running maximum: `b > a`, or `b` NaN where `a`
+/// is not (a NaN wins, as in PyTorch, so it is not hidden).
+#[inline(always)]
+fn takes_over<T: Real>(b: T, a: T) -> bool {
+    b > a || (b.is_nan() && !a.is_nan())
+}
+
+multiversion! {
+    /// 2x2 max pooling with stride 2 of one `h×w` plane into `y` (`⌊h/2⌋ ×
+    /// ⌊w/2⌋`), with the index within the plane of each maximum in `arg`.
+    /// The window is scanned in the order of the general loop (row by row,
+    /// a later value taking over only when [`takes_over`]), so values and
+    /// indices are those of `MaxPool2d`'s loop for any window, ties and
+    /// NaNs included; straight-line code the compiler turns into vector
+    /// selects (the general loop ran at 1.4 ns per input value).
+    pub fn max_pool_2x2<T: Real>(x: &[T], hw: (usize, usize), y: &mut [T], arg: &mut [u32]) {
+        let (h, w) = hw;
+        let (ho, wo) = (h / 2, w / 2);
+        for oh in 0..ho {
+            let (r0, r1) = (&x[2 * oh * w..][..w], &x[(2 * oh + 1) * w..][..w]);
+            let (y_row, a_row) = (&mut y[oh * wo..][..wo], &mut arg[oh * wo..][..wo]);
+            let base = (2 * oh * w) as u32;
+            for ow in 0..wo {
+                let j = 2 * ow;
+                let (mut best, mut at) = (r0[j], base + j as u32);
+                for (v, idx) in [(r0[j + 1], base + j as u32 + 1), (r1[j], base + (w + j) as u32), (r1[j + 1], base + (w + j) as u32 + 1)] {
+                    if takes_over(v, best) {
+                        best = v;
+                        at = idx;
+                    }
+                }
+                y_row[ow] = best;
+                a_row[ow] = at;
+            }
+        }
+    }
+}
+
 /// `dst += src` for short rows (LeNet's are 8 to 24 long): eight at a time
 /// in fixed-size blocks, because the compiler's own vector loop only starts
 /// at 32 elements and would leave such rows to a scalar loop.

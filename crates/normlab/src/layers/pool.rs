@@ -204,6 +204,11 @@ impl<T: Real> Layer<T> for MaxPool2d<T> {
             .zip(self.argmax.par_chunks_mut(ho * wo))
             .zip(x.data().par_chunks(h * w))
             .for_each(|((out, arg), plane)| {
+                if k == 2 && s == 2 {
+                    // the common 2x2 stride 2: the same scan, vectorized
+                    crate::kernels::max_pool_2x2(plane, (h, w), out, arg);
+                    return;
+                }
                 for oh in 0..ho {
                     for ow in 0..wo {
                         let mut best = (oh * s) * w + ow * s;
@@ -250,5 +255,42 @@ impl<T: Real> Layer<T> for MaxPool2d<T> {
     }
     fn grad_input(&self) -> &Tensor<T> {
         &self.dx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 2x2 stride-2 kernel picks the value and position the general
+    /// scan picks (first maximum in row order, a NaN winning), on planes
+    /// full of ties and NaNs, of even and odd sizes.
+    #[test]
+    fn max_pool_2x2_is_the_general_scan() {
+        for (h, w) in [(4, 4), (5, 7), (28, 28), (2, 3)] {
+            let n = 3 * h * w;
+            // few distinct values: many ties; a NaN every 11 values
+            let x: Vec<f32> = (0..n).map(|i| if i % 11 == 5 { f32::NAN } else { ((i * 7) % 5) as f32 }).collect();
+            let x = Tensor::from_vec(&[1, 3, h, w], x).unwrap();
+            let mut pool = MaxPool2d::<f32>::new(2, 2);
+            pool.build(&[3, h, w], &mut crate::rng::seeded(0)).unwrap();
+            let y = pool.forward(&x, Mode::Train).unwrap().data().to_vec();
+            let (ho, wo) = (h / 2, w / 2);
+            for p in 0..3 {
+                let plane = &x.data()[p * h * w..][..h * w];
+                for o in 0..ho * wo {
+                    let (oh, ow) = (o / wo, o % wo);
+                    let mut best = 2 * oh * w + 2 * ow;
+                    for idx in [best, best + 1, best + w, best + w + 1] {
+                        if plane[idx] > plane[best] || plane[idx].is_nan() && !plane[best].is_nan() {
+                            best = idx;
+                        }
+                    }
+                    let (got, want) = (y[p * ho * wo + o], plane[best]);
+                    assert!(got.to_bits() == want.to_bits(), "({h},{w}) plane {p} output {o}: {got} vs {want}");
+                    assert_eq!(pool.argmax[p * ho * wo + o] as usize, best, "({h},{w}) plane {p} output {o}");
+                }
+            }
+        }
     }
 }
