@@ -420,18 +420,13 @@ fn an_endless_or_oversized_download_stops_at_the_expected_size() {
     assert!(files_in(dir.path()).is_empty(), "left behind: {:?}", files_in(dir.path()));
 }
 
-/// Not a test on its own: the child process that `a_killed_download_*`
-/// starts (this test binary, with the mirror and directory in the
-/// environment) and kills midway.
-#[test]
-#[ignore = "run by a_killed_download_leaves_nothing_after_the_next_start"]
-fn child_process_downloading_slowly() {
-    let (Some(url), Some(dir)) = (std::env::var_os("HOSTILE_MIRROR"), std::env::var_os("HOSTILE_DIR")) else {
-        panic!("HOSTILE_MIRROR and HOSTILE_DIR must be set")
-    };
+/// In the child process that `a_killed_download_leaves_nothing_after_the_next_start`
+/// starts (this test binary running that same test, with the mirror and
+/// directory in the environment): download slowly until killed.
+fn child_downloading_slowly(url: &std::ffi::OsStr, dir: &std::ffi::OsStr) {
     let (sha, len) = labels_file();
     let expected = [ExpectedFile { name: NAMES[1], sha256: &sha, len }];
-    let _ = download::download_all_with(url.to_str().unwrap(), Path::new(&dir), false, &expected);
+    let _ = download::download_all_with(url.to_str().unwrap(), Path::new(dir), false, &expected);
 }
 
 fn temporaries(dir: &Path) -> Vec<String> {
@@ -440,6 +435,9 @@ fn temporaries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_killed_download_leaves_nothing_after_the_next_start() {
+    if let (Some(url), Some(dir)) = (std::env::var_os("HOSTILE_MIRROR"), std::env::var_os("HOSTILE_DIR")) {
+        return child_downloading_slowly(&url, &dir);
+    }
     let (sha, len) = labels_file();
     // a slow mirror: the download is under way when it is killed
     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", len + 100);
@@ -449,7 +447,7 @@ fn a_killed_download_leaves_nothing_after_the_next_start() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "child_process_downloading_slowly", "--nocapture"])
+            .args(["--exact", "a_killed_download_leaves_nothing_after_the_next_start", "--nocapture"])
             .env("HOSTILE_MIRROR", &slow)
             .env("HOSTILE_DIR", dir.path())
             .stdout(Stdio::null())
