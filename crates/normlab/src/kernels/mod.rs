@@ -143,7 +143,7 @@ multiversion! {
     /// 2x2 max pooling with stride 2 of one `h×w` plane into `y` (`⌊h/2⌋ ×
     /// ⌊w/2⌋`), with the index within the plane of each maximum in `arg`.
     /// The window is scanned in the order of the general loop (row by row,
-    /// a later value taking over only when [`takes_over`]), so values and
+    /// a later value taking over only when `takes_over`), so values and
     /// indices are those of `MaxPool2d`'s loop for any window, ties and
     /// NaNs included; straight-line code the compiler turns into vector
     /// selects (the general loop ran at 1.4 ns per input value).
