@@ -60,6 +60,9 @@ fn full_disk_for(target: &Path) -> PreExec {
         for i in 0..n {
             buf[prefix.len() + i] = digits[n - 1 - i];
         }
+        // SAFETY: both arguments are NUL-terminated and outlive the call: buf
+        // was zeroed, and the prefix (under 4,000 bytes) and the pid's digits
+        // leave NULs after them; symlink is async-signal-safe (see above)
         let r = unsafe { libc::symlink(c"/dev/full".as_ptr(), buf.as_ptr().cast()) };
         if r == 0 {
             Ok(())

@@ -130,12 +130,15 @@ pub fn normlab_with<S: AsRef<OsStr>>(args: &[S], pre_exec: Option<PreExec>) -> O
                 hwm_kb = hwm_kb.max(kb);
             }
         }
+        // SAFETY: pid is our own child, not yet reaped; status and usage are
+        // live locals wait4 writes into
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
         if r == pid {
             break;
         }
         assert!(r == 0, "wait4: {}", io::Error::last_os_error());
         if start.elapsed() > HANG {
+            // SAFETY: as above; the child is killed, then reaped once
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
                 libc::wait4(pid, &mut status, 0, &mut usage);
