@@ -84,7 +84,8 @@ impl<T: Real> Layer<T> for Sigmoid<T> {
     }
     fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
         self.y.resize(x.shape());
-        map_into(x.data(), self.y.data_mut(), sigmoid);
+        // the formula the fused batch norm applies too (kernels::activation)
+        map_into(x.data(), self.y.data_mut(), |v| SigmoidAct.value(v));
         Ok(&self.y)
     }
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
@@ -134,7 +135,7 @@ impl<T: Real> Layer<T> for ReLU<T> {
     }
     fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
         self.y.resize(x.shape());
-        map_into(x.data(), self.y.data_mut(), |v| if v > T::zero() { v } else { T::zero() });
+        map_into(x.data(), self.y.data_mut(), |v| ReluAct.value(v));
         Ok(&self.y)
     }
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
@@ -142,7 +143,7 @@ impl<T: Real> Layer<T> for ReLU<T> {
         check_grad("ReLU", dy, x.shape())?;
         if need_dx {
             self.dx.resize(dy.shape());
-            zip_into(x.data(), dy.data(), self.dx.data_mut(), |x, dy| if x > T::zero() { dy } else { T::zero() });
+            zip_into(x.data(), dy.data(), self.dx.data_mut(), |x, dy| ReluAct.grad(x, dy));
         }
         Ok(&self.dx)
     }
