@@ -366,6 +366,53 @@ fn group_norm_quick() {
     assert_eq!(column(&header, &rows, "GN 2 groups", "params"), column(&header, &rows, "BN", "params"));
 }
 
+#[test]
+fn ioffe_fig1_quick() {
+    let (_t, dir) = quick("ioffe-fig1");
+    let (_, rows) = check_common(&dir, &["accuracy", "percentiles_without_bn", "percentiles_with_bn"], 2);
+    assert_eq!(rows.len(), 2);
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    // the paper's values stand beside ours, and the data set is named from its labels
+    for paper in ["0.953", "0.710", "0.967", "0.906", "0.982", "0.972"] {
+        assert!(report.contains(paper), "report.md quotes the paper's {paper}");
+    }
+    assert!(report.contains("on Fashion-MNIST"), "the subset is recognised as Fashion-MNIST");
+    // 1000 images at batch 60: 16 steps per pass, 2 passes; measured from step 0
+    let cps = read_csv(&dir.join("checkpoints.csv"));
+    for setting in ["without BN", "with BN"] {
+        for seed in ["0", "1"] {
+            let mine: Vec<_> = cps.iter().filter(|r| r["setting"] == setting && r["seed"] == seed).collect();
+            let steps: Vec<f64> = mine.iter().map(|r| f(r, "step")).collect();
+            assert_eq!(steps.first(), Some(&0.0), "{setting} {seed}: {steps:?}");
+            assert_eq!(steps.last(), Some(&32.0), "{setting} {seed}: {steps:?}");
+            assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+            for r in &mine {
+                assert!(f(r, "p15") <= f(r, "p50") && f(r, "p50") <= f(r, "p85"), "{r:?}");
+            }
+            // the untrained network (weights of std 0.01, biases 0) predicts near chance
+            assert!(f(mine[0], "val_acc") < 0.3, "{:?}", mine[0]);
+        }
+    }
+    // the table's accuracy at the end is the last checkpoint's
+    let last = cps.iter().filter(|r| r["setting"] == "with BN" && r["seed"] == "0").last().unwrap();
+    let epochs = read_csv(&dir.join("epochs.csv"));
+    let end = epochs.iter().find(|r| r["setting"] == "with BN" && r["seed"] == "0" && r["epoch"] == "2").unwrap();
+    assert_eq!(f(last, "val_acc"), f(end, "val_acc"));
+}
+
+#[test]
+fn ioffe_fig1_percentiles_and_data_set_names() {
+    use normlab_cli::experiments::ioffe_fig1::{dataset_name, percentile};
+    assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 50.0), 2.5);
+    assert!((percentile(&[0.0, 10.0], 15.0) - 1.5).abs() < 1e-12);
+    assert_eq!(percentile(&[7.0], 85.0), 7.0);
+    assert!(percentile(&[], 50.0).is_nan());
+    let split = |labels: &[u8]| normlab::data::Split { images: vec![0; labels.len() * 784], labels: labels.to_vec(), rows: 28, cols: 28 };
+    assert_eq!(dataset_name(&split(&[5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 7])), "MNIST");
+    assert_eq!(dataset_name(&split(&[9, 0, 0, 3, 0, 2, 7, 2, 5, 5])), "Fashion-MNIST");
+    assert_eq!(dataset_name(&split(&[1, 2])), "the data set in --data-dir");
+}
+
 /// `experiment all`: every experiment's page and a top-level index linking each.
 #[test]
 fn all_writes_an_index_linking_each() {
@@ -392,7 +439,7 @@ fn all_writes_an_index_linking_each() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines: Vec<serde_json::Value> =
         r.stdout.lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
-    assert_eq!(lines.len(), 11, "one line per experiment and the index");
+    assert_eq!(lines.len(), normlab_cli::experiments::names().len() + 1, "one line per experiment and the index");
     let index = std::fs::read_to_string(out.join("index.html")).unwrap();
     for name in normlab_cli::experiments::names() {
         assert!(index.contains(&format!("href=\"{name}/index.html\"")), "index links {name}");

@@ -19,6 +19,7 @@ pub mod deep;
 pub mod dropout;
 pub mod frozen_affine;
 pub mod group_norm;
+pub mod ioffe_fig1;
 pub mod lite;
 pub mod lr;
 pub mod placement;
@@ -63,7 +64,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 10] {
+pub fn all() -> [&'static Experiment; 11] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -75,6 +76,7 @@ pub fn all() -> [&'static Experiment; 10] {
         &recompute::EXPERIMENT,
         &deep::EXPERIMENT,
         &group_norm::EXPERIMENT,
+        &ioffe_fig1::EXPERIMENT,
     ]
 }
 
