@@ -413,6 +413,36 @@ fn ioffe_fig1_percentiles_and_data_set_names() {
     assert_eq!(dataset_name(&split(&[1, 2])), "the data set in --data-dir");
 }
 
+#[test]
+fn noisy_bn_quick() {
+    let (_t, dir) = quick("noisy-bn");
+    let (header, rows) = check_common(&dir, &["val_acc", "train_loss", "shift"], 2);
+    assert_eq!(rows.len(), 4);
+    // the noise after BN makes the layers' inputs move more per step than BN alone
+    let shift = |s: &str| lead(&column(&header, &rows, s, "shift, fc2 input"));
+    let (bn, noisy) = (shift("BN").unwrap(), shift("BN + noise").unwrap());
+    assert!(noisy > 2.0 * bn, "BN + noise {noisy} against BN {bn}");
+    let per_step = read_csv(&dir.join("shift.csv"));
+    assert!(per_step.iter().all(|r| f(r, "shift_conv2") >= 0.0 && f(r, "shift_fc2") >= 0.0));
+    assert!(per_step.iter().any(|r| r["setting"] == "noise, no BN"));
+}
+
+#[test]
+fn wasserstein_distance_between_unit_distributions() {
+    use normlab::Tensor;
+    use normlab_cli::experiments::noisy_bn::{covariate_shift, unit_distributions, wasserstein1};
+    assert_eq!(wasserstein1(&[0.0, 1.0], &[0.5, 1.5]), 0.5);
+    // (N=2, C=2, H=1, W=2): channel 0 holds 1 2 5 6, channel 1 holds 3 4 7 8
+    let t = Tensor::from_vec(&[2, 2, 1, 2], (1..=8).map(|v| v as f32).collect()).unwrap();
+    assert_eq!(unit_distributions(&t), vec![vec![1.0, 2.0, 5.0, 6.0], vec![3.0, 4.0, 7.0, 8.0]]);
+    // a shift by 0.25 of every value moves every unit by 0.25; a permutation of examples by nothing
+    let shifted = Tensor::from_vec(&[2, 2, 1, 2], t.data().iter().map(|v| v + 0.25).collect()).unwrap();
+    assert!((covariate_shift(&t, &shifted) - 0.25).abs() < 1e-6);
+    let mut swapped = t.data()[4..].to_vec();
+    swapped.extend(&t.data()[..4]);
+    assert_eq!(covariate_shift(&t, &Tensor::from_vec(&[2, 2, 1, 2], swapped).unwrap()), 0.0);
+}
+
 /// `experiment all`: every experiment's page and a top-level index linking each.
 #[test]
 fn all_writes_an_index_linking_each() {

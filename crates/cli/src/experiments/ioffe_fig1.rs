@@ -13,24 +13,21 @@
 //! epochs, and measures the network between steps.
 
 use std::fmt::Write as _;
-use std::time::Instant;
-
-use rand::seq::SliceRandom;
-use rand::Rng as _;
 
 use crate::plot::{plot_lines, Series};
 use normlab::data::Split;
+use normlab::layers::shift_noise::standard_normal;
 use normlab::layers::{BatchNorm, BatchNormConfig, Flatten, Linear, Sigmoid, StateMut};
 use normlab::loss::CrossEntropy;
 use normlab::models::{Sequential, INPUT_SHAPE};
-use normlab::optim::{Sgd, SgdConfig};
 use normlab::rng::{self, Rng};
 use normlab::tensor::Tensor;
-use normlab::train::{fill_batch, EpochMetrics};
+use normlab::train::fill_batch;
 use normlab::Result;
 
 use super::report::{self, settings_table, Col, Plot, Report, Table};
-use super::runner::{csv_field, failure_threshold, num, Run, Runs, Stat, Status};
+use super::runner::{csv_field, num, Run, Runs, Stat, Status};
+use super::steps::{self, StepHooks, StepPlan};
 use super::{fmt_lr, Context, Experiment, Scale};
 
 pub static EXPERIMENT: Experiment = Experiment {
@@ -39,7 +36,8 @@ pub static EXPERIMENT: Experiment = Experiment {
     question: "Ioffe and Szegedy's Figure 1: a 3-hidden-layer sigmoid network with and without BN, batch 60, 50,000 steps. Does BN reach high test accuracy sooner, and does the distribution of a sigmoid's input stay steadier with BN, as the paper shows on MNIST?",
     // 50 passes over 60,000 images at batch 60 are the paper's 50,000 steps
     defaults: Scale { epochs: 50, train: 60_000, val: 10_000 },
-    measured_seconds: 600,
+    // 2 networks x 3 seeds x 50,000 steps, about 4.5 min a run (2 cores, shared)
+    measured_seconds: 1660,
     run,
 };
 
@@ -111,13 +109,6 @@ pub fn build(bn: bool, seed: u64) -> Result<(Sequential<f32>, usize, Rng)> {
     Ok((net, probe, rng::fork(&mut init)))
 }
 
-/// One draw of N(0, 1) (Box-Muller).
-pub fn standard_normal(rng: &mut Rng) -> f64 {
-    let u: f64 = rng.gen_range(f64::EPSILON..1.0);
-    let v: f64 = rng.gen();
-    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-}
-
 /// The `p`-th percentile (0..=100) of sorted values, interpolating linearly
 /// between neighbours (NumPy's default).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -172,88 +163,46 @@ fn measure(net: &mut Sequential<f32>, probe: usize, val: &Split, step: usize) ->
     })
 }
 
-struct FigRun {
-    run: Run,
-    checkpoints: Vec<Checkpoint>,
+/// Measures at about [`CHECKPOINTS`] steps, at the paper's steps, and at
+/// the end of every pass.
+struct Checkpoints<'a> {
+    probe: usize,
+    val: &'a Split,
+    every: usize,
+    per_pass: usize,
+    list: Vec<Checkpoint>,
 }
 
-/// Steps per pass over the training images (the last partial batch dropped,
-/// so every step sees 60 images).
-fn steps_per_epoch(ctx: &Context) -> usize {
-    (ctx.train.len() / BATCH).max(1)
+impl StepHooks for Checkpoints<'_> {
+    fn after_update(&mut self, net: &mut Sequential<f32>, step: usize, _x: &Tensor<f32>) -> Result<()> {
+        let paper_step = PAPER.iter().any(|p| p.0 == step);
+        // the end of a pass is measured by end_of_pass
+        if (step % self.every == 0 || paper_step) && step % self.per_pass != 0 {
+            self.list.push(measure(net, self.probe, self.val, step)?);
+        }
+        Ok(())
+    }
+    fn end_of_pass(&mut self, net: &mut Sequential<f32>, step: usize) -> Result<(f64, f64)> {
+        let c = measure(net, self.probe, self.val, step)?;
+        let out = (c.val_loss, c.val_acc);
+        self.list.push(c);
+        Ok(out)
+    }
 }
 
-fn train_one(ctx: &Context, setting: usize, bn: bool, seed: u64) -> Result<FigRun> {
-    let started = Instant::now();
+const PLAN: StepPlan = StepPlan { batch: BATCH, lr: LR };
+
+fn train_one(ctx: &Context, setting: usize, bn: bool, seed: u64) -> Result<(Run, Vec<Checkpoint>)> {
     let (mut net, probe, mut shuffle) = build(bn, seed)?;
-    let mut sgd = Sgd::new(SgdConfig::new(LR))?;
-    let mut ce = CrossEntropy::new();
-    let n = ctx.train.len();
-    let per_epoch = steps_per_epoch(ctx);
-    let total = per_epoch * ctx.epochs;
-    let every = (total / CHECKPOINTS).max(1);
-    let mut order: Vec<usize> = (0..n).collect();
-    let (mut x, mut labels) = (Tensor::default(), Vec::new());
-    let mut run = Run::new(setting, seed, net.num_params());
-    net.train();
-    let mut checkpoints = vec![measure(&mut net, probe, &ctx.val, 0)?];
-    let mut step = 0;
-    'epochs: for epoch in 1..=ctx.epochs {
-        let t = Instant::now();
-        let mut eval_seconds = 0.0;
-        order.shuffle(&mut shuffle);
-        let (mut loss_sum, mut correct, mut seen, mut min_batch) = (0.0, 0, 0, f64::INFINITY);
-        for b in 0..per_epoch {
-            let idx = &order[b * BATCH..((b + 1) * BATCH).min(n)];
-            fill_batch(&ctx.train, idx, &mut x, &mut labels);
-            let logits = net.forward(&x)?;
-            let (loss, right) = ce.forward(logits, &labels)?;
-            if !loss.is_finite() {
-                run.diverge(epoch, 0, format!("loss {loss} at step {step}"));
-                break 'epochs;
-            }
-            if step == 0 {
-                run.start_loss = loss;
-            } else {
-                min_batch = f64::min(min_batch, loss);
-            }
-            net.backward(&x, ce.grad())?;
-            sgd.step(&mut net);
-            loss_sum += loss * idx.len() as f64;
-            correct += right;
-            seen += idx.len();
-            step += 1;
-            let paper_step = PAPER.iter().any(|p| p.0 == step);
-            if (step % every == 0 || paper_step) && b + 1 < per_epoch {
-                let e = Instant::now();
-                checkpoints.push(measure(&mut net, probe, &ctx.val, step)?);
-                eval_seconds += e.elapsed().as_secs_f64();
-            }
-        }
-        let e = Instant::now();
-        let c = measure(&mut net, probe, &ctx.val, step)?;
-        eval_seconds += e.elapsed().as_secs_f64();
-        run.epochs.push(EpochMetrics {
-            epoch,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_acc: correct as f64 / seen.max(1) as f64,
-            val_loss: c.val_loss,
-            val_acc: c.val_acc,
-            train_seconds: t.elapsed().as_secs_f64() - eval_seconds,
-            eval_seconds,
-        });
-        run.extra.push(Vec::new());
-        checkpoints.push(c);
-        if min_batch.is_finite() && min_batch > failure_threshold(run.start_loss) {
-            run.status = Status::LossAboveStart { epoch, min_batch_loss: min_batch, start: run.start_loss };
-            break;
-        }
-    }
+    let per_pass = PLAN.steps_per_pass(ctx);
+    let first = measure(&mut net, probe, &ctx.val, 0)?;
+    let every = (per_pass * ctx.epochs / CHECKPOINTS).max(1);
+    let mut hooks = Checkpoints { probe, val: &ctx.val, every, per_pass, list: vec![first] };
+    let mut run = steps::train(ctx, setting, seed, &mut net, &mut shuffle, &PLAN, &mut hooks)?;
     if run.status.is_ok() {
-        run.values = summarize(&checkpoints);
+        run.values = summarize(&hooks.list);
     }
-    run.seconds = started.elapsed().as_secs_f64();
-    Ok(FigRun { run, checkpoints })
+    Ok((run, hooks.list))
 }
 
 /// Run-level values: accuracy at the paper's steps (when reached) and how
@@ -290,22 +239,22 @@ fn run(ctx: &Context) -> Result<Report> {
     let total = settings.len() * ctx.seeds.len();
     for (si, &(label, bn)) in settings.iter().enumerate() {
         for &seed in &ctx.seeds {
-            let r = train_one(ctx, si, bn, seed)?;
-            let outcome = match (&r.run.status, r.run.last()) {
+            let (run, list) = train_one(ctx, si, bn, seed)?;
+            let outcome = match (&run.status, run.last()) {
                 (Status::Ok, Some(m)) => format!("test acc {:.4}", m.val_acc),
                 (s, _) => format!("FAILED: {}", s.describe()),
             };
             ctx.log(&format!(
                 "[ioffe-fig1] {}/{total} {label} seed {seed}: {outcome} ({:.1} s)",
                 runs.runs.len() + 1,
-                r.run.seconds
+                run.seconds
             ));
-            runs.runs.push(r.run);
-            cps[si].push(r.checkpoints);
+            runs.runs.push(run);
+            cps[si].push(list);
         }
     }
     let dataset = dataset_name(&ctx.train);
-    let total_steps = steps_per_epoch(ctx) * ctx.epochs;
+    let total_steps = PLAN.steps_per_pass(ctx) * ctx.epochs;
 
     let cols = [
         report::val_acc_col(),
@@ -491,7 +440,7 @@ fn run(ctx: &Context) -> Result<Report> {
         setup: vec![
             ctx.data_line().replace("Fashion-MNIST", dataset),
             format!("Network (the paper's section 4.1): flatten, then {DEPTH} hidden layers of linear({HIDDEN}) → [BN] → sigmoid, then linear(10); BN (PyTorch defaults) after each affine layer in the BN network. Weights drawn from N(0, {INIT_STD}²) (\"small random Gaussian values\"), biases 0."),
-            format!("Training: plain SGD with lr {} for both networks, batch {BATCH} (the paper's), {} steps per pass over the training images ({total_steps} steps in all; the paper: 50,000). The paper does not state its learning rate; {} was chosen from 0.1, 0.5 and 1 by 4,000-step runs on Fashion-MNIST (seed 0; test accuracy without BN 0.100, 0.692 and 0.776, with BN 0.836, 0.835 and 0.832): at 0.1 the network without BN is still at chance, and 0.5 puts it near the paper's 0.71 at 4,000 steps.", fmt_lr(LR), steps_per_epoch(ctx), fmt_lr(LR)),
+            format!("Training: plain SGD with lr {} for both networks, batch {BATCH} (the paper's), {} steps per pass over the training images ({total_steps} steps in all; the paper: 50,000). The paper does not state its learning rate; {} was chosen from 0.1, 0.5 and 1 by 4,000-step runs on Fashion-MNIST (seed 0; test accuracy without BN 0.100, 0.692 and 0.776, with BN 0.836, 0.835 and 0.832): at 0.1 the network without BN is still at chance, and 0.5 puts it near the paper's 0.71 at 4,000 steps.", fmt_lr(LR), PLAN.steps_per_pass(ctx), fmt_lr(LR)),
             format!("Measured about {CHECKPOINTS} times per run, at the paper's 4,000 and 8,000 steps and after every pass: test accuracy on the {} test images in prediction mode, and the percentiles of unit {UNIT}'s sigmoid input over the first {} of them (BN with its running statistics).", ctx.val.len(), PERCENTILE_IMAGES.min(ctx.val.len())),
         ],
         tables: vec![table, paper_table],

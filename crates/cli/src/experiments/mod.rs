@@ -22,10 +22,12 @@ pub mod group_norm;
 pub mod ioffe_fig1;
 pub mod lite;
 pub mod lr;
+pub mod noisy_bn;
 pub mod placement;
 pub mod recompute;
 pub mod report;
 pub mod runner;
+pub mod steps;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -64,7 +66,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 11] {
+pub fn all() -> [&'static Experiment; 12] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -77,6 +79,7 @@ pub fn all() -> [&'static Experiment; 11] {
         &deep::EXPERIMENT,
         &group_norm::EXPERIMENT,
         &ioffe_fig1::EXPERIMENT,
+        &noisy_bn::EXPERIMENT,
     ]
 }
 
