@@ -394,7 +394,7 @@ fn ioffe_fig1_quick() {
         }
     }
     // the table's accuracy at the end is the last checkpoint's
-    let last = cps.iter().filter(|r| r["setting"] == "with BN" && r["seed"] == "0").last().unwrap();
+    let last = cps.iter().rfind(|r| r["setting"] == "with BN" && r["seed"] == "0").unwrap();
     let epochs = read_csv(&dir.join("epochs.csv"));
     let end = epochs.iter().find(|r| r["setting"] == "with BN" && r["seed"] == "0" && r["epoch"] == "2").unwrap();
     assert_eq!(f(last, "val_acc"), f(end, "val_acc"));

@@ -447,7 +447,7 @@ fn shift_noise_gradients_and_ranges() {
         shape.extend(&example);
         let x = random(&shape, &mut rng, 1.0, 0.0);
         let saved = layer.rng_mut().unwrap().clone();
-        let mut replay = |layer: &mut ShiftNoise<f64>, x: &Tensor<f64>| {
+        let replay = |layer: &mut ShiftNoise<f64>, x: &Tensor<f64>| {
             *layer.rng_mut().unwrap() = saved.clone();
             layer.forward(x, Mode::Train).unwrap().clone()
         };

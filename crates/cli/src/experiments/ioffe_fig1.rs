@@ -177,7 +177,7 @@ impl StepHooks for Checkpoints<'_> {
     fn after_update(&mut self, net: &mut Sequential<f32>, step: usize, _x: &Tensor<f32>) -> Result<()> {
         let paper_step = PAPER.iter().any(|p| p.0 == step);
         // the end of a pass is measured by end_of_pass
-        if (step % self.every == 0 || paper_step) && step % self.per_pass != 0 {
+        if (step.is_multiple_of(self.every) || paper_step) && !step.is_multiple_of(self.per_pass) {
             self.list.push(measure(net, self.probe, self.val, step)?);
         }
         Ok(())
