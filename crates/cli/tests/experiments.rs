@@ -366,6 +366,83 @@ fn group_norm_quick() {
     assert_eq!(column(&header, &rows, "GN 2 groups", "params"), column(&header, &rows, "BN", "params"));
 }
 
+#[test]
+fn ioffe_fig1_quick() {
+    let (_t, dir) = quick("ioffe-fig1");
+    let (_, rows) = check_common(&dir, &["accuracy", "percentiles_without_bn", "percentiles_with_bn"], 2);
+    assert_eq!(rows.len(), 2);
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    // the paper's values stand beside ours, and the data set is named from its labels
+    for paper in ["0.953", "0.710", "0.967", "0.906", "0.982", "0.972"] {
+        assert!(report.contains(paper), "report.md quotes the paper's {paper}");
+    }
+    assert!(report.contains("on Fashion-MNIST"), "the subset is recognised as Fashion-MNIST");
+    // 1000 images at batch 60: 16 steps per pass, 2 passes; measured from step 0
+    let cps = read_csv(&dir.join("checkpoints.csv"));
+    for setting in ["without BN", "with BN"] {
+        for seed in ["0", "1"] {
+            let mine: Vec<_> = cps.iter().filter(|r| r["setting"] == setting && r["seed"] == seed).collect();
+            let steps: Vec<f64> = mine.iter().map(|r| f(r, "step")).collect();
+            assert_eq!(steps.first(), Some(&0.0), "{setting} {seed}: {steps:?}");
+            assert_eq!(steps.last(), Some(&32.0), "{setting} {seed}: {steps:?}");
+            assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+            for r in &mine {
+                assert!(f(r, "p15") <= f(r, "p50") && f(r, "p50") <= f(r, "p85"), "{r:?}");
+            }
+            // the untrained network (weights of std 0.01, biases 0) predicts near chance
+            assert!(f(mine[0], "val_acc") < 0.3, "{:?}", mine[0]);
+        }
+    }
+    // the table's accuracy at the end is the last checkpoint's
+    let last = cps.iter().rfind(|r| r["setting"] == "with BN" && r["seed"] == "0").unwrap();
+    let epochs = read_csv(&dir.join("epochs.csv"));
+    let end = epochs.iter().find(|r| r["setting"] == "with BN" && r["seed"] == "0" && r["epoch"] == "2").unwrap();
+    assert_eq!(f(last, "val_acc"), f(end, "val_acc"));
+}
+
+#[test]
+fn ioffe_fig1_percentiles_and_data_set_names() {
+    use normlab_cli::experiments::ioffe_fig1::{dataset_name, percentile};
+    assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 50.0), 2.5);
+    assert!((percentile(&[0.0, 10.0], 15.0) - 1.5).abs() < 1e-12);
+    assert_eq!(percentile(&[7.0], 85.0), 7.0);
+    assert!(percentile(&[], 50.0).is_nan());
+    let split = |labels: &[u8]| normlab::data::Split { images: vec![0; labels.len() * 784], labels: labels.to_vec(), rows: 28, cols: 28 };
+    assert_eq!(dataset_name(&split(&[5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 7])), "MNIST");
+    assert_eq!(dataset_name(&split(&[9, 0, 0, 3, 0, 2, 7, 2, 5, 5])), "Fashion-MNIST");
+    assert_eq!(dataset_name(&split(&[1, 2])), "the data set in --data-dir");
+}
+
+#[test]
+fn noisy_bn_quick() {
+    let (_t, dir) = quick("noisy-bn");
+    let (header, rows) = check_common(&dir, &["val_acc", "train_loss", "shift"], 2);
+    assert_eq!(rows.len(), 4);
+    // the noise after BN makes the layers' inputs move more per step than BN alone
+    let shift = |s: &str| lead(&column(&header, &rows, s, "shift, fc2 input"));
+    let (bn, noisy) = (shift("BN").unwrap(), shift("BN + noise").unwrap());
+    assert!(noisy > 2.0 * bn, "BN + noise {noisy} against BN {bn}");
+    let per_step = read_csv(&dir.join("shift.csv"));
+    assert!(per_step.iter().all(|r| f(r, "shift_conv2") >= 0.0 && f(r, "shift_fc2") >= 0.0));
+    assert!(per_step.iter().any(|r| r["setting"] == "noise, no BN"));
+}
+
+#[test]
+fn wasserstein_distance_between_unit_distributions() {
+    use normlab::Tensor;
+    use normlab_cli::experiments::noisy_bn::{covariate_shift, unit_distributions, wasserstein1};
+    assert_eq!(wasserstein1(&[0.0, 1.0], &[0.5, 1.5]), 0.5);
+    // (N=2, C=2, H=1, W=2): channel 0 holds 1 2 5 6, channel 1 holds 3 4 7 8
+    let t = Tensor::from_vec(&[2, 2, 1, 2], (1..=8).map(|v| v as f32).collect()).unwrap();
+    assert_eq!(unit_distributions(&t), vec![vec![1.0, 2.0, 5.0, 6.0], vec![3.0, 4.0, 7.0, 8.0]]);
+    // a shift by 0.25 of every value moves every unit by 0.25; a permutation of examples by nothing
+    let shifted = Tensor::from_vec(&[2, 2, 1, 2], t.data().iter().map(|v| v + 0.25).collect()).unwrap();
+    assert!((covariate_shift(&t, &shifted) - 0.25).abs() < 1e-6);
+    let mut swapped = t.data()[4..].to_vec();
+    swapped.extend(&t.data()[..4]);
+    assert_eq!(covariate_shift(&t, &Tensor::from_vec(&[2, 2, 1, 2], swapped).unwrap()), 0.0);
+}
+
 /// `experiment all`: every experiment's page and a top-level index linking each.
 #[test]
 fn all_writes_an_index_linking_each() {
@@ -392,7 +469,7 @@ fn all_writes_an_index_linking_each() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines: Vec<serde_json::Value> =
         r.stdout.lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
-    assert_eq!(lines.len(), 11, "one line per experiment and the index");
+    assert_eq!(lines.len(), normlab_cli::experiments::names().len() + 1, "one line per experiment and the index");
     let index = std::fs::read_to_string(out.join("index.html")).unwrap();
     for name in normlab_cli::experiments::names() {
         assert!(index.contains(&format!("href=\"{name}/index.html\"")), "index links {name}");

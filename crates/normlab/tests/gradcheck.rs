@@ -433,3 +433,65 @@ fn residual_block_refuses_shapes_that_do_not_add_up_and_dropout() {
     let err = r.build(&[3], &mut rng::seeded(0)).unwrap_err().to_string();
     assert!(err.contains("dropout inside a residual block"), "{err}");
 }
+
+/// Santurkar et al.'s noise draws anew at every forward, so the finite
+/// differences replay the same draws: the layer's random stream is put back
+/// before each forward. Then `dx = s · dy` must match, and the draws must
+/// follow Algorithm 1's ranges (per channel for an image input).
+#[test]
+fn shift_noise_gradients_and_ranges() {
+    let mut rng = rng::seeded(11);
+    for example in [vec![5], vec![3, 4, 2]] {
+        let mut layer = built(ShiftNoise::<f64>::new(), &example);
+        let mut shape = vec![4];
+        shape.extend(&example);
+        let x = random(&shape, &mut rng, 1.0, 0.0);
+        let saved = layer.rng_mut().unwrap().clone();
+        let replay = |layer: &mut ShiftNoise<f64>, x: &Tensor<f64>| {
+            *layer.rng_mut().unwrap() = saved.clone();
+            layer.forward(x, Mode::Train).unwrap().clone()
+        };
+        let y = replay(&mut layer, &x);
+        let dy = random(y.shape(), &mut rng, 1.0, 0.0);
+        let dx = layer.backward(&x, &dy, true).unwrap().clone();
+        let mut xp = x.clone();
+        for i in 0..x.numel() {
+            let orig = xp.data()[i];
+            xp.data_mut()[i] = orig + H;
+            let lp = dot(&replay(&mut layer, &xp), &dy);
+            xp.data_mut()[i] = orig - H;
+            let lm = dot(&replay(&mut layer, &xp), &dy);
+            xp.data_mut()[i] = orig;
+            check(&format!("ShiftNoise {example:?} dx[{i}]"), dx.data()[i], (lp - lm) / (2.0 * H));
+        }
+        // evaluation mode is the identity, forward and backward
+        assert_eq!(layer.forward(&x, Mode::Eval).unwrap().data(), x.data());
+        assert_eq!(layer.backward(&x, &dy, true).unwrap().data(), dy.data());
+    }
+    // the ranges: on x = 0 the output is the shift m alone, on x = 1 it is s + m
+    let mut layer = built(ShiftNoise::<f64>::new(), &[2, 10, 10]);
+    let zeros = Tensor::zeros(&[50, 2, 10, 10]);
+    let saved = layer.rng_mut().unwrap().clone();
+    let m = layer.forward(&zeros, Mode::Train).unwrap().clone();
+    *layer.rng_mut().unwrap() = saved;
+    let sm = layer.forward(&Tensor::full(&[50, 2, 10, 10], 1.0), Mode::Train).unwrap().clone();
+    for c in 0..2 {
+        let (mut shifts, mut scales) = (Vec::new(), Vec::new());
+        for n in 0..50 {
+            for p in 0..100 {
+                let i = (n * 2 + c) * 100 + p;
+                shifts.push(m.data()[i]);
+                scales.push(sm.data()[i] - m.data()[i]);
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (mu, sigma) = (mean(&shifts), mean(&scales));
+        // one unit's per-element shifts lie within mu ± 0.1, mu in [-0.5, 0.5]
+        let (lo, hi) = shifts.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        assert!(hi - lo <= 0.2 + 1e-12 && hi - lo > 0.18, "channel {c}: shifts span {lo}..{hi}");
+        assert!((-0.5..0.5).contains(&mu), "channel {c}: mean shift {mu}");
+        // scales ~ N(sigma, 0.1²) around sigma in [1, 1.25]
+        let sd = (scales.iter().map(|s| (s - sigma).powi(2)).sum::<f64>() / scales.len() as f64).sqrt();
+        assert!((0.98..1.27).contains(&sigma) && (0.09..0.11).contains(&sd), "channel {c}: scale {sigma} ± {sd}");
+    }
+}

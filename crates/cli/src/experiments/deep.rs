@@ -114,17 +114,7 @@ fn train_one(ctx: &Context, setting: usize, act: Activation, norm: DeepNorm, see
     let every = (batches * ctx.epochs / PROBES).max(1);
     let mut order: Vec<usize> = (0..n).collect();
     let (mut x, mut labels) = (Tensor::default(), Vec::new());
-    let mut run = Run {
-        setting,
-        seed,
-        epochs: Vec::new(),
-        extra: Vec::new(),
-        status: Status::Ok,
-        start_loss: f64::NAN,
-        params: net.num_params(),
-        seconds: 0.0,
-        values: Vec::new(),
-    };
+    let mut run = Run::new(setting, seed, net.num_params());
     let mut snapshots = Vec::new();
     let (mut since_sum, mut since_n, mut step) = (0.0, 0usize, 0usize);
     'epochs: for epoch in 1..=ctx.epochs {
@@ -141,17 +131,7 @@ fn train_one(ctx: &Context, setting: usize, act: Activation, norm: DeepNorm, see
             let logits = net.forward(&x)?;
             let (loss, right) = ce.forward(logits, &labels)?;
             if !loss.is_finite() {
-                run.epochs.push(EpochMetrics {
-                    epoch,
-                    train_loss: f64::NAN,
-                    train_acc: f64::NAN,
-                    val_loss: f64::NAN,
-                    val_acc: f64::NAN,
-                    train_seconds: f64::NAN,
-                    eval_seconds: f64::NAN,
-                });
-                run.extra.push(Vec::new());
-                run.status = Status::Diverged { epoch, message: format!("loss {loss} at step {step}") };
+                run.diverge(epoch, 0, format!("loss {loss} at step {step}"));
                 break 'epochs;
             }
             if step == 0 {

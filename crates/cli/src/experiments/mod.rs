@@ -19,12 +19,15 @@ pub mod deep;
 pub mod dropout;
 pub mod frozen_affine;
 pub mod group_norm;
+pub mod ioffe_fig1;
 pub mod lite;
 pub mod lr;
+pub mod noisy_bn;
 pub mod placement;
 pub mod recompute;
 pub mod report;
 pub mod runner;
+pub mod steps;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -63,7 +66,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 10] {
+pub fn all() -> [&'static Experiment; 12] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -75,6 +78,8 @@ pub fn all() -> [&'static Experiment; 10] {
         &recompute::EXPERIMENT,
         &deep::EXPERIMENT,
         &group_norm::EXPERIMENT,
+        &ioffe_fig1::EXPERIMENT,
+        &noisy_bn::EXPERIMENT,
     ]
 }
 

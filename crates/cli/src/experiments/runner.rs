@@ -104,6 +104,35 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run about to start: no epochs yet, status ok.
+    pub fn new(setting: usize, seed: u64, params: usize) -> Self {
+        Run {
+            setting,
+            seed,
+            epochs: Vec::new(),
+            extra: Vec::new(),
+            status: Status::Ok,
+            start_loss: f64::NAN,
+            params,
+            seconds: 0.0,
+            values: Vec::new(),
+        }
+    }
+    /// Ends the run in `epoch` as diverged: a row of NaN for that epoch and
+    /// `extra_columns` NaN probe values.
+    pub fn diverge(&mut self, epoch: usize, extra_columns: usize, message: String) {
+        self.epochs.push(EpochMetrics {
+            epoch,
+            train_loss: f64::NAN,
+            train_acc: f64::NAN,
+            val_loss: f64::NAN,
+            val_acc: f64::NAN,
+            train_seconds: f64::NAN,
+            eval_seconds: f64::NAN,
+        });
+        self.extra.push(vec![f64::NAN; extra_columns]);
+        self.status = Status::Diverged { epoch, message };
+    }
     pub fn last(&self) -> Option<&EpochMetrics> {
         self.epochs.last()
     }
@@ -446,17 +475,7 @@ pub fn run_settings(ctx: &Context, settings: &[Setting], probe: &mut dyn Probe) 
                 prev_seen: 0,
                 min_batch: f64::INFINITY,
             };
-            let mut run = Run {
-                setting: si,
-                seed,
-                epochs: Vec::new(),
-                extra: Vec::new(),
-                status: Status::Ok,
-                start_loss: f64::NAN,
-                params,
-                seconds: 0.0,
-                values: Vec::new(),
-            };
+            let mut run = Run::new(si, seed, params);
             for epoch in 1..=ctx.epochs {
                 match trainer.run_epoch(&ctx.train, &ctx.val, &mut watch) {
                     Ok(m) => {
@@ -475,17 +494,7 @@ pub fn run_settings(ctx: &Context, settings: &[Setting], probe: &mut dyn Probe) 
                     }
                     Err(Error::Diverged(message)) => {
                         run.start_loss = watch.start.unwrap_or(f64::NAN);
-                        run.epochs.push(EpochMetrics {
-                            epoch,
-                            train_loss: f64::NAN,
-                            train_acc: f64::NAN,
-                            val_loss: f64::NAN,
-                            val_acc: f64::NAN,
-                            train_seconds: f64::NAN,
-                            eval_seconds: f64::NAN,
-                        });
-                        run.extra.push(vec![f64::NAN; runs.columns.len()]);
-                        run.status = Status::Diverged { epoch, message };
+                        run.diverge(epoch, runs.columns.len(), message);
                         break;
                     }
                     Err(e) => return Err(e),

@@ -26,6 +26,7 @@ pub mod group_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod pool;
+pub mod shift_noise;
 
 pub use activation::{
     GELUFn, LeakyReLU, LeakyReLUFn, Pointwise, PointwiseFn, ReLU, SiLU, SiLUFn, Sigmoid, Tanh, TanhFn, GELU,
@@ -38,6 +39,7 @@ pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use pool::{AvgPool2d, MaxPool2d};
+pub use shift_noise::ShiftNoise;
 
 use crate::real::Real;
 use crate::rng::Rng;
