@@ -67,7 +67,7 @@ impl Trainer {
     pub fn new(options: TrainOptions) -> Result<Self> {
         options.validate()?;
         let mut init_rng = rng::seeded(options.seed);
-        let net = models::build_config(&options.network, &mut init_rng)?;
+        let net = models::build_config_for(&options.network, &options.input_shape, options.classes, &mut init_rng)?;
         let shuffle_rng = rng::fork(&mut init_rng);
         let sgd = Sgd::new(options.sgd)?;
         Ok(Trainer {
