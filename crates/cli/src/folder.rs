@@ -112,6 +112,10 @@ fn list_split(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
                     "is a folder inside a class folder; images go directly in their class's folder",
                 ));
             }
+            if !file.is_file() {
+                // a FIFO would block the reader, a device never end
+                return Err(bad(&file, "is not a regular file (a device, FIFO, socket or broken link); remove it"));
+            }
             if !ext.as_deref().is_some_and(|e| EXTENSIONS.contains(&e)) {
                 return Err(bad(&file, "is not a .png or .jpg file; remove it, or convert it to PNG or JPEG"));
             }

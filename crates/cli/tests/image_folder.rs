@@ -228,6 +228,14 @@ fn bad_trees_are_refused_naming_the_path() {
     std::fs::write(stray.join("train/sneaker/notes.txt"), "hello").unwrap();
     try_train(&stray).user_error(&[s(&stray.join("train/sneaker/notes.txt")), ".png or .jpg"]);
 
+    // a FIFO would block a reader: refused unopened, as a broken link is
+    let fifo_tree = copy("fifo");
+    let fifo = fifo_tree.join("train/trouser/pipe.png");
+    let c_path = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    try_train(&fifo_tree).user_error(&[s(&fifo), "not a regular file"]);
+
     let one_class = copy("one-class");
     for c in ["trouser", "tshirt"] {
         std::fs::remove_dir_all(one_class.join("train").join(c)).unwrap();
