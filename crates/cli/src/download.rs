@@ -1,4 +1,5 @@
-//! Downloading Fashion-MNIST from a plain-HTTP mirror, verified and atomic.
+//! Downloading Fashion-MNIST, MNIST or KMNIST ([`IdxSet`]) from a
+//! plain-HTTP mirror, verified and atomic.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -10,7 +11,9 @@
 //!
 //! Each file goes to a temporary file in the destination directory, is
 //! checked (SHA-256 and length of the DECOMPRESSED content: mirrors recompress
-//! the files, so the gzip bytes differ while the content does not), synced to
+//! the files, so the gzip bytes differ while the content does not; for MNIST
+//! and KMNIST, whose public hashes are of the published gzip files, the
+//! SHA-256 of the file and the length of its content), synced to
 //! disk and only then renamed to its final name. A reader of the directory
 //! therefore sees either no file or a complete, verified one, and every error
 //! path (HTTP error, connection cut, bad hash, panic) removes the temporary.
@@ -42,16 +45,183 @@ pub const CANONICAL_BASE_URL: &str = "http://fashion-mnist.s3-website.eu-central
 /// Environment variable that replaces [`CANONICAL_BASE_URL`].
 pub const MIRROR_ENV: &str = "NORMLAB_MIRROR";
 
-/// What a downloaded file must decompress to.
+/// What a downloaded file must be: its decompressed content's length, and
+/// a SHA-256 of that content or of the file as served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpectedFile<'a> {
     /// File name on the mirror and on disk (e.g. `train-images-idx3-ubyte.gz`).
     pub name: &'a str,
-    /// SHA-256 of the decompressed content, lowercase hex.
+    /// SHA-256, lowercase hex, of what [`ExpectedFile::hashed`] says.
     pub sha256: &'a str,
     /// Length of the decompressed content in bytes.
     pub len: u64,
+    /// Whether `sha256` is that of the content or of the file's bytes.
+    pub hashed: Hashed,
 }
+
+/// What an [`ExpectedFile`]'s SHA-256 is taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashed {
+    /// The decompressed content: any mirror's recompression passes.
+    Content,
+    /// The file exactly as published (the gzip bytes): the hashes public
+    /// sources give for MNIST and KMNIST, whose mirrors serve the
+    /// original files. The content's length is checked as well.
+    File,
+}
+
+/// A data set of the MNIST family that normlab can download: the same four
+/// file names, 28x28 grey images, ten classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdxSet {
+    /// Zalando's Fashion-MNIST, the chapter's data.
+    FashionMnist,
+    /// LeCun, Cortes and Burges' handwritten digits.
+    Mnist,
+    /// Kuzushiji-MNIST (Clanuwat et al. 2018): ten cursive hiragana.
+    Kmnist,
+}
+
+impl IdxSet {
+    /// Every downloadable set.
+    pub const ALL: [IdxSet; 3] = [IdxSet::FashionMnist, IdxSet::Mnist, IdxSet::Kmnist];
+
+    /// The name on the command line (`--dataset`) and of its cache directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            IdxSet::FashionMnist => "fashion-mnist",
+            IdxSet::Mnist => "mnist",
+            IdxSet::Kmnist => "kmnist",
+        }
+    }
+
+    /// The set's own spelling, for messages.
+    pub fn title(self) -> &'static str {
+        match self {
+            IdxSet::FashionMnist => "Fashion-MNIST",
+            IdxSet::Mnist => "MNIST",
+            IdxSet::Kmnist => "KMNIST",
+        }
+    }
+
+    /// The set called `name` ([`IdxSet::name`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The four files and their hashes.
+    pub fn files(self) -> &'static [ExpectedFile<'static>; 4] {
+        match self {
+            IdxSet::FashionMnist => &FASHION_MNIST_FILES,
+            IdxSet::Mnist => &MNIST_FILES,
+            IdxSet::Kmnist => &KMNIST_FILES,
+        }
+    }
+
+    /// The plain-HTTP mirror downloads come from (unless `NORMLAB_MIRROR`).
+    pub fn base_url(self) -> &'static str {
+        match self {
+            IdxSet::FashionMnist => CANONICAL_BASE_URL,
+            IdxSet::Mnist => MNIST_BASE_URL,
+            IdxSet::Kmnist => KMNIST_BASE_URL,
+        }
+    }
+
+    /// The name of each class, indexed by label.
+    pub fn class_names(self) -> &'static [&'static str; 10] {
+        match self {
+            IdxSet::FashionMnist => &normlab::data::CLASS_NAMES,
+            IdxSet::Mnist => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            // KMNIST's kmnist_classmap.csv: the characters U+304A, U+304D,
+            // U+3059, U+3064, U+306A, U+306F, U+307E, U+3084, U+308C, U+3092
+            IdxSet::Kmnist => &[
+                "o (お)",
+                "ki (き)",
+                "su (す)",
+                "tsu (つ)",
+                "na (な)",
+                "ha (は)",
+                "ma (ま)",
+                "ya (や)",
+                "re (れ)",
+                "wo (を)",
+            ],
+        }
+    }
+}
+
+/// MNIST's mirror: PyTorch's copy on S3 (torchvision's first mirror since
+/// yann.lecun.com stopped serving the files), which also answers plain HTTP.
+pub const MNIST_BASE_URL: &str = "http://ossci-datasets.s3.amazonaws.com/mnist/";
+
+/// KMNIST's publisher, the ROIS-DS Center for Open Data in the Humanities
+/// (the URL torchvision uses).
+pub const KMNIST_BASE_URL: &str = "http://codh.rois.ac.jp/kmnist/dataset/kmnist/";
+
+/// The four MNIST files. The SHA-256 sums are of the gzip files as
+/// published (no public source gives those of the decompressed content that
+/// a second one confirms), from torchvision's prototype datasets
+/// (torchvision/prototype/datasets/_builtin/mnist.py, `_CHECKSUMS`), the same
+/// values TensorFlow Datasets and others check; the lengths are the
+/// decompressed ones (16- and 8-byte IDX headers plus 784 bytes an image
+/// or one a label), which bound the download.
+pub const MNIST_FILES: [ExpectedFile<'static>; 4] = [
+    ExpectedFile {
+        name: "train-images-idx3-ubyte.gz",
+        sha256: "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        len: 47_040_016,
+        hashed: Hashed::File,
+    },
+    ExpectedFile {
+        name: "train-labels-idx1-ubyte.gz",
+        sha256: "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        len: 60_008,
+        hashed: Hashed::File,
+    },
+    ExpectedFile {
+        name: "t10k-images-idx3-ubyte.gz",
+        sha256: "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        len: 7_840_016,
+        hashed: Hashed::File,
+    },
+    ExpectedFile {
+        name: "t10k-labels-idx1-ubyte.gz",
+        sha256: "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        len: 10_008,
+        hashed: Hashed::File,
+    },
+];
+
+/// The four KMNIST files: SHA-256 of the gzip files as published, from the
+/// same torchvision table as [`MNIST_FILES`] (also in torchvision-ruby's
+/// KMNIST); the decompressed lengths are MNIST's (same counts and sizes).
+pub const KMNIST_FILES: [ExpectedFile<'static>; 4] = [
+    ExpectedFile {
+        name: "train-images-idx3-ubyte.gz",
+        sha256: "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+        len: 47_040_016,
+        hashed: Hashed::File,
+    },
+    ExpectedFile {
+        name: "train-labels-idx1-ubyte.gz",
+        sha256: "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+        len: 60_008,
+        hashed: Hashed::File,
+    },
+    ExpectedFile {
+        name: "t10k-images-idx3-ubyte.gz",
+        sha256: "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+        len: 7_840_016,
+        hashed: Hashed::File,
+    },
+    ExpectedFile {
+        name: "t10k-labels-idx1-ubyte.gz",
+        sha256: "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+        len: 10_008,
+        hashed: Hashed::File,
+    },
+];
 
 /// The four Fashion-MNIST files with the hashes of docs/spec.md, "Data".
 pub const FASHION_MNIST_FILES: [ExpectedFile<'static>; 4] = [
@@ -59,26 +229,37 @@ pub const FASHION_MNIST_FILES: [ExpectedFile<'static>; 4] = [
         name: "train-images-idx3-ubyte.gz",
         sha256: "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
         len: 47_040_016,
+        hashed: Hashed::Content,
     },
     ExpectedFile {
         name: "train-labels-idx1-ubyte.gz",
         sha256: "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
         len: 60_008,
+        hashed: Hashed::Content,
     },
     ExpectedFile {
         name: "t10k-images-idx3-ubyte.gz",
         sha256: "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         len: 7_840_016,
+        hashed: Hashed::Content,
     },
     ExpectedFile {
         name: "t10k-labels-idx1-ubyte.gz",
         sha256: "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         len: 10_008,
+        hashed: Hashed::Content,
     },
 ];
 
 /// Suffix of the temporary files; nothing else in a data directory ends so.
 pub const TEMP_SUFFIX: &str = ".normlab-part";
+
+/// Downloads the four files of `set` from `base_url` into `dest_dir`,
+/// checking them against its table ([`IdxSet::files`]). Files already there
+/// and valid are kept.
+pub fn download_set(set: IdxSet, base_url: &str, dest_dir: &Path, progress: bool) -> Result<()> {
+    download_all_with(base_url, dest_dir, progress, set.files())
+}
 
 /// Downloads the four Fashion-MNIST files from `base_url` into `dest_dir`,
 /// checking them against the hashes of docs/spec.md. Files already there and valid are
@@ -127,17 +308,41 @@ pub fn verify_file(path: &Path, expected: &ExpectedFile<'_>) -> Result<()> {
 
 /// `Ok(Some(description))` when the content is not the expected one.
 fn content_mismatch(path: &Path, expected: &ExpectedFile<'_>) -> Result<Option<String>> {
-    let (hash, len) = content_sha256(path, expected.len)?;
-    if len == expected.len && hash == expected.sha256 {
-        return Ok(None);
-    }
+    let (content_hash, len) = content_sha256(path, expected.len)?;
     let len_note =
         if len > expected.len { format!("more than {} bytes", expected.len) } else { format!("{len} bytes") };
-    Ok(Some(format!(
-        "{} is corrupted or not the expected file: its decompressed content has SHA-256 {hash} \
-         ({len_note}), expected {} ({} bytes)",
-        expected.name, expected.sha256, expected.len
-    )))
+    match expected.hashed {
+        Hashed::Content => {
+            if len == expected.len && content_hash == expected.sha256 {
+                return Ok(None);
+            }
+            Ok(Some(format!(
+                "{} is corrupted or not the expected file: its decompressed content has SHA-256 {content_hash} \
+                 ({len_note}), expected {} ({} bytes)",
+                expected.name, expected.sha256, expected.len
+            )))
+        }
+        Hashed::File => {
+            let file_hash = file_sha256(path, max_download_len(expected))?;
+            if len == expected.len && file_hash == expected.sha256 {
+                return Ok(None);
+            }
+            Ok(Some(format!(
+                "{} is corrupted or not the expected file: it has SHA-256 {file_hash} and decompresses to \
+                 {len_note}, expected {} and {} bytes",
+                expected.name, expected.sha256, expected.len
+            )))
+        }
+    }
+}
+
+/// SHA-256 (lowercase hex) of a file's bytes as they are, reading at most
+/// `limit + 1` of them.
+fn file_sha256(path: &Path, limit: u64) -> Result<String> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut file.take(limit + 1), &mut hasher).map_err(|e| Error::io(path, e))?;
+    Ok(hex(&hasher.finalize()))
 }
 
 /// SHA-256 (lowercase hex) and length of the decoded (decompressed if gzip)

@@ -1,6 +1,7 @@
-//! Finding Fashion-MNIST on this machine, or downloading it: the policy of
-//! the command line (search order, cache directory, mirror). The library's
-//! `normlab::data` reads a directory once it is known.
+//! Finding Fashion-MNIST (or MNIST, KMNIST: [`IdxSet`]) on this machine, or
+//! downloading it: the policy of the command line (search order, cache
+//! directory, mirror). The library's `normlab::data` reads a directory once
+//! it is known.
 //!
 //! ```no_run
 //! use normlab_cli::locate::{load, DataSource};
@@ -12,10 +13,10 @@
 
 use std::path::{Path, PathBuf};
 
-use normlab::data::{find_files, load_dir, FashionMnist, STEMS};
+use normlab::data::{find_files, load_idx_dir, FashionMnist, STEMS};
 use normlab::{Error, Result};
 
-use crate::download::{self, CANONICAL_BASE_URL, MIRROR_ENV};
+use crate::download::{self, IdxSet, MIRROR_ENV};
 
 /// Where Debian and Ubuntu's `dataset-fashion-mnist` package installs the files.
 pub const SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -25,6 +26,8 @@ pub const DATA_ENV: &str = "NORMLAB_DATA";
 /// Where to look for the data and whether it may be downloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataSource {
+    /// Which data set (the four files have the same names in each).
+    pub set: IdxSet,
     /// A directory given by the user (`--data-dir`); when set, it must hold
     /// the four files: a wrong path is reported rather than silently
     /// replaced by data found elsewhere.
@@ -37,7 +40,7 @@ pub struct DataSource {
 
 impl Default for DataSource {
     fn default() -> Self {
-        DataSource { data_dir: None, allow_download: true, progress: true }
+        DataSource { set: IdxSet::FashionMnist, data_dir: None, allow_download: true, progress: true }
     }
 }
 
@@ -46,32 +49,46 @@ impl Default for DataSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchPaths {
     /// `$NORMLAB_DATA`, if set; like `data_dir`, it must hold the files.
+    /// Fashion-MNIST's only: the other sets' files have the same names, so a
+    /// directory meant for one would silently serve another.
     pub env_dir: Option<PathBuf>,
-    /// [`SYSTEM_DIR`].
+    /// [`SYSTEM_DIR`] for Fashion-MNIST (Debian packages no other set).
     pub system_dir: PathBuf,
-    /// `$XDG_CACHE_HOME/normlab/fashion-mnist` or `~/.cache/normlab/fashion-mnist`;
-    /// `None` when neither variable is usable (no download then).
+    /// `$XDG_CACHE_HOME/normlab/NAME` or `~/.cache/normlab/NAME`, NAME being
+    /// the set's ([`IdxSet::name`]); `None` when neither variable is usable
+    /// (no download then).
     pub cache_dir: Option<PathBuf>,
-    /// `$NORMLAB_MIRROR` or [`CANONICAL_BASE_URL`].
+    /// `$NORMLAB_MIRROR` or the set's own mirror ([`IdxSet::base_url`]).
     pub mirror: String,
 }
 
 impl SearchPaths {
+    /// Fashion-MNIST's places.
     pub fn from_env() -> Self {
+        Self::from_env_for(IdxSet::FashionMnist)
+    }
+
+    /// The places of `set`.
+    pub fn from_env_for(set: IdxSet) -> Self {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let cache_root = var("XDG_CACHE_HOME")
             .map(PathBuf::from)
             // The XDG spec says relative values are invalid and must be ignored.
             .filter(|p| p.is_absolute())
             .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        let fashion = set == IdxSet::FashionMnist;
         SearchPaths {
-            env_dir: var(DATA_ENV).map(PathBuf::from),
-            system_dir: PathBuf::from(SYSTEM_DIR),
-            cache_dir: cache_root.map(|c| c.join("normlab").join("fashion-mnist")),
+            env_dir: var(DATA_ENV).filter(|_| fashion).map(PathBuf::from),
+            system_dir: PathBuf::from(if fashion {
+                SYSTEM_DIR.to_string()
+            } else {
+                format!("/usr/share/datasets/{}", set.name())
+            }),
+            cache_dir: cache_root.map(|c| c.join("normlab").join(set.name())),
             mirror: std::env::var(MIRROR_ENV)
                 .ok()
                 .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| CANONICAL_BASE_URL.to_string()),
+                .unwrap_or_else(|| set.base_url().to_string()),
         }
     }
 }
@@ -80,7 +97,7 @@ impl SearchPaths {
 /// `$NORMLAB_DATA`, [`SYSTEM_DIR`], the cache directory; if none has them,
 /// downloads them into the cache directory (when allowed).
 pub fn locate(src: &DataSource) -> Result<PathBuf> {
-    locate_in(src, &SearchPaths::from_env())
+    locate_in(src, &SearchPaths::from_env_for(src.set))
 }
 
 /// [`locate`] with explicit search paths instead of the environment.
@@ -97,7 +114,7 @@ pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
                     let problem = if let Some(why) = not_a_directory(dir) {
                         why
                     } else if missing.len() == STEMS.len() {
-                        "holds none of the Fashion-MNIST files".to_string()
+                        format!("holds none of the {} files", src.set.title())
                     } else {
                         format!("lacks {}", missing.join(", "))
                     };
@@ -119,7 +136,10 @@ pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
         // what downloads killed midway left there
         download::remove_stale_temporaries(cache);
     }
-    let mut looked = vec![format!("{DATA_ENV} (not set)")];
+    let mut looked = vec![format!(
+        "{DATA_ENV} (not set{})",
+        if src.set == IdxSet::FashionMnist { "" } else { " or not used: Fashion-MNIST only" }
+    )];
     for dir in std::iter::once(&paths.system_dir).chain(paths.cache_dir.as_ref()) {
         match find_files(dir) {
             Ok(_) => return Ok(dir.clone()),
@@ -132,7 +152,7 @@ pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
         (None, true) => "no download was tried: neither XDG_CACHE_HOME nor HOME is set, so there is no \
              cache directory to download into"
             .to_string(),
-        (Some(cache), true) => match download::download_all(&paths.mirror, cache, src.progress) {
+        (Some(cache), true) => match download::download_set(src.set, &paths.mirror, cache, src.progress) {
             Ok(()) => match find_files(cache) {
                 Ok(_) => return Ok(cache.clone()),
                 Err(missing) => {
@@ -145,15 +165,22 @@ pub fn locate_in(src: &DataSource, paths: &SearchPaths) -> Result<PathBuf> {
 
     let cache_text = match &paths.cache_dir {
         Some(c) => c.display().to_string(),
-        None => "($XDG_CACHE_HOME or ~/.cache)/normlab/fashion-mnist".to_string(),
+        None => format!("($XDG_CACHE_HOME or ~/.cache)/normlab/{}", src.set.name()),
+    };
+    let title = src.set.title();
+    let env_note = if src.set == IdxSet::FashionMnist { format!(" (or set {DATA_ENV}=DIR)") } else { String::new() };
+    let apt = if src.set == IdxSet::FashionMnist {
+        format!("on Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them in {SYSTEM_DIR})")
+    } else {
+        format!("copy the four {title} files into {cache_text}")
     };
     let message = format!(
-        "Fashion-MNIST not found: no directory holds all four files ({}).\n\
+        "{title} not found: no directory holds all four files ({}).\n\
          Looked in: {}.\n\
          {download_outcome}.\n\
          Provide the data in one of three ways:\n  \
-         1. pass --data-dir DIR (or set {DATA_ENV}=DIR) naming a directory that holds the four files;\n  \
-         2. on Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them in {SYSTEM_DIR});\n  \
+         1. pass --data-dir DIR{env_note} naming a directory that holds the four files;\n  \
+         2. {apt};\n  \
          3. allow network access to {} (or set {MIRROR_ENV} to a plain-HTTP mirror) so that they \
          are downloaded into {cache_text}.",
         all_names(),
@@ -193,7 +220,73 @@ fn describe_missing(dir: &Path, missing: &[String]) -> String {
     }
 }
 
-/// Locates (downloading if needed and allowed) and loads the data.
+/// Locates (downloading if needed and allowed) and loads the data, with
+/// the set's class names.
 pub fn load(src: &DataSource) -> Result<FashionMnist> {
-    load_dir(&locate(src)?)
+    load_idx_dir(&locate(src)?, src.set.class_names())
+}
+
+/// The data a command reads: a set of the MNIST family, found or downloaded,
+/// or an image-folder tree ([`crate::folder`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DataChoice {
+    Idx(IdxSet),
+    ImageFolder,
+}
+
+impl DataChoice {
+    /// The name given to `--dataset`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataChoice::Idx(set) => set.name(),
+            DataChoice::ImageFolder => "image-folder",
+        }
+    }
+
+    /// The choice called `name`; the error lists the names.
+    pub fn parse(name: &str) -> Result<Self> {
+        if name == "image-folder" {
+            return Ok(DataChoice::ImageFolder);
+        }
+        IdxSet::parse(name).map(DataChoice::Idx).ok_or_else(|| {
+            Error::config(
+                "--dataset",
+                format!("unknown data set '{name}'; choose one of fashion-mnist, mnist, kmnist, image-folder"),
+            )
+        })
+    }
+
+    /// For messages and plot titles: `MNIST`, `the image folder DIR`.
+    pub fn title(self) -> &'static str {
+        match self {
+            DataChoice::Idx(set) => set.title(),
+            DataChoice::ImageFolder => "an image folder",
+        }
+    }
+}
+
+/// Loads the data `choice` names: an IDX set as [`load`] does (with
+/// `data_dir` as `--data-dir`), or the image folder `data_dir`, which must
+/// then be given, read with `folder`'s options.
+pub fn load_choice(
+    choice: DataChoice,
+    data_dir: Option<&Path>,
+    progress: bool,
+    folder: &crate::folder::FolderOptions,
+) -> Result<FashionMnist> {
+    match choice {
+        DataChoice::Idx(set) => {
+            load(&DataSource { set, data_dir: data_dir.map(Path::to_path_buf), progress, ..Default::default() })
+        }
+        DataChoice::ImageFolder => {
+            let dir = data_dir.ok_or_else(|| {
+                Error::config(
+                    "--data-dir",
+                    "--dataset image-folder reads the folder --data-dir names: give --data-dir DIR, DIR holding \
+                     train/<class>/*.png|jpg and test/<class>/*.png|jpg",
+                )
+            })?;
+            crate::folder::load_folder(dir, folder)
+        }
+    }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use normlab::data::{self, idx};
-use normlab_cli::download::{self, ExpectedFile, TEMP_SUFFIX};
+use normlab_cli::download::{self, ExpectedFile, Hashed, IdxSet, TEMP_SUFFIX};
 use normlab_cli::locate::{self, DataSource, SearchPaths};
 
 #[path = "../../../tests/support/data_files.rs"]
@@ -61,7 +61,8 @@ fn full_data_loads_and_matches_spec_hashes() {
         let path = Path::new(FULL_DIR).join(name);
         let (hash, got_len) = download::content_sha256(&path, len).expect("hash the full file");
         assert_eq!((hash.as_str(), got_len), (sha, len), "{name}");
-        download::verify_file(&path, &ExpectedFile { name, sha256: sha, len }).expect("verify_file");
+        download::verify_file(&path, &ExpectedFile { name, sha256: sha, len, hashed: Hashed::Content })
+            .expect("verify_file");
     }
     let data = data::load_dir(Path::new(FULL_DIR)).expect("the full data set loads");
     assert_eq!(data.train.len(), 60_000);
@@ -184,7 +185,7 @@ fn subset_files() -> (HashMap<String, Vec<u8>>, HashTable) {
 }
 
 fn expected_of(table: &[(String, String, u64)]) -> Vec<ExpectedFile<'_>> {
-    table.iter().map(|(n, h, l)| ExpectedFile { name: n, sha256: h, len: *l }).collect()
+    table.iter().map(|(n, h, l)| ExpectedFile { name: n, sha256: h, len: *l, hashed: Hashed::Content }).collect()
 }
 
 fn routes_of(files: &HashMap<String, Vec<u8>>) -> HashMap<String, Reply> {
@@ -313,7 +314,7 @@ fn paths_in(root: &Path, mirror: String) -> SearchPaths {
 }
 
 fn no_download() -> DataSource {
-    DataSource { data_dir: None, allow_download: false, progress: false }
+    DataSource { set: IdxSet::FashionMnist, data_dir: None, allow_download: false, progress: false }
 }
 
 #[test]
@@ -396,4 +397,109 @@ fn locate_downloads_into_the_cache_when_nothing_is_found() {
     let before = server.requests.load(Ordering::SeqCst);
     assert_eq!(locate::locate_in(&allow, &paths).expect("cached"), found);
     assert_eq!(server.requests.load(Ordering::SeqCst), before);
+}
+
+// ---------------------------------------------------------------------------
+// MNIST and KMNIST: hashes of the published gzip files
+
+/// The subset's gzip files served as an MNIST-format set whose table holds
+/// the SHA-256 of each file as served (as MNIST's and KMNIST's do): they
+/// are put in place; a table whose hash differs by one digit, or a mirror
+/// serving the same content recompressed, is refused with both hashes
+/// named and nothing left behind.
+#[test]
+fn file_hashes_are_checked_over_the_served_bytes() {
+    let (files, table) = subset_files();
+    let server = serve(routes_of(&files));
+    let file_table: Vec<(String, String, u64)> =
+        table.iter().map(|(n, _, len)| (n.clone(), sha256_hex(&files[n]), *len)).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    download::download_all_with(&server.base_url, &good, false, &file_hashed(&file_table)).expect("download");
+    for name in NAMES {
+        assert_eq!(std::fs::read(good.join(name)).unwrap(), files[name], "{name} kept as served");
+    }
+    assert_eq!(data::load_dir(&good).expect("loads").train.len(), 2000);
+
+    // one hex digit off in the labels' hash
+    let mut bad_table = file_table.clone();
+    let h = &mut bad_table[1].1;
+    let flipped = if h.starts_with('0') { '1' } else { '0' };
+    h.replace_range(0..1, &flipped.to_string());
+    let bad = dir.path().join("bad");
+    let err = download::download_all_with(&server.base_url, &bad, false, &file_hashed(&bad_table))
+        .expect_err("a wrong hash is refused")
+        .to_string();
+    for needle in [NAMES[1], &file_table[1].1, &bad_table[1].1] {
+        assert!(err.contains(needle), "{needle} not in: {err}");
+    }
+    assert_eq!(
+        files_in(&bad),
+        NAMES[..1].to_vec(),
+        "the file before it is kept, the bad one and its temporary are not"
+    );
+
+    // the same content, recompressed: its file hash is not the published one
+    let recompressed: HashMap<String, Vec<u8>> = files.iter().map(|(n, gz)| (n.clone(), gzip(&gunzip(gz)))).collect();
+    assert_ne!(recompressed[NAMES[0]], files[NAMES[0]], "the test needs other gzip bytes");
+    let other = serve(routes_of(&recompressed));
+    let err = download::download_all_with(&other.base_url, &dir.path().join("re"), false, &file_hashed(&file_table))
+        .expect_err("other bytes are refused")
+        .to_string();
+    assert!(err.contains(NAMES[0]) && err.contains(&file_table[0].1), "{err}");
+}
+
+/// The tables of MNIST and KMNIST: four files each, named as Fashion-MNIST's,
+/// hashes over the published gzip files, the decompressed lengths of
+/// 60,000 and 10,000 28x28 images and their labels.
+#[test]
+fn mnist_and_kmnist_tables_are_complete() {
+    for set in [IdxSet::Mnist, IdxSet::Kmnist] {
+        let files = set.files();
+        let names: Vec<&str> = files.iter().map(|f| f.name).collect();
+        assert_eq!(names, NAMES, "{set:?}");
+        let lens: Vec<u64> = files.iter().map(|f| f.len).collect();
+        assert_eq!(lens, [16 + 60_000 * 784, 8 + 60_000, 16 + 10_000 * 784, 8 + 10_000], "{set:?}");
+        for f in files {
+            assert_eq!(f.hashed, Hashed::File, "{set:?}");
+            assert!(f.sha256.len() == 64 && f.sha256.bytes().all(|b| b.is_ascii_hexdigit()), "{}", f.sha256);
+        }
+        assert_eq!(set.class_names().len(), 10);
+        assert!(set.base_url().starts_with("http://"), "no TLS in this build");
+    }
+    assert_eq!(IdxSet::Kmnist.class_names()[0], "o (お)");
+    assert_eq!(IdxSet::Mnist.class_names()[7], "7");
+}
+
+fn file_hashed(t: &[(String, String, u64)]) -> Vec<ExpectedFile<'_>> {
+    t.iter().map(|(n, h, l)| ExpectedFile { name: n, sha256: h, len: *l, hashed: Hashed::File }).collect()
+}
+
+/// `normlab train --dataset mnist` with nothing in the cache downloads from
+/// $NORMLAB_MIRROR into $XDG_CACHE_HOME/normlab/mnist; a mirror serving other
+/// files (here Fashion-MNIST's subset) is refused by the real MNIST table:
+/// exit 2, one line naming the file and the expected hash, nothing kept.
+#[test]
+fn cli_mnist_download_refuses_files_with_other_hashes() {
+    let (files, _) = subset_files();
+    let server = serve(routes_of(&files));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_normlab"))
+        .args(["train", "--dataset", "mnist", "--epochs", "1", "--out"])
+        .arg(dir.path().join("run"))
+        .env_remove("NORMLAB_DATA")
+        .env("XDG_CACHE_HOME", &cache)
+        .env("NORMLAB_MIRROR", &server.base_url)
+        .output()
+        .expect("run normlab");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    for needle in ["MNIST not found", "train-images-idx3-ubyte.gz", download::MNIST_FILES[0].sha256] {
+        assert!(stderr.contains(needle), "{needle} not in: {stderr}");
+    }
+    assert!(server.requests.load(Ordering::SeqCst) >= 1, "the mirror was asked");
+    assert_eq!(files_in(&cache.join("normlab/mnist")), Vec::<String>::new(), "nothing kept");
+    assert!(!dir.path().join("run").exists(), "no run directory left");
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use normlab_cli::download::{self, ExpectedFile, TEMP_SUFFIX};
+use normlab_cli::download::{self, ExpectedFile, Hashed, IdxSet, TEMP_SUFFIX};
 use normlab_cli::locate::{self, DataSource, SearchPaths};
 
 use common::runs::{shared_dir, train, trained};
@@ -395,7 +395,7 @@ fn labels_file() -> (String, u64) {
 #[test]
 fn an_endless_or_oversized_download_stops_at_the_expected_size() {
     let (sha, len) = labels_file();
-    let expected = [ExpectedFile { name: NAMES[1], sha256: &sha, len }];
+    let expected = [ExpectedFile { name: NAMES[1], sha256: &sha, len, hashed: Hashed::Content }];
     let limit = download::max_download_len(&expected[0]);
     let dir = tempfile::tempdir().unwrap();
     // no Content-Length: the body ends when the connection does, never
@@ -425,7 +425,7 @@ fn an_endless_or_oversized_download_stops_at_the_expected_size() {
 /// directory in the environment): download slowly until killed.
 fn child_downloading_slowly(url: &std::ffi::OsStr, dir: &std::ffi::OsStr) {
     let (sha, len) = labels_file();
-    let expected = [ExpectedFile { name: NAMES[1], sha256: &sha, len }];
+    let expected = [ExpectedFile { name: NAMES[1], sha256: &sha, len, hashed: Hashed::Content }];
     let _ = download::download_all_with(url.to_str().unwrap(), Path::new(dir), false, &expected);
 }
 
@@ -443,7 +443,7 @@ fn a_killed_download_leaves_nothing_after_the_next_start() {
     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", len + 100);
     let (slow, _) = endless_mirror(head, 16, Duration::from_millis(50));
     let good = std::fs::read(subset().join(NAMES[1])).unwrap();
-    let expected = [ExpectedFile { name: NAMES[1], sha256: &sha, len }];
+    let expected = [ExpectedFile { name: NAMES[1], sha256: &sha, len, hashed: Hashed::Content }];
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -477,7 +477,7 @@ fn a_killed_download_leaves_nothing_after_the_next_start() {
             cache_dir: Some(dir.path().to_path_buf()),
             mirror: "http://127.0.0.1:9/".into(),
         };
-        let src = DataSource { data_dir: None, allow_download: false, progress: false };
+        let src = DataSource { set: IdxSet::FashionMnist, data_dir: None, allow_download: false, progress: false };
         assert_eq!(locate::locate_in(&src, &paths).unwrap(), subset());
         assert_eq!(temporaries(dir.path()), Vec::<String>::new(), "signal {signal}: left {left:?}");
         // ... and so does the next download, which completes

@@ -51,8 +51,13 @@ fn subset_loads_with_right_counts_and_labels() {
 
 #[test]
 fn split_image_and_truncate() {
-    let mut split =
-        Split { images: (0..6 * 4).map(|i| i as u8).collect(), labels: vec![0, 1, 2, 3, 4, 5], rows: 2, cols: 2 };
+    let mut split = Split {
+        images: (0..6 * 4).map(|i| i as u8).collect(),
+        labels: vec![0, 1, 2, 3, 4, 5],
+        channels: 1,
+        rows: 2,
+        cols: 2,
+    };
     assert_eq!(split.len(), 6);
     assert!(!split.is_empty());
     assert_eq!(split.image(1), &[4, 5, 6, 7]);

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use crate::download::IdxSet;
 use crate::experiments::{self, ExperimentOptions, MAX_SEEDS};
+use crate::locate::DataChoice;
 use crate::rundir::{Owner, RunDir};
 
 use super::args::{count, Count, PathArg};
@@ -88,6 +90,16 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         log: !args.quiet,
     };
     options.validate()?;
+    // the experiments' networks are the chapter's: 28x28 grey, ten classes
+    let choice = args.data.choice(DataChoice::Idx(IdxSet::FashionMnist))?;
+    if choice == DataChoice::ImageFolder {
+        return Err(normlab::Error::config(
+            "--dataset",
+            "the experiments run on the MNIST family (fashion-mnist, mnist, kmnist); train on an image folder with \
+             `normlab train --dataset image-folder`",
+        )
+        .into());
+    }
     let mut dir = match &args.out {
         Some(out) => RunDir::claim(out, args.force, Owner::Experiment)?,
         None => RunDir::claim_new(

@@ -62,15 +62,75 @@ enum Command {
 /// Where the data comes from, shared by the commands that read it.
 #[derive(clap::Args, Clone, Debug)]
 pub struct DataArgs {
-    /// Directory holding the four Fashion-MNIST files (else $NORMLAB_DATA,
-    /// /usr/share/datasets/fashion-mnist, the cache, or a download).
+    /// fashion-mnist | mnist | kmnist (downloaded if not found) | image-folder
+    /// (--data-dir DIR holding train/<class>/*.png|jpg and test/<class>/...)
+    /// [default: fashion-mnist, or what the checkpoint or run was trained on]
+    #[arg(long, value_name = "NAME")]
+    pub dataset: Option<String>,
+    /// Directory holding the four files of the data set (for Fashion-MNIST
+    /// else $NORMLAB_DATA, /usr/share/datasets/fashion-mnist, the cache, or a
+    /// download), or the image folder.
     #[arg(long, value_name = "DIR", value_parser = args::PathArg)]
     pub data_dir: Option<PathBuf>,
+    /// Image folders: the most memory the resized images may take, in MiB
+    /// [default: half the available memory].
+    #[arg(long, value_name = "MIB", allow_negative_numbers = true, value_parser = args::count(1, "2048"))]
+    pub max_data_mib: Option<usize>,
 }
 
 impl DataArgs {
+    /// Fashion-MNIST's search (the IDX set of `--dataset`, if one).
     pub fn source(&self, progress: bool) -> crate::locate::DataSource {
-        crate::locate::DataSource { data_dir: self.data_dir.clone(), progress, ..Default::default() }
+        let set = match self.dataset.as_deref().map(crate::locate::DataChoice::parse) {
+            Some(Ok(crate::locate::DataChoice::Idx(set))) => set,
+            _ => crate::download::IdxSet::FashionMnist,
+        };
+        crate::locate::DataSource { set, data_dir: self.data_dir.clone(), progress, ..Default::default() }
+    }
+
+    /// `--dataset`, else `default`.
+    pub fn choice(&self, default: crate::locate::DataChoice) -> normlab::Result<crate::locate::DataChoice> {
+        self.dataset.as_deref().map_or(Ok(default), crate::locate::DataChoice::parse)
+    }
+
+    /// Loads the data chosen (`--dataset`, else `default`); image folders
+    /// get `channels` (`None`: from the images) and are resized to
+    /// `rows` x `cols`.
+    pub fn load(
+        &self,
+        default: crate::locate::DataChoice,
+        progress: bool,
+        channels: Option<usize>,
+        rows: usize,
+        cols: usize,
+    ) -> normlab::Result<(crate::locate::DataChoice, normlab::data::Dataset)> {
+        let choice = self.choice(default)?;
+        let data =
+            crate::locate::load_choice(choice, self.data_dir.as_deref(), progress, &self.folder(channels, rows, cols))?;
+        Ok((choice, data))
+    }
+
+    /// Loads `choice` from `dir` (a run's recorded directory), whatever
+    /// `--dataset` and `--data-dir` say.
+    pub fn load_from(
+        &self,
+        choice: crate::locate::DataChoice,
+        dir: &std::path::Path,
+        progress: bool,
+        channels: Option<usize>,
+        rows: usize,
+        cols: usize,
+    ) -> normlab::Result<normlab::data::Dataset> {
+        crate::locate::load_choice(choice, Some(dir), progress, &self.folder(channels, rows, cols))
+    }
+
+    fn folder(&self, channels: Option<usize>, rows: usize, cols: usize) -> crate::folder::FolderOptions {
+        crate::folder::FolderOptions {
+            channels,
+            rows,
+            cols,
+            max_bytes: self.max_data_mib.map_or_else(crate::folder::default_max_bytes, |m| (m as u64) << 20),
+        }
     }
 }
 

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 
-use normlab::data::CLASS_NAMES;
 use normlab::loss::softmax_rows;
 use normlab::train::checkpoint;
 use normlab::{Error, Tensor};
@@ -14,7 +13,7 @@ use super::args::PathArg;
 
 #[derive(clap::Args, Debug)]
 #[command(
-    about = "Predict the class of images (PNG/JPEG, any size; converted to 28x28 grey)",
+    about = "Predict the class of images (PNG/JPEG, any size; converted to the model's input, 28x28 grey or RGB)",
     after_help = "Examples:\n  normlab predict --checkpoint model.safetensors shoe.png bag.jpg\n  normlab predict --checkpoint model.safetensors --invert photo.jpg   # dark object on a light background\n\nFashion-MNIST images are light objects on a black background; use --invert for photos."
 )]
 pub struct PredictArgs {
@@ -30,57 +29,18 @@ pub struct PredictArgs {
     images: Vec<PathBuf>,
 }
 
-/// Largest accepted image: a file declaring 100000 x 100000 pixels, or a
-/// tiny JPEG declaring 16384 x 16384 (whose decoder would fill in the
-/// missing data), is refused from its header, before anything is allocated.
-const MAX_SIDE: u32 = 16_384;
-const MAX_PIXELS: u64 = 50_000_000;
-const MAX_ALLOC: u64 = 256 << 20;
-
-/// Decodes any PNG/JPEG into 28x28 grey levels in [0, 1].
-pub fn load_image(path: &Path, invert: bool) -> normlab::Result<Vec<f32>> {
-    let bad = |msg: String| Error::data(path, msg);
+/// Decodes any PNG/JPEG into the model's input: `shape` = `[channels,
+/// rows, cols]`, values in [0, 1] (1 channel: grey levels, 3: RGB).
+pub fn load_image(path: &Path, invert: bool, shape: [usize; 3]) -> normlab::Result<Vec<f32>> {
     check_image_path(path)?;
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    if reader.format().is_none() {
-        return Err(bad("not a PNG or JPEG image; pass a .png or .jpg file".into()));
-    }
-    let too_large = || {
-        bad(format!(
-            "image is too large (more than {MAX_SIDE}x{MAX_SIDE} pixels, {} megapixels or {} MiB decoded); resize it first",
-            MAX_PIXELS / 1_000_000,
-            MAX_ALLOC >> 20
-        ))
-    };
-    // the header alone gives the size: check it before decoding anything
-    let (width, height) = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| Error::io(path, e))?
-        .into_dimensions()
-        .map_err(|e| bad(format!("cannot read the image header ({e}); is it a complete PNG or JPEG?")))?;
-    if width > MAX_SIDE || height > MAX_SIDE || width as u64 * height as u64 > MAX_PIXELS {
-        return Err(too_large());
-    }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_ALLOC);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => too_large(),
-        other => bad(format!("cannot decode the image ({other}); is it a complete PNG or JPEG?")),
-    })?;
-    // one byte per pixel from here on (16-bit, palette and alpha images included)
-    let grey = img.to_luma8();
+    let img = crate::images::decode(path)?;
+    let [channels, rows, cols] = shape;
+    let planes = crate::images::to_planes(&img, channels, rows, cols);
     drop(img);
-    let small = image::imageops::resize(&grey, 28, 28, image::imageops::FilterType::Triangle);
-    Ok(small
-        .pixels()
+    Ok(planes
+        .into_iter()
         .map(|p| {
-            let v = p.0[0] as f32 / 255.0;
+            let v = p as f32 / 255.0;
             if invert {
                 1.0 - v
             } else {
@@ -113,10 +73,12 @@ fn check_image_path(path: &Path) -> normlab::Result<()> {
 pub fn run(args: PredictArgs) -> Result<()> {
     let (mut net, info) = checkpoint::load(&args.checkpoint)?;
     net.eval();
+    let names = super::eval::class_names_of(&info);
+    let [c, h, w] = info.input_shape;
     for path in &args.images {
-        let pixels = load_image(path, args.invert)?;
+        let pixels = load_image(path, args.invert, info.input_shape)?;
         // one image at a time: prediction-mode BN needs no batch
-        let x = Tensor::from_vec(&[1, 1, 28, 28], pixels)?;
+        let x = Tensor::from_vec(&[1, c, h, w], pixels)?;
         let probs = softmax_rows(net.forward(&x)?).remove(0);
         let worst = probs.iter().copied().find(|p| !p.is_finite()).unwrap_or(0.0);
         super::refuse_non_finite(&args.checkpoint, "a class probability", worst)?;
@@ -125,10 +87,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
         let top: Vec<(usize, f64)> = ranked.into_iter().take(3).collect();
         if args.json {
             let list: Vec<_> =
-                top.iter().map(|&(c, p)| json!({"class": c, "name": CLASS_NAMES[c], "probability": p})).collect();
+                top.iter().map(|&(c, p)| json!({"class": c, "name": names[c], "probability": p})).collect();
             outln!("{}", json!({"image": path, "model": info.model, "top": list}));
         } else {
-            let text: Vec<String> = top.iter().map(|&(c, p)| format!("{} {:.3}", CLASS_NAMES[c], p)).collect();
+            let text: Vec<String> = top.iter().map(|&(c, p)| format!("{} {:.3}", names[c], p)).collect();
             outln!("{}: {}", path.display(), text.join(", "));
         }
     }

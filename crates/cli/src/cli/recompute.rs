@@ -147,7 +147,7 @@ pub fn run(args: RecomputeArgs) -> Result<()> {
         )
         .into());
     }
-    let fm = crate::locate::load(&args.data.source(!args.json && super::stderr_is_terminal()))?;
+    let fm = super::eval::load_data_of(&args.data, &args.checkpoint, &info, !args.json && super::stderr_is_terminal())?;
     check_enough_images(&fm)?;
     let before = train::evaluate(&mut net, &fm.test, args.batch_size, None)?;
     // a model whose outputs overflow gets no new file and no NaN printed
@@ -160,6 +160,12 @@ pub fn run(args: RecomputeArgs) -> Result<()> {
         extra.push(("epoch", e.clone()));
     }
     extra.push(("bn_stats", "recomputed over the training set".into()));
+    // what the model's data looks like stays recorded
+    for key in [checkpoint::META_DATASET, checkpoint::META_CLASS_NAMES, checkpoint::META_INPUT_SHAPE] {
+        if let Some(v) = info.metadata.get(key) {
+            extra.push((key, v.clone()));
+        }
+    }
     checkpoint::save(&mut net, &info.model, &info.network, &extra, &args.out)?;
     if args.json {
         outln!(

@@ -7,6 +7,8 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
+use crate::download::IdxSet;
+use crate::locate::DataChoice;
 use crate::plot;
 use crate::rundir::{Owner, RunDir};
 use normlab::data::FashionMnist;
@@ -23,8 +25,8 @@ use record::{DataRecord, RunRecord};
 
 #[derive(clap::Args, Debug)]
 #[command(
-    about = "Train a LeNet on Fashion-MNIST (defaults: the chapter's recipe)",
-    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n  normlab train --resume runs/plain --epochs 8    # continue (or extend) a run as it was recorded\n  normlab train --out runs/plain --force          # replace the run in runs/plain\n\nWrites metrics.csv, curves.svg/png, model.safetensors (PyTorch state_dict names), run.json and\ncheckpoint.safetensors (for --resume) under --out (default runs/<model>-<UTC time>), a directory\nthat belongs to this run alone."
+    about = "Train a LeNet on Fashion-MNIST, MNIST, KMNIST or an image folder (defaults: the chapter's recipe)",
+    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n  normlab train --resume runs/plain --epochs 8    # continue (or extend) a run as it was recorded\n  normlab train --out runs/plain --force          # replace the run in runs/plain\n  normlab train --dataset kmnist                  # KMNIST, downloaded into the cache if not found\n  normlab train --dataset image-folder --data-dir photos   # photos/train/<class>/*.jpg, photos/test/<class>/...\n\nWrites metrics.csv, curves.svg/png, model.safetensors (PyTorch state_dict names), run.json and\ncheckpoint.safetensors (for --resume) under --out (default runs/<model>-<UTC time>), a directory\nthat belongs to this run alone."
 )]
 pub struct TrainArgs {
     /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet [default: bn-lenet]
@@ -50,6 +52,9 @@ pub struct TrainArgs {
     seed: Option<usize>,
     #[command(flatten)]
     data: DataArgs,
+    /// Image folders: 1 (grey) or 3 (RGB) input channels [default: 3 if any image has colour, else 1]
+    #[arg(long, value_name = "C", allow_negative_numbers = true, value_parser = clap::value_parser!(u8).range(1..=3))]
+    channels: Option<u8>,
     /// Output directory, new or empty (default runs/<model>-<UTC time>, with -2, -3, ... if taken).
     #[arg(long, value_name = "DIR", value_parser = PathArg)]
     out: Option<PathBuf>,
@@ -147,21 +152,35 @@ fn start(args: &TrainArgs, started: Instant) -> Result<()> {
     options.seed = args.seed.unwrap_or(0) as u64;
     options.limit_train = args.limit_train;
     options.limit_val = args.limit_val;
-    let mut trainer = Trainer::new(options)?;
+    options.validate()?;
     if args.recompute_stats {
-        super::recompute::check_has_batch_norm(&mut trainer.net, kind.name(), "leave --recompute-stats out")?;
+        let mut net = normlab::models::build::<f32>(kind, &mut normlab::rng::seeded(0))?;
+        super::recompute::check_has_batch_norm(&mut net, kind.name(), "leave --recompute-stats out")?;
+    }
+    let choice = args.data.choice(DataChoice::Idx(IdxSet::FashionMnist))?;
+    if args.channels.is_some() && choice != DataChoice::ImageFolder {
+        return Err(normlab::Error::config(
+            "--channels",
+            format!("{} has 1 channel (grey) and no choice; --channels is for --dataset image-folder", choice.title()),
+        )
+        .into());
     }
     let dir = match &args.out {
         Some(out) => RunDir::claim(out, args.force, Owner::Train)?,
         None => RunDir::claim_new(Path::new("runs"), &format!("{}-{}", kind.name(), super::utc_timestamp()))?,
     };
     let show_progress = !args.quiet && super::stderr_is_terminal();
-    let fm = crate::locate::load(&args.data.source(show_progress))?;
+    let [_, rows, cols] = options.input_shape;
+    let (choice, fm) = args.data.load(choice, show_progress, args.channels.map(usize::from), rows, cols)?;
     if args.recompute_stats {
         super::recompute::check_enough_images(&fm)?;
     }
-    let record = RunRecord { data: DataRecord::of(&fm), recompute_stats: args.recompute_stats };
-    execute(args, dir, kind, trainer, fm, record, started)
+    // the network's input and output from the data
+    options.input_shape = fm.train.example_shape();
+    options.classes = fm.num_classes();
+    let trainer = Trainer::new(options)?;
+    let record = RunRecord { data: DataRecord::of(&fm, choice), recompute_stats: args.recompute_stats };
+    execute(args, dir, kind, trainer, fm, choice, record, started)
 }
 
 /// Continues the run in `dir` from its training checkpoint, as it was
@@ -218,27 +237,33 @@ fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
         super::recompute::check_has_batch_norm(&mut trainer.net, kind.name(), "leave --recompute-stats out")?;
     }
     let show_progress = !args.quiet && super::stderr_is_terminal();
-    let fm = record::resume_data(args, dir, recorded.as_ref(), show_progress, say)?;
+    let fm = record::resume_data(args, dir, recorded.as_ref(), &trainer.options, show_progress, say)?;
     if recompute {
         super::recompute::check_enough_images(&fm)?;
     }
-    let record = RunRecord { data: DataRecord::of(&fm), recompute_stats: recompute };
-    execute(args, claimed, kind, trainer, fm, record, started)
+    let choice = recorded
+        .as_ref()
+        .and_then(|r| DataChoice::parse(&r.data.dataset).ok())
+        .unwrap_or(DataChoice::Idx(IdxSet::FashionMnist));
+    let record = RunRecord { data: DataRecord::of(&fm, choice), recompute_stats: recompute };
+    execute(args, claimed, kind, trainer, fm, choice, record, started)
 }
 
 /// Trains the remaining epochs, recomputes the statistics if the run
 /// asks for it, and writes the plots and the summary.
+#[allow(clippy::too_many_arguments)]
 fn execute(
     args: &TrainArgs,
     mut dir: RunDir,
     kind: ModelKind,
     mut trainer: Trainer,
     fm: FashionMnist,
+    choice: DataChoice,
     record: RunRecord,
     started: Instant,
 ) -> Result<()> {
     let show_progress = !args.quiet && super::stderr_is_terminal();
-    let run = Run::new(args, dir.path().to_path_buf(), kind, &trainer, fm, record);
+    let run = Run::new(args, dir.path().to_path_buf(), kind, &trainer, fm, choice, record);
     run.say_start(&trainer);
     if trainer.epoch() > 0 {
         // a resumed run: its files as of its checkpoint, whatever a kill
@@ -256,6 +281,9 @@ struct Run {
     out: PathBuf,
     kind: ModelKind,
     fm: FashionMnist,
+    choice: DataChoice,
+    /// The metadata entries that tell eval and predict the data's shape and classes.
+    data_meta: Vec<(&'static str, String)>,
     record: RunRecord,
     n_train: usize,
     n_val: usize,
@@ -270,12 +298,14 @@ impl Run {
         kind: ModelKind,
         trainer: &Trainer,
         fm: FashionMnist,
+        choice: DataChoice,
         record: RunRecord,
     ) -> Self {
         let options = &trainer.options;
         let n_train = options.limit_train.map_or(fm.train.len(), |l| l.min(fm.train.len()));
         let n_val = options.limit_val.map_or(fm.test.len(), |l| l.min(fm.test.len()));
-        Run { out, kind, fm, record, n_train, n_val, json: args.json, quiet: args.quiet }
+        let data_meta = checkpoint::data_metadata(choice.name(), &fm.class_names, options.input_shape);
+        Run { out, kind, fm, choice, data_meta, record, n_train, n_val, json: args.json, quiet: args.quiet }
     }
 
     /// A progress line for people, on stderr (stdout carries only results),
@@ -296,9 +326,11 @@ impl Run {
             ));
         }
         self.say(format!(
-            "training {} on {} images, validating on {} ({} threads, {}), output in {}",
+            "training {} on {} {} images of {} classes, validating on {} ({} threads, {}), output in {}",
             self.kind.name(),
             self.n_train,
+            self.choice.name(),
+            self.fm.num_classes(),
             self.n_val,
             rayon::current_num_threads(),
             normlab::isa::active(),
@@ -320,6 +352,8 @@ impl Run {
             // lossy: a cache under a non-UTF-8 $HOME must not stop the run
             "data_dir": self.fm.dir.to_string_lossy(),
             "data_sha256": self.record.data.sha256,
+            "dataset": self.choice.name(),
+            "class_names": self.fm.class_names,
             "recompute_stats": self.record.recompute_stats,
             "train_examples": self.n_train,
             "val_examples": self.n_val,
@@ -364,10 +398,14 @@ fn train_epochs(run: &Run, dir: &mut RunDir, trainer: &mut Trainer, show_progres
 /// is the run's for good.
 fn write_epoch_files(run: &Run, dir: &mut RunDir, trainer: &mut Trainer) -> Result<()> {
     dir.begin_writing()?;
-    trainer.save_state_with(&run.out.join(STATE_FILE), &[(record::META_RECORD, run.record.to_json())])?;
+    let mut state_meta = vec![(record::META_RECORD, run.record.to_json())];
+    state_meta.extend(run.data_meta.iter().cloned());
+    trainer.save_state_with(&run.out.join(STATE_FILE), &state_meta)?;
     write_metrics(&run.out.join("metrics.csv"), &trainer.history)?;
     let (network, epoch) = (trainer.options.network, trainer.epoch().to_string());
-    checkpoint::save(&mut trainer.net, run.kind.name(), &network, &[("epoch", epoch)], &run.model_path())?;
+    let mut meta = vec![("epoch", epoch)];
+    meta.extend(run.data_meta.iter().cloned());
+    checkpoint::save(&mut trainer.net, run.kind.name(), &network, &meta, &run.model_path())?;
     run.write_run_json(trainer, json!("in progress"))?;
     dir.keep();
     Ok(())
@@ -390,13 +428,9 @@ fn recompute_stats(run: &Run, trainer: &mut Trainer) -> Result<serde_json::Value
     ));
     let epoch = trainer.epoch().to_string();
     let network = trainer.options.network;
-    checkpoint::save(
-        &mut trainer.net,
-        run.kind.name(),
-        &network,
-        &[("epoch", epoch), ("bn_stats", "recomputed over the training set".into())],
-        &run.model_path(),
-    )?;
+    let mut meta = vec![("epoch", epoch), ("bn_stats", "recomputed over the training set".into())];
+    meta.extend(run.data_meta.iter().cloned());
+    checkpoint::save(&mut trainer.net, run.kind.name(), &network, &meta, &run.model_path())?;
     Ok(
         json!({"bn_layers": layers, "val_acc_before": before, "val_acc_after": after.accuracy, "val_loss_after": after.loss}),
     )
@@ -406,7 +440,10 @@ fn recompute_stats(run: &Run, trainer: &mut Trainer) -> Result<serde_json::Value
 fn finish(run: &Run, trainer: &Trainer, recompute: serde_json::Value, started: Instant) -> Result<()> {
     plot::plot_curves(
         &trainer.history,
-        &format!("{} on Fashion-MNIST", run.kind.name()),
+        &match run.choice {
+            DataChoice::Idx(set) => format!("{} on {}", run.kind.name(), set.title()),
+            DataChoice::ImageFolder => format!("{} on {}", run.kind.name(), run.fm.dir.display()),
+        },
         &run.out.join("curves.svg"),
         &run.out.join("curves.png"),
     )?;

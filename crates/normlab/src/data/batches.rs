@@ -132,12 +132,12 @@ impl Batches {
     }
 }
 
-/// One batch as a network takes it: `x`, a `(N, 1, rows, cols)` tensor of
+/// One batch as a network takes it: `x`, a `(N, channels, rows, cols)` tensor of
 /// pixels scaled to [0, 1], and the `N` labels. Reused from batch to batch.
 ///
 /// ```
 /// use normlab::data::{Batch, Split};
-/// let split = Split { images: vec![0, 255, 51, 102], labels: vec![3], rows: 2, cols: 2 };
+/// let split = Split { images: vec![0, 255, 51, 102], labels: vec![3], channels: 1, rows: 2, cols: 2 };
 /// let mut batch = Batch::default();
 /// batch.fill(&split, &[0])?;
 /// assert_eq!(batch.x.shape(), &[1, 1, 2, 2]);
@@ -148,7 +148,7 @@ impl Batches {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
-    /// The images, `(N, 1, rows, cols)`, in [0, 1].
+    /// The images, `(N, channels, rows, cols)`, in [0, 1].
     pub x: Tensor<f32>,
     /// The class of each image.
     pub labels: Vec<usize>,
@@ -276,7 +276,8 @@ mod tests {
 
     #[test]
     fn batch_fill_loads_images_and_labels_and_checks_indices() {
-        let split = Split { images: (0..12).map(|v| v * 20).collect(), labels: vec![5, 6, 7], rows: 2, cols: 2 };
+        let split =
+            Split { images: (0..12).map(|v| v * 20).collect(), labels: vec![5, 6, 7], channels: 1, rows: 2, cols: 2 };
         let mut batch = Batch::default();
         batch.fill(&split, &[2, 0]).unwrap();
         assert_eq!(batch.x.shape(), &[2, 1, 2, 2]);

@@ -40,14 +40,17 @@ pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 /// The four file names in the order of [`DataFiles`]' fields.
 pub const STEMS: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
 
-/// One split: `len()` images of `rows` x `cols` bytes, row-major, and their
-/// labels (`0..10`).
+/// One split: `len()` images of `channels` x `rows` x `cols` bytes (each
+/// channel a row-major plane, PyTorch's CHW order), and their labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
     /// The pixels of every image, one after the other, `0` (background) to `255`.
     pub images: Vec<u8>,
-    /// One class index per image, `0..NUM_CLASSES` (see [`CLASS_NAMES`]).
+    /// One class index per image, below the data set's number of classes
+    /// ([`CLASS_NAMES`] for Fashion-MNIST, [`Dataset::class_names`] in general).
     pub labels: Vec<u8>,
+    /// Colour channels per image: 1 (grey, every IDX file) or 3 (RGB).
+    pub channels: usize,
     /// Image height in pixels (28 once loaded by [`load_split`]).
     pub rows: usize,
     /// Image width in pixels (28 once loaded by [`load_split`]).
@@ -65,9 +68,14 @@ impl Split {
         self.labels.is_empty()
     }
 
-    /// Pixels per image (`rows * cols`).
+    /// Bytes per image (`channels * rows * cols`).
     pub fn image_len(&self) -> usize {
-        self.rows * self.cols
+        self.channels * self.rows * self.cols
+    }
+
+    /// The shape of one example as a network takes it: `[channels, rows, cols]`.
+    pub fn example_shape(&self) -> [usize; 3] {
+        [self.channels, self.rows, self.cols]
     }
 
     /// The pixels of example `i`. Panics if `i >= len()`, like slice indexing.
@@ -85,17 +93,32 @@ impl Split {
     }
 }
 
-/// The training and test splits (60,000 and 10,000 images in the full data
-/// set; a directory may hold a subset), and the directory they were read from.
+/// A data set: the training and test splits (for Fashion-MNIST 60,000 and
+/// 10,000 images; a directory may hold a subset), the name of each class,
+/// and the directory they were read from.
 #[derive(Debug, Clone)]
-pub struct FashionMnist {
-    /// The training examples (60,000 in the full data set).
+pub struct Dataset {
+    /// The training examples (60,000 in the full Fashion-MNIST).
     pub train: Split,
-    /// The test examples (10,000 in the full set; the chapter validates on them).
+    /// The test examples (10,000 in the full Fashion-MNIST; the chapter validates on them).
     pub test: Split,
-    /// The directory the four files were read from.
+    /// The directory the data was read from.
     pub dir: PathBuf,
+    /// The name of each class, indexed by label; its length is the number
+    /// of classes (the width of a classifier's output).
+    pub class_names: Vec<String>,
 }
+
+impl Dataset {
+    /// The number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+}
+
+/// Fashion-MNIST as loaded by [`load_dir`]: a [`Dataset`] with its ten
+/// classes ([`CLASS_NAMES`]).
+pub type FashionMnist = Dataset;
 
 /// The four files of one directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,13 +157,22 @@ pub fn find_files(dir: &Path) -> std::result::Result<DataFiles, Vec<String>> {
     }
 }
 
-/// Loads the four files from `dir`, without searching anywhere else.
+/// Loads the four Fashion-MNIST files from `dir`, without searching
+/// anywhere else.
 pub fn load_dir(dir: &Path) -> Result<FashionMnist> {
+    load_idx_dir(dir, &CLASS_NAMES)
+}
+
+/// Loads the four files of an IDX data set of the MNIST family (MNIST,
+/// Fashion-MNIST, KMNIST: the same file names, 28x28 grey images, ten
+/// classes) from `dir`; `class_names` names its classes, and every label
+/// must be below their number.
+pub fn load_idx_dir(dir: &Path, class_names: &[&str]) -> Result<Dataset> {
     let files = find_files(dir).map_err(|missing| {
         Error::data(
             dir,
             format!(
-                "missing Fashion-MNIST file(s) {}; the directory must hold all four ({}), \
+                "missing data file(s) {}; the directory must hold all four ({}), \
                  gzip-compressed or not; pass --data-dir pointing at a directory that has them",
                 missing.join(", "),
                 all_names()
@@ -150,24 +182,34 @@ pub fn load_dir(dir: &Path) -> Result<FashionMnist> {
     // The two splits are independent; decompressing them side by side
     // saves a noticeable part of the start-up time.
     let (train, test) = std::thread::scope(|s| {
-        let test = s.spawn(|| load_split(&files.test_images, &files.test_labels));
-        let train = load_split(&files.train_images, &files.train_labels);
+        let test = s.spawn(|| load_split_of(&files.test_images, &files.test_labels, class_names.len()));
+        let train = load_split_of(&files.train_images, &files.train_labels, class_names.len());
         let test = test.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (train, test)
     });
-    Ok(FashionMnist { train: train?, test: test?, dir: dir.to_path_buf() })
+    Ok(Dataset {
+        train: train?,
+        test: test?,
+        dir: dir.to_path_buf(),
+        class_names: class_names.iter().map(|n| n.to_string()).collect(),
+    })
 }
 
 /// Reads one images file and its labels file and checks that they fit
 /// together and look like Fashion-MNIST.
 pub fn load_split(images_path: &Path, labels_path: &Path) -> Result<Split> {
+    load_split_of(images_path, labels_path, NUM_CLASSES)
+}
+
+/// [`load_split`] for a data set of `classes` classes (every label below it).
+fn load_split_of(images_path: &Path, labels_path: &Path, classes: usize) -> Result<Split> {
     let images = idx::read_images(images_path)?;
     if images.rows != IMAGE_SIDE || images.cols != IMAGE_SIDE {
         return Err(Error::data(
             images_path,
             format!(
-                "images are {}x{}, Fashion-MNIST images are {IMAGE_SIDE}x{IMAGE_SIDE}; this is not \
-                 a Fashion-MNIST file, pass --data-dir pointing at the Fashion-MNIST files",
+                "images are {}x{}, the MNIST family's images are {IMAGE_SIDE}x{IMAGE_SIDE}; this is not \
+                 a file of the data set, pass --data-dir pointing at its files",
                 images.rows, images.cols
             ),
         ));
@@ -191,18 +233,18 @@ pub fn load_split(images_path: &Path, labels_path: &Path) -> Result<Split> {
             ),
         ));
     }
-    if let Some(i) = labels.iter().position(|&l| usize::from(l) >= NUM_CLASSES) {
+    if let Some(i) = labels.iter().position(|&l| usize::from(l) >= classes) {
         return Err(Error::data(
             labels_path,
             format!(
-                "label {} at index {i} is out of range, Fashion-MNIST labels are 0 to {}; the file \
+                "label {} at index {i} is out of range, the data set's labels are 0 to {}; the file \
                  is corrupt, re-download it or pass --data-dir pointing at good files",
                 labels[i],
-                NUM_CLASSES - 1
+                classes - 1
             ),
         ));
     }
-    Ok(Split { images: images.bytes, labels, rows: images.rows, cols: images.cols })
+    Ok(Split { images: images.bytes, labels, channels: 1, rows: images.rows, cols: images.cols })
 }
 
 fn all_names() -> String {

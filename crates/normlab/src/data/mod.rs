@@ -21,6 +21,6 @@ pub mod idx;
 
 pub use batches::{Batch, Batches, LastBatch};
 pub use fashion_mnist::{
-    find_files, load_dir, load_split, DataFiles, FashionMnist, Split, CLASS_NAMES, IMAGE_SIDE, NUM_CLASSES, STEMS,
-    TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
+    find_files, load_dir, load_idx_dir, load_split, DataFiles, Dataset, FashionMnist, Split, CLASS_NAMES, IMAGE_SIDE,
+    NUM_CLASSES, STEMS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
 };

@@ -95,8 +95,22 @@ impl LeNetConfig {
         }
     }
 
-    /// Builds the (unbuilt) network; call [`Sequential::build`] with `[1, 28, 28]`.
+    /// Builds the (unbuilt) network for Fashion-MNIST's ten classes; call
+    /// [`Sequential::build`] with `[1, 28, 28]`.
     pub fn network<T: Real>(&self) -> Result<Sequential<T>> {
+        self.network_for(NUM_CLASSES)
+    }
+
+    /// The (unbuilt) network with `classes` outputs. The first convolution
+    /// takes its input channels from the shape given to
+    /// [`Sequential::build`] (`[1, 28, 28]` grey, `[3, 28, 28]` RGB).
+    pub fn network_for<T: Real>(&self, classes: usize) -> Result<Sequential<T>> {
+        if classes < 2 {
+            return Err(Error::config(
+                "classes",
+                format!("{classes} classes: a classifier needs at least 2; the data must have two classes or more"),
+            ));
+        }
         let mut net = Sequential::new();
         let has_norm = |on: bool| on && self.norm != Norm::None;
         let stage = |net: &mut Sequential<T>, affine: Box<dyn Layer<T>>, normed: bool| -> Result<()> {
@@ -132,7 +146,7 @@ impl LeNetConfig {
                 net.push_boxed(Box::new(Dropout::new(p)?));
             }
         }
-        net.push_boxed(Box::new(Linear::new(10).init(Init::XavierUniform)));
+        net.push_boxed(Box::new(Linear::new(classes).init(Init::XavierUniform)));
         Ok(net)
     }
 
@@ -200,6 +214,8 @@ impl ModelKind {
 
 /// One example of Fashion-MNIST.
 pub const INPUT_SHAPE: [usize; 3] = [1, 28, 28];
+/// Fashion-MNIST's number of classes, the chapter's output width.
+pub const NUM_CLASSES: usize = 10;
 
 /// Builds and initializes a ready-made model.
 pub fn build<T: Real>(kind: ModelKind, rng: &mut Rng) -> Result<Sequential<T>> {
@@ -209,8 +225,19 @@ pub fn build<T: Real>(kind: ModelKind, rng: &mut Rng) -> Result<Sequential<T>> {
 /// Builds and initializes the network `config` describes for Fashion-MNIST
 /// input ([`INPUT_SHAPE`]).
 pub fn build_config<T: Real>(config: &LeNetConfig, rng: &mut Rng) -> Result<Sequential<T>> {
-    let mut net = config.network()?;
-    net.build(&INPUT_SHAPE, rng)?;
+    build_config_for(config, &INPUT_SHAPE, NUM_CLASSES, rng)
+}
+
+/// Builds and initializes the network `config` describes for examples of
+/// `input_shape` (`[channels, rows, cols]`) and `classes` classes.
+pub fn build_config_for<T: Real>(
+    config: &LeNetConfig,
+    input_shape: &[usize],
+    classes: usize,
+    rng: &mut Rng,
+) -> Result<Sequential<T>> {
+    let mut net = config.network_for(classes)?;
+    net.build(input_shape, rng)?;
     Ok(net)
 }
 

@@ -8,8 +8,8 @@ mod residual;
 pub use residual::Residual;
 
 pub use lenet::{
-    bn_lenet, bn_lenet_scratch, build, build_config, lenet, ln_lenet, Activation, LeNetConfig, ModelKind, Norm,
-    NormPlacement, INPUT_SHAPE,
+    bn_lenet, bn_lenet_scratch, build, build_config, build_config_for, lenet, ln_lenet, Activation, LeNetConfig,
+    ModelKind, Norm, NormPlacement, INPUT_SHAPE, NUM_CLASSES,
 };
 
 use crate::layers::{Layer, Mode, StateMut};

@@ -5,10 +5,10 @@ use rayon::prelude::*;
 use crate::data::Split;
 use crate::tensor::Tensor;
 
-/// Converts images (bytes 0..255) to a `(N, 1, rows, cols)` batch in [0, 1].
+/// Converts images (bytes 0..255) to a `(N, channels, rows, cols)` batch in [0, 1].
 pub fn fill_batch(split: &Split, indices: &[usize], x: &mut Tensor<f32>, labels: &mut Vec<usize>) {
     let size = split.image_len();
-    x.resize(&[indices.len(), 1, split.rows, split.cols]);
+    x.resize(&[indices.len(), split.channels, split.rows, split.cols]);
     labels.clear();
     labels.extend(indices.iter().map(|&i| split.labels[i] as usize));
     // Images are read in random order, each from a different page, which the

@@ -69,7 +69,8 @@ mod tests {
     fn too_little_data_is_refused_and_changes_nothing() {
         let mut net = bn_lenet::<f32>(&mut crate::rng::seeded(0)).unwrap();
         let before: Vec<Vec<f32>> = net.state_mut().into_iter().map(|(_, s)| state_values(s)).collect();
-        let split = |n: usize| Split { images: vec![128; n * 784], labels: vec![0; n], rows: 28, cols: 28 };
+        let split =
+            |n: usize| Split { images: vec![128; n * 784], labels: vec![0; n], channels: 1, rows: 28, cols: 28 };
         for (data, batch) in [(split(1), 128), (split(50), 1)] {
             let err = recompute_bn_stats(&mut net, &data, batch).unwrap_err().to_string();
             assert!(err.contains("batches of 2 or more"), "{err}");

@@ -32,6 +32,35 @@ pub const META_MODEL: &str = "normlab.model";
 pub const META_NETWORK: &str = "normlab.network";
 /// Metadata key of the normlab version that wrote the file.
 pub const META_VERSION: &str = "normlab.version";
+/// Metadata key of the names of the classes the model was trained on, a
+/// JSON list indexed by label; its length is the width of the output.
+/// Absent: Fashion-MNIST's ten classes.
+pub const META_CLASS_NAMES: &str = "normlab.data.class_names";
+/// Metadata key of the shape of one input example, `[channels, rows,
+/// cols]` as JSON. Absent: Fashion-MNIST's `[1, 28, 28]`.
+pub const META_INPUT_SHAPE: &str = "normlab.data.input_shape";
+/// Metadata key of the data set a model was trained on (`fashion-mnist`,
+/// `mnist`, `kmnist`, `image-folder`), for people and for the CLI's defaults.
+pub const META_DATASET: &str = "normlab.data.dataset";
+
+/// The largest input side and channel count a checkpoint may declare: the
+/// network is built from the declared shape before any tensor is compared,
+/// so a lying shape must not make it allocate gigabytes.
+const MAX_INPUT_SIDE: usize = 256;
+const MAX_INPUT_CHANNELS: usize = 4;
+
+/// The metadata entries that record what a model's data looks like
+/// ([`META_DATASET`], [`META_CLASS_NAMES`], [`META_INPUT_SHAPE`]), to pass
+/// among the `extra` entries of [`save`] so that [`load`] rebuilds a
+/// network of the right input and output.
+pub fn data_metadata(dataset: &str, class_names: &[String], input_shape: [usize; 3]) -> Vec<(&'static str, String)> {
+    vec![
+        (META_DATASET, dataset.to_string()),
+        (META_CLASS_NAMES, serde_json::to_string(class_names).expect("strings serialize")),
+        (META_INPUT_SHAPE, serde_json::to_string(&input_shape).expect("numbers serialize")),
+    ]
+}
+
 /// Marks a file written by [`save_state_dict`]: the state of a network
 /// built in code, without a description to rebuild it from.
 pub const META_STATE_DICT: &str = "normlab.state_dict";
@@ -45,6 +74,18 @@ pub struct CheckpointInfo {
     pub network: LeNetConfig,
     /// All metadata entries, normlab's and any extra ones.
     pub metadata: HashMap<String, String>,
+    /// One input example's shape ([`META_INPUT_SHAPE`], else `[1, 28, 28]`).
+    pub input_shape: [usize; 3],
+    /// The class names ([`META_CLASS_NAMES`]); `None` in a file without
+    /// them: Fashion-MNIST's ten classes.
+    pub class_names: Option<Vec<String>>,
+}
+
+impl CheckpointInfo {
+    /// The width of the model's output.
+    pub fn num_classes(&self) -> usize {
+        self.class_names.as_ref().map_or(models::NUM_CLASSES, |n| n.len())
+    }
 }
 
 /// Serializes every parameter and buffer of `net`, with `extra` metadata.
@@ -230,7 +271,49 @@ fn info_from(path: &Path, metadata: HashMap<String, String>) -> Result<Checkpoin
             ));
         }
     }
-    Ok(CheckpointInfo { model, network, metadata })
+    let (input_shape, class_names) = data_shape(path, &metadata)?;
+    Ok(CheckpointInfo { model, network, metadata, input_shape, class_names })
+}
+
+/// The input shape and class names the metadata records, checked to be
+/// something normlab can have written.
+fn data_shape(path: &Path, metadata: &HashMap<String, String>) -> Result<([usize; 3], Option<Vec<String>>)> {
+    let damaged = |key: &str, what: String| {
+        Error::checkpoint(
+            path,
+            format!("metadata '{key}' {what}; the file was edited or damaged, use another checkpoint"),
+        )
+    };
+    let input_shape = match metadata.get(META_INPUT_SHAPE) {
+        None => models::INPUT_SHAPE,
+        Some(text) => {
+            let shape: [usize; 3] = serde_json::from_str(text)
+                .map_err(|e| damaged(META_INPUT_SHAPE, format!("is not [channels, rows, cols] ({e})")))?;
+            let [c, h, w] = shape;
+            if !(1..=MAX_INPUT_CHANNELS).contains(&c)
+                || !(1..=MAX_INPUT_SIDE).contains(&h)
+                || !(1..=MAX_INPUT_SIDE).contains(&w)
+            {
+                return Err(damaged(
+                    META_INPUT_SHAPE,
+                    format!("is {shape:?}, beyond 1 to {MAX_INPUT_CHANNELS} channels of 1 to {MAX_INPUT_SIDE} pixels a side"),
+                ));
+            }
+            shape
+        }
+    };
+    let class_names = match metadata.get(META_CLASS_NAMES) {
+        None => None,
+        Some(text) => {
+            let names: Vec<String> = serde_json::from_str(text)
+                .map_err(|e| damaged(META_CLASS_NAMES, format!("is not a list of names ({e})")))?;
+            if !(2..=256).contains(&names.len()) {
+                return Err(damaged(META_CLASS_NAMES, format!("lists {} classes, not 2 to 256", names.len())));
+            }
+            Some(names)
+        }
+    };
+    Ok((input_shape, class_names))
 }
 
 /// Rebuilds the network a checkpoint describes and loads its state. A
@@ -242,8 +325,9 @@ pub fn load(path: &Path) -> Result<(Sequential<f32>, CheckpointInfo)> {
     let bytes = read(path)?;
     let (st, metadata) = parse(path, &bytes)?;
     let info = info_from(path, metadata)?;
-    let mut net = models::build_config(&info.network, &mut rng::seeded(0))
-        .map_err(|e| Error::checkpoint(path, format!("the network description in the metadata is invalid: {e}")))?;
+    let mut net =
+        models::build_config_for(&info.network, &info.input_shape, info.num_classes(), &mut rng::seeded(0))
+            .map_err(|e| Error::checkpoint(path, format!("the network description in the metadata is invalid: {e}")))?;
     // a training checkpoint (checkpoint.safetensors) loads as its model part
     load_state(&mut net, path, &st, Some(OPTIMIZER_PREFIX))?;
     Ok((net, info))

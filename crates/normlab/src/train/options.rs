@@ -30,6 +30,23 @@ pub struct TrainOptions {
     pub limit_val: Option<usize>,
     /// Batch size for evaluation (prediction mode; does not change results).
     pub eval_batch_size: usize,
+    /// One example's shape, `[channels, rows, cols]`: the data's (1 or 3
+    /// channels); Fashion-MNIST's `[1, 28, 28]` by default and in runs
+    /// recorded before the field existed.
+    #[serde(default = "fashion_mnist_shape")]
+    pub input_shape: [usize; 3],
+    /// The number of classes, the width of the network's output: the
+    /// data's; Fashion-MNIST's 10 by default.
+    #[serde(default = "fashion_mnist_classes")]
+    pub classes: usize,
+}
+
+fn fashion_mnist_shape() -> [usize; 3] {
+    models::INPUT_SHAPE
+}
+
+fn fashion_mnist_classes() -> usize {
+    models::NUM_CLASSES
 }
 
 /// Batch norm over one training image: every batch holds that image alone.
@@ -62,6 +79,8 @@ impl TrainOptions {
             limit_train: None,
             limit_val: None,
             eval_batch_size: 500,
+            input_shape: models::INPUT_SHAPE,
+            classes: models::NUM_CLASSES,
         }
     }
 
@@ -79,6 +98,15 @@ impl TrainOptions {
                 "batch size",
                 "batch norm cannot train on batches of 1 (every centred value is 0); use --batch-size 2 or more",
             ));
+        }
+        if self.classes < 2 || self.classes > 256 {
+            return Err(Error::config(
+                "classes",
+                format!("{} classes: normlab trains 2 to 256 classes (labels are bytes)", self.classes),
+            ));
+        }
+        if self.input_shape.contains(&0) {
+            return Err(Error::config("input shape", format!("{:?} has a zero size", self.input_shape)));
         }
         if self.eval_batch_size == 0 {
             return Err(Error::config("eval batch size", "must be at least 1"));

@@ -67,7 +67,7 @@ impl Trainer {
     pub fn new(options: TrainOptions) -> Result<Self> {
         options.validate()?;
         let mut init_rng = rng::seeded(options.seed);
-        let net = models::build_config(&options.network, &mut init_rng)?;
+        let net = models::build_config_for(&options.network, &options.input_shape, options.classes, &mut init_rng)?;
         let shuffle_rng = rng::fork(&mut init_rng);
         let sgd = Sgd::new(options.sgd)?;
         Ok(Trainer {
@@ -95,6 +95,17 @@ impl Trainer {
         let n = self.options.limit_train.map_or(data.len(), |l| l.min(data.len()));
         if n == 0 {
             return Err(Error::config("training data", "the training set is empty"));
+        }
+        if data.example_shape() != self.options.input_shape {
+            return Err(Error::config(
+                "training data",
+                format!(
+                    "examples of shape {:?} (channels, rows, cols), but the network was built for {:?}; \
+                     set TrainOptions::input_shape to the data's (Split::example_shape)",
+                    data.example_shape(),
+                    self.options.input_shape
+                ),
+            ));
         }
         if n == 1 && matches!(self.options.network.norm, models::Norm::Batch { .. }) {
             return Err(super::options::one_training_image("a training set of one image"));
@@ -171,5 +182,36 @@ impl Trainer {
         };
         self.history.push(m.clone());
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::ModelKind;
+
+    /// RGB data for a network built for grey images is refused naming both
+    /// shapes; built for it (3 channels, 3 classes), the network trains on
+    /// it and evaluates into a 3x3 confusion matrix.
+    #[test]
+    fn the_network_is_built_for_the_datas_shape_and_classes() {
+        let rgb = Split {
+            images: (0..4 * 3 * 784).map(|i| i as u8).collect(),
+            labels: vec![0, 1, 2, 1],
+            channels: 3,
+            rows: 28,
+            cols: 28,
+        };
+        let mut grey = Trainer::new(TrainOptions::chapter(ModelKind::BnLenet)).unwrap();
+        let e = grey.train_epoch(&rgb, &mut NoObserver).unwrap_err().to_string();
+        assert!(e.contains("[3, 28, 28]") && e.contains("[1, 28, 28]") && e.contains("input_shape"), "{e}");
+
+        let mut options = TrainOptions::chapter(ModelKind::BnLenet);
+        (options.input_shape, options.classes, options.batch_size) = ([3, 28, 28], 3, 2);
+        let mut trainer = Trainer::new(options).unwrap();
+        let m = trainer.run_epoch(&rgb, &rgb, &mut NoObserver).unwrap();
+        assert!(m.train_loss.is_finite() && m.val_loss.is_finite());
+        let e = evaluate(&mut trainer.net, &rgb, 4, None).unwrap();
+        assert_eq!((e.confusion.len(), e.confusion[0].len()), (3, 3));
     }
 }

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use normlab::data::{load_dir, FashionMnist, Split};
+use normlab::data::{FashionMnist, Split};
 use normlab::train::TrainOptions;
 use normlab::{Error, Result};
 
 use super::TrainArgs;
+use crate::locate::DataChoice;
 
 /// Metadata key of the [`RunRecord`] in checkpoint.safetensors. Checkpoints
 /// written before it existed lack it: see [`RunRecord::read`].
@@ -28,15 +29,28 @@ pub struct DataRecord {
     /// SHA-256 of the decoded images and labels of both splits: the same
     /// data compressed or not, or copied elsewhere, has the same sum.
     pub sha256: String,
+    /// `--dataset`: `fashion-mnist` (in records written before the choice
+    /// existed, too), `mnist`, `kmnist` or `image-folder`.
+    #[serde(default = "fashion_mnist")]
+    pub dataset: String,
+    /// The class names, indexed by label (absent in older records: Fashion-MNIST's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
+}
+
+fn fashion_mnist() -> String {
+    "fashion-mnist".to_string()
 }
 
 impl DataRecord {
-    pub fn of(fm: &FashionMnist) -> Self {
+    pub fn of(fm: &FashionMnist, choice: DataChoice) -> Self {
         DataRecord {
             dir: std::fs::canonicalize(&fm.dir).unwrap_or_else(|_| fm.dir.clone()),
             train_examples: fm.train.len(),
             test_examples: fm.test.len(),
             sha256: data_sha256(fm),
+            dataset: choice.name().to_string(),
+            class_names: Some(fm.class_names.clone()),
         }
     }
 }
@@ -140,6 +154,9 @@ pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Opt
     };
     let show = |v: f64| format!("{v:?}");
     differ("--model", args.model.clone(), Some(o.model.clone()));
+    let recorded_set = record.map_or_else(fashion_mnist, |r| r.data.dataset.clone());
+    differ("--dataset", args.data.dataset.clone(), Some(recorded_set));
+    differ("--channels", args.channels.map(|c| c.to_string()), Some(o.input_shape[0].to_string()));
     differ("--batch-size", args.batch_size.map(|b| b.to_string()), Some(o.batch_size.to_string()));
     differ("--lr", args.lr.map(show), Some(show(o.sgd.lr)));
     differ("--momentum", args.momentum.map(show), Some(show(o.sgd.momentum)));
@@ -177,6 +194,7 @@ pub fn resume_data(
     args: &TrainArgs,
     dir: &Path,
     record: Option<&RunRecord>,
+    options: &TrainOptions,
     progress: bool,
     warn: impl Fn(String),
 ) -> Result<FashionMnist> {
@@ -195,9 +213,16 @@ pub fn resume_data(
         return Ok(fm);
     };
     let recorded = &r.data;
+    let choice = DataChoice::parse(&recorded.dataset).map_err(|_| {
+        Error::data(
+            dir,
+            format!("its run record names the data set '{}', which this normlab does not know", recorded.dataset),
+        )
+    })?;
+    let [channels, rows, cols] = options.input_shape;
     let fm = match &args.data.data_dir {
-        Some(_) => crate::locate::load(&args.data.source(progress))?,
-        None => load_dir(&recorded.dir).map_err(|e| {
+        Some(_) => args.data.load(choice, progress, Some(channels), rows, cols)?.1,
+        None => args.data.load_from(choice, &recorded.dir, progress, Some(channels), rows, cols).map_err(|e| {
             Error::data(
                 &recorded.dir,
                 format!(
@@ -207,7 +232,8 @@ pub fn resume_data(
             )
         })?,
     };
-    if data_sha256(&fm) == recorded.sha256 {
+    let names_agree = recorded.class_names.as_ref().is_none_or(|n| *n == fm.class_names);
+    if data_sha256(&fm) == recorded.sha256 && names_agree {
         return Ok(fm);
     }
     let what = format!(
