@@ -4,6 +4,9 @@
 mod fusion;
 pub mod lenet;
 mod residual;
+pub mod spec;
+
+pub use spec::{Architecture, LayerSpec, ModelSpec};
 
 pub use residual::Residual;
 
