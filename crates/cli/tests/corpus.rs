@@ -89,7 +89,7 @@ fn write_corpus() {
     // running variances to one) compresses to a few kilobytes
     for kind in [ModelKind::BnLenet, ModelKind::LnLenet, ModelKind::Lenet] {
         let mut net = models::build(kind, &mut rng::seeded(0)).unwrap();
-        let bytes = checkpoint::to_bytes(&mut net, kind.name(), &kind.config(), &[("epoch", "1".into())]).unwrap();
+        let bytes = checkpoint::to_bytes(&mut net, kind.name(), kind.config(), &[("epoch", "1".into())]).unwrap();
         let (header, mut data) = split_safetensors(&bytes);
         data.iter_mut().for_each(|b| *b = 0);
         for (name, t) in header.as_object().unwrap() {

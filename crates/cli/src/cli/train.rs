@@ -13,7 +13,7 @@ use crate::plot;
 use crate::rundir::{Owner, RunDir};
 use normlab::data::FashionMnist;
 use normlab::fsutil::write_atomic;
-use normlab::models::ModelKind;
+use normlab::models::{Architecture, ModelKind, ModelSpec};
 use normlab::optim::SgdConfig;
 use normlab::train::{self, checkpoint, EpochMetrics, Observer, TrainOptions, Trainer, CHAPTER_EPOCHS};
 
@@ -25,11 +25,12 @@ use record::{DataRecord, RunRecord};
 
 #[derive(clap::Args, Debug)]
 #[command(
-    about = "Train a LeNet on Fashion-MNIST, MNIST, KMNIST or an image folder (defaults: the chapter's recipe)",
-    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n  normlab train --resume runs/plain --epochs 8    # continue (or extend) a run as it was recorded\n  normlab train --out runs/plain --force          # replace the run in runs/plain\n  normlab train --dataset kmnist                  # KMNIST, downloaded into the cache if not found\n  normlab train --dataset image-folder --data-dir photos   # photos/train/<class>/*.jpg, photos/test/<class>/...\n\nWrites metrics.csv, curves.svg/png, model.safetensors (PyTorch state_dict names), run.json and\ncheckpoint.safetensors (for --resume) under --out (default runs/<model>-<UTC time>), a directory\nthat belongs to this run alone."
+    about = "Train a LeNet or your own network (a model file) on Fashion-MNIST, MNIST, KMNIST or an image folder (defaults: the chapter's recipe)",
+    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --model examples/models/vgg-small.toml   # your own network, from a model file\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n  normlab train --resume runs/plain --epochs 8    # continue (or extend) a run as it was recorded\n  normlab train --out runs/plain --force          # replace the run in runs/plain\n  normlab train --dataset kmnist                  # KMNIST, downloaded into the cache if not found\n  normlab train --dataset image-folder --data-dir photos   # photos/train/<class>/*.jpg, photos/test/<class>/...\n\nWrites metrics.csv, curves.svg/png, model.safetensors (PyTorch state_dict names), run.json and\ncheckpoint.safetensors (for --resume) under --out (default runs/<model>-<UTC time>), a directory\nthat belongs to this run alone."
 )]
 pub struct TrainArgs {
-    /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet [default: bn-lenet]
+    /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet, or a model file FILE.toml describing any
+    /// network layer by layer (see README, "Your own network") [default: bn-lenet]
     #[arg(long)]
     model: Option<String>,
     /// Epochs in all (default: the chapter's 10; with --resume, a new total to extend the run).
@@ -139,8 +140,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 /// A new run from the command line's options, in a directory of its own.
 fn start(args: &TrainArgs, started: Instant) -> Result<()> {
-    let kind = ModelKind::parse(args.model.as_deref().unwrap_or(ModelKind::BnLenet.name()))?;
-    let mut options = TrainOptions::chapter(kind);
+    let mut options = match args.model.as_deref().map(model_file) {
+        Some(Some(file)) => {
+            // without `input`, the network takes the data's shape (set below)
+            let spec = ModelSpec::from_toml_file(file, None)?;
+            let input = spec.input.clone();
+            let mut options = TrainOptions::chapter_with(model_file_name(file), spec);
+            if let Some(&[c, h, w]) = input.as_deref() {
+                // images are resized to the model's input
+                options.input_shape = [c, h, w];
+            }
+            options
+        }
+        _ => TrainOptions::chapter(ModelKind::parse(args.model.as_deref().unwrap_or(ModelKind::BnLenet.name()))?),
+    };
+    let name = options.model.clone();
     options.epochs = args.epochs.unwrap_or(CHAPTER_EPOCHS);
     options.batch_size = args.batch_size.unwrap_or(options.batch_size);
     let lr = args.lr.unwrap_or(options.sgd.lr);
@@ -153,9 +167,12 @@ fn start(args: &TrainArgs, started: Instant) -> Result<()> {
     options.limit_train = args.limit_train;
     options.limit_val = args.limit_val;
     options.validate()?;
-    if args.recompute_stats {
-        let mut net = normlab::models::build::<f32>(kind, &mut normlab::rng::seeded(0))?;
-        super::recompute::check_has_batch_norm(&mut net, kind.name(), "leave --recompute-stats out")?;
+    if args.recompute_stats && !options.network.has_batch_norm() {
+        return Err(normlab::Error::config(
+            "--recompute-stats",
+            format!("model {name} has no batch-norm layers, so there are no statistics to recompute; leave --recompute-stats out"),
+        )
+        .into());
     }
     let choice = args.data.choice(DataChoice::Idx(IdxSet::FashionMnist))?;
     if args.channels.is_some() && choice != DataChoice::ImageFolder {
@@ -167,7 +184,7 @@ fn start(args: &TrainArgs, started: Instant) -> Result<()> {
     }
     let dir = match &args.out {
         Some(out) => RunDir::claim(out, args.force, Owner::Train)?,
-        None => RunDir::claim_new(Path::new("runs"), &format!("{}-{}", kind.name(), super::utc_timestamp()))?,
+        None => RunDir::claim_new(Path::new("runs"), &format!("{name}-{}", super::utc_timestamp()))?,
     };
     let show_progress = !args.quiet && super::stderr_is_terminal();
     let [_, rows, cols] = options.input_shape;
@@ -178,9 +195,32 @@ fn start(args: &TrainArgs, started: Instant) -> Result<()> {
     // the network's input and output from the data
     options.input_shape = fm.train.example_shape();
     options.classes = fm.num_classes();
+    if let Architecture::Spec(spec) = &options.network {
+        if spec.input.is_none() {
+            options.network = Architecture::Spec(spec.clone().with_input(&options.input_shape));
+        }
+    }
     let trainer = Trainer::new(options)?;
     let record = RunRecord { data: DataRecord::of(&fm, choice), recompute_stats: args.recompute_stats };
-    execute(args, dir, kind, trainer, fm, choice, record, started)
+    execute(args, dir, name, trainer, fm, choice, record, started)
+}
+
+/// `--model`'s value as a model file: a name ending in `.toml`, or an
+/// existing file (the built-in names are neither).
+pub(super) fn model_file(value: &str) -> Option<&Path> {
+    let path = Path::new(value);
+    (value.ends_with(".toml") || (ModelKind::parse(value).is_err() && path.is_file())).then_some(path)
+}
+
+/// A model file's run name: its file name without `.toml` (with it when
+/// that is a built-in model's name, which promises the built-in network).
+fn model_file_name(file: &Path) -> String {
+    let stem = file.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    if ModelKind::parse(&stem).is_ok() {
+        format!("{stem}.toml")
+    } else {
+        stem
+    }
 }
 
 /// Continues the run in `dir` from its training checkpoint, as it was
@@ -230,11 +270,11 @@ fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
         ));
         return Ok(());
     }
-    let kind = ModelKind::parse(&trainer.options.model)?;
+    let name = trainer.options.model.clone();
     // unknown in checkpoints older than the record: the command line says
     let recompute = recorded.as_ref().map_or_else(|| record::legacy_recompute(args, dir), |r| r.recompute_stats);
     if recompute {
-        super::recompute::check_has_batch_norm(&mut trainer.net, kind.name(), "leave --recompute-stats out")?;
+        super::recompute::check_has_batch_norm(&mut trainer.net, &name, "leave --recompute-stats out")?;
     }
     let show_progress = !args.quiet && super::stderr_is_terminal();
     let fm = record::resume_data(args, dir, recorded.as_ref(), &trainer.options, show_progress, say)?;
@@ -246,7 +286,7 @@ fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
         .and_then(|r| DataChoice::parse(&r.data.dataset).ok())
         .unwrap_or(DataChoice::Idx(IdxSet::FashionMnist));
     let record = RunRecord { data: DataRecord::of(&fm, choice), recompute_stats: recompute };
-    execute(args, claimed, kind, trainer, fm, choice, record, started)
+    execute(args, claimed, name, trainer, fm, choice, record, started)
 }
 
 /// Trains the remaining epochs, recomputes the statistics if the run
@@ -255,7 +295,7 @@ fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
 fn execute(
     args: &TrainArgs,
     mut dir: RunDir,
-    kind: ModelKind,
+    name: String,
     mut trainer: Trainer,
     fm: FashionMnist,
     choice: DataChoice,
@@ -263,7 +303,7 @@ fn execute(
     started: Instant,
 ) -> Result<()> {
     let show_progress = !args.quiet && super::stderr_is_terminal();
-    let run = Run::new(args, dir.path().to_path_buf(), kind, &trainer, fm, choice, record);
+    let run = Run::new(args, dir.path().to_path_buf(), name, &trainer, fm, choice, record);
     run.say_start(&trainer);
     if trainer.epoch() > 0 {
         // a resumed run: its files as of its checkpoint, whatever a kill
@@ -279,7 +319,8 @@ fn execute(
 /// What a run writes to and reads from, fixed once it starts.
 struct Run {
     out: PathBuf,
-    kind: ModelKind,
+    /// The model's name (a built-in's, or a model file's).
+    name: String,
     fm: FashionMnist,
     choice: DataChoice,
     /// The metadata entries that tell eval and predict the data's shape and classes.
@@ -295,7 +336,7 @@ impl Run {
     fn new(
         args: &TrainArgs,
         out: PathBuf,
-        kind: ModelKind,
+        name: String,
         trainer: &Trainer,
         fm: FashionMnist,
         choice: DataChoice,
@@ -305,7 +346,7 @@ impl Run {
         let n_train = options.limit_train.map_or(fm.train.len(), |l| l.min(fm.train.len()));
         let n_val = options.limit_val.map_or(fm.test.len(), |l| l.min(fm.test.len()));
         let data_meta = checkpoint::data_metadata(choice.name(), &fm.class_names, options.input_shape);
-        Run { out, kind, fm, choice, data_meta, record, n_train, n_val, json: args.json, quiet: args.quiet }
+        Run { out, name, fm, choice, data_meta, record, n_train, n_val, json: args.json, quiet: args.quiet }
     }
 
     /// A progress line for people, on stderr (stdout carries only results),
@@ -327,7 +368,7 @@ impl Run {
         }
         self.say(format!(
             "training {} on {} {} images of {} classes, validating on {} ({} threads, {}), output in {}",
-            self.kind.name(),
+            self.name,
             self.n_train,
             self.choice.name(),
             self.fm.num_classes(),
@@ -402,10 +443,10 @@ fn write_epoch_files(run: &Run, dir: &mut RunDir, trainer: &mut Trainer) -> Resu
     state_meta.extend(run.data_meta.iter().cloned());
     trainer.save_state_with(&run.out.join(STATE_FILE), &state_meta)?;
     write_metrics(&run.out.join("metrics.csv"), &trainer.history)?;
-    let (network, epoch) = (trainer.options.network, trainer.epoch().to_string());
+    let (network, epoch) = (trainer.options.network.clone(), trainer.epoch().to_string());
     let mut meta = vec![("epoch", epoch)];
     meta.extend(run.data_meta.iter().cloned());
-    checkpoint::save(&mut trainer.net, run.kind.name(), &network, &meta, &run.model_path())?;
+    checkpoint::save(&mut trainer.net, &run.name, &network, &meta, &run.model_path())?;
     run.write_run_json(trainer, json!("in progress"))?;
     dir.keep();
     Ok(())
@@ -427,10 +468,10 @@ fn recompute_stats(run: &Run, trainer: &mut Trainer) -> Result<serde_json::Value
         after.loss
     ));
     let epoch = trainer.epoch().to_string();
-    let network = trainer.options.network;
+    let network = trainer.options.network.clone();
     let mut meta = vec![("epoch", epoch), ("bn_stats", "recomputed over the training set".into())];
     meta.extend(run.data_meta.iter().cloned());
-    checkpoint::save(&mut trainer.net, run.kind.name(), &network, &meta, &run.model_path())?;
+    checkpoint::save(&mut trainer.net, &run.name, &network, &meta, &run.model_path())?;
     Ok(
         json!({"bn_layers": layers, "val_acc_before": before, "val_acc_after": after.accuracy, "val_loss_after": after.loss}),
     )
@@ -441,8 +482,8 @@ fn finish(run: &Run, trainer: &Trainer, recompute: serde_json::Value, started: I
     plot::plot_curves(
         &trainer.history,
         &match run.choice {
-            DataChoice::Idx(set) => format!("{} on {}", run.kind.name(), set.title()),
-            DataChoice::ImageFolder => format!("{} on {}", run.kind.name(), run.fm.dir.display()),
+            DataChoice::Idx(set) => format!("{} on {}", run.name, set.title()),
+            DataChoice::ImageFolder => format!("{} on {}", run.name, run.fm.dir.display()),
         },
         &run.out.join("curves.svg"),
         &run.out.join("curves.png"),

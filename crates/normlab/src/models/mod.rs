@@ -4,6 +4,9 @@
 mod fusion;
 pub mod lenet;
 mod residual;
+pub mod spec;
+
+pub use spec::{Architecture, LayerSpec, ModelSpec};
 
 pub use residual::Residual;
 
@@ -148,6 +151,11 @@ impl<T: Real> Sequential<T> {
     /// One example's input shape given to the last build (empty before).
     pub fn example_shape(&self) -> &[usize] {
         &self.example_shape
+    }
+
+    /// One example's output shape as of the last build (empty before it).
+    pub fn output_shape(&self) -> &[usize] {
+        self.output_shapes.last().map_or(&[], Vec::as_slice)
     }
 
     /// Switches to training mode (PyTorch's `model.train()`).
