@@ -10,5 +10,6 @@ pub mod cli;
 pub mod download;
 pub mod experiments;
 pub mod locate;
+pub mod onnx;
 pub mod plot;
 pub mod rundir;

@@ -156,6 +156,11 @@ impl<T: Real> Sequential<T> {
         &self.example_shape
     }
 
+    /// One example's output shape as of the last build (empty before).
+    pub fn output_shape(&self) -> &[usize] {
+        self.output_shapes.last().map_or(&[], |s| s.as_slice())
+    }
+
     /// Switches to training mode (PyTorch's `model.train()`).
     pub fn train(&mut self) {
         self.mode = Mode::Train;

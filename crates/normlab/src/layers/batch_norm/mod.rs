@@ -312,6 +312,12 @@ impl<T: Real> BatchNorm<T> {
     pub fn num_features(&self) -> usize {
         self.example.first().copied().unwrap_or(0)
     }
+    /// One example's input shape as built, channels first (`[C]` for
+    /// `BatchNorm1d` on `(N, C)`, `[C, H, W]` for `BatchNorm2d`); empty
+    /// before build.
+    pub fn example_shape(&self) -> &[usize] {
+        &self.example
+    }
     /// The scale gamma, one per channel (PyTorch's `weight`); `None`
     /// without affine parameters.
     pub fn gamma(&self) -> Option<&Tensor<T>> {
