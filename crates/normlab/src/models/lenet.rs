@@ -9,11 +9,9 @@
 //!
 //! Xavier-uniform weights, PyTorch's default biases (d2l's `init_cnn`).
 
+use super::spec::{InitSpec, LayerSpec, ModelSpec};
 use super::Sequential;
-use crate::layers::{
-    AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, Conv2d, Dropout, Flatten, Init, Layer, LayerNorm, Linear, ReLU,
-    Sigmoid,
-};
+use crate::layers::{BatchNormConfig, BnImpl};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -97,51 +95,54 @@ impl LeNetConfig {
 
     /// Builds the (unbuilt) network; call [`Sequential::build`] with `[1, 28, 28]`.
     pub fn network<T: Real>(&self) -> Result<Sequential<T>> {
-        let mut net = Sequential::new();
+        self.spec().network()
+    }
+
+    /// The network as a [`ModelSpec`] (input [`INPUT_SHAPE`]): the same
+    /// layers, built in the same order, so the same seed gives the same
+    /// weights and the same state names.
+    pub fn spec(&self) -> ModelSpec {
+        let mut layers = Vec::new();
         let has_norm = |on: bool| on && self.norm != Norm::None;
-        let stage = |net: &mut Sequential<T>, affine: Box<dyn Layer<T>>, normed: bool| -> Result<()> {
-            net.push_boxed(affine);
-            let act: Box<dyn Layer<T>> = match self.activation {
-                Activation::Sigmoid => Box::new(Sigmoid::new()),
-                Activation::ReLU => Box::new(ReLU::new()),
+        let stage = |layers: &mut Vec<LayerSpec>, affine: LayerSpec, normed: bool| {
+            layers.push(affine);
+            let act = match self.activation {
+                Activation::Sigmoid => LayerSpec::Sigmoid,
+                Activation::ReLU => LayerSpec::Relu,
             };
             if normed && self.placement == NormPlacement::BeforeActivation {
-                net.push_boxed(self.norm_layer());
+                layers.push(self.norm_layer());
             }
-            net.push_boxed(act);
+            layers.push(act);
             if normed && self.placement == NormPlacement::AfterActivation {
-                net.push_boxed(self.norm_layer());
+                layers.push(self.norm_layer());
             }
-            Ok(())
         };
         let conv_bias = self.bias_before_norm || !has_norm(self.norm_conv);
         let fc_bias = self.bias_before_norm || !has_norm(self.norm_fc);
-        for channels in [6, 16] {
-            let conv = Conv2d::new(channels, 5).bias(conv_bias).init(Init::XavierUniform);
-            stage(&mut net, Box::new(conv), has_norm(self.norm_conv))?;
-            net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
+        let init = InitSpec::XavierUniform;
+        for out_channels in [6, 16] {
+            let conv = LayerSpec::Conv2d { out_channels, kernel: 5, stride: 1, padding: 0, bias: conv_bias, init };
+            stage(&mut layers, conv, has_norm(self.norm_conv));
+            layers.push(LayerSpec::AvgPool { kernel: 2, stride: Some(2) });
         }
-        net.push_boxed(Box::new(Flatten::new()));
-        for width in [120, 84] {
-            stage(
-                &mut net,
-                Box::new(Linear::new(width).bias(fc_bias).init(Init::XavierUniform)),
-                has_norm(self.norm_fc),
-            )?;
+        layers.push(LayerSpec::Flatten);
+        for out_features in [120, 84] {
+            stage(&mut layers, LayerSpec::Linear { out_features, bias: fc_bias, init }, has_norm(self.norm_fc));
             if let Some(p) = self.dropout {
-                net.push_boxed(Box::new(Dropout::new(p)?));
+                layers.push(LayerSpec::Dropout { p });
             }
         }
-        net.push_boxed(Box::new(Linear::new(10).init(Init::XavierUniform)));
-        Ok(net)
+        layers.push(LayerSpec::Linear { out_features: 10, bias: true, init });
+        ModelSpec::new(layers).with_input(&INPUT_SHAPE)
     }
 
-    fn norm_layer<T: Real>(&self) -> Box<dyn Layer<T>> {
+    fn norm_layer(&self) -> LayerSpec {
         match self.norm {
-            Norm::Batch { imp, config } => Box::new(BatchNorm::with_impl(config, imp)),
-            Norm::Layer => Box::new(LayerNorm::per_example()),
-            Norm::Group { groups } => Box::new(crate::layers::GroupNorm::new(groups)),
-            // network() calls this only where has_norm(..) holds, i.e. norm != None
+            Norm::Batch { imp, config } => LayerSpec::batch_norm_from(&config, imp),
+            Norm::Layer => LayerSpec::LayerNorm { eps: 1e-5, elementwise_affine: true, normalized_dims: None },
+            Norm::Group { groups } => LayerSpec::GroupNorm { num_groups: groups, eps: 1e-5, affine: true },
+            // spec() calls this only where has_norm(..) holds, i.e. norm != None
             Norm::None => unreachable!("only called when a norm is configured"),
         }
     }

@@ -5,6 +5,9 @@ mod fold;
 mod fusion;
 pub mod lenet;
 mod residual;
+pub mod spec;
+
+pub use spec::{Architecture, LayerSpec, ModelSpec};
 
 pub use residual::Residual;
 

@@ -10,8 +10,12 @@
 //! ```
 //!
 //! works on the matching `nn.Sequential` held as `net`. normlab's own
-//! description of the network (its name and configuration as JSON) goes in
-//! the file's metadata, so `load` rebuilds the right model.
+//! description of the network goes in the file's metadata, so `load`
+//! rebuilds the right model: its name, its layers as a
+//! [`ModelSpec`] in JSON ([`META_SPEC`], with the input shape it was built
+//! for), and for the chapter's LeNet family also its [`LeNetConfig`]
+//! ([`META_NETWORK`], all that files written before model files existed
+//! hold).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,7 +24,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::fsutil::write_atomic;
 use crate::layers::StateMut;
-use crate::models::{self, LeNetConfig, ModelKind, Sequential};
+use crate::models::{Architecture, LeNetConfig, ModelKind, ModelSpec, Sequential, INPUT_SHAPE};
 use crate::rng;
 use crate::{Error, Result};
 
@@ -28,8 +32,11 @@ use crate::{Error, Result};
 pub const META_FORMAT: &str = "format";
 /// Metadata key of the model's name (`bn-lenet`, or a variant's).
 pub const META_MODEL: &str = "normlab.model";
-/// Metadata key of the network's description, a [`LeNetConfig`] as JSON.
+/// Metadata key of a LeNet's description, a [`LeNetConfig`] as JSON.
 pub const META_NETWORK: &str = "normlab.network";
+/// Metadata key of the network's layers, a [`ModelSpec`] as JSON whose
+/// `input` is the shape the network was built for.
+pub const META_SPEC: &str = "normlab.spec";
 /// Metadata key of the normlab version that wrote the file.
 pub const META_VERSION: &str = "normlab.version";
 /// Marks a file written by [`save_state_dict`]: the state of a network
@@ -41,17 +48,22 @@ pub const META_STATE_DICT: &str = "normlab.state_dict";
 pub struct CheckpointInfo {
     /// The model's name ([`META_MODEL`]).
     pub model: String,
-    /// The network to rebuild ([`META_NETWORK`]).
-    pub network: LeNetConfig,
+    /// The network to rebuild ([`META_NETWORK`] for a LeNet, else [`META_SPEC`]).
+    pub network: Architecture,
+    /// One example's shape the network was built for (`[1, 28, 28]` in
+    /// files that do not say).
+    pub input: Vec<usize>,
     /// All metadata entries, normlab's and any extra ones.
     pub metadata: HashMap<String, String>,
 }
 
-/// Serializes every parameter and buffer of `net`, with `extra` metadata.
+/// Serializes every parameter and buffer of `net`, with `extra` metadata;
+/// `network` (a [`LeNetConfig`], a [`ModelSpec`] or an [`Architecture`])
+/// describes `net`, and `load` rebuilds it from that.
 pub fn to_bytes(
     net: &mut Sequential<f32>,
     model: &str,
-    network: &LeNetConfig,
+    network: impl Into<Architecture>,
     extra: &[(&str, String)],
 ) -> Result<Vec<u8>> {
     to_bytes_with(net, model, network, extra, &[])
@@ -64,13 +76,21 @@ pub type ExtraTensor = (String, Vec<usize>, Vec<f32>);
 pub fn to_bytes_with(
     net: &mut Sequential<f32>,
     model: &str,
-    network: &LeNetConfig,
+    network: impl Into<Architecture>,
     extra: &[(&str, String)],
     extra_tensors: &[ExtraTensor],
 ) -> Result<Vec<u8>> {
+    let network = network.into();
+    if net.example_shape().is_empty() {
+        return Err(Error::config("model", "the network is not built: build it before saving it"));
+    }
     let mut meta = HashMap::new();
     meta.insert(META_MODEL.to_string(), model.to_string());
-    meta.insert(META_NETWORK.to_string(), serde_json::to_string(network).expect("config serializes"));
+    if let Architecture::LeNet(config) = &network {
+        meta.insert(META_NETWORK.to_string(), serde_json::to_string(config).expect("config serializes"));
+    }
+    let spec = network.spec().with_input(net.example_shape());
+    meta.insert(META_SPEC.to_string(), serde_json::to_string(&spec).expect("a ModelSpec serializes"));
     serialize(net, meta, extra, extra_tensors)
 }
 
@@ -167,7 +187,7 @@ fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
 pub fn save(
     net: &mut Sequential<f32>,
     model: &str,
-    network: &LeNetConfig,
+    network: impl Into<Architecture>,
     extra: &[(&str, String)],
     path: &Path,
 ) -> Result<()> {
@@ -209,28 +229,50 @@ fn info_from(path: &Path, metadata: HashMap<String, String>) -> Result<Checkpoin
             Error::checkpoint(path, format!("no '{META_MODEL}' in the metadata: this file was not written by normlab"))
         }
     })?;
-    let network = metadata
+    let not_understood = |key: &str, e: serde_json::Error| {
+        Error::checkpoint(path, format!("metadata '{key}' is not a network description this normlab understands: {e}"))
+    };
+    let lenet: Option<LeNetConfig> = metadata
         .get(META_NETWORK)
-        .ok_or_else(|| Error::checkpoint(path, format!("no '{META_NETWORK}' in the metadata")))
-        .and_then(|s| {
-            serde_json::from_str(s).map_err(|e| {
-                Error::checkpoint(
-                    path,
-                    format!("metadata '{META_NETWORK}' is not a network description this normlab understands: {e}"),
-                )
-            })
-        })?;
+        .map(|s| serde_json::from_str(s).map_err(|e| not_understood(META_NETWORK, e)))
+        .transpose()?;
+    let spec: Option<ModelSpec> = metadata
+        .get(META_SPEC)
+        .map(|s| serde_json::from_str(s).map_err(|e| not_understood(META_SPEC, e)))
+        .transpose()?;
+    let (network, input) = match (lenet, spec) {
+        (None, None) => {
+            return Err(Error::checkpoint(path, format!("no '{META_SPEC}' nor '{META_NETWORK}' in the metadata")));
+        }
+        (Some(config), None) => (Architecture::LeNet(config), INPUT_SHAPE.to_vec()),
+        (lenet, Some(spec)) => {
+            let input = spec.input.clone().unwrap_or_else(|| INPUT_SHAPE.to_vec());
+            match lenet {
+                Some(config) if config.spec().layers != spec.layers => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("metadata '{META_NETWORK}' and '{META_SPEC}' describe different networks; {DAMAGED}"),
+                    ));
+                }
+                Some(config) => (Architecture::LeNet(config), input),
+                None => (Architecture::Spec(spec), input),
+            }
+        }
+    };
     // a ready-made model's name promises its network: refuse a file whose
     // description says otherwise rather than mislabel what it holds
     if let Ok(kind) = ModelKind::parse(&model) {
-        if network != kind.config() {
+        if network.spec().layers != kind.config().spec().layers {
             return Err(Error::checkpoint(
                 path,
                 format!("the metadata names model '{model}' but describes a different network; the file was edited or damaged"),
             ));
         }
     }
-    Ok(CheckpointInfo { model, network, metadata })
+    if let Err(e) = network.spec().check(Some(&input)) {
+        return Err(Error::checkpoint(path, format!("the network description in the metadata is invalid: {e}")));
+    }
+    Ok(CheckpointInfo { model, network, input, metadata })
 }
 
 /// Rebuilds the network a checkpoint describes and loads its state. A
@@ -242,7 +284,9 @@ pub fn load(path: &Path) -> Result<(Sequential<f32>, CheckpointInfo)> {
     let bytes = read(path)?;
     let (st, metadata) = parse(path, &bytes)?;
     let info = info_from(path, metadata)?;
-    let mut net = models::build_config(&info.network, &mut rng::seeded(0))
+    let mut net = info
+        .network
+        .build(Some(&info.input), &mut rng::seeded(0))
         .map_err(|e| Error::checkpoint(path, format!("the network description in the metadata is invalid: {e}")))?;
     // a training checkpoint (checkpoint.safetensors) loads as its model part
     load_state(&mut net, path, &st, Some(OPTIMIZER_PREFIX))?;
