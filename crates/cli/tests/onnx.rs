@@ -1,8 +1,9 @@
 //! `normlab export --onnx`, checked by ONNX's own checker and run in ONNX
 //! Runtime (tools/check_onnx.py) on the whole committed test subset: the
 //! logits equal normlab's (what `eval` and `predict` compute, fused layers
-//! and all) to 1e-5 and the accuracy is the same, for every built-in model,
-//! exported as trained and with its batch norms folded.
+//! and all) to 1e-5 and the accuracy is the same, for every built-in model
+//! and a model-file network, exported as trained and with its batch norms
+//! folded.
 //!
 //! The script needs `onnx` and `onnxruntime`, which CI installs in a
 //! virtual environment (`.ci/run`) and names with NORMLAB_ONNX_PYTHON (its
@@ -14,9 +15,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::checkpoints::{model_file_checkpoint, subset_logits};
 use common::{normlab, s, subset};
-use normlab::data::{load_dir, Batch};
-use normlab::train::checkpoint;
 
 /// The python with onnx and onnxruntime, or `None` (the test then skips).
 fn onnx_python(test: &str) -> Option<PathBuf> {
@@ -41,16 +41,7 @@ fn onnx_python(test: &str) -> Option<PathBuf> {
 /// them (the checkpoint loaded as trained, fused layers included), written
 /// as raw little-endian f32 to `out`.
 fn write_normlab_logits(model: &Path, out: &Path) {
-    let (mut net, _) = checkpoint::load(model).unwrap();
-    net.eval();
-    let test = load_dir(&subset()).unwrap().test;
-    let indices: Vec<usize> = (0..test.len()).collect();
-    let mut batch = Batch::default();
-    let mut bytes = Vec::new();
-    for chunk in indices.chunks(500) {
-        batch.fill(&test, chunk).unwrap();
-        bytes.extend(net.forward(&batch.x).unwrap().data().iter().flat_map(|v| v.to_le_bytes()));
-    }
+    let bytes: Vec<u8> = subset_logits(model).iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(out, bytes).unwrap();
 }
 
@@ -108,13 +99,17 @@ fn train_and_export(dir: &Path, model: &str) -> Vec<(PathBuf, PathBuf)> {
         s(&run),
     ])
     .ok();
-    let checkpoint = run.join("model.safetensors");
+    export_both(dir, model, &run.join("model.safetensors"))
+}
+
+/// Exports `checkpoint` plain and folded; the two (onnx, logits) pairs.
+fn export_both(dir: &Path, model: &str, checkpoint: &Path) -> Vec<(PathBuf, PathBuf)> {
     let logits = dir.join(format!("{model}.f32"));
-    write_normlab_logits(&checkpoint, &logits);
+    write_normlab_logits(checkpoint, &logits);
     let mut pairs = Vec::new();
     for fold in [false, true] {
         let onnx = dir.join(format!("{model}{}.onnx", if fold { "-folded" } else { "" }));
-        let mut args = vec!["export", "--onnx", "--checkpoint", s(&checkpoint), "--out", s(&onnx)];
+        let mut args = vec!["export", "--onnx", "--checkpoint", s(checkpoint), "--out", s(&onnx)];
         if fold {
             args.push("--fold");
         }
@@ -126,13 +121,18 @@ fn train_and_export(dir: &Path, model: &str) -> Vec<(PathBuf, PathBuf)> {
 }
 
 #[test]
-fn every_built_in_model_runs_in_onnx_runtime_with_normlabs_outputs() {
-    let Some(python) = onnx_python("every_built_in_model_runs_in_onnx_runtime_with_normlabs_outputs") else {
+fn every_built_in_model_and_a_model_file_network_run_in_onnx_runtime_with_normlabs_outputs() {
+    let Some(python) =
+        onnx_python("every_built_in_model_and_a_model_file_network_run_in_onnx_runtime_with_normlabs_outputs")
+    else {
         return;
     };
     let dir = tempfile::Builder::new().prefix("normlab-onnx-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let models = ["bn-lenet", "lenet", "ln-lenet", "bn-lenet-scratch"];
-    let pairs: Vec<_> = models.iter().flat_map(|m| train_and_export(dir.path(), m)).collect();
+    let mut pairs: Vec<_> = models.iter().flat_map(|m| train_and_export(dir.path(), m)).collect();
+    // and a network from a model file (3x3 convs with padding, BN, ReLU, max-pool)
+    let vgg = model_file_checkpoint(dir.path());
+    pairs.extend(export_both(dir.path(), "vgg-small", &vgg));
     let reports = check(&python, &pairs);
     // the BN models train in one epoch (the sigmoid LeNets without BN sit
     // near chance that early, as in the chapter): the accuracy compared is

@@ -37,8 +37,9 @@ pub struct ExportArgs {
 /// batch norm included, is one entry of the model), in eval mode.
 pub(super) fn load_unfused(path: &Path) -> normlab::Result<(Sequential<f32>, CheckpointInfo)> {
     let info = checkpoint::info(path)?;
-    let mut net = info.network.network::<f32>()?.fusion(false);
-    net.build(&normlab::models::INPUT_SHAPE, &mut rng::seeded(0))?;
+    let mut net = info.network.spec().network::<f32>()?.fusion(false);
+    net.build(&info.input, &mut rng::seeded(0))
+        .map_err(|e| Error::checkpoint(path, format!("the network description in the metadata is invalid: {e}")))?;
     checkpoint::load_into(&mut net, path)?;
     net.eval();
     Ok((net, info))

@@ -23,6 +23,7 @@
 
 use std::any::Any;
 
+use super::spec::{LayerSpec, ModelSpec};
 use super::{Residual, Sequential};
 use crate::layers::{BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear};
 use crate::real::Real;
@@ -98,6 +99,13 @@ impl<T: Real> Sequential<T> {
     /// assert!(before.data().iter().zip(after.data()).all(|(a, b)| (a - b).abs() < 1e-6));
     /// ```
     pub fn fold_batch_norms(&mut self) -> Result<usize> {
+        self.fold_batch_norms_traced().map(|f| f.count())
+    }
+
+    /// [`Self::fold_batch_norms`], saying which layers it removed and which
+    /// it changed, so that a description of the model can follow
+    /// ([`Folds::apply`]).
+    pub fn fold_batch_norms_traced(&mut self) -> Result<Folds> {
         if !self.built {
             return Err(Error::config("model", "call build() with one example's input shape before folding"));
         }
@@ -107,12 +115,15 @@ impl<T: Real> Sequential<T> {
         let mut kept_shapes = Vec::with_capacity(layers.len());
         // the index in `kept` of the layer a batch norm here would fold into
         let mut producer: Option<(usize, Producer)> = None;
-        let mut folded = 0;
+        // the index before folding of each layer in `kept`
+        let mut origin: Vec<usize> = Vec::with_capacity(layers.len());
+        let mut folds = Folds::default();
         let mut failure = None;
-        for (mut layer, shape) in layers.into_iter().zip(shapes) {
+        for (index, (mut layer, shape)) in layers.into_iter().zip(shapes).enumerate() {
             if failure.is_some() {
                 kept.push(layer);
                 kept_shapes.push(shape);
+                origin.push(index);
                 continue;
             }
             let any = &mut *layer as &mut dyn Any;
@@ -127,7 +138,8 @@ impl<T: Real> Sequential<T> {
                     let p = producer.as_ref().map(|(_, p)| p).expect("matched above");
                     match p.absorb(&mut *kept[at], &scale, &shift) {
                         Ok(()) => {
-                            folded += 1;
+                            folds.removed.push(index);
+                            folds.biased.push(origin[at]);
                             // the producer's output is now the batch norm's:
                             // a second batch norm folds as well
                             continue;
@@ -137,12 +149,14 @@ impl<T: Real> Sequential<T> {
                 }
                 producer = None;
             } else if let Some(block) = any.downcast_mut::<Residual<T>>() {
+                let mut parts = Vec::new();
                 for part in block.parts_mut() {
-                    match part.fold_batch_norms() {
-                        Ok(n) => folded += n,
+                    match part.fold_batch_norms_traced() {
+                        Ok(f) => parts.push(f),
                         Err(e) => failure = Some(e),
                     }
                 }
+                folds.blocks.push((index, parts));
                 producer = None;
             } else if !layer.batch_norms_mut().is_empty() {
                 failure = Some(Error::config(
@@ -161,6 +175,7 @@ impl<T: Real> Sequential<T> {
             }
             kept.push(layer);
             kept_shapes.push(shape);
+            origin.push(index);
         }
         self.layers = kept;
         self.output_shapes = kept_shapes;
@@ -168,7 +183,65 @@ impl<T: Real> Sequential<T> {
         self.mode = crate::layers::Mode::Eval;
         match failure {
             Some(e) => Err(e),
-            None => Ok(folded),
+            None => Ok(folds),
         }
+    }
+}
+
+/// What [`Sequential::fold_batch_norms_traced`] did, by the indices of the
+/// layers before folding.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Folds {
+    /// The batch norms folded and removed.
+    pub removed: Vec<usize>,
+    /// The convolution or linear layer each went into (in the same order),
+    /// which now has a bias.
+    pub biased: Vec<usize>,
+    /// For each residual block, the folds in its body and its shortcut.
+    pub blocks: Vec<(usize, Vec<Folds>)>,
+}
+
+impl Folds {
+    /// How many batch norms were folded, in blocks too.
+    pub fn count(&self) -> usize {
+        self.removed.len() + self.blocks.iter().flat_map(|(_, parts)| parts).map(Folds::count).sum::<usize>()
+    }
+
+    /// The description of the folded model, from that of the model before
+    /// (built from `spec`, one layer per entry): the folded batch norms
+    /// left out and a bias on the layers they went into.
+    pub fn apply(&self, spec: &ModelSpec) -> Result<ModelSpec> {
+        Ok(ModelSpec { input: spec.input.clone(), layers: self.apply_to(&spec.layers)? })
+    }
+
+    fn apply_to(&self, layers: &[LayerSpec]) -> Result<Vec<LayerSpec>> {
+        let mismatch = || {
+            Error::config("model", "the description does not match the folded network (one entry per layer expected)")
+        };
+        let mut out = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter().enumerate() {
+            if self.removed.contains(&i) {
+                if !matches!(layer, LayerSpec::BatchNorm { .. }) {
+                    return Err(mismatch());
+                }
+                continue;
+            }
+            let mut layer = layer.clone();
+            if self.biased.contains(&i) {
+                match &mut layer {
+                    LayerSpec::Conv2d { bias, .. } | LayerSpec::Linear { bias, .. } => *bias = true,
+                    _ => return Err(mismatch()),
+                }
+            }
+            if let Some((_, parts)) = self.blocks.iter().find(|(b, _)| *b == i) {
+                let LayerSpec::Residual { body, shortcut } = &mut layer else { return Err(mismatch()) };
+                *body = parts.first().ok_or_else(mismatch)?.apply_to(body)?;
+                if let Some(s) = shortcut {
+                    *s = parts.get(1).ok_or_else(mismatch)?.apply_to(s)?;
+                }
+            }
+            out.push(layer);
+        }
+        Ok(out)
     }
 }

@@ -9,6 +9,7 @@ pub mod spec;
 
 pub use spec::{Architecture, LayerSpec, ModelSpec};
 
+pub use fold::Folds;
 pub use residual::Residual;
 
 pub use lenet::{
