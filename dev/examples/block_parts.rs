@@ -44,7 +44,7 @@ fn profile() {
         let mut block = net.into_layers().remove(0);
         assert_eq!(block.kind(), "BatchNorm2d+Sigmoid+AvgPool2d");
         let stats = time(|| {
-            std::hint::black_box(channel_stats(z.data(), n, c, h * h));
+            std::hint::black_box(channel_stats(z.data(), normlab::kernels::stats::Ncs { n, c, s: h * h }));
         });
         let fwd = time(|| {
             block.forward(&z, Mode::Train).unwrap();

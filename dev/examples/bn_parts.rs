@@ -30,7 +30,8 @@ fn main() {
 }
 
 fn kernel_only(shape: &[usize], x: &Tensor<f32>, dy: &Tensor<f32>) {
-    let (n, c, s) = (shape[0], shape[1], shape[2] * shape[3]);
+    let ncs = normlab::kernels::stats::Ncs::of(shape);
+    let c = ncs.c;
     let (mean, mean_lo) = (vec![0.1f32; c], vec![0.0f32; c]);
     let mut dx = vec![0.0f32; x.numel()];
     let t = Instant::now();
@@ -38,7 +39,7 @@ fn kernel_only(shape: &[usize], x: &Tensor<f32>, dy: &Tensor<f32>) {
         normlab::kernels::batch_norm::backward_fused(
             (x.data(), dy.data()),
             &mut dx,
-            (n, c, s),
+            ncs,
             normlab::kernels::batch_norm::TwoTerm { hi: &mean, lo: &mean_lo },
             normlab::kernels::batch_norm::Epilogue::none(),
             |_, a, b| (0.5, (b * 1e-6) as f32, (a * 1e-6) as f32),

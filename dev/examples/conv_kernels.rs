@@ -3,7 +3,7 @@ use std::time::Instant;
 
 use normlab::kernels::conv::{im2col, ConvGeometry};
 use normlab::kernels::conv_direct;
-use normlab::kernels::gemm::{gemm, Op};
+use normlab::kernels::gemm::{gemm, Product};
 
 fn main() {
     for (cin, cout, h) in [(1usize, 6usize, 28usize), (6, 16, 12)] {
@@ -23,7 +23,7 @@ fn main() {
             let t = Instant::now();
             for _ in 0..reps {
                 im2col(&g, &x, &mut col);
-                gemm(Op::N, Op::N, cout, p, kd, 1.0, &w, &col, 0.0, &mut y);
+                gemm(Product::nn(cout, p, kd), 1.0, &w, &col, 0.0, &mut y);
             }
             t_gemm += t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -34,7 +34,7 @@ fn main() {
             t_direct += t.elapsed().as_secs_f64();
             let t = Instant::now();
             for _ in 0..reps {
-                gemm(Op::N, Op::T, cout, kd, p, 1.0, &dy, &col, 1.0, &mut dw);
+                gemm(Product::nt(cout, kd, p), 1.0, &dy, &col, 1.0, &mut dw);
             }
             t_gw += t.elapsed().as_secs_f64();
             let (x8, dy8) = (x.repeat(8), dy.repeat(8));

@@ -3,7 +3,7 @@ use std::time::Instant;
 
 use normlab::kernels::conv::{im2col, ConvGeometry};
 use normlab::kernels::conv_direct as cd;
-use normlab::kernels::gemm::{gemm, Op};
+use normlab::kernels::gemm::{gemm, Product};
 
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     let mut best = f64::MAX;
@@ -31,7 +31,7 @@ fn main() {
         let reps = 3000;
         let t = time(reps, || {
             im2col(&g, &x, &mut col);
-            gemm(Op::N, Op::N, cout, p, kd, 1.0, &w, &col, 0.0, &mut y);
+            gemm(Product::nn(cout, p, kd), 1.0, &w, &col, 0.0, &mut y);
         });
         let mut want = y.clone();
         print!("{cin}->{cout} {h}x{h}: gemm {:.0}", flop / t / 1e9);
@@ -52,7 +52,7 @@ fn main() {
         }
         want.copy_from_slice(&y);
         im2col(&g, &x, &mut col);
-        gemm(Op::N, Op::N, cout, p, kd, 1.0, &w, &col, 0.0, &mut want);
+        gemm(Product::nn(cout, p, kd), 1.0, &w, &col, 0.0, &mut want);
         combo!(2, 8);
         combo!(3, 4);
         combo!(4, 4);
@@ -78,9 +78,9 @@ fn backward_parts() {
     let mut dw = vec![0.0f32; co * kd];
     im2col(&g, &x, &mut col);
     let flop = 2.0 * (co * kd * p) as f64;
-    let t = time(3000, || gemm(Op::N, Op::T, co, kd, p, 1.0, &dy, &col, 1.0, &mut dw));
+    let t = time(3000, || gemm(Product::nt(co, kd, p), 1.0, &dy, &col, 1.0, &mut dw));
     print!("6->16 dW gemm {:.0} GFLOP/s ({:.2} us/image)", flop / t / 1e9, t * 1e6);
-    let t = time(3000, || gemm(Op::T, Op::N, kd, p, co, 1.0, &w, &dy, 0.0, &mut dcol));
+    let t = time(3000, || gemm(Product::tn(kd, p, co), 1.0, &w, &dy, 0.0, &mut dcol));
     print!("; dx gemm {:.0} ({:.2} us)", flop / t / 1e9, t * 1e6);
     let t = time(3000, || col2im(&g, &dcol, &mut dx));
     println!("; col2im {:.2} us", t * 1e6);

@@ -37,30 +37,36 @@ pub trait Real:
     /// the `libm` crate: within 1 ulp).
     fn erf(self) -> Self;
 
-    /// `C = alpha * A·B + beta * C` on strided matrices, by `matrixmultiply`'s
-    /// `sgemm` or `dgemm` (the library's `kernels::gemm` is the checked form).
+    /// `C = alpha * A·B + beta * C` for `A` `m×k`, `B` `k×n`, by
+    /// `matrixmultiply`'s `sgemm` or `dgemm` (the library's `kernels::gemm`
+    /// is the checked form).
     ///
     /// # Safety
-    /// The pointers and strides must describe matrices inside live allocations;
-    /// the safe wrapper in `kernels::gemm` checks this.
-    #[allow(clippy::too_many_arguments)]
+    /// The pointers and strides must describe matrices inside live
+    /// allocations, `c` not overlapping `a` or `b`; the safe wrapper in
+    /// `kernels::gemm` checks this.
     unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
+        mkn: (usize, usize, usize),
         alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
+        a: Strided<*const Self>,
+        b: Strided<*const Self>,
         beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
+        c: Strided<*mut Self>,
     );
 }
+
+/// A matrix in memory: its first element, and the steps (in elements)
+/// from a row to the next and from a column to the next.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<P> {
+    /// The element at row 0, column 0.
+    pub ptr: P,
+    /// Elements from one row to the next.
+    pub row_step: isize,
+    /// Elements from one column to the next.
+    pub col_step: isize,
+}
+
 
 /// `a·b + c` with one rounding, always: one instruction in code compiled
 /// for FMA (the AVX2 and AVX-512 versions of the kernels, see
@@ -91,24 +97,19 @@ impl Real for f32 {
         libm::erff(self)
     }
     unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
+        (m, k, n): (usize, usize, usize),
         alpha: f32,
-        a: *const f32,
-        rsa: isize,
-        csa: isize,
-        b: *const f32,
-        rsb: isize,
-        csb: isize,
+        a: Strided<*const f32>,
+        b: Strided<*const f32>,
         beta: f32,
-        c: *mut f32,
-        rsc: isize,
-        csc: isize,
+        c: Strided<*mut f32>,
     ) {
         // SAFETY: the caller keeps the trait method's contract (matrices
-        // inside live allocations), which is sgemm's
-        matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        // inside live allocations, c apart from a and b), which is sgemm's
+        matrixmultiply::sgemm(
+            m, k, n, alpha, a.ptr, a.row_step, a.col_step, b.ptr, b.row_step, b.col_step, beta, c.ptr, c.row_step,
+            c.col_step,
+        )
     }
 }
 
@@ -131,24 +132,19 @@ impl Real for f64 {
         libm::erf(self)
     }
     unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
+        (m, k, n): (usize, usize, usize),
         alpha: f64,
-        a: *const f64,
-        rsa: isize,
-        csa: isize,
-        b: *const f64,
-        rsb: isize,
-        csb: isize,
+        a: Strided<*const f64>,
+        b: Strided<*const f64>,
         beta: f64,
-        c: *mut f64,
-        rsc: isize,
-        csc: isize,
+        c: Strided<*mut f64>,
     ) {
         // SAFETY: the caller keeps the trait method's contract (matrices
-        // inside live allocations), which is dgemm's
-        matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        // inside live allocations, c apart from a and b), which is dgemm's
+        matrixmultiply::dgemm(
+            m, k, n, alpha, a.ptr, a.row_step, a.col_step, b.ptr, b.row_step, b.col_step, beta, c.ptr, c.row_step,
+            c.col_step,
+        )
     }
 }
 

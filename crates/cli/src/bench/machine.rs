@@ -36,6 +36,8 @@ fn fma_loop_portable(iters: usize, seed: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+/// # Safety
+/// The CPU must have AVX-512F.
 unsafe fn fma_loop_avx512(iters: usize, seed: f32) -> f32 {
     use std::arch::x86_64::*;
     let mut acc = [_mm512_set1_ps(seed); CHAINS];
@@ -54,6 +56,8 @@ unsafe fn fma_loop_avx512(iters: usize, seed: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// The CPU must have AVX2 and FMA.
 unsafe fn fma_loop_avx2(iters: usize, seed: f32) -> f32 {
     use std::arch::x86_64::*;
     // two 8-lane vectors per chain: the same 16 values a chain as above

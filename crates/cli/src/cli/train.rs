@@ -11,7 +11,7 @@ use crate::plot;
 use crate::rundir::{Owner, RunDir};
 use normlab::data::FashionMnist;
 use normlab::fsutil::write_atomic;
-use normlab::models::ModelKind;
+use normlab::models::{ModelKind, ModelSpec, INPUT_SHAPE};
 use normlab::optim::SgdConfig;
 use normlab::train::{self, checkpoint, EpochMetrics, Observer, TrainOptions, Trainer, CHAPTER_EPOCHS};
 
@@ -24,10 +24,11 @@ use record::{DataRecord, RunRecord};
 #[derive(clap::Args, Debug)]
 #[command(
     about = "Train a LeNet on Fashion-MNIST (defaults: the chapter's recipe)",
-    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n  normlab train --resume runs/plain --epochs 8    # continue (or extend) a run as it was recorded\n  normlab train --out runs/plain --force          # replace the run in runs/plain\n\nWrites metrics.csv, curves.svg/png, model.safetensors (PyTorch state_dict names), run.json and\ncheckpoint.safetensors (for --resume) under --out (default runs/<model>-<UTC time>), a directory\nthat belongs to this run alone."
+    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --model examples/models/vgg-small.toml   # your own network, from a model file\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n  normlab train --resume runs/plain --epochs 8    # continue (or extend) a run as it was recorded\n  normlab train --out runs/plain --force          # replace the run in runs/plain\n\nWrites metrics.csv, curves.svg/png, model.safetensors (PyTorch state_dict names), run.json and\ncheckpoint.safetensors (for --resume) under --out (default runs/<model>-<UTC time>), a directory\nthat belongs to this run alone."
 )]
 pub struct TrainArgs {
-    /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet [default: bn-lenet]
+    /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet, or a model file FILE.toml describing any
+    /// network layer by layer (see README, "Your own network") [default: bn-lenet]
     #[arg(long)]
     model: Option<String>,
     /// Epochs in all (default: the chapter's 10; with --resume, a new total to extend the run).
@@ -134,8 +135,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 /// A new run from the command line's options, in a directory of its own.
 fn start(args: &TrainArgs, started: Instant) -> Result<()> {
-    let kind = ModelKind::parse(args.model.as_deref().unwrap_or(ModelKind::BnLenet.name()))?;
-    let mut options = TrainOptions::chapter(kind);
+    let mut options = match args.model.as_deref().map(model_file) {
+        Some(Some(file)) => {
+            let spec = ModelSpec::from_toml_file(file, Some(&INPUT_SHAPE))?;
+            // the shape the data gives, fixed in the run's record and checkpoints
+            let spec = if spec.input.is_some() { spec } else { spec.with_input(&INPUT_SHAPE) };
+            TrainOptions::chapter_with(model_file_name(file), spec)
+        }
+        _ => TrainOptions::chapter(ModelKind::parse(args.model.as_deref().unwrap_or(ModelKind::BnLenet.name()))?),
+    };
+    let name = options.model.clone();
     options.epochs = args.epochs.unwrap_or(CHAPTER_EPOCHS);
     options.batch_size = args.batch_size.unwrap_or(options.batch_size);
     let lr = args.lr.unwrap_or(options.sgd.lr);
@@ -149,11 +158,11 @@ fn start(args: &TrainArgs, started: Instant) -> Result<()> {
     options.limit_val = args.limit_val;
     let mut trainer = Trainer::new(options)?;
     if args.recompute_stats {
-        super::recompute::check_has_batch_norm(&mut trainer.net, kind.name(), "leave --recompute-stats out")?;
+        super::recompute::check_has_batch_norm(&mut trainer.net, &name, "leave --recompute-stats out")?;
     }
     let dir = match &args.out {
         Some(out) => RunDir::claim(out, args.force, Owner::Train)?,
-        None => RunDir::claim_new(Path::new("runs"), &format!("{}-{}", kind.name(), super::utc_timestamp()))?,
+        None => RunDir::claim_new(Path::new("runs"), &format!("{name}-{}", super::utc_timestamp()))?,
     };
     let show_progress = !args.quiet && super::stderr_is_terminal();
     let fm = crate::locate::load(&args.data.source(show_progress))?;
@@ -161,7 +170,25 @@ fn start(args: &TrainArgs, started: Instant) -> Result<()> {
         super::recompute::check_enough_images(&fm)?;
     }
     let record = RunRecord { data: DataRecord::of(&fm), recompute_stats: args.recompute_stats };
-    execute(args, dir, kind, trainer, fm, record, started)
+    execute(args, dir, name, trainer, fm, record, started)
+}
+
+/// `--model`'s value as a model file: a name ending in `.toml`, or an
+/// existing file (the built-in names are neither).
+pub(super) fn model_file(value: &str) -> Option<&Path> {
+    let path = Path::new(value);
+    (value.ends_with(".toml") || (ModelKind::parse(value).is_err() && path.is_file())).then_some(path)
+}
+
+/// A model file's run name: its file name without `.toml` (with it when
+/// that is a built-in model's name, which promises the built-in network).
+fn model_file_name(file: &Path) -> String {
+    let stem = file.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    if ModelKind::parse(&stem).is_ok() {
+        format!("{stem}.toml")
+    } else {
+        stem
+    }
 }
 
 /// Continues the run in `dir` from its training checkpoint, as it was
@@ -211,11 +238,11 @@ fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
         ));
         return Ok(());
     }
-    let kind = ModelKind::parse(&trainer.options.model)?;
+    let name = trainer.options.model.clone();
     // unknown in checkpoints older than the record: the command line says
     let recompute = recorded.as_ref().map_or_else(|| record::legacy_recompute(args, dir), |r| r.recompute_stats);
     if recompute {
-        super::recompute::check_has_batch_norm(&mut trainer.net, kind.name(), "leave --recompute-stats out")?;
+        super::recompute::check_has_batch_norm(&mut trainer.net, &name, "leave --recompute-stats out")?;
     }
     let show_progress = !args.quiet && super::stderr_is_terminal();
     let fm = record::resume_data(args, dir, recorded.as_ref(), show_progress, say)?;
@@ -223,7 +250,7 @@ fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
         super::recompute::check_enough_images(&fm)?;
     }
     let record = RunRecord { data: DataRecord::of(&fm), recompute_stats: recompute };
-    execute(args, claimed, kind, trainer, fm, record, started)
+    execute(args, claimed, name, trainer, fm, record, started)
 }
 
 /// Trains the remaining epochs, recomputes the statistics if the run
@@ -231,14 +258,14 @@ fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
 fn execute(
     args: &TrainArgs,
     mut dir: RunDir,
-    kind: ModelKind,
+    name: String,
     mut trainer: Trainer,
     fm: FashionMnist,
     record: RunRecord,
     started: Instant,
 ) -> Result<()> {
     let show_progress = !args.quiet && super::stderr_is_terminal();
-    let run = Run::new(args, dir.path().to_path_buf(), kind, &trainer, fm, record);
+    let run = Run::new(args, dir.path().to_path_buf(), name, &trainer, fm, record);
     run.say_start(&trainer);
     if trainer.epoch() > 0 {
         // a resumed run: its files as of its checkpoint, whatever a kill
@@ -254,7 +281,8 @@ fn execute(
 /// What a run writes to and reads from, fixed once it starts.
 struct Run {
     out: PathBuf,
-    kind: ModelKind,
+    /// The model's name (a built-in's, or a model file's).
+    name: String,
     fm: FashionMnist,
     record: RunRecord,
     n_train: usize,
@@ -267,7 +295,7 @@ impl Run {
     fn new(
         args: &TrainArgs,
         out: PathBuf,
-        kind: ModelKind,
+        name: String,
         trainer: &Trainer,
         fm: FashionMnist,
         record: RunRecord,
@@ -275,7 +303,7 @@ impl Run {
         let options = &trainer.options;
         let n_train = options.limit_train.map_or(fm.train.len(), |l| l.min(fm.train.len()));
         let n_val = options.limit_val.map_or(fm.test.len(), |l| l.min(fm.test.len()));
-        Run { out, kind, fm, record, n_train, n_val, json: args.json, quiet: args.quiet }
+        Run { out, name, fm, record, n_train, n_val, json: args.json, quiet: args.quiet }
     }
 
     /// A progress line for people, on stderr (stdout carries only results),
@@ -297,7 +325,7 @@ impl Run {
         }
         self.say(format!(
             "training {} on {} images, validating on {} ({} threads, {}), output in {}",
-            self.kind.name(),
+            self.name,
             self.n_train,
             self.n_val,
             rayon::current_num_threads(),
@@ -366,8 +394,8 @@ fn write_epoch_files(run: &Run, dir: &mut RunDir, trainer: &mut Trainer) -> Resu
     dir.begin_writing()?;
     trainer.save_state_with(&run.out.join(STATE_FILE), &[(record::META_RECORD, run.record.to_json())])?;
     write_metrics(&run.out.join("metrics.csv"), &trainer.history)?;
-    let (network, epoch) = (trainer.options.network, trainer.epoch().to_string());
-    checkpoint::save(&mut trainer.net, run.kind.name(), &network, &[("epoch", epoch)], &run.model_path())?;
+    let (network, epoch) = (trainer.options.network.clone(), trainer.epoch().to_string());
+    checkpoint::save(&mut trainer.net, &run.name, &network, &[("epoch", epoch)], &run.model_path())?;
     run.write_run_json(trainer, json!("in progress"))?;
     dir.keep();
     Ok(())
@@ -389,10 +417,10 @@ fn recompute_stats(run: &Run, trainer: &mut Trainer) -> Result<serde_json::Value
         after.loss
     ));
     let epoch = trainer.epoch().to_string();
-    let network = trainer.options.network;
+    let network = trainer.options.network.clone();
     checkpoint::save(
         &mut trainer.net,
-        run.kind.name(),
+        &run.name,
         &network,
         &[("epoch", epoch), ("bn_stats", "recomputed over the training set".into())],
         &run.model_path(),
@@ -406,7 +434,7 @@ fn recompute_stats(run: &Run, trainer: &mut Trainer) -> Result<serde_json::Value
 fn finish(run: &Run, trainer: &Trainer, recompute: serde_json::Value, started: Instant) -> Result<()> {
     plot::plot_curves(
         &trainer.history,
-        &format!("{} on Fashion-MNIST", run.kind.name()),
+        &format!("{} on Fashion-MNIST", run.name),
         &run.out.join("curves.svg"),
         &run.out.join("curves.png"),
     )?;

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::activation::{Activation, Identity};
 use super::lanes::{sums2, F64x8};
+use super::stats::{channel_mean_var, Ncs};
 use super::stream::{self, MapF32};
 use crate::real::{as_f32, as_f32_mut, Real};
 
@@ -39,7 +40,8 @@ multiversion! {
     /// Batch mean and biased variance of each channel in f64: two passes for
     /// `(N, C)` input (short columns), one shifted pass per channel for images
     /// ([`channel_mean_var`]).
-    pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64>, Vec<f64>) {
+    pub fn channel_stats<T: Real>(x: &[T], ncs: Ncs) -> (Vec<f64>, Vec<f64>) {
+        let Ncs { n, c, s } = ncs;
         let m = (n * s) as f64;
         if s == 1 {
             // (N, C): accumulate whole rows, vectorized across channels
@@ -59,77 +61,7 @@ multiversion! {
             }
             return (mean, sq.iter().map(|v| v / m).collect());
         }
-        per_channel(c, x.len(), |ch| channel_mean_var(x, (n, c, s), ch)).into_iter().unzip()
-    }
-}
-
-/// Mean and biased variance of channel `ch` of `(N, C, S)` input, in f64,
-/// in one pass over its `N` runs (see [`ShiftedSums`]).
-pub fn channel_mean_var<T: Real>(x: &[T], ncs: (usize, usize, usize), ch: usize) -> (f64, f64) {
-    let (n, c, s) = ncs;
-    let run = |i: usize| &x[(i * c + ch) * s..(i * c + ch + 1) * s];
-    let prefetch = std::mem::size_of_val(x) >= super::PREFETCH_MIN_BYTES;
-    let mut sums = ShiftedSums::new(x[ch * s]);
-    for i in 0..n {
-        if prefetch && i + 1 < n {
-            super::prefetch(run(i + 1));
-        }
-        sums.add(run(i));
-    }
-    sums.mean_var()
-}
-
-/// Running sums for a mean and variance in one pass:
-/// `var = E[(x - k)²] - E[x - k]²` with the shift `k` one of the values
-/// (the channel's first), so that the subtraction does not cancel when the
-/// mean is large against the spread, as the unshifted formula would: since
-/// `k` is one of the `m` values, `var ≥ (mean - k)²/m`, and the rounding
-/// error of the f64 sums stays below about `m·2⁻⁵³` of the variance. One
-/// pass instead of two (mean, then squares about it) halves the reads, and
-/// for a large tensor the second pass was the forward's bottleneck.
-#[derive(Clone)]
-pub struct ShiftedSums {
-    shift: f64,
-    k: F64x8,
-    sum: f64,
-    sum_sq: f64,
-    count: usize,
-}
-
-impl ShiftedSums {
-    pub fn new<T: Real>(shift: T) -> Self {
-        let shift = shift.as_f64();
-        ShiftedSums { shift, k: F64x8::splat(shift), sum: 0.0, sum_sq: 0.0, count: 0 }
-    }
-
-    #[inline]
-    pub fn add<T: Real>(&mut self, values: &[T]) {
-        let (s1, s2) = shifted_sums(values, self.k);
-        self.sum += s1;
-        self.sum_sq += s2;
-        self.count += values.len();
-    }
-
-    /// Adds the sums of `other`, taken with the same shift over other values.
-    pub fn absorb(&mut self, other: &ShiftedSums) {
-        debug_assert_eq!(self.shift.to_bits(), other.shift.to_bits(), "sums with different shifts");
-        self.sum += other.sum;
-        self.sum_sq += other.sum_sq;
-        self.count += other.count;
-    }
-
-    /// `(mean, biased variance)`.
-    pub fn mean_var(&self) -> (f64, f64) {
-        let m = self.count as f64;
-        let (shifted_mean, mean_sq) = (self.sum / m, self.sum_sq / m);
-        (self.shift + shifted_mean, (mean_sq - shifted_mean * shifted_mean).max(0.0))
-    }
-}
-
-multiversion! {
-    /// `(Σ (v - k), Σ (v - k)²)` in eight f64 lanes.
-    fn shifted_sums<T: Real>(values: &[T], k: F64x8) -> (f64, f64) {
-        sums2(values, values, |v, _| (v - k, (v - k) * (v - k)))
+        per_channel(c, x.len(), |ch| channel_mean_var(x, ncs, ch)).into_iter().unzip()
     }
 }
 
@@ -261,8 +193,8 @@ multiversion! {
 multiversion! {
     /// Per channel: `(Σ dh, Σ dh·(x - mean))`, in f64, where `dh` is `dy`
     /// or what `ep` makes of it.
-    pub fn backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: (usize, usize, usize), mean: TwoTerm<'_, T>, ep: Epilogue<'_, T, A>) -> (Vec<f64>, Vec<f64>) {
-        let (_, c, s) = ncs;
+    pub fn backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: Ncs, mean: TwoTerm<'_, T>, ep: Epilogue<'_, T, A>) -> (Vec<f64>, Vec<f64>) {
+        let Ncs { c, s, .. } = ncs;
         if s == 1 {
             let (mut sdy, mut sdyx) = (vec![0.0f64; c], vec![0.0f64; c]);
             for (xr, gr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
@@ -295,12 +227,12 @@ multiversion! {
         x: &[T],
         dy: &[T],
         dx: &mut [T],
-        ncs: (usize, usize, usize),
+        ncs: Ncs,
         mean: TwoTerm<'_, T>,
         coefs: GradCoefs<'_, T>,
         ep: Epilogue<'_, T, A>,
     ) {
-        let (_, c, s) = ncs;
+        let Ncs { c, s, .. } = ncs;
         let GradCoefs { a, b, k } = coefs;
         if s == 1 {
             for ((dr, xr), gr) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
@@ -375,11 +307,12 @@ impl<'a, T> ChannelOut<'a, T> {
 pub fn stats_and_normalize<T: Real, A: Activation<T>>(
     x: &[T],
     y: &mut [T],
-    (n, c, s): (usize, usize, usize),
+    ncs: Ncs,
     (gamma, beta): (&[T], &[T]),
     eps: f64,
     act: A,
 ) -> (Vec<f64>, Vec<f64>) {
+    let Ncs { n, c, s } = ncs;
     assert!(x.len() == n * c * s && y.len() == x.len() && s > 1, "stats_and_normalize: shapes");
     assert!(
         gamma.len() == c && beta.len() == c,
@@ -389,7 +322,7 @@ pub fn stats_and_normalize<T: Real, A: Activation<T>>(
     );
     let out = ChannelOut::new(y);
     per_channel(c, x.len(), |ch| {
-        let (mean, var) = channel_mean_var(x, (n, c, s), ch);
+        let (mean, var) = channel_mean_var(x, ncs, ch);
         let inv_std = 1.0 / (var + eps).sqrt();
         let ((mu, mu_lo), scale, shift) = (split_mean::<T>(mean, inv_std), gamma[ch] * T::from_f64(inv_std), beta[ch]);
         let stream = stream::applies::<T>(std::mem::size_of_val(x));
@@ -421,17 +354,18 @@ pub fn stats_and_normalize<T: Real, A: Activation<T>>(
 pub fn backward_fused<T: Real, A: Activation<T>>(
     (x, dy): (&[T], &[T]),
     dx: &mut [T],
-    (n, c, s): (usize, usize, usize),
+    ncs: Ncs,
     mean: TwoTerm<'_, T>,
     ep: Epilogue<'_, T, A>,
     coef: impl Fn(usize, f64, f64) -> (T, T, T) + Sync + Send,
 ) -> (Vec<f64>, Vec<f64>) {
+    let Ncs { n, c, s } = ncs;
     assert!(x.len() == n * c * s && dy.len() == x.len() && dx.len() == x.len() && s > 1, "backward_fused: shapes");
     let out = ChannelOut::new(dx);
     per_channel(c, x.len(), |ch| {
-        let (sdy, sdyx) = channel_backward_sums(x, dy, (n, c, s), ch, mean.at(ch), ep);
+        let (sdy, sdyx) = channel_backward_sums(x, dy, ncs, ch, mean.at(ch), ep);
         let (a, b, k) = coef(ch, sdy, sdyx);
-        channel_backward_apply(x, dy, &out, (n, c, s), (ch, mean.at(ch)), (a, b, k), ep);
+        channel_backward_apply(x, dy, &out, ncs, (ch, mean.at(ch)), (a, b, k), ep);
         (sdy, sdyx)
     })
     .into_iter()
@@ -451,8 +385,8 @@ multiversion! {
 multiversion! {
     /// `(Σ dh, Σ dh·(x - mu))` over channel `ch` (`dh` as `ep` says).
     #[inline]
-    fn channel_backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: (usize, usize, usize), ch: usize, mu: (T, T), ep: Epilogue<'_, T, A>) -> (f64, f64) {
-        let (n, c, s) = ncs;
+    fn channel_backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: Ncs, ch: usize, mu: (T, T), ep: Epilogue<'_, T, A>) -> (f64, f64) {
+        let Ncs { n, c, s } = ncs;
         // hi + lo in f64 (exactly hi where lo is 0)
         let muv = F64x8::splat(mu.0.as_f64() + mu.1.as_f64());
         let run = |i: usize| (i * c + ch) * s..(i * c + ch + 1) * s;
@@ -481,12 +415,12 @@ multiversion! {
         x: &[T],
         dy: &[T],
         out: &ChannelOut<'_, T>,
-        ncs: (usize, usize, usize),
+        ncs: Ncs,
         channel: (usize, (T, T)),
         abk: (T, T, T),
         ep: Epilogue<'_, T, A>,
     ) {
-        let ((n, c, s), (ch, (mu, mu_lo)), (a, b, k)) = (ncs, channel, abk);
+        let (Ncs { n, c, s }, (ch, (mu, mu_lo)), (a, b, k)) = (ncs, channel, abk);
         let mut scratch = vec![T::zero(); if A::IDENTITY { 0 } else { s }];
         // Backwards: a channel of a large tensor (1.6 MB of x and dy at
         // (64,64,56,56)) does not fit in L2, and a forward second pass would
@@ -523,8 +457,9 @@ mod tests {
     /// loops, on runs that stream (2^20 values) and runs that cannot (3 more).
     #[test]
     fn streaming_sweeps_write_what_the_plain_loops_write() {
-        for (n, c, s) in [(4, 2, 1 << 20), (4, 2, (1 << 20) + 3)] {
-            let len = n * c * s;
+        for s in [1 << 20, (1 << 20) + 3] {
+            let ncs = Ncs { n: 4, c: 2, s };
+            let (c, len) = (ncs.c, ncs.len());
             assert!(super::super::stream::applies::<f32>(len * 4) == crate::isa::avx512());
             let values = |seed: usize| -> Vec<f32> {
                 (0..len).map(|i| (((i * 7919 + seed) % 1000) as f32) / 500.0 - 1.0).collect()
@@ -533,7 +468,7 @@ mod tests {
             let (x, dy) = (x.as_slice(), dy.as_slice());
             let (gamma, beta) = ([1.5f32, 0.5], [0.25f32, -1.0]);
             let mut y = AlignedVec::from_elem(f32::NAN, len);
-            let (mean, var) = stats_and_normalize(x, y.as_mut_slice(), (n, c, s), (&gamma, &beta), 1e-5, Identity);
+            let (mean, var) = stats_and_normalize(x, y.as_mut_slice(), ncs, (&gamma, &beta), 1e-5, Identity);
             let (mu, mu_lo): (Vec<f32>, Vec<f32>) =
                 mean.iter().zip(&var).map(|(&m, &v)| split_mean::<f32>(m, 1.0 / (v + 1e-5).sqrt())).unzip();
             let mean2 = TwoTerm { hi: &mu, lo: &mu_lo };
@@ -546,45 +481,13 @@ mod tests {
                 (0.5 + ch as f32, (sum_dyx * 1e-7) as f32, (sum_dy * 1e-7) as f32)
             };
             let mut dx = AlignedVec::from_elem(f32::NAN, len);
-            let (sdy, sdyx) = backward_fused((x, dy), dx.as_mut_slice(), (n, c, s), mean2, Epilogue::none(), coef);
+            let (sdy, sdyx) = backward_fused((x, dy), dx.as_mut_slice(), ncs, mean2, Epilogue::none(), coef);
             let coefs: Vec<(f32, f32, f32)> = (0..c).map(|ch| coef(ch, sdy[ch], sdyx[ch])).collect();
             let part = |f: fn(&(f32, f32, f32)) -> f32| coefs.iter().map(f).collect::<Vec<f32>>();
             let (a, b, k) = (part(|t| t.0), part(|t| t.1), part(|t| t.2));
             let mut want = vec![f32::NAN; len];
-            backward_apply(x, dy, &mut want, (n, c, s), mean2, GradCoefs { a: &a, b: &b, k: &k }, Epilogue::none());
+            backward_apply(x, dy, &mut want, ncs, mean2, GradCoefs { a: &a, b: &b, k: &k }, Epilogue::none());
             assert!(dx.as_slice().iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "backward, runs of {s}");
         }
-    }
-
-    /// Mean and variance in f64 by the textbook two passes.
-    fn two_pass(v: &[f64]) -> (f64, f64) {
-        let m = v.len() as f64;
-        let mean = v.iter().sum::<f64>() / m;
-        (mean, v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / m)
-    }
-
-    #[test]
-    fn one_pass_statistics_hold_on_a_large_mean_with_an_outlier_first() {
-        // channel 1 of (3, 2, 37): mean 1e4, std about 1e-2, and its first
-        // value (the shift) 1e4 + 50, far out
-        let (n, c, s) = (3, 2, 37);
-        let x: Vec<f64> = (0..n * c * s)
-            .map(|i| {
-                let (img, ch, j) = (i / (c * s), (i / s) % c, i % s);
-                let noise = (((i * 7919) % 1000) as f64 / 1000.0 - 0.5) * 0.035;
-                match (ch, img, j) {
-                    (1, 0, 0) => 1e4 + 50.0,
-                    (1, _, _) => 1e4 + noise,
-                    _ => noise,
-                }
-            })
-            .collect();
-        let channel: Vec<f64> = (0..n).flat_map(|i| x[(i * c + 1) * s..(i * c + 2) * s].to_vec()).collect();
-        let (mean, var) = channel_mean_var(&x, (n, c, s), 1);
-        let (want_mean, want_var) = two_pass(&channel);
-        assert!((mean - want_mean).abs() <= 1e-12 * want_mean, "mean {mean} vs {want_mean}");
-        // unshifted, E[x²] - E[x]² (x² near 1e8) missed the variance (22.3,
-        // from the outlier) by 7e-10 of itself; shifted, it is under 1e-10
-        assert!((var - want_var).abs() <= 1e-10 * want_var, "variance {var} vs {want_var}");
     }
 }

@@ -20,7 +20,7 @@
 //! in the cores' caches. Here a group's values stay in its storage (about
 //! 0.5 MB, in the L2 of the core that runs it) and each pass reads them once.
 
-use super::batch_norm::ShiftedSums;
+use super::stats::ShiftedSums;
 use super::conv::ConvGeometry;
 use super::conv_lanes;
 use super::image_lanes::LANES;
@@ -83,7 +83,7 @@ mod avx512 {
         let mut lanes = [0.0f32; LANES];
         // SAFETY: 16 values; AVX-512F is compiled in
         unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
-        lanes.iter().map(|&x| x as f64).sum()
+        super::super::lanes::sum_widened(&lanes)
     }
 
     /// The pooled sizes: (pooled width, pooled positions per channel).

@@ -398,7 +398,7 @@ pub mod wide;
 mod tests {
     use super::*;
     use crate::kernels::conv::im2col;
-    use crate::kernels::gemm::{gemm_reference, Op};
+    use crate::kernels::gemm::{gemm_reference, Product};
 
     fn values(n: usize, seed: usize) -> Vec<f64> {
         (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f64 - 1001.0) / 500.0).collect()
@@ -429,7 +429,7 @@ mod tests {
             let mut col = vec![0.0; kd * p];
             im2col(&g, &x, &mut col);
             let mut want = vec![0.0; cout * p];
-            gemm_reference(Op::N, Op::N, cout, p, kd, 1.0, &wt, &col, 0.0, &mut want);
+            gemm_reference(Product::nn(cout, p, kd), 1.0, &wt, &col, 0.0, &mut want);
             for co in 0..cout {
                 want[co * p..(co + 1) * p].iter_mut().for_each(|v| *v += bias[co]);
             }
@@ -441,7 +441,7 @@ mod tests {
                 assert!((a - b).abs() < 1e-9, "forward {cin}->{cout} {h}x{w} k{k}: {a} vs {b}");
             }
             let mut want_dw = vec![0.0; cout * kd];
-            gemm_reference(Op::N, Op::T, cout, kd, p, 1.0, &dy, &col, 0.0, &mut want_dw);
+            gemm_reference(Product::nt(cout, kd, p), 1.0, &dy, &col, 0.0, &mut want_dw);
             let mut got_dw = vec![0.0; cout * kd];
             weight_grad(&g, cout, &x, &dy, &mut got_dw);
             for (a, b) in got_dw.iter().zip(&want_dw) {

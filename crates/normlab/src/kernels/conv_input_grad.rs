@@ -313,7 +313,7 @@ avx2_kernel!(avx2_on_avx512, "avx512f,avx512bw,avx512dq,avx512vl,fma", super::CB
 mod tests {
     use super::*;
     use crate::kernels::conv::col2im;
-    use crate::kernels::gemm::{gemm_reference, Op};
+    use crate::kernels::gemm::{gemm_reference, Product};
 
     /// Equals `col2im(Wᵀ · dy)` (the general path), computed in f64.
     #[test]
@@ -338,7 +338,7 @@ mod tests {
                 let (wt, dy) =
                     (wt.iter().map(|&v| f(v)).collect::<Vec<_>>(), dy.iter().map(|&v| f(v)).collect::<Vec<_>>());
                 let mut dcol = vec![0.0; g.col_rows() * ho * wo];
-                gemm_reference(Op::T, Op::N, g.col_rows(), ho * wo, cout, 1.0, &wt, &dy, 0.0, &mut dcol);
+                gemm_reference(Product::tn(g.col_rows(), ho * wo, cout), 1.0, &wt, &dy, 0.0, &mut dcol);
                 let mut image = vec![0.0; cin * h * w];
                 col2im(&g, &dcol, &mut image);
                 image

@@ -377,7 +377,7 @@ mod tests {
     use super::*;
     use crate::aligned::AlignedVec;
     use crate::kernels::conv::im2col;
-    use crate::kernels::gemm::{gemm_reference, Op};
+    use crate::kernels::gemm::{gemm_reference, Product};
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 500.0).collect()
@@ -427,14 +427,14 @@ mod tests {
             for n in 0..images {
                 im2col(&g, &f64s(&x[n * h * w..][..h * w]), &mut col);
                 let mut want = vec![0.0; cout * p];
-                gemm_reference(Op::N, Op::N, cout, p, kd, 1.0, &w64, &col, 0.0, &mut want);
+                gemm_reference(Product::nn(cout, p, kd), 1.0, &w64, &col, 0.0, &mut want);
                 for (k, &v) in want.iter().enumerate() {
                     let got = z[n * cout * p + k] as f64;
                     let v = v + bias[k / p] as f64;
                     assert!((got - v).abs() <= 1e-5 * (1.0 + v.abs()), "{h}x{w} image {n} value {k}: {got} vs {v}");
                 }
                 let dz_n = f64s(&dz[n * cout * p..][..cout * p]);
-                gemm_reference(Op::N, Op::T, cout, kd, p, 1.0, &dz_n, &col, 1.0, &mut want_dw);
+                gemm_reference(Product::nt(cout, kd, p), 1.0, &dz_n, &col, 1.0, &mut want_dw);
             }
             for (k, (&got, &want)) in dw.iter().zip(&want_dw).enumerate() {
                 let tol = 1e-5 * (images * p) as f64;

@@ -3,7 +3,7 @@
 //! split work across threads themselves, in a fixed way, so results do not
 //! depend on the number of threads.
 
-use crate::real::Real;
+use crate::real::{Real, Strided};
 
 /// How a row-major operand is read: as stored, or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,64 +12,69 @@ pub enum Op {
     T,
 }
 
-/// `c[m×n] = alpha · op(a)[m×k] · op(b)[k×n] + beta · c`
-///
-/// `a` is stored row-major as `m×k` when `op_a == N` and as `k×m` when `T`;
-/// likewise `b`. `beta == 0` overwrites `c` (NaNs in it do not leak).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm<T: Real>(
-    op_a: Op,
-    op_b: Op,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: T,
-    a: &[T],
-    b: &[T],
-    beta: T,
-    c: &mut [T],
-) {
+/// The shape of `c[m×n] = op(a)[m×k] · op(b)[k×n]`: `a` is stored row-major
+/// as `m×k` when `op_a == N` and as `k×m` when `T`; likewise `b`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Product {
+    pub op_a: Op,
+    pub op_b: Op,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+impl Product {
+    /// `a·b`.
+    pub fn nn(m: usize, n: usize, k: usize) -> Self {
+        Product { op_a: Op::N, op_b: Op::N, m, n, k }
+    }
+    /// `a·bᵀ`.
+    pub fn nt(m: usize, n: usize, k: usize) -> Self {
+        Product { op_a: Op::N, op_b: Op::T, m, n, k }
+    }
+    /// `aᵀ·b`.
+    pub fn tn(m: usize, n: usize, k: usize) -> Self {
+        Product { op_a: Op::T, op_b: Op::N, m, n, k }
+    }
+
+    /// `(row step, column step)` of an operand stored `rows×cols` as `op` says.
+    fn steps(op: Op, rows: usize, cols: usize) -> (isize, isize) {
+        match op {
+            Op::N => (cols as isize, 1),
+            Op::T => (1, rows as isize),
+        }
+    }
+}
+
+/// `c = alpha · op(a)·op(b) + beta · c` for the shapes `p` gives; `beta ==
+/// 0` overwrites `c` (NaNs in it do not leak).
+pub fn gemm<T: Real>(p: Product, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]) {
+    let Product { op_a, op_b, m, n, k } = p;
     assert!(a.len() >= m * k, "gemm: a has {} values, needs {}", a.len(), m * k);
     assert!(b.len() >= k * n, "gemm: b has {} values, needs {}", b.len(), k * n);
     assert!(c.len() >= m * n, "gemm: c has {} values, needs {}", c.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
-    let (rsa, csa) = match op_a {
-        Op::N => (k as isize, 1),
-        Op::T => (1, m as isize),
-    };
-    let (rsb, csb) = match op_b {
-        Op::N => (n as isize, 1),
-        Op::T => (1, k as isize),
-    };
+    let (a_rows, a_cols) = Product::steps(op_a, m, k);
+    let (b_rows, b_cols) = Product::steps(op_b, k, n);
+    let a = Strided { ptr: a.as_ptr(), row_step: a_rows, col_step: a_cols };
+    let b = Strided { ptr: b.as_ptr(), row_step: b_rows, col_step: b_cols };
+    let c = Strided { ptr: c.as_mut_ptr(), row_step: n as isize, col_step: 1 };
     // SAFETY: the asserts above guarantee every index the strides reach lies
     // inside the slices; c does not alias a or b (distinct borrows).
-    unsafe {
-        T::gemm_raw(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1)
-    }
+    unsafe { T::gemm_raw((m, k, n), alpha, a, b, beta, c) }
 }
 
 /// The plain triple loop `gemm` is tested against.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_reference<T: Real>(
-    op_a: Op,
-    op_b: Op,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: T,
-    a: &[T],
-    b: &[T],
-    beta: T,
-    c: &mut [T],
-) {
+pub fn gemm_reference<T: Real>(p: Product, alpha: T, a: &[T], b: &[T], beta: T, c: &mut [T]) {
+    let Product { op_a, op_b, m, n, k } = p;
     for i in 0..m {
         for j in 0..n {
             let mut acc = T::zero();
-            for p in 0..k {
-                let av = if op_a == Op::N { a[i * k + p] } else { a[p * m + i] };
-                let bv = if op_b == Op::N { b[p * n + j] } else { b[j * k + p] };
+            for q in 0..k {
+                let av = if op_a == Op::N { a[i * k + q] } else { a[q * m + i] };
+                let bv = if op_b == Op::N { b[q * n + j] } else { b[j * k + q] };
                 acc += av * bv;
             }
             let old = if beta == T::zero() { T::zero() } else { beta * c[i * n + j] };
@@ -91,8 +96,8 @@ mod tests {
             for op_b in [Op::N, Op::T] {
                 let mut c1: Vec<f64> = (0..m * n).map(|i| i as f64).collect();
                 let mut c2 = c1.clone();
-                gemm(op_a, op_b, m, n, k, 0.5, &a, &b, 2.0, &mut c1);
-                gemm_reference(op_a, op_b, m, n, k, 0.5, &a, &b, 2.0, &mut c2);
+                gemm(Product { op_a, op_b, m, n, k }, 0.5, &a, &b, 2.0, &mut c1);
+                gemm_reference(Product { op_a, op_b, m, n, k }, 0.5, &a, &b, 2.0, &mut c2);
                 for (x, y) in c1.iter().zip(&c2) {
                     assert!((x - y).abs() < 1e-12, "{op_a:?}{op_b:?}: {x} vs {y}");
                 }

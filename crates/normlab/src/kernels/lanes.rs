@@ -1,4 +1,7 @@
-//! Eight f64 lanes as one value, for the reductions that accumulate in f64.
+//! Eight f64 lanes as one value, for the reductions that accumulate in f64,
+//! and the orders in which the lanes of a vector accumulator are added
+//! ([`sum8`], [`sum16`], [`sum_widened`]): every kernel reduces its lanes
+//! through these, so a reduction's order is written down once.
 //!
 //! ```
 //! use normlab::kernels::lanes::F64x8;
@@ -147,8 +150,30 @@ pub fn sums2<T: Real>(a: &[T], b: &[T], f: impl Fn(F64x8, F64x8) -> (F64x8, F64x
             t2[h][l] += v[l];
         }
     }
-    let fold = |t: [[f64; LANES]; 2]| super::sum8(std::array::from_fn(|l| t[0][l] + t[1][l]));
+    let fold = |t: [[f64; LANES]; 2]| sum8(std::array::from_fn(|l| t[0][l] + t[1][l]));
     (fold(t1), fold(t2))
+}
+
+/// The eight lanes of a vector accumulator added pairwise in a fixed order
+/// (the order every reduction here uses, so results do not depend on threads).
+#[inline(always)]
+pub fn sum8<T: Real>(v: [T; 8]) -> T {
+    ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+}
+
+/// Sixteen lanes added in a fixed order in `T`: the halves lane by lane,
+/// then [`sum8`]; the total widened to f64.
+#[inline]
+pub fn sum16<T: Real>(lanes: &[T; 16]) -> f64 {
+    sum8(std::array::from_fn(|l| lanes[l] + lanes[l + 8])).as_f64()
+}
+
+/// f32 lanes widened to f64 and added in lane order (the fused
+/// convolution + batch-norm block's statistics, whose lanes each hold a sum
+/// of few values, so the f64 total loses nothing to the order).
+#[inline]
+pub fn sum_widened(lanes: &[f32]) -> f64 {
+    lanes.iter().map(|&x| x as f64).sum()
 }
 
 #[cfg(test)]
@@ -163,7 +188,7 @@ mod tests {
             s1[(i / 8) % 2][i % 8] += x;
             s2[(i / 8) % 2][i % 8] += x * (y - mu);
         }
-        let fold = |t: [[f64; 8]; 2]| crate::kernels::sum8(std::array::from_fn(|l| t[0][l] + t[1][l]));
+        let fold = |t: [[f64; 8]; 2]| sum8(std::array::from_fn(|l| t[0][l] + t[1][l]));
         (fold(s1), fold(s2))
     }
 

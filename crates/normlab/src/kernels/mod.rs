@@ -63,6 +63,7 @@ pub mod gemm;
 pub mod image_lanes;
 pub mod lanes;
 pub mod sigmoid;
+pub mod stats;
 pub mod stream;
 
 use crate::real::Real;
@@ -112,12 +113,7 @@ pub fn prefetch<T>(v: &[T]) {
 /// hold, and their strided reductions [`prefetch`] the next run.
 pub const PREFETCH_MIN_BYTES: usize = 8 << 20;
 
-/// The eight lanes of a vector accumulator added pairwise in a fixed order
-/// (the order every reduction here uses, so results do not depend on threads).
-#[inline(always)]
-pub fn sum8<T: Real>(v: [T; 8]) -> T {
-    ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
-}
+pub use lanes::sum8;
 
 /// 2x2 average pooling with stride 2 of one plane `w` wide (`w` even):
 /// `y[oh][ow] = ((x[2oh][2ow] + x[2oh][2ow+1]) + (x[2oh+1][2ow] + x[2oh+1][2ow+1]))/4`.

@@ -13,6 +13,7 @@
 //! batch norm's two sums (once three sweeps: block backward at
 //! (128,6,24,24), 2 threads, 0.30 -> 0.21-0.25 ms).
 
+use super::lanes::sum16;
 use super::stream::MapF32;
 use crate::real::{as_f32, as_f32_mut, mul_add, Real};
 
@@ -148,12 +149,6 @@ fn spread_row_pair<T: Real>(g_row: &[T], spread: &mut [T]) {
     spread.copy_within(..w, w);
 }
 
-/// The 16 lanes added in a fixed order (halves, then [`super::sum8`]) in `T`,
-/// the total then widened to f64.
-#[inline]
-fn sum16<T: Real>(lanes: &[T; 16]) -> f64 {
-    super::sum8(std::array::from_fn(|l| lanes[l] + lanes[l + 8])).as_f64()
-}
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {

@@ -26,7 +26,7 @@ use crate::kernels::conv::{col2im, im2col, ConvGeometry};
 use crate::kernels::conv_direct;
 use crate::kernels::conv_input_grad;
 use crate::kernels::conv_lanes;
-use crate::kernels::gemm::{gemm, Op};
+use crate::kernels::gemm::{gemm, Product};
 use crate::real::{as_f32, as_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -248,7 +248,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                         }
                     }
                     let beta = if bias.is_some() { T::one() } else { T::zero() };
-                    gemm(Op::N, Op::N, co, p, kdim, T::one(), weight, col, beta, out);
+                    gemm(Product::nn(co, p, kdim), T::one(), weight, col, beta, out);
                 }
             });
         Ok(&self.y)
@@ -337,7 +337,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                         im2col(&g, &xd[img * image_len..(img + 1) * image_len], col);
                         let dy_n = &dyd[img * co * p..(img + 1) * co * p];
                         let beta = if img == first { T::zero() } else { T::one() };
-                        gemm(Op::N, Op::T, co, kdim, p, T::one(), dy_n, col, beta, partial);
+                        gemm(Product::nt(co, kdim, p), T::one(), dy_n, col, beta, partial);
                     }
                 },
             );
@@ -368,7 +368,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                 .zip(dyd.par_chunks(GROUP * co * p))
                 .for_each(|((dxs, dcol), dys)| {
                     for (dx_n, dy_n) in dxs.chunks_exact_mut(image_len).zip(dys.chunks_exact(co * p)) {
-                        gemm(Op::T, Op::N, kdim, p, co, T::one(), weight, dy_n, T::zero(), dcol);
+                        gemm(Product::tn(kdim, p, co), T::one(), weight, dy_n, T::zero(), dcol);
                         col2im(&g, dcol, dx_n);
                     }
                 });

@@ -22,6 +22,7 @@
 use rayon::prelude::*;
 
 use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, StateName, PAR_MIN};
+use crate::kernels::stats::row_mean_var;
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -89,11 +90,11 @@ impl<T: Real> GroupNorm<T> {
     }
 }
 
-/// Mean and `1/sqrt(var + eps)` of one row, accumulated in f64.
+/// Mean and `1/sqrt(var + eps)` of one (example, group) row, in f64, in
+/// one pass shifted by the row's first value ([`crate::kernels::stats`],
+/// shared with batch norm and layer norm).
 fn row_stats<T: Real>(x: &[T], eps: f64) -> (T, T) {
-    let d = x.len() as f64;
-    let mean = x.iter().map(|v| v.as_f64()).sum::<f64>() / d;
-    let var = x.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / d;
+    let (mean, var) = row_mean_var(x);
     (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()))
 }
 

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::{check_built, check_grad, init_weights, Init, Layer, Mode, StateMut, StateName};
-use crate::kernels::gemm::{gemm, Op};
+use crate::kernels::gemm::{gemm, Product};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -138,10 +138,10 @@ impl<T: Real> Layer<T> for Linear<T> {
             // fixed halves of the batch, whatever the number of threads
             let half = n.div_ceil(2);
             x.data().par_chunks(half * fi).zip(y.par_chunks_mut(half * fo)).for_each(|(xs, ys)| {
-                gemm(Op::N, Op::T, xs.len() / fi, fo, fi, T::one(), xs, w, beta, ys);
+                gemm(Product::nt(xs.len() / fi, fo, fi), T::one(), xs, w, beta, ys);
             });
         } else {
-            gemm(Op::N, Op::T, n, fo, fi, T::one(), x.data(), w, beta, y);
+            gemm(Product::nt(n, fo, fi), T::one(), x.data(), w, beta, y);
         }
         Ok(&self.y)
     }
@@ -154,7 +154,7 @@ impl<T: Real> Layer<T> for Linear<T> {
         let (dyd, xd, w) = (dy.data(), x.data(), self.weight.data());
         let (dw, db, has_bias) = (self.weight_grad.data_mut(), self.bias_grad.data_mut(), self.has_bias);
         let mut param_grads = || {
-            gemm(Op::T, Op::N, fo, fi, n, T::one(), dyd, xd, T::zero(), dw);
+            gemm(Product::tn(fo, fi, n), T::one(), dyd, xd, T::zero(), dw);
             if has_bias {
                 db.fill(T::zero());
                 for row in dyd.chunks_exact(fo) {
@@ -170,7 +170,7 @@ impl<T: Real> Layer<T> for Linear<T> {
         }
         self.dx.resize(&[n, fi]);
         let dx = self.dx.data_mut();
-        let mut input_grad = || gemm(Op::N, Op::N, n, fi, fo, T::one(), dyd, w, T::zero(), dx);
+        let mut input_grad = || gemm(Product::nn(n, fi, fo), T::one(), dyd, w, T::zero(), dx);
         // the two products are independent
         if splits(n, fi, fo) {
             rayon::join(param_grads, input_grad);

@@ -904,8 +904,10 @@ fn located(text: &str, e: &SpecError) -> String {
 
 /// What a checkpoint records to rebuild its network: one of the chapter's
 /// LeNet family by its configuration (files written before model files
-/// existed hold only this), or any network as a [`ModelSpec`].
-#[derive(Clone, Debug, PartialEq)]
+/// existed hold only this), or any network as a [`ModelSpec`]. In JSON, a
+/// LeNet is its configuration as before (older run records read back).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
 pub enum Architecture {
     /// A LeNet of the chapter (the built-in models and the experiments').
     LeNet(super::LeNetConfig),
@@ -921,6 +923,12 @@ impl Architecture {
             Architecture::LeNet(c) => c.spec(),
             Architecture::Spec(s) => s.clone(),
         }
+    }
+
+    /// One example's shape: the spec's `input`, else Fashion-MNIST's
+    /// ([`super::INPUT_SHAPE`]).
+    pub fn input_shape(&self) -> Vec<usize> {
+        self.spec().input.unwrap_or_else(|| super::INPUT_SHAPE.to_vec())
     }
 
     /// Builds and initializes the network for one example of shape `input`

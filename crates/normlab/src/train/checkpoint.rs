@@ -247,13 +247,9 @@ fn info_from(path: &Path, metadata: HashMap<String, String>) -> Result<Checkpoin
         (Some(config), None) => (Architecture::LeNet(config), INPUT_SHAPE.to_vec()),
         (lenet, Some(spec)) => {
             let input = spec.input.clone().unwrap_or_else(|| INPUT_SHAPE.to_vec());
+            // a LeNet's configuration, when present, is what builds the
+            // network (as in files that hold nothing else); the spec gives the input
             match lenet {
-                Some(config) if config.spec().layers != spec.layers => {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!("metadata '{META_NETWORK}' and '{META_SPEC}' describe different networks; {DAMAGED}"),
-                    ));
-                }
                 Some(config) => (Architecture::LeNet(config), input),
                 None => (Architecture::Spec(spec), input),
             }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::models::{self, LeNetConfig, ModelKind};
+use crate::models::{Architecture, LeNetConfig, ModelKind};
 use crate::optim::SgdConfig;
 use crate::{Error, Result};
 
@@ -12,10 +12,13 @@ pub const CHAPTER_EPOCHS: usize = 10;
 /// Everything that determines a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainOptions {
-    /// A name for the network (`bn-lenet`, or an experiment's variant).
+    /// A name for the network (`bn-lenet`, an experiment's variant, a
+    /// model file's name).
     pub model: String,
-    /// The network's architecture.
-    pub network: LeNetConfig,
+    /// The network's architecture: a LeNet's configuration or any
+    /// [`crate::models::ModelSpec`] (built for its `input`, else
+    /// [`crate::models::INPUT_SHAPE`]).
+    pub network: Architecture,
     /// Epochs in all.
     pub epochs: usize,
     /// Training examples per SGD step.
@@ -52,9 +55,15 @@ impl TrainOptions {
 
     /// The chapter's recipe for any LeNet-family `network`, named `name`.
     pub fn chapter_for(name: impl Into<String>, network: LeNetConfig) -> Self {
+        TrainOptions::chapter_with(name, Architecture::LeNet(network))
+    }
+
+    /// The chapter's recipe for any network (e.g. a model file's
+    /// [`crate::models::ModelSpec`]), named `name`.
+    pub fn chapter_with(name: impl Into<String>, network: impl Into<Architecture>) -> Self {
         TrainOptions {
             model: name.into(),
-            network,
+            network: network.into(),
             epochs: CHAPTER_EPOCHS,
             batch_size: 128,
             sgd: SgdConfig::new(0.1),
@@ -74,7 +83,7 @@ impl TrainOptions {
         if self.batch_size == 0 {
             return Err(Error::config("batch size", "must be at least 1, e.g. --batch-size 128"));
         }
-        if self.batch_size == 1 && matches!(self.network.norm, models::Norm::Batch { .. }) {
+        if self.batch_size == 1 && self.network.has_batch_norm() {
             return Err(Error::config(
                 "batch size",
                 "batch norm cannot train on batches of 1 (every centred value is 0); use --batch-size 2 or more",
@@ -86,7 +95,7 @@ impl TrainOptions {
         if self.limit_train == Some(0) || self.limit_val == Some(0) {
             return Err(Error::config("limit", "--limit-train and --limit-val must be at least 1"));
         }
-        if self.limit_train == Some(1) && matches!(self.network.norm, models::Norm::Batch { .. }) {
+        if self.limit_train == Some(1) && self.network.has_batch_norm() {
             return Err(one_training_image("--limit-train 1"));
         }
         Ok(())

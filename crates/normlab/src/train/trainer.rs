@@ -9,7 +9,7 @@ use super::{evaluate, fill_batch, EpochMetrics, TrainOptions};
 use crate::data::Split;
 use crate::layers::StateMut;
 use crate::loss::CrossEntropy;
-use crate::models::{self, Sequential};
+use crate::models::Sequential;
 use crate::optim::Sgd;
 use crate::rng::{self, Rng};
 use crate::tensor::Tensor;
@@ -56,6 +56,8 @@ pub struct Trainer {
     /// The metrics of each completed epoch.
     pub history: Vec<EpochMetrics>,
     loss: CrossEntropy<f32>,
+    /// Whether the network has a batch norm (which cannot train on one example).
+    has_batch_norm: bool,
     x: Tensor<f32>,
     labels: Vec<usize>,
     order: Vec<usize>,
@@ -67,7 +69,8 @@ impl Trainer {
     pub fn new(options: TrainOptions) -> Result<Self> {
         options.validate()?;
         let mut init_rng = rng::seeded(options.seed);
-        let net = models::build_config(&options.network, &mut init_rng)?;
+        let net = options.network.build(Some(&options.network.input_shape()), &mut init_rng)?;
+        let has_batch_norm = options.network.has_batch_norm();
         let shuffle_rng = rng::fork(&mut init_rng);
         let sgd = Sgd::new(options.sgd)?;
         Ok(Trainer {
@@ -77,6 +80,7 @@ impl Trainer {
             shuffle_rng,
             history: Vec::new(),
             loss: CrossEntropy::new(),
+            has_batch_norm,
             x: Tensor::default(),
             labels: Vec::new(),
             order: Vec::new(),
@@ -96,7 +100,7 @@ impl Trainer {
         if n == 0 {
             return Err(Error::config("training data", "the training set is empty"));
         }
-        if n == 1 && matches!(self.options.network.norm, models::Norm::Batch { .. }) {
+        if n == 1 && self.has_batch_norm {
             return Err(super::options::one_training_image("a training set of one image"));
         }
         let epoch = self.epoch() + 1;
@@ -110,7 +114,7 @@ impl Trainer {
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0, 0);
         for b in 0..batches {
             let idx = &self.order[b * bs..((b + 1) * bs).min(n)];
-            if idx.len() == 1 && b > 0 && matches!(self.options.network.norm, models::Norm::Batch { .. }) {
+            if idx.len() == 1 && b > 0 && self.has_batch_norm {
                 // a last batch of one example cannot be batch-normalized (PyTorch
                 // raises); it is left out of this epoch
                 continue;

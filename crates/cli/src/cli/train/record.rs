@@ -139,7 +139,17 @@ pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Opt
         }
     };
     let show = |v: f64| format!("{v:?}");
-    differ("--model", args.model.clone(), Some(o.model.clone()));
+    match args.model.as_deref().map(|m| (m, super::model_file(m))) {
+        // a model file agrees when it describes the recorded network
+        Some((value, Some(file))) => {
+            let spec = normlab::models::ModelSpec::from_toml_file(file, Some(&o.network.input_shape()))?;
+            let spec = if spec.input.is_some() { spec } else { spec.with_input(&o.network.input_shape()) };
+            if spec != o.network.spec() {
+                differ("--model", Some(value.to_string()), Some(format!("{} (another network)", o.model)));
+            }
+        }
+        other => differ("--model", other.map(|(m, _)| m.to_string()), Some(o.model.clone())),
+    }
     differ("--batch-size", args.batch_size.map(|b| b.to_string()), Some(o.batch_size.to_string()));
     differ("--lr", args.lr.map(show), Some(show(o.sgd.lr)));
     differ("--momentum", args.momentum.map(show), Some(show(o.sgd.momentum)));

@@ -22,7 +22,8 @@ use rayon::prelude::*;
 
 use super::{BatchNorm, BnImpl, BnParts};
 use crate::kernels::avg_pool_2x2;
-use crate::kernels::batch_norm::{ChannelOut, ShiftedSums, PAR_MIN};
+use crate::kernels::batch_norm::{ChannelOut, PAR_MIN};
+use crate::kernels::stats::{Ncs, ShiftedSums};
 use crate::kernels::sigmoid::{self, PooledPlane};
 use crate::layers::{check_forward_ran, check_grad, Layer, Mode, StateMut, StateName};
 use crate::real::Real;
@@ -144,7 +145,7 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         let (ho, wo) = (h / 2, w / 2);
         let (hw, pooled) = (h * w, ho * wo);
         let zd = z.data();
-        let (n, c, _) = self.bn.view(z)?;
+        let Ncs { n, c, .. } = self.bn.view(z)?;
         self.y.resize(&[n, c, ho, wo]);
         // Training: the statistics from per-group partial sums, then (below)
         // sigmoid and pooling. Both passes split the batch by images, as the
@@ -152,7 +153,7 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
         // it wrote itself (split by channels, half of every channel had to
         // come over from the other core: 0.24 against 0.17 ms at
         // (128,6,24,24), 2 threads).
-        self.bn.prepare_using(z, mode, |_, (n, c, sp)| {
+        self.bn.prepare_using(z, mode, |_, Ncs { n, c, s: sp }| {
             // called only for n·sp ≥ 1 (see prepare_with_shape), so there
             // is a first image to index and a first group of partial sums
             let shifts: Vec<T> = (0..c).map(|ch| zd[ch * sp]).collect();
@@ -187,7 +188,7 @@ impl<T: Real> Layer<T> for BnSigmoidPool<T> {
     }
 
     fn backward(&mut self, z: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
-        let (n, c, sp) = self.bn.view(z)?;
+        let Ncs { n, c, s: sp } = self.bn.view(z)?;
         let (_, h, w) = self.dims;
         let (ho, wo) = (h / 2, w / 2);
         // the statistics come from the forward pass

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::block::{finish_backward, BnSigmoidPool};
 use super::BatchNorm;
 use crate::aligned::AlignedVec;
-use crate::kernels::batch_norm::ShiftedSums;
+use crate::kernels::stats::{Ncs, ShiftedSums};
 use crate::kernels::conv::ConvGeometry;
 use crate::kernels::conv_bn_lanes::{self, DzOut};
 use crate::kernels::conv_lanes::IMAGES;
@@ -112,7 +112,7 @@ impl<T: Real> ConvBnSigmoidPool<T> {
                 sums
             })
             .collect();
-        self.block.bn.prepare_with_shape(&[n, c, ho, wo], (n, c, p), mode, |_, _| {
+        self.block.bn.prepare_with_shape(&[n, c, ho, wo], Ncs { n, c, s: p }, mode, |_, _| {
             // called only for n ≥ 1 (see prepare_with_shape): there is a first group
             let mut total = partials[0].clone();
             for group in &partials[1..] {

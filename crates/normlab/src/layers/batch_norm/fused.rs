@@ -14,6 +14,7 @@
 use super::BnParts;
 use crate::kernels::activation::Activation;
 use crate::kernels::batch_norm as k;
+use crate::kernels::stats::Ncs;
 use crate::real::Real;
 
 /// Per-channel values kept from the forward pass: the mean and the value
@@ -49,7 +50,7 @@ pub(super) fn scale<T: Real>(gamma: &[T], inv_std: &[T]) -> Vec<T> {
 /// batch norm alone). Returns `(dgamma, dbeta)`.
 pub(super) fn backward<T: Real, A: Activation<T>>(
     (x, dy): (&[T], &[T]),
-    (n, c, s): (usize, usize, usize),
+    ncs @ Ncs { n, c, s }: Ncs,
     saved: Saved<'_, T>,
     batch_parts: Option<BnParts>,
     gamma: &[T],
@@ -75,12 +76,12 @@ pub(super) fn backward<T: Real, A: Activation<T>>(
     };
     let (dbeta, sum_dy_xmu) = match dx {
         // large images: sums and dx per channel in one sweep while it is in cache
-        Some(dx) if s > 1 => k::backward_fused((x, dy), dx, (n, c, s), saved.mean, ep, |ch, a, b| {
+        Some(dx) if s > 1 => k::backward_fused((x, dy), dx, ncs, saved.mean, ep, |ch, a, b| {
             let (a, b, k, _) = coef(ch, a, b);
             (a, b, k)
         }),
         dx => {
-            let sums = k::backward_sums(x, dy, (n, c, s), saved.mean, ep);
+            let sums = k::backward_sums(x, dy, ncs, saved.mean, ep);
             if let Some(dx) = dx {
                 let (mut a, mut b, mut kk) = (Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c));
                 for ch in 0..c {
@@ -89,7 +90,7 @@ pub(super) fn backward<T: Real, A: Activation<T>>(
                     b.push(bc);
                     kk.push(kc);
                 }
-                k::backward_apply(x, dy, dx, (n, c, s), saved.mean, k::GradCoefs { a: &a, b: &b, k: &kk }, ep);
+                k::backward_apply(x, dy, dx, ncs, saved.mean, k::GradCoefs { a: &a, b: &b, k: &kk }, ep);
             }
             sums
         }

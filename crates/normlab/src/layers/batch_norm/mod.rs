@@ -52,6 +52,7 @@ pub(crate) use conv_block::ConvBnSigmoidPool;
 use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, StateName};
 use crate::kernels::activation::{Activation, Identity};
 use crate::kernels::batch_norm::{split_mean, stats_and_normalize, Affine, Epilogue, TwoTerm};
+use crate::kernels::stats::Ncs;
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -424,7 +425,7 @@ impl<T: Real> BatchNorm<T> {
     }
 
     /// (N, C, S) view of the input, checked.
-    fn view(&self, x: &Tensor<T>) -> Result<(usize, usize, usize)> {
+    fn view(&self, x: &Tensor<T>) -> Result<Ncs> {
         check_built("BatchNorm", !self.example.is_empty())?;
         let c = self.example[0];
         if x.rank() < 2 || x.dim(1) != c || x.rank() != self.example.len() + 1 || x.shape()[2..] != self.example[1..] {
@@ -435,7 +436,7 @@ impl<T: Real> BatchNorm<T> {
             };
             return Err(Error::shape(self.name(), format!("{hint}; input shape {:?}", x.shape())));
         }
-        Ok((x.dim(0), c, x.numel() / (x.dim(0).max(1) * c)))
+        Ok(Ncs::of(x.shape()))
     }
 
     /// The first half of the forward pass: statistics (batch or running),
@@ -448,20 +449,21 @@ impl<T: Real> BatchNorm<T> {
         x: &Tensor<T>,
         mode: Mode,
         act: A,
-    ) -> Result<((usize, usize, usize), bool)> {
-        self.prepare_using(x, mode, |bn, (n, c, s)| {
+    ) -> Result<(Ncs, bool)> {
+        self.prepare_using(x, mode, |bn, ncs| {
+            let Ncs { c, s, .. } = ncs;
             let one_sweep = bn.imp == BnImpl::Fused && bn.config.parts == BnParts::Full && s > 1;
             match bn.imp {
-                BnImpl::Scratch => (scratch::batch_stats(x.data(), (n, c, s)), false),
+                BnImpl::Scratch => (scratch::batch_stats(x.data(), ncs), false),
                 BnImpl::Fused if one_sweep => {
                     let (gamma, beta) = affine_or_identity(bn.config.affine, &bn.weight, &bn.bias, c);
                     bn.y.resize(x.shape());
                     let y = bn.y.data_mut();
                     let eps = bn.config.eps;
-                    let stats = stats_and_normalize(x.data(), y, (n, c, s), (&gamma, &beta), eps, act);
+                    let stats = stats_and_normalize(x.data(), y, ncs, (&gamma, &beta), eps, act);
                     (stats, true)
                 }
-                BnImpl::Fused => (crate::kernels::batch_norm::channel_stats(x.data(), n, c, s), false),
+                BnImpl::Fused => (crate::kernels::batch_norm::channel_stats(x.data(), ncs), false),
             }
         })
     }
@@ -475,9 +477,9 @@ impl<T: Real> BatchNorm<T> {
         x: &Tensor<T>,
         mode: Mode,
         batch_stats_of: F,
-    ) -> Result<((usize, usize, usize), bool)>
+    ) -> Result<(Ncs, bool)>
     where
-        F: FnOnce(&mut Self, (usize, usize, usize)) -> ((Vec<f64>, Vec<f64>), bool),
+        F: FnOnce(&mut Self, Ncs) -> ((Vec<f64>, Vec<f64>), bool),
     {
         let dims = self.view(x)?;
         let normalized = self.prepare_with_shape(x.shape(), dims, mode, batch_stats_of)?;
@@ -489,13 +491,14 @@ impl<T: Real> BatchNorm<T> {
     pub(super) fn prepare_with_shape<F>(
         &mut self,
         shape: &[usize],
-        (n, c, s): (usize, usize, usize),
+        ncs: Ncs,
         mode: Mode,
         batch_stats_of: F,
     ) -> Result<bool>
     where
-        F: FnOnce(&mut Self, (usize, usize, usize)) -> ((Vec<f64>, Vec<f64>), bool),
+        F: FnOnce(&mut Self, Ncs) -> ((Vec<f64>, Vec<f64>), bool),
     {
+        let Ncs { n, c, s } = ncs;
         let mut normalized = false;
         let batch_stats = mode == Mode::Train || !self.config.track_running_stats;
         let (mean, var): (Vec<f64>, Vec<f64>) = if batch_stats {
@@ -514,7 +517,7 @@ impl<T: Real> BatchNorm<T> {
                     format!("batch statistics of an empty input of shape {shape:?}: give it at least one example"),
                 ));
             }
-            let (stats, wrote) = batch_stats_of(self, (n, c, s));
+            let (stats, wrote) = batch_stats_of(self, ncs);
             normalized = wrote;
             if mode == Mode::Train && self.config.track_running_stats {
                 self.update_running_stats(&stats.0, &stats.1, n * s)?;
@@ -549,7 +552,8 @@ impl<T: Real> BatchNorm<T> {
     /// implementation takes an activation other than [`Identity`]).
     pub(super) fn forward_with<A: Activation<T>>(&mut self, x: &Tensor<T>, mode: Mode, act: A) -> Result<&Tensor<T>> {
         debug_assert!(A::IDENTITY || self.imp == BnImpl::Fused, "an activation fused into scratch BN");
-        let ((n, c, s), normalized) = self.prepare_and_maybe_normalize(x, mode, act)?;
+        let (ncs, normalized) = self.prepare_and_maybe_normalize(x, mode, act)?;
+        let Ncs { c, s, .. } = ncs;
         if normalized {
             return Ok(&self.y);
         }
@@ -560,7 +564,7 @@ impl<T: Real> BatchNorm<T> {
                 let saved = &mut self.saved;
                 let mean = TwoTerm { hi: &saved.mean, lo: &saved.mean_lo };
                 let coefs = scratch::Coefs { mean, inv_std: &saved.inv_std, gamma: &gamma, beta: &beta };
-                scratch::forward(x.data(), (n, c, s), coefs, &mut saved.x_hat, self.y.data_mut());
+                scratch::forward(x.data(), ncs, coefs, &mut saved.x_hat, self.y.data_mut());
             }
             BnImpl::Fused => {
                 let sv = &self.saved;
@@ -579,7 +583,8 @@ impl<T: Real> BatchNorm<T> {
         need_dx: bool,
         act: A,
     ) -> Result<&Tensor<T>> {
-        let (n, c, s) = self.view(x)?;
+        let ncs = self.view(x)?;
+        let c = ncs.c;
         check_forward_ran(&self.name(), &self.saved.shape, x.shape())?;
         check_grad(&self.name(), dy, x.shape())?;
         let (gamma, beta) = affine_or_identity(self.config.affine, &self.weight, &self.bias, c);
@@ -590,7 +595,7 @@ impl<T: Real> BatchNorm<T> {
             BnImpl::Scratch => {
                 let sv = &self.saved;
                 let dx = need_dx.then_some(self.dx.data_mut());
-                scratch::backward(dy.data(), (n, c, s), &sv.x_hat, &sv.inv_std, sv.batch_stats, &gamma, dx)
+                scratch::backward(dy.data(), ncs, &sv.x_hat, &sv.inv_std, sv.batch_stats, &gamma, dx)
             }
             BnImpl::Fused => {
                 let sv = &self.saved;
@@ -599,7 +604,7 @@ impl<T: Real> BatchNorm<T> {
                 let affine = Affine { center: sv.fused().center, scale: &scale, shift: &beta };
                 fused::backward(
                     (x.data(), dy.data()),
-                    (n, c, s),
+                    ncs,
                     sv.fused(),
                     sv.batch_stats.then_some(self.config.parts),
                     &gamma,

@@ -47,11 +47,12 @@
 //! the rest, with `inv_std_c = 1 / sqrt(var_c + eps)` passed in.
 
 use crate::kernels::batch_norm::TwoTerm;
+use crate::kernels::stats::Ncs;
 use crate::real::Real;
 
 /// `(mean_c, var_c)` of every channel of `x`, viewed as `(n, c, s)`: the
 /// batch's mean and biased variance, summed in f64.
-pub(super) fn batch_stats<T: Real>(x: &[T], (n, c, s): (usize, usize, usize)) -> (Vec<f64>, Vec<f64>) {
+pub(super) fn batch_stats<T: Real>(x: &[T], Ncs { n, c, s }: Ncs) -> (Vec<f64>, Vec<f64>) {
     let m = (n * s) as f64;
     let mut mean = vec![0.0f64; c];
     let mut var = vec![0.0f64; c];
@@ -92,7 +93,7 @@ pub(super) struct Coefs<'a, T> {
 /// into `y`, for `x` viewed as `(n, c, s)`.
 pub(super) fn forward<T: Real>(
     x: &[T],
-    (n, c, s): (usize, usize, usize),
+    Ncs { n, c, s }: Ncs,
     coefs: Coefs<'_, T>,
     x_hat: &mut Vec<T>,
     y: &mut [T],
@@ -114,7 +115,7 @@ pub(super) fn forward<T: Real>(
 /// `batch_stats` says whether the forward pass used the batch's statistics).
 pub(super) fn backward<T: Real>(
     dy: &[T],
-    (n, c, s): (usize, usize, usize),
+    Ncs { n, c, s }: Ncs,
     x_hat: &[T],
     inv_std: &[T],
     batch_stats: bool,
