@@ -67,7 +67,6 @@ pub struct Strided<P> {
     pub col_step: isize,
 }
 
-
 /// `a·b + c` with one rounding, always: one instruction in code compiled
 /// for FMA (the AVX2 and AVX-512 versions of the kernels, see
 /// [`crate::isa`]), the C library's `fma` in the portable version, which

@@ -20,10 +20,10 @@
 //! in the cores' caches. Here a group's values stay in its storage (about
 //! 0.5 MB, in the L2 of the core that runs it) and each pass reads them once.
 
-use super::stats::ShiftedSums;
 use super::conv::ConvGeometry;
 use super::conv_lanes;
 use super::image_lanes::LANES;
+use super::stats::ShiftedSums;
 use crate::real::Real;
 
 /// Whether the stage runs here: [`conv_lanes::applies`], and an output of

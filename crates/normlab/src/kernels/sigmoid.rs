@@ -149,7 +149,6 @@ fn spread_row_pair<T: Real>(g_row: &[T], spread: &mut [T]) {
     spread.copy_within(..w, w);
 }
 
-
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;

@@ -158,9 +158,7 @@ mod tests {
             .collect();
         let channel: Vec<f64> = (0..ncs.n).flat_map(|i| x[ncs.run(i, 1)].to_vec()).collect();
         let (want_mean, want_var) = two_pass(&channel);
-        for (what, (mean, var)) in
-            [("channel", channel_mean_var(&x, ncs, 1)), ("row", row_mean_var(&channel))]
-        {
+        for (what, (mean, var)) in [("channel", channel_mean_var(&x, ncs, 1)), ("row", row_mean_var(&channel))] {
             assert!((mean - want_mean).abs() <= 1e-12 * want_mean, "{what}: mean {mean} vs {want_mean}");
             // unshifted, E[x²] - E[x]² (x² near 1e8) missed the variance (22.3,
             // from the outlier) by 7e-10 of itself; shifted, it is under 1e-10

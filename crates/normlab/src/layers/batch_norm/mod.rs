@@ -472,12 +472,7 @@ impl<T: Real> BatchNorm<T> {
     /// channel) computed by `batch_stats`, which may also write the layer's
     /// output while the data is in cache and says whether it did. Called only
     /// when batch statistics are used: in training, or without running ones.
-    pub(super) fn prepare_using<F>(
-        &mut self,
-        x: &Tensor<T>,
-        mode: Mode,
-        batch_stats_of: F,
-    ) -> Result<(Ncs, bool)>
+    pub(super) fn prepare_using<F>(&mut self, x: &Tensor<T>, mode: Mode, batch_stats_of: F) -> Result<(Ncs, bool)>
     where
         F: FnOnce(&mut Self, Ncs) -> ((Vec<f64>, Vec<f64>), bool),
     {

@@ -91,13 +91,7 @@ pub(super) struct Coefs<'a, T> {
 /// `x_hat = ((x - mean_hi_c) - mean_lo_c) · inv_std_c` into `x_hat` (resized to `x`'s
 /// length, kept for the backward pass) and `y = gamma_c · x_hat + beta_c`
 /// into `y`, for `x` viewed as `(n, c, s)`.
-pub(super) fn forward<T: Real>(
-    x: &[T],
-    Ncs { n, c, s }: Ncs,
-    coefs: Coefs<'_, T>,
-    x_hat: &mut Vec<T>,
-    y: &mut [T],
-) {
+pub(super) fn forward<T: Real>(x: &[T], Ncs { n, c, s }: Ncs, coefs: Coefs<'_, T>, x_hat: &mut Vec<T>, y: &mut [T]) {
     x_hat.resize(x.len(), T::zero());
     for i in 0..n {
         for ch in 0..c {
