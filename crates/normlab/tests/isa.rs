@@ -63,10 +63,10 @@ fn same_code_layers() -> Vec<(String, Vec<Vec<u32>>)> {
 }
 
 /// The kernels with a hand-written version per level: the sigmoid forms
-/// (bitwise the portable ones, as their code claims), and LeNet's second
+/// (bitwise the portable ones, as their code claims), LeNet's second
 /// convolution (5x5, 6 -> 16 channels, 12x12: the wide AVX-512 tile, the
-/// AVX2 and AVX-512 input-gradient kernels, or im2col and col2im), whose
-/// values the caller compares to 1e-5.
+/// AVX2 and AVX-512 input-gradient kernels, or im2col and col2im) and a
+/// padded 3x3 one, whose values the caller compares to 1e-5.
 fn hand_written_kernels() -> (Vec<u32>, Vec<f32>) {
     use normlab::kernels::sigmoid::{pooled_sigmoid_grad_f32, sigmoid_affine_f32, PooledPlane};
     let mut exact = Vec::new();
@@ -81,15 +81,19 @@ fn hand_written_kernels() -> (Vec<u32>, Vec<f32>) {
     exact.extend(dh.iter().map(|v| v.to_bits()));
     exact.extend([a.to_bits() as u32, (a.to_bits() >> 32) as u32, b.to_bits() as u32, (b.to_bits() >> 32) as u32]);
 
-    let mut conv = Conv2d::new(16, 5);
-    conv.build(&[6, 12, 12], &mut rng::seeded(4)).unwrap();
-    let x = values(&[8, 6, 12, 12], 10);
-    let mut close = conv.forward(&x, Mode::Train).unwrap().data().to_vec();
-    let dy = values(conv.output().shape(), 11);
-    close.extend_from_slice(conv.backward(&x, &dy, true).unwrap().data());
-    for (_, state) in conv.state_mut() {
-        if let StateMut::Param { grad, .. } = state {
-            close.extend_from_slice(grad.data());
+    // and a padded 3x3 one, 8 -> 16 channels at 14x14 (AVX-512: the
+    // padded-plane kernels for the forward pass and the input gradient)
+    let mut close = Vec::new();
+    for (mut conv, input) in [(Conv2d::new(16, 5), [6, 12, 12]), (Conv2d::new(16, 3).padding(1), [8, 14, 14])] {
+        conv.build(&input, &mut rng::seeded(4)).unwrap();
+        let x = values(&[8, input[0], input[1], input[2]], 10);
+        close.extend_from_slice(conv.forward(&x, Mode::Train).unwrap().data());
+        let dy = values(conv.output().shape(), 11);
+        close.extend_from_slice(conv.backward(&x, &dy, true).unwrap().data());
+        for (_, state) in conv.state_mut() {
+            if let StateMut::Param { grad, .. } = state {
+                close.extend_from_slice(grad.data());
+            }
         }
     }
     (exact, close)
@@ -144,7 +148,7 @@ fn every_level_computes_what_the_portable_code_computes() {
         assert!(kernels == portable_kernels, "the sigmoid kernels at {level} differ from the portable code");
         assert_eq!(conv.len(), portable_conv.len());
         for (k, (a, b)) in conv.iter().zip(&portable_conv).enumerate() {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "5x5 convolution value {k} at {level}: {a} vs {b}");
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "convolution value {k} at {level}: {a} vs {b}");
         }
         let (losses, weights) = lenet_steps(1);
         for (a, b) in losses.iter().zip(&portable_losses) {

@@ -59,6 +59,7 @@ pub mod conv_bn_lanes;
 pub mod conv_direct;
 pub mod conv_input_grad;
 pub mod conv_lanes;
+pub mod conv_planes;
 pub mod gemm;
 pub mod image_lanes;
 pub mod lanes;

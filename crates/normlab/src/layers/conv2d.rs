@@ -13,6 +13,11 @@
 //! channel into at most 8 (LeNet's first layer) in f32 on AVX-512 runs
 //! `kernels::conv_lanes`, 16 images at a time in the lanes of a vector.
 //!
+//! Other stride-1 convolutions in f32 on AVX-512 (3x3 with padding, as in
+//! VGG and ResNet blocks) run `kernels::conv_planes`: the forward pass, and
+//! the input gradient as a forward pass over the padded gradient, on
+//! zero-padded planes read as flat runs, without im2col.
+//!
 //! Groups of images run in parallel. The weight gradient is summed per fixed
 //! group, then the groups in order, so it is bitwise the same for any number
 //! of threads.
@@ -26,6 +31,7 @@ use crate::kernels::conv::{col2im, im2col, ConvGeometry};
 use crate::kernels::conv_direct;
 use crate::kernels::conv_input_grad;
 use crate::kernels::conv_lanes;
+use crate::kernels::conv_planes::{self, Plan};
 use crate::kernels::gemm::{gemm, Product};
 use crate::real::{as_f32, as_f32_mut, Real};
 use crate::rng::Rng;
@@ -60,6 +66,8 @@ pub struct Conv2d<T: Real = f32> {
     packed: Vec<T>,
     /// Weights reordered for the direct input gradient.
     packed_for_dx: Vec<f32>,
+    /// Weights reordered for `conv_planes`' forward pass.
+    packed_planes: Vec<f32>,
     /// Per group of 16 images, `conv_lanes`' scratch (images in lanes).
     lane_scratch: AlignedVec<f32>,
     y: Tensor<T>,
@@ -86,6 +94,7 @@ impl<T: Real> Conv2d<T> {
             partial_grads: Vec::new(),
             packed: Vec::new(),
             packed_for_dx: Vec::new(),
+            packed_planes: Vec::new(),
             lane_scratch: AlignedVec::new(),
             y: Tensor::default(),
             dx: Tensor::default(),
@@ -233,6 +242,13 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             });
             return Ok(&self.y);
         }
+        if conv_planes::applies::<T>(&g, co) {
+            let plan = Plan::forward(&g, co);
+            plan.pack_weights(as_f32(self.weight.data()), &mut self.packed_planes);
+            let bias = bias.map(as_f32);
+            planes_per_image(&plan, &self.packed_planes, bias, as_f32(x.data()), as_f32_mut(self.y.data_mut()));
+            return Ok(&self.y);
+        }
         self.cols.resize(n.div_ceil(GROUP) * kdim * p, T::zero());
         let weight = self.weight.data();
         x.data()
@@ -357,7 +373,12 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             }
         }
 
-        if need_dx && !direct_dx {
+        if need_dx && !direct_dx && conv_planes::input_grad_applies::<T>(&g, co) {
+            self.dx.resize(x.shape());
+            let plan = Plan::input_grad(&g, co).expect("input_grad_applies checked the padding");
+            plan.pack_flipped_weights(as_f32(self.weight.data()), &mut self.packed_for_dx);
+            planes_per_image(&plan, &self.packed_for_dx, None, as_f32(dyd), as_f32_mut(self.dx.data_mut()));
+        } else if need_dx && !direct_dx {
             self.dx.resize(x.shape());
             self.dcols.resize(n.div_ceil(GROUP) * kdim * p, T::zero());
             let weight = self.weight.data();
@@ -391,3 +412,19 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         s
     }
 }
+/// `plan` run on every image of `x` into `out`, groups of [`GROUP`] images
+/// in parallel, each task with its own padded input and output rows.
+fn planes_per_image(plan: &Plan, packed: &[f32], bias: Option<&[f32]>, x: &[f32], out: &mut [f32]) {
+    let (ho, wo) = plan.output_hw();
+    let (image_len, out_len) = (plan.cin * plan.h * plan.w, plan.cout * ho * wo);
+    x.par_chunks(GROUP * image_len).zip(out.par_chunks_mut(GROUP * out_len)).for_each_init(
+        || (vec![0.0f32; plan.padded_len()], Vec::new()),
+        |(padded, rows), (images, outs)| {
+            for (image, y) in images.chunks_exact(image_len).zip(outs.chunks_exact_mut(out_len)) {
+                plan.pad_input(image, padded);
+                plan.run(packed, bias, padded, y, rows);
+            }
+        },
+    );
+}
+

@@ -1,0 +1,319 @@
+//! Direct convolution with stride 1, any kernel size and padding, on
+//! zero-padded planes read as flat runs (f32, AVX-512). It serves the
+//! forward pass and, on the gradient padded the other way with the kernel
+//! flipped, the input gradient; no im2col matrix (`Cin·k·k` copies of the
+//! input) is written or read.
+//!
+//! Forward: `y[co][oh][ow] = b[co] + Σ_{ci,i,j} w[co][ci][i][j] · xp[ci][oh+i][ow+j]`,
+//! `xp` the input with `p` zeros on each side (`Hp = H + 2p`, `Wp = W + 2p`).
+//!
+//! Flat runs: with `q = oh·Wp + ow`, `xp[ci][oh+i][ow+j]` is
+//! `xp[ci][q + i·Wp + j]` of the flattened plane, so one tap `(ci, i, j)`
+//! reads a contiguous run for a whole block of outputs. The positions
+//! `ow ≥ Wo` of each row (`k - 1` of every `Wp`) are computed and
+//! dropped: cheaper than breaking the runs at each row.
+//!
+//! Register tile: [`CB`] output channels times [`NV`] vectors of 16
+//! positions (24 accumulators of AVX-512's 32 registers); per tap, `NV`
+//! loads of the input run and `CB` broadcast weights feed `CB·NV`
+//! multiply-adds. Blocks of positions are the outer loop, so a block's
+//! input runs (`Cin` runs of about `NV·16 + (k-1)·(Wp+1)` values) stay in
+//! L1 while every block of output channels passes over them.
+//!
+//! Input gradient: `dx[ci][y][x] = Σ_{co,i,j} w[co][ci][i][j] · dy[co][y+p-i][x+p-j]`
+//! is the same sum as a forward pass over `dy` padded by `k - 1 - p`, with
+//! weights `w'[ci][co][i][j] = w[co][ci][k-1-i][k-1-j]` ([`Plan::input_grad`]).
+//!
+//! The im2col + matrix-product path of `layers::conv2d` is the reference
+//! these are tested against (to rounding: the sums run in another order).
+
+use super::conv::ConvGeometry;
+
+/// Output channels per register tile.
+pub const CB: usize = 8;
+/// 16-lane vectors of output positions per register tile.
+pub const NV: usize = 3;
+/// Output positions per register tile.
+const TILE: usize = NV * 16;
+
+/// Whether the forward pass of this convolution runs here: f32 on AVX-512,
+/// stride 1, and at least [`CB`] output channels (fewer would leave most
+/// of the tile idle). `dev/examples/conv_planes.rs`, one thread, the
+/// suite's 3x3 padded shapes: 1.2-2.3x the speed of im2col + matrix product.
+pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
+    crate::isa::avx512()
+        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && g.stride == 1
+        && g.output_hw().is_some()
+        && cout >= CB
+}
+
+/// Whether the input gradient runs here: as [`applies`] for the dual
+/// convolution (at least [`CB`] input channels, padding below the kernel
+/// size), and an output at least 12 wide: on narrower planes the dropped
+/// columns (`k - 1` of every `Wp`) cost more than col2im (7x7 and 8x8 in
+/// the probe: 0.9-1.07x of the matrix product's speed, 14x14 and up:
+/// 1.3-1.75x).
+pub fn input_grad_applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
+    applies::<T>(g, cout)
+        && g.channels >= CB
+        && g.padding < g.kernel
+        && g.output_hw().is_some_and(|(_, wo)| wo >= 12)
+}
+
+/// The shape of one direct convolution: `cin` planes of `h×w` padded by
+/// `pad`, a `k×k` kernel, `cout` output planes of `ho×wo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub pad: usize,
+    pub cout: usize,
+}
+
+impl Plan {
+    /// The forward pass of a convolution of geometry `g` with stride 1.
+    pub fn forward(g: &ConvGeometry, cout: usize) -> Plan {
+        Plan { cin: g.channels, h: g.height, w: g.width, k: g.kernel, pad: g.padding, cout }
+    }
+
+    /// Its input gradient, as a forward pass over `dy` (`cout` planes of
+    /// the forward's output size, padded by `k - 1 - p`) into `cin` planes.
+    pub fn input_grad(g: &ConvGeometry, cout: usize) -> Option<Plan> {
+        let (ho, wo) = g.output_hw()?;
+        let pad = (g.kernel - 1).checked_sub(g.padding)?;
+        Some(Plan { cin: cout, h: ho, w: wo, k: g.kernel, pad, cout: g.channels })
+    }
+
+    fn wp(&self) -> usize {
+        self.w + 2 * self.pad
+    }
+
+    fn plane(&self) -> usize {
+        (self.h + 2 * self.pad) * self.wp()
+    }
+
+    /// Output height and width.
+    pub fn output_hw(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad + 1 - self.k, self.w + 2 * self.pad + 1 - self.k)
+    }
+
+    /// Values of one padded input ([`Self::pad_input`]): the planes and
+    /// room for the last tile's reads past the end (dropped positions).
+    pub fn padded_len(&self) -> usize {
+        self.cin * self.plane() + TILE + self.k * (self.wp() + 1)
+    }
+
+    /// Values of the packed weights ([`Self::pack_weights`]).
+    pub fn packed_len(&self) -> usize {
+        self.cout.div_ceil(CB) * self.cin * self.k * self.k * CB
+    }
+
+    /// `x` (`cin` planes of `h×w`) into `xp` with `pad` zeros around each plane.
+    pub fn pad_input(&self, x: &[f32], xp: &mut [f32]) {
+        let (wp, plane, p) = (self.wp(), self.plane(), self.pad);
+        assert!(x.len() == self.cin * self.h * self.w && xp.len() >= self.padded_len(), "pad_input: sizes");
+        xp.fill(0.0);
+        for (src, dst) in x.chunks_exact(self.h * self.w).zip(xp.chunks_exact_mut(plane)) {
+            for (r, row) in src.chunks_exact(self.w).enumerate() {
+                let at = (r + p) * wp + p;
+                dst[at..at + self.w].copy_from_slice(row);
+            }
+        }
+    }
+
+    /// Forward weights `w[co][ci][i][j]` into tiles `packed[block][ci][i][j][c]`
+    /// (`co = block·CB + c`), zero past `cout`.
+    pub fn pack_weights(&self, w: &[f32], packed: &mut Vec<f32>) {
+        let kk = self.k * self.k;
+        assert_eq!(w.len(), self.cout * self.cin * kk, "pack_weights: weight size");
+        packed.clear();
+        packed.resize(self.packed_len(), 0.0);
+        for co in 0..self.cout {
+            let (block, c) = (co / CB, co % CB);
+            for ci in 0..self.cin {
+                for t in 0..kk {
+                    packed[((block * self.cin + ci) * kk + t) * CB + c] = w[(co * self.cin + ci) * kk + t];
+                }
+            }
+        }
+    }
+
+    /// The weights of the forward convolution `w[co][ci][i][j]` (its
+    /// `cout` = this plan's `cin`) packed for this input-gradient plan:
+    /// `w'[ci][co][i][j] = w[co][ci][k-1-i][k-1-j]`.
+    pub fn pack_flipped_weights(&self, w: &[f32], packed: &mut Vec<f32>) {
+        let (k, kk) = (self.k, self.k * self.k);
+        let (fwd_cout, fwd_cin) = (self.cin, self.cout);
+        let mut flipped = vec![0.0f32; w.len()];
+        for co in 0..fwd_cout {
+            for ci in 0..fwd_cin {
+                for t in 0..kk {
+                    let (i, j) = (t / k, t % k);
+                    flipped[(ci * fwd_cout + co) * kk + (k - 1 - i) * k + (k - 1 - j)] = w[(co * fwd_cin + ci) * kk + t];
+                }
+            }
+        }
+        self.pack_weights(&flipped, packed);
+    }
+
+    /// `out[co][oh][ow] = bias[co] + Σ w·xp` for one padded input `xp`
+    /// ([`Self::pad_input`]) and weights packed by [`Self::pack_weights`]
+    /// (or [`Self::pack_flipped_weights`]). Needs AVX-512 ([`crate::isa::avx512`]).
+    /// `rows` is scratch, resized as needed (the output as padded rows).
+    pub fn run(&self, packed: &[f32], bias: Option<&[f32]>, xp: &[f32], out: &mut [f32], rows: &mut Vec<f32>) {
+        let (ho, wo) = self.output_hw();
+        assert!(packed.len() == self.packed_len() && xp.len() >= self.padded_len(), "conv_planes: sizes");
+        assert!(out.len() == self.cout * ho * wo && bias.is_none_or(|b| b.len() == self.cout), "conv_planes: sizes");
+        assert!(crate::isa::avx512(), "conv_planes::run needs AVX-512");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 (asserted); the sizes are checked above
+        // and every read of the tile stays inside padded_len()
+        unsafe {
+            avx512::run(self, packed, bias, xp, out, rows)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Plan, CB, NV, TILE};
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    pub fn run(plan: &Plan, packed: &[f32], bias: Option<&[f32]>, xp: &[f32], out: &mut [f32], rows: &mut Vec<f32>) {
+        let (ho, wo) = plan.output_hw();
+        let (wp, plane, kk) = (plan.wp(), plan.plane(), plan.k * plan.k);
+        let positions = ho * wp;
+        let tiles = positions.div_ceil(TILE);
+        let block_len = plan.cin * kk * CB;
+        // the output as whole padded rows (ho·wp per channel, then the last
+        // tile's overhang), each tile stored with plain vector stores; the
+        // first wo of every row are then copied out
+        let stride = tiles * TILE;
+        rows.clear();
+        rows.resize(packed.len() / (plan.cin * kk) * stride, 0.0);
+        for q0 in (0..positions).step_by(TILE) {
+            for (block, weights) in packed.chunks_exact(block_len).enumerate() {
+                let co0 = block * CB;
+                let init: [f32; CB] = std::array::from_fn(|c| bias.and_then(|b| b.get(co0 + c).copied()).unwrap_or(0.0));
+                // SAFETY: the reads reach q0 + TILE - 1 + (k-1)·(wp+1) of the
+                // last plane at most, inside padded_len(); the stores reach
+                // (co0 + CB - 1)·stride + q0 + TILE ≤ rows.len()
+                unsafe {
+                    tile_sums(plan, weights, init, xp.as_ptr().add(q0), plane, rows.as_mut_ptr().add(co0 * stride + q0), stride)
+                };
+            }
+        }
+        for (dst, src) in out.chunks_exact_mut(ho * wo).zip(rows.chunks_exact(stride)) {
+            for (d, s) in dst.chunks_exact_mut(wo).zip(src.chunks_exact(wp)) {
+                d.copy_from_slice(&s[..wo]);
+            }
+        }
+    }
+
+    /// One register tile: `y[c·stride + t] = init[c] + Σ_{ci,i,j} w[c][ci][i][j] · x[ci·plane + t + i·wp + j]`
+    /// for `t` in `0..TILE`.
+    ///
+    /// # Safety
+    /// AVX-512F; `x` readable for `(cin-1)·plane + TILE + (k-1)·(wp+1)`
+    /// values, `y` writable at `c·stride + t` for every `c < CB`, `t < TILE`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    unsafe fn tile_sums(plan: &Plan, weights: &[f32], init: [f32; CB], x: *const f32, plane: usize, y: *mut f32, stride: usize) {
+        let (k, wp) = (plan.k, plan.wp());
+        let mut acc: [[__m512; NV]; CB] = std::array::from_fn(|c| [_mm512_set1_ps(init[c]); NV]);
+        let mut w = weights.as_ptr();
+        for ci in 0..plan.cin {
+            let base = x.add(ci * plane);
+            for i in 0..k {
+                for j in 0..k {
+                    let src = base.add(i * wp + j);
+                    let xs: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(src.add(16 * v)));
+                    for (c, row) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(*w.add(c));
+                        for (a, &xv) in row.iter_mut().zip(&xs) {
+                            *a = _mm512_fmadd_ps(wv, xv, *a);
+                        }
+                    }
+                    w = w.add(CB);
+                }
+            }
+        }
+        for (c, row) in acc.iter().enumerate() {
+            for (v, &a) in row.iter().enumerate() {
+                _mm512_storeu_ps(y.add(c * stride + 16 * v), a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv::{col2im, im2col};
+    use crate::kernels::gemm::{gemm, Product};
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0) - 1.0).collect()
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what}: value {i}: {a} vs {b}");
+        }
+    }
+
+    /// Forward and input gradient against im2col + matrix product (+ col2im),
+    /// over kernel sizes 1/3/5/7, paddings 0 to k-1, channel counts around
+    /// the tile's 8, and planes narrower and wider than a tile.
+    #[test]
+    fn matches_im2col_and_the_matrix_product() {
+        if !crate::isa::avx512() {
+            eprintln!("conv_planes: skipped, this CPU (or NORMLAB_ISA) has no AVX-512");
+            return;
+        }
+        for &(cin, cout, h, w, k, pad) in &[
+            (3, 8, 7, 9, 3, 1),
+            (5, 13, 12, 11, 3, 1),
+            (8, 16, 28, 28, 3, 1),
+            (16, 9, 6, 6, 3, 0),
+            (2, 17, 10, 10, 5, 2),
+            (4, 8, 9, 8, 7, 3),
+            (9, 20, 5, 5, 1, 0),
+            (3, 8, 4, 4, 3, 2),
+        ] {
+            let g = ConvGeometry { channels: cin, height: h, width: w, kernel: k, stride: 1, padding: pad };
+            let (ho, wo) = g.output_hw().unwrap();
+            let (x, wt, bias) = (values(cin * h * w, 1), values(cout * cin * k * k, 2), values(cout, 3));
+            let what = format!("cin {cin} cout {cout} {h}x{w} k {k} pad {pad}");
+
+            let mut col = vec![0.0f32; g.col_rows() * ho * wo];
+            im2col(&g, &x, &mut col);
+            let mut want: Vec<f32> = bias.iter().flat_map(|&b| std::iter::repeat_n(b, ho * wo)).collect();
+            gemm(Product::nn(cout, ho * wo, g.col_rows()), 1.0, &wt, &col, 1.0, &mut want);
+            let plan = Plan::forward(&g, cout);
+            let (mut packed, mut xp) = (Vec::new(), vec![f32::NAN; plan.padded_len()]);
+            plan.pack_weights(&wt, &mut packed);
+            plan.pad_input(&x, &mut xp);
+            let mut y = vec![f32::NAN; cout * ho * wo];
+            plan.run(&packed, Some(&bias), &xp, &mut y, &mut Vec::new());
+            close(&y, &want, &format!("forward, {what}"));
+
+            let dy = values(cout * ho * wo, 4);
+            let mut dcol = vec![0.0f32; g.col_rows() * ho * wo];
+            gemm(Product::tn(g.col_rows(), ho * wo, cout), 1.0, &wt, &dy, 0.0, &mut dcol);
+            let mut want_dx = vec![0.0f32; cin * h * w];
+            col2im(&g, &dcol, &mut want_dx);
+            let back = Plan::input_grad(&g, cout).unwrap();
+            let mut dyp = vec![f32::NAN; back.padded_len()];
+            back.pack_flipped_weights(&wt, &mut packed);
+            back.pad_input(&dy, &mut dyp);
+            let mut dx = vec![f32::NAN; cin * h * w];
+            back.run(&packed, None, &dyp, &mut dx, &mut Vec::new());
+            close(&dx, &want_dx, &format!("input gradient, {what}"));
+        }
+    }
+}
