@@ -227,7 +227,7 @@ fn checkpoint_seeds() -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
     for kind in ModelKind::ALL {
         let mut net = models::build(kind, &mut rng::seeded(1)).unwrap();
-        seeds.push(checkpoint::to_bytes(&mut net, kind.name(), &kind.config(), &[("epoch", "1".into())]).unwrap());
+        seeds.push(checkpoint::to_bytes(&mut net, kind.name(), kind.config(), &[("epoch", "1".into())]).unwrap());
     }
     seeds.push(std::fs::read(&trained().bn).unwrap());
     seeds.push(std::fs::read(&trained().ln).unwrap());

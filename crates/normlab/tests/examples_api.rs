@@ -165,7 +165,7 @@ fn state_dicts_and_ready_made_checkpoints_carry_their_own_metadata() {
     let kind = normlab::models::ModelKind::BnLenet;
     let mut lenet = normlab::models::build_config(&kind.config(), &mut rng::seeded(0)).unwrap();
     let ready = dir.path().join("bn-lenet.safetensors");
-    checkpoint::save(&mut lenet, kind.name(), &kind.config(), &[("epoch", "1".into())], &ready).unwrap();
+    checkpoint::save(&mut lenet, kind.name(), kind.config(), &[("epoch", "1".into())], &ready).unwrap();
     let info = checkpoint::info(&ready).unwrap();
     assert_eq!(info.model, "bn-lenet");
     let mut keys: Vec<&str> = info.metadata.keys().map(String::as_str).collect();
