@@ -13,5 +13,6 @@ pub mod experiments;
 pub mod folder;
 pub mod images;
 pub mod locate;
+pub mod onnx;
 pub mod plot;
 pub mod rundir;

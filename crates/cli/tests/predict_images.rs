@@ -152,3 +152,47 @@ fn png_helper_writes_what_the_image_crate_reads() {
     ZlibDecoder::new(&zlib(b"abc")[..]).read_to_end(&mut back).unwrap();
     assert_eq!(back, b"abc");
 }
+
+/// `predict` on a directory and files together: images batched through
+/// the network give what one at a time gives, `--top K` lists K classes,
+/// `--json` one object per line, and a bad file among good ones is named,
+/// skipped, and makes the exit status 2 after every good image's line.
+#[test]
+fn predict_reads_folders_batches_images_and_skips_bad_files_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("imgs");
+    std::fs::create_dir(&folder).unwrap();
+    let images = common::images::test_images(5);
+    for (i, g) in images.iter().enumerate() {
+        image::GrayImage::from_raw(28, 28, g.clone()).unwrap().save(folder.join(format!("{i}.png"))).unwrap();
+    }
+    std::fs::write(folder.join("notes.txt"), "not an image").unwrap();
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\n truncated").unwrap();
+    let ck = common::checkpoints::trained().bn.clone();
+    let (ck, folder_s, bad_s) =
+        (common::s(&ck).to_string(), common::s(&folder).to_string(), common::s(&bad).to_string());
+    let one_by_one =
+        common::normlab(&["predict", "--checkpoint", &ck, "--json", "--top", "10", "--batch-size", "1", &folder_s])
+            .ok();
+    let batched =
+        common::normlab(&["predict", "--checkpoint", &ck, "--json", "--top", "10", "--batch-size", "4", &folder_s])
+            .ok();
+    let lines: Vec<serde_json::Value> = batched.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "{}", batched.ctx());
+    for (a, b) in one_by_one.stdout.lines().zip(batched.stdout.lines()) {
+        let (a, b): (serde_json::Value, serde_json::Value) =
+            (serde_json::from_str(a).unwrap(), serde_json::from_str(b).unwrap());
+        assert_eq!(a["top"].as_array().unwrap().len(), 10);
+        for (x, y) in a["top"].as_array().unwrap().iter().zip(b["top"].as_array().unwrap()) {
+            assert_eq!(x["class"], y["class"]);
+            assert!((x["probability"].as_f64().unwrap() - y["probability"].as_f64().unwrap()).abs() < 1e-6);
+        }
+    }
+    let out = common::normlab(&["predict", "--checkpoint", &ck, "--top", "2", &bad_s, &folder_s]);
+    assert_eq!(out.code, 2, "{}", out.ctx());
+    assert_eq!(out.stdout.lines().count(), 5, "{}", out.ctx());
+    assert!(out.stdout.lines().all(|l| l.matches(", ").count() == 1), "two classes per line: {}", out.ctx());
+    assert!(out.stderr.contains("broken.png") && out.stderr.contains("1 of 6 images"), "{}", out.ctx());
+    assert!(!out.stderr.contains("panicked"));
+}

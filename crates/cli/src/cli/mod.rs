@@ -1,5 +1,6 @@
 //! The subcommands, one module each, over the library: `train`, `eval`,
-//! `predict`, `inspect`, `recompute-stats`, `experiment` and `bench`.
+//! `predict`, `inspect`, `recompute-stats`, `experiment`, `bench`,
+//! `export` and `fold`.
 //! Exit codes: 0 success, 2 a user error (bad option, bad file) with a
 //! one-line message saying what to do, 1 anything else (a failed write
 //! to stdout included).
@@ -21,6 +22,8 @@ mod args;
 mod bench;
 mod eval;
 mod experiment;
+mod export;
+mod fold;
 mod inspect;
 mod predict;
 mod recompute;
@@ -57,6 +60,8 @@ enum Command {
     RecomputeStats(recompute::RecomputeArgs),
     Experiment(experiment::ExperimentArgs),
     Bench(bench::BenchArgs),
+    Export(export::ExportArgs),
+    Fold(fold::FoldArgs),
 }
 
 /// Where the data comes from, shared by the commands that read it.
@@ -249,6 +254,8 @@ pub fn main() -> i32 {
         Command::RecomputeStats(a) => recompute::run(a),
         Command::Experiment(a) => experiment::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Fold(a) => fold::run(a),
     });
     match result {
         Ok(()) => 0,

@@ -70,3 +70,43 @@ pub fn split_safetensors(bytes: &[u8]) -> (Value, Vec<u8>) {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     (serde_json::from_slice(&bytes[8..8 + n]).expect("JSON header"), bytes[8 + n..].to_vec())
 }
+
+/// A checkpoint of the example model file (examples/models/vgg-small.toml,
+/// a network described layer by layer, not a built-in LeNet), written to
+/// `dir/vgg-small.safetensors`: initialized from seed 11, its batch norms'
+/// running statistics taken from 8 training-mode passes over 64 subset
+/// images each, so that they are not the initial 0 and 1.
+pub fn model_file_checkpoint(dir: &Path) -> PathBuf {
+    use normlab::data::{load_dir, Batch};
+    use normlab::models::{Architecture, ModelSpec};
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/vgg-small.toml");
+    let spec = ModelSpec::from_toml_file(&file, None).expect("the example model file reads");
+    let mut net = spec.build::<f32>(None, &mut normlab::rng::seeded(11)).expect("and builds");
+    let train = load_dir(&subset()).expect("the subset loads").train;
+    let mut batch = Batch::default();
+    net.train();
+    for start in (0..512).step_by(64) {
+        batch.fill(&train, &(start..start + 64).collect::<Vec<_>>()).unwrap();
+        net.forward(&batch.x).unwrap();
+    }
+    let path = dir.join("vgg-small.safetensors");
+    normlab::train::checkpoint::save(&mut net, "vgg-small", Architecture::Spec(spec), &[], &path).unwrap();
+    path
+}
+
+/// The eval-mode logits of a checkpoint (loaded as `eval` and `predict`
+/// load it) for every test image of the subset, in order.
+pub fn subset_logits(checkpoint: &Path) -> Vec<f32> {
+    use normlab::data::{load_dir, Batch};
+    let (mut net, _) = normlab::train::checkpoint::load(checkpoint).unwrap();
+    net.eval();
+    let test = load_dir(&subset()).unwrap().test;
+    let indices: Vec<usize> = (0..test.len()).collect();
+    let mut batch = Batch::default();
+    let mut out = Vec::new();
+    for chunk in indices.chunks(500) {
+        batch.fill(&test, chunk).unwrap();
+        out.extend_from_slice(net.forward(&batch.x).unwrap().data());
+    }
+    out
+}

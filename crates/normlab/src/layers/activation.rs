@@ -186,6 +186,10 @@ impl<T: Real, F: PointwiseFn<T>> Pointwise<T, F> {
     pub fn with(f: F) -> Self {
         Pointwise { f, y: Tensor::default(), dx: Tensor::default() }
     }
+    /// The function applied (with its settings, e.g. a leaky ReLU's slope).
+    pub fn function(&self) -> F {
+        self.f
+    }
 }
 
 impl<T: Real, F: PointwiseFn<T>> Layer<T> for Pointwise<T, F> {

@@ -137,6 +137,13 @@ impl<T: Real> Conv2d<T> {
     pub fn geometry(&self) -> Option<ConvGeometry> {
         self.geometry
     }
+    /// Folds `y -> scale·y + shift` per output channel (an eval-mode batch
+    /// norm after this layer) into the weight and bias; the layer gains a
+    /// bias if it had none. `scale` and `shift` hold one value per channel.
+    pub(crate) fn absorb_channel_affine(&mut self, scale: &[f64], shift: &[f64]) -> Result<()> {
+        let p = super::RowsAndBias { weight: &mut self.weight, bias: &mut self.bias, bias_grad: &mut self.bias_grad };
+        super::fold_affine_into_rows("Conv2d", p, &mut self.has_bias, (scale, shift))
+    }
     /// The weight and bias gradients, for a layer that computes them itself.
     pub(crate) fn grads_mut(&mut self) -> (&mut Tensor<T>, Option<&mut Tensor<T>>) {
         (&mut self.weight_grad, self.has_bias.then_some(&mut self.bias_grad))

@@ -99,6 +99,23 @@ impl<T: Real> LayerNorm<T> {
         self.affine = on;
         self
     }
+    /// PyTorch's `eps`.
+    pub fn epsilon(&self) -> f64 {
+        self.eps
+    }
+    /// How many trailing dimensions of one example are normalized together
+    /// (PyTorch's `len(normalized_shape)`); 0 before build.
+    pub fn normalized_dims(&self) -> usize {
+        match &self.normalized {
+            Normalized::Shape(s) if !self.example.is_empty() => s.len(),
+            _ => 0,
+        }
+    }
+    /// `gamma` and `beta`, shaped as the normalized dimensions (PyTorch's
+    /// `weight` and `bias`); `None` without elementwise affine parameters.
+    pub fn affine_params(&self) -> Option<(&Tensor<T>, &Tensor<T>)> {
+        self.affine.then_some((&self.weight, &self.bias))
+    }
 }
 
 /// Mean and `1/sqrt(var + eps)` of one row, in f64, in one pass shifted

@@ -60,6 +60,21 @@ impl<T: Real> Linear<T> {
     pub fn weight(&self) -> &Tensor<T> {
         &self.weight
     }
+    /// The bias `b`, when the layer has one.
+    pub fn bias_values(&self) -> Option<&Tensor<T>> {
+        self.has_bias.then_some(&self.bias)
+    }
+    /// The number of outputs (PyTorch's `out_features`).
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+    /// Folds `y -> scale·y + shift` per output (an eval-mode batch norm
+    /// after this layer) into the weight and bias; the layer gains a bias if
+    /// it had none.
+    pub(crate) fn absorb_channel_affine(&mut self, scale: &[f64], shift: &[f64]) -> Result<()> {
+        let p = super::RowsAndBias { weight: &mut self.weight, bias: &mut self.bias, bias_grad: &mut self.bias_grad };
+        super::fold_affine_into_rows("Linear", p, &mut self.has_bias, (scale, shift))
+    }
 }
 
 /// Multiply-adds from which a pass splits across two threads (the batch's

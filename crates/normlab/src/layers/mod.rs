@@ -153,6 +153,12 @@ pub trait Layer<T: Real>: Send + std::any::Any {
         0
     }
 
+    /// Turns off the fusion of layers inside this one (a block holding a
+    /// [`crate::models::Sequential`]); called by a model built with
+    /// `fusion(false)` so that it is unfused all the way down.
+    #[doc(hidden)]
+    fn disable_inner_fusion(&mut self) {}
+
     /// For an activation that batch norm can apply in its own sweeps: the
     /// one layer doing `bn` then this activation; otherwise `bn` back.
     /// Called by [`crate::models::Sequential::build`] on the layer after a
@@ -222,6 +228,50 @@ pub(crate) fn check_grad<T: Real>(layer: &str, dy: &Tensor<T>, want: &[usize]) -
             format!("gradient of shape {:?}, expected the output's shape {want:?}", dy.shape()),
         ))
     }
+}
+
+/// The parameters of a layer `z = W·x + b` with one bias per output row.
+pub(crate) struct RowsAndBias<'a, T: Copy> {
+    pub weight: &'a mut Tensor<T>,
+    pub bias: &'a mut Tensor<T>,
+    pub bias_grad: &'a mut Tensor<T>,
+}
+
+/// Folds a per-output affine map `z -> scale·z + shift` (an eval-mode batch
+/// norm) into the layer `z = W·x + b` in front of it: row `o` of the weight
+/// (everything that makes output `o`) is multiplied by `scale[o]`, and the
+/// bias becomes `scale·b + shift` (`b = 0` for a layer without one, which
+/// gains a bias). Computed in f64, rounded once.
+pub(crate) fn fold_affine_into_rows<T: Real>(
+    layer: &str,
+    p: RowsAndBias<'_, T>,
+    has_bias: &mut bool,
+    (scale, shift): (&[f64], &[f64]),
+) -> Result<()> {
+    let rows = scale.len();
+    if rows == 0 || shift.len() != rows || !p.weight.numel().is_multiple_of(rows) || p.weight.dim(0) != rows {
+        return Err(crate::Error::shape(
+            layer,
+            format!(
+                "cannot fold {} scales and {} shifts into a weight of shape {:?}: one per output is needed",
+                rows,
+                shift.len(),
+                p.weight.shape()
+            ),
+        ));
+    }
+    let row_len = p.weight.numel() / rows;
+    for (row, &s) in p.weight.data_mut().chunks_exact_mut(row_len).zip(scale) {
+        for w in row {
+            *w = T::from_f64(w.as_f64() * s);
+        }
+    }
+    let old = if *has_bias { p.bias.to_f64_vec() } else { vec![0.0; rows] };
+    let folded: Vec<f64> = (0..rows).map(|o| scale[o] * old[o] + shift[o]).collect();
+    *p.bias = Tensor::from_f64(&[rows], &folded)?;
+    *p.bias_grad = Tensor::zeros(&[rows]);
+    *has_bias = true;
+    Ok(())
 }
 
 /// Uniform in [-bound, bound], as PyTorch's `nn.init.uniform_`.

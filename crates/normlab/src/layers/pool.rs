@@ -178,6 +178,11 @@ impl<T: Real> MaxPool2d<T> {
             dx: Tensor::default(),
         }
     }
+
+    /// `(kernel, stride)`.
+    pub fn window(&self) -> (usize, usize) {
+        (self.window.kernel, self.window.stride)
+    }
 }
 
 impl<T: Real> Layer<T> for MaxPool2d<T> {

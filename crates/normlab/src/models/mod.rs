@@ -1,6 +1,7 @@
 //! Models: a [`Sequential`] container with PyTorch-style names and shape
 //! inference, and the LeNet family of the chapter.
 
+mod fold;
 mod fusion;
 pub mod lenet;
 mod residual;
@@ -8,6 +9,7 @@ pub mod spec;
 
 pub use spec::{Architecture, LayerSpec, ModelSpec};
 
+pub use fold::Folds;
 pub use residual::Residual;
 
 pub use lenet::{
@@ -123,6 +125,11 @@ impl<T: Real> Sequential<T> {
     pub fn build(&mut self, example_shape: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
         if self.layers.is_empty() {
             return Err(Error::config("model", "a Sequential needs at least one layer"));
+        }
+        if !self.fusion {
+            for layer in self.layers.iter_mut() {
+                layer.disable_inner_fusion();
+            }
         }
         let mut shape = example_shape.to_vec();
         self.output_shapes.clear();

@@ -64,7 +64,16 @@ impl<T: Real> Residual<T> {
         Residual { shortcut: Some(shortcut.named("shortcut")), ..Residual::new(body) }
     }
 
-    fn parts_mut(&mut self) -> impl Iterator<Item = &mut Sequential<T>> {
+    /// The body, `body(x)`.
+    pub fn body(&self) -> &Sequential<T> {
+        &self.body
+    }
+    /// The shortcut, when the block has one (else the identity).
+    pub fn shortcut(&self) -> Option<&Sequential<T>> {
+        self.shortcut.as_ref()
+    }
+
+    pub(super) fn parts_mut(&mut self) -> impl Iterator<Item = &mut Sequential<T>> {
         std::iter::once(&mut self.body).chain(self.shortcut.as_mut())
     }
 }
@@ -72,6 +81,12 @@ impl<T: Real> Residual<T> {
 impl<T: Real> Layer<T> for Residual<T> {
     fn kind(&self) -> String {
         "Residual".into()
+    }
+
+    fn disable_inner_fusion(&mut self) {
+        for part in self.parts_mut() {
+            part.fusion = false;
+        }
     }
 
     fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {

@@ -313,6 +313,12 @@ impl<T: Real> BatchNorm<T> {
     pub fn num_features(&self) -> usize {
         self.example.first().copied().unwrap_or(0)
     }
+    /// One example's input shape as built, channels first (`[C]` for
+    /// `BatchNorm1d` on `(N, C)`, `[C, H, W]` for `BatchNorm2d`); empty
+    /// before build.
+    pub fn example_shape(&self) -> &[usize] {
+        &self.example
+    }
     /// The scale gamma, one per channel (PyTorch's `weight`); `None`
     /// without affine parameters.
     pub fn gamma(&self) -> Option<&Tensor<T>> {
@@ -337,6 +343,35 @@ impl<T: Real> BatchNorm<T> {
     /// the last reset (PyTorch's `num_batches_tracked`).
     pub fn num_batches_tracked(&self) -> i64 {
         self.num_batches_tracked
+    }
+
+    /// What this layer computes in eval mode, as one affine map per channel
+    /// `y = scale·x + shift`, in f64: `scale = gamma / sqrt(running_var +
+    /// eps)` and `shift = beta - scale·running_mean` (for the centring-only
+    /// and scaling-only variants, the factor or the mean left out). `None`
+    /// when eval mode depends on the batch (no running statistics) or the
+    /// layer is not built. Folding and ONNX export use it.
+    pub fn eval_affine(&self) -> Option<(Vec<f64>, Vec<f64>)> {
+        if !self.config.track_running_stats || self.example.is_empty() {
+            return None;
+        }
+        let c = self.num_features();
+        let (mean, var) = (self.running_mean.to_f64_vec(), self.running_var.to_f64_vec());
+        let (mut scale, mut shift) = (Vec::with_capacity(c), Vec::with_capacity(c));
+        for ch in 0..c {
+            let inv_std = match self.config.parts {
+                BnParts::CenterOnly => 1.0,
+                _ => 1.0 / (var[ch] + self.config.eps).sqrt(),
+            };
+            let center = match self.config.parts {
+                BnParts::ScaleOnly => 0.0,
+                _ => mean[ch],
+            };
+            let s = self.gamma_at(ch).as_f64() * inv_std;
+            scale.push(s);
+            shift.push(self.beta_at(ch).as_f64() - s * center);
+        }
+        Some((scale, shift))
     }
 
     fn gamma_at(&self, ch: usize) -> T {
