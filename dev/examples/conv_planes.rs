@@ -43,7 +43,16 @@ fn main() {
         return;
     }
     println!("shape (cin, cout, HxW, k3 pad1) | fwd im2col+gemm µs | fwd planes µs | ratio | dx gemm+col2im µs | dx planes µs | ratio");
-    for &(cin, cout, hw) in &[(32, 32, 28), (32, 64, 14), (64, 64, 14), (64, 128, 7), (128, 128, 7), (16, 16, 32), (32, 32, 16), (64, 64, 8)] {
+    for &(cin, cout, hw) in &[
+        (32, 32, 28),
+        (32, 64, 14),
+        (64, 64, 14),
+        (64, 128, 7),
+        (128, 128, 7),
+        (16, 16, 32),
+        (32, 32, 16),
+        (64, 64, 8),
+    ] {
         let g = ConvGeometry { channels: cin, height: hw, width: hw, kernel: 3, stride: 1, padding: 1 };
         let (ho, wo) = g.output_hw().unwrap();
         let p = ho * wo;

@@ -407,7 +407,13 @@ fn ioffe_fig1_percentiles_and_data_set_names() {
     assert!((percentile(&[0.0, 10.0], 15.0) - 1.5).abs() < 1e-12);
     assert_eq!(percentile(&[7.0], 85.0), 7.0);
     assert!(percentile(&[], 50.0).is_nan());
-    let split = |labels: &[u8]| normlab::data::Split { images: vec![0; labels.len() * 784], labels: labels.to_vec(), rows: 28, cols: 28, channels: 1 };
+    let split = |labels: &[u8]| normlab::data::Split {
+        images: vec![0; labels.len() * 784],
+        labels: labels.to_vec(),
+        rows: 28,
+        cols: 28,
+        channels: 1,
+    };
     assert_eq!(dataset_name(&split(&[5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 7])), "MNIST");
     assert_eq!(dataset_name(&split(&[9, 0, 0, 3, 0, 2, 7, 2, 5, 5])), "Fashion-MNIST");
     assert_eq!(dataset_name(&split(&[1, 2])), "the data set in --data-dir");

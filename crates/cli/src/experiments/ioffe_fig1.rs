@@ -265,7 +265,8 @@ fn run(ctx: &Context) -> Result<Report> {
         Col::new("same, 2nd half", 2, |r: &Run| r.value("median_range_second_half_rel")),
         Col::new("seconds per 1k steps", 2, move |r: &Run| Some(r.seconds / total_steps as f64 * 1000.0)),
     ];
-    let mut table = settings_table(&format!("Test accuracy and the followed sigmoid's input ({dataset})"), &runs, &cols);
+    let mut table =
+        settings_table(&format!("Test accuracy and the followed sigmoid's input ({dataset})"), &runs, &cols);
     table.notes.push(format!(
         "\"median range / end spread\": the range (max - min) over the run of the median of unit {UNIT}'s sigmoid input, divided by its 15th-85th percentile spread at the end of training; \"2nd half\": the same range over the second half of training only. A value near 0 is a steady distribution; 1 means the median moved as far as the width of the distribution."
     ));
@@ -358,7 +359,9 @@ fn run(ctx: &Context) -> Result<Report> {
     )?;
     let mut plots = vec![Plot {
         stem: "accuracy".into(),
-        caption: format!("Test accuracy against training steps, with and without BN (the paper's Figure 1a; {dataset})"),
+        caption: format!(
+            "Test accuracy against training steps, with and without BN (the paper's Figure 1a; {dataset})"
+        ),
     }];
     for (si, &(label, _)) in settings.iter().enumerate() {
         let Some(list) = cps[si].first() else { continue };

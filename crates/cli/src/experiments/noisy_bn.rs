@@ -257,7 +257,10 @@ fn run(ctx: &Context) -> Result<Report> {
         }
     }
     ctx.write("shift.csv", &csv)?;
-    files.push(("shift.csv".into(), "per run and measured step: the covariate shift of conv2's and fc2's inputs (see the table's note)".into()));
+    files.push((
+        "shift.csv".into(),
+        "per run and measured step: the covariate shift of conv2's and fc2's inputs (see the table's note)".into(),
+    ));
 
     let mut plots = standard_plots(&ctx.out, &runs)?;
     let series: Vec<Series> = (0..SETTINGS.len())

@@ -55,10 +55,7 @@ pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
 /// the probe: 0.9-1.07x of the matrix product's speed, 14x14 and up:
 /// 1.3-1.75x).
 pub fn input_grad_applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
-    applies::<T>(g, cout)
-        && g.channels >= CB
-        && g.padding < g.kernel
-        && g.output_hw().is_some_and(|(_, wo)| wo >= 12)
+    applies::<T>(g, cout) && g.channels >= CB && g.padding < g.kernel && g.output_hw().is_some_and(|(_, wo)| wo >= 12)
 }
 
 /// The shape of one direct convolution: `cin` planes of `h×w` padded by
@@ -152,7 +149,8 @@ impl Plan {
             for ci in 0..fwd_cin {
                 for t in 0..kk {
                     let (i, j) = (t / k, t % k);
-                    flipped[(ci * fwd_cout + co) * kk + (k - 1 - i) * k + (k - 1 - j)] = w[(co * fwd_cin + ci) * kk + t];
+                    flipped[(ci * fwd_cout + co) * kk + (k - 1 - i) * k + (k - 1 - j)] =
+                        w[(co * fwd_cin + ci) * kk + t];
                 }
             }
         }
@@ -199,12 +197,21 @@ mod avx512 {
         for q0 in (0..positions).step_by(TILE) {
             for (block, weights) in packed.chunks_exact(block_len).enumerate() {
                 let co0 = block * CB;
-                let init: [f32; CB] = std::array::from_fn(|c| bias.and_then(|b| b.get(co0 + c).copied()).unwrap_or(0.0));
+                let init: [f32; CB] =
+                    std::array::from_fn(|c| bias.and_then(|b| b.get(co0 + c).copied()).unwrap_or(0.0));
                 // SAFETY: the reads reach q0 + TILE - 1 + (k-1)·(wp+1) of the
                 // last plane at most, inside padded_len(); the stores reach
                 // (co0 + CB - 1)·stride + q0 + TILE ≤ rows.len()
                 unsafe {
-                    tile_sums(plan, weights, init, xp.as_ptr().add(q0), plane, rows.as_mut_ptr().add(co0 * stride + q0), stride)
+                    tile_sums(
+                        plan,
+                        weights,
+                        init,
+                        xp.as_ptr().add(q0),
+                        plane,
+                        rows.as_mut_ptr().add(co0 * stride + q0),
+                        stride,
+                    )
                 };
             }
         }
@@ -222,7 +229,15 @@ mod avx512 {
     /// AVX-512F; `x` readable for `(cin-1)·plane + TILE + (k-1)·(wp+1)`
     /// values, `y` writable at `c·stride + t` for every `c < CB`, `t < TILE`.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    unsafe fn tile_sums(plan: &Plan, weights: &[f32], init: [f32; CB], x: *const f32, plane: usize, y: *mut f32, stride: usize) {
+    unsafe fn tile_sums(
+        plan: &Plan,
+        weights: &[f32],
+        init: [f32; CB],
+        x: *const f32,
+        plane: usize,
+        y: *mut f32,
+        stride: usize,
+    ) {
         let (k, wp) = (plan.k, plan.wp());
         let mut acc: [[__m512; NV]; CB] = std::array::from_fn(|c| [_mm512_set1_ps(init[c]); NV]);
         let mut w = weights.as_ptr();

@@ -427,4 +427,3 @@ fn planes_per_image(plan: &Plan, packed: &[f32], bias: Option<&[f32]>, x: &[f32]
         },
     );
 }
-

@@ -98,7 +98,11 @@ impl<T: Real> Layer<T> for ShiftNoise<T> {
     }
     fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
         let n = x.shape().first().copied().unwrap_or(0);
-        if self.channels == 0 || x.rank() < 2 || x.dim(1) != self.channels || x.numel() != n * self.channels * self.spatial {
+        if self.channels == 0
+            || x.rank() < 2
+            || x.dim(1) != self.channels
+            || x.numel() != n * self.channels * self.spatial
+        {
             return Err(Error::shape(
                 "ShiftNoise",
                 format!("input of shape {:?} does not match the built {} units", x.shape(), self.channels),
@@ -111,9 +115,8 @@ impl<T: Real> Layer<T> for ShiftNoise<T> {
             self.y.data_mut().copy_from_slice(x.data());
             return Ok(&self.y);
         }
-        let units: Vec<(f64, f64)> = (0..self.channels)
-            .map(|_| (self.rng.gen_range(-MU..MU), self.rng.gen_range(SIGMA_LO..SIGMA_HI)))
-            .collect();
+        let units: Vec<(f64, f64)> =
+            (0..self.channels).map(|_| (self.rng.gen_range(-MU..MU), self.rng.gen_range(SIGMA_LO..SIGMA_HI))).collect();
         let per_example = self.channels * self.spatial;
         for (i, ((y, &x), s)) in self.y.data_mut().iter_mut().zip(x.data()).zip(self.scale.iter_mut()).enumerate() {
             let (mu, sigma) = units[(i % per_example) / self.spatial];
