@@ -1,6 +1,6 @@
 //! The padded-plane direct convolution (`kernels::conv_planes`) against
 //! im2col + matrix product, forward and input gradient, one image, one
-//! thread, on the suite's 3x3 padded shapes. Alternates the two, prints the
+//! thread, at the level `NORMLAB_ISA` allows, on the suite's 3x3 padded shapes. Alternates the two, prints the
 //! median µs of each (the thread's CPU time) and the ratio.
 //!
 //! `cargo run --release -p normlab-dev --example conv_planes`
@@ -38,10 +38,11 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    if !normlab::isa::avx512() {
-        println!("no AVX-512 here: the padded-plane kernel does not run");
+    if !normlab::isa::avx2() {
+        println!("no AVX2 here (or NORMLAB_ISA=portable): the padded-plane kernel does not run");
         return;
     }
+    println!("kernels at {}", normlab::isa::active());
     println!("shape (cin, cout, HxW, k3 pad1) | fwd im2col+gemm µs | fwd planes µs | ratio | dx gemm+col2im µs | dx planes µs | ratio");
     for &(cin, cout, hw) in &[
         (32, 32, 28),

@@ -170,7 +170,7 @@ fn state_dicts_and_ready_made_checkpoints_carry_their_own_metadata() {
     assert_eq!(info.model, "bn-lenet");
     let mut keys: Vec<&str> = info.metadata.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["epoch", "format", "normlab.model", "normlab.network", "normlab.version"]);
+    assert_eq!(keys, ["epoch", "format", "normlab.model", "normlab.network", "normlab.spec", "normlab.version"]);
 
     let custom = dir.path().join("custom.safetensors");
     checkpoint::save_state_dict(&mut built(6, 0), &[("epoch", "2".into())], &custom).unwrap();

@@ -13,12 +13,14 @@
 //! `ow ≥ Wo` of each row (`k - 1` of every `Wp`) are computed and
 //! dropped: cheaper than breaking the runs at each row.
 //!
-//! Register tile: [`CB`] output channels times [`NV`] vectors of 16
-//! positions (24 accumulators of AVX-512's 32 registers); per tap, `NV`
-//! loads of the input run and `CB` broadcast weights feed `CB·NV`
-//! multiply-adds. Blocks of positions are the outer loop, so a block's
-//! input runs (`Cin` runs of about `NV·16 + (k-1)·(Wp+1)` values) stay in
-//! L1 while every block of output channels passes over them.
+//! Register tile: `CB` output channels times `NV` vectors of positions;
+//! per tap, `NV` loads of the input run and `CB` broadcast weights feed
+//! `CB·NV` multiply-adds. AVX-512: 8 x 3 vectors of 16 (24 of its 32
+//! registers); AVX2: 6 x 2 vectors of 8 (12 of its 16; a 4 x 3 tile left
+//! no register free and ran at 0.6x of the matrix product). Blocks of
+//! positions are the outer loop, so a block's input runs (`Cin` runs of
+//! about `NV·lanes + (k-1)·(Wp+1)` values) stay in L1 while every block of
+//! output channels passes over them.
 //!
 //! Input gradient: `dx[ci][y][x] = Σ_{co,i,j} w[co][ci][i][j] · dy[co][y+p-i][x+p-j]`
 //! is the same sum as a forward pass over `dy` padded by `k - 1 - p`, with
@@ -29,23 +31,32 @@
 
 use super::conv::ConvGeometry;
 
-/// Output channels per register tile.
-pub const CB: usize = 8;
-/// 16-lane vectors of output positions per register tile.
-pub const NV: usize = 3;
-/// Output positions per register tile.
-const TILE: usize = NV * 16;
+/// Output channels per register tile: 8 with AVX-512, 6 with AVX2.
+const CB: usize = 8;
+const CB_AVX2: usize = 6;
+/// The most output positions a tile takes (AVX-512's 3 vectors of 16).
+const TILE_MAX: usize = 3 * 16;
 
-/// Whether the forward pass of this convolution runs here: f32 on AVX-512,
-/// stride 1, and at least [`CB`] output channels (fewer would leave most
-/// of the tile idle). `dev/examples/conv_planes.rs`, one thread, the
-/// suite's 3x3 padded shapes: 1.2-2.3x the speed of im2col + matrix product.
+/// The output channels per tile of the kernel [`crate::isa::active`] picks.
+fn channel_block() -> usize {
+    if crate::isa::avx512() {
+        CB
+    } else {
+        CB_AVX2
+    }
+}
+
+/// Whether the forward pass of this convolution runs here: f32 on AVX-512
+/// or AVX2, stride 1, and at least a tile's output channels (fewer would
+/// leave most of the tile idle). `dev/examples/conv_planes.rs`, one thread,
+/// the suite's 3x3 padded shapes: 1.2-2.3x the speed of im2col + matrix
+/// product at AVX-512.
 pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
-    crate::isa::avx512()
+    crate::isa::avx2()
         && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && g.stride == 1
         && g.output_hw().is_some()
-        && cout >= CB
+        && cout >= channel_block()
 }
 
 /// Whether the input gradient runs here: as [`applies`] for the dual
@@ -55,7 +66,10 @@ pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
 /// the probe: 0.9-1.07x of the matrix product's speed, 14x14 and up:
 /// 1.3-1.75x).
 pub fn input_grad_applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
-    applies::<T>(g, cout) && g.channels >= CB && g.padding < g.kernel && g.output_hw().is_some_and(|(_, wo)| wo >= 12)
+    applies::<T>(g, cout)
+        && g.channels >= channel_block()
+        && g.padding < g.kernel
+        && g.output_hw().is_some_and(|(_, wo)| wo >= 12)
 }
 
 /// The shape of one direct convolution: `cin` planes of `h×w` padded by
@@ -68,12 +82,14 @@ pub struct Plan {
     pub k: usize,
     pub pad: usize,
     pub cout: usize,
+    /// Output channels per register tile (the active ISA's).
+    cb: usize,
 }
 
 impl Plan {
     /// The forward pass of a convolution of geometry `g` with stride 1.
     pub fn forward(g: &ConvGeometry, cout: usize) -> Plan {
-        Plan { cin: g.channels, h: g.height, w: g.width, k: g.kernel, pad: g.padding, cout }
+        Plan { cin: g.channels, h: g.height, w: g.width, k: g.kernel, pad: g.padding, cout, cb: channel_block() }
     }
 
     /// Its input gradient, as a forward pass over `dy` (`cout` planes of
@@ -81,7 +97,7 @@ impl Plan {
     pub fn input_grad(g: &ConvGeometry, cout: usize) -> Option<Plan> {
         let (ho, wo) = g.output_hw()?;
         let pad = (g.kernel - 1).checked_sub(g.padding)?;
-        Some(Plan { cin: cout, h: ho, w: wo, k: g.kernel, pad, cout: g.channels })
+        Some(Plan { cin: cout, h: ho, w: wo, k: g.kernel, pad, cout: g.channels, cb: channel_block() })
     }
 
     fn wp(&self) -> usize {
@@ -100,12 +116,12 @@ impl Plan {
     /// Values of one padded input ([`Self::pad_input`]): the planes and
     /// room for the last tile's reads past the end (dropped positions).
     pub fn padded_len(&self) -> usize {
-        self.cin * self.plane() + TILE + self.k * (self.wp() + 1)
+        self.cin * self.plane() + TILE_MAX + self.k * (self.wp() + 1)
     }
 
     /// Values of the packed weights ([`Self::pack_weights`]).
     pub fn packed_len(&self) -> usize {
-        self.cout.div_ceil(CB) * self.cin * self.k * self.k * CB
+        self.cout.div_ceil(self.cb) * self.cin * self.k * self.k * self.cb
     }
 
     /// `x` (`cin` planes of `h×w`) into `xp` with `pad` zeros around each plane.
@@ -122,17 +138,17 @@ impl Plan {
     }
 
     /// Forward weights `w[co][ci][i][j]` into tiles `packed[block][ci][i][j][c]`
-    /// (`co = block·CB + c`), zero past `cout`.
+    /// (`co = block·cb + c`, `cb` the tile's channels), zero past `cout`.
     pub fn pack_weights(&self, w: &[f32], packed: &mut Vec<f32>) {
         let kk = self.k * self.k;
         assert_eq!(w.len(), self.cout * self.cin * kk, "pack_weights: weight size");
         packed.clear();
         packed.resize(self.packed_len(), 0.0);
         for co in 0..self.cout {
-            let (block, c) = (co / CB, co % CB);
+            let (block, c) = (co / self.cb, co % self.cb);
             for ci in 0..self.cin {
                 for t in 0..kk {
-                    packed[((block * self.cin + ci) * kk + t) * CB + c] = w[(co * self.cin + ci) * kk + t];
+                    packed[((block * self.cin + ci) * kk + t) * self.cb + c] = w[(co * self.cin + ci) * kk + t];
                 }
             }
         }
@@ -159,111 +175,163 @@ impl Plan {
 
     /// `out[co][oh][ow] = bias[co] + Σ w·xp` for one padded input `xp`
     /// ([`Self::pad_input`]) and weights packed by [`Self::pack_weights`]
-    /// (or [`Self::pack_flipped_weights`]). Needs AVX-512 ([`crate::isa::avx512`]).
+    /// (or [`Self::pack_flipped_weights`]) under the same ISA. Needs AVX2
+    /// ([`crate::isa::avx2`]).
     /// `rows` is scratch, resized as needed (the output as padded rows).
     pub fn run(&self, packed: &[f32], bias: Option<&[f32]>, xp: &[f32], out: &mut [f32], rows: &mut Vec<f32>) {
         let (ho, wo) = self.output_hw();
         assert!(packed.len() == self.packed_len() && xp.len() >= self.padded_len(), "conv_planes: sizes");
         assert!(out.len() == self.cout * ho * wo && bias.is_none_or(|b| b.len() == self.cout), "conv_planes: sizes");
-        assert!(crate::isa::avx512(), "conv_planes::run needs AVX-512");
+        assert!(crate::isa::avx2() && self.cb == channel_block(), "conv_planes::run: packed for another ISA");
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512 (asserted); the sizes are checked above
-        // and every read of the tile stays inside padded_len()
+        // SAFETY: the CPU has the level (asserted above); the sizes are
+        // checked above and every read of a tile stays inside padded_len()
         unsafe {
-            avx512::run(self, packed, bias, xp, out, rows)
+            if crate::isa::avx512() {
+                avx512::run(self, packed, bias, xp, out, rows)
+            } else {
+                avx2::run(self, packed, bias, xp, out, rows)
+            }
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
+/// The kernel for one ISA: its module name, `#[target_feature]` list,
+/// vector type and lanes, channels per tile, and intrinsics.
+macro_rules! planes_kernel {
+    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, $cb:expr, $nv:expr,
+     $set1:ident, $load:ident, $fma:ident, $store:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $isa {
+            use std::arch::x86_64::*;
 
-    use super::{Plan, CB, NV, TILE};
+            use super::Plan;
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    pub fn run(plan: &Plan, packed: &[f32], bias: Option<&[f32]>, xp: &[f32], out: &mut [f32], rows: &mut Vec<f32>) {
-        let (ho, wo) = plan.output_hw();
-        let (wp, plane, kk) = (plan.wp(), plan.plane(), plan.k * plan.k);
-        let positions = ho * wp;
-        let tiles = positions.div_ceil(TILE);
-        let block_len = plan.cin * kk * CB;
-        // the output as whole padded rows (ho·wp per channel, then the last
-        // tile's overhang), each tile stored with plain vector stores; the
-        // first wo of every row are then copied out
-        let stride = tiles * TILE;
-        rows.clear();
-        rows.resize(packed.len() / (plan.cin * kk) * stride, 0.0);
-        for q0 in (0..positions).step_by(TILE) {
-            for (block, weights) in packed.chunks_exact(block_len).enumerate() {
-                let co0 = block * CB;
-                let init: [f32; CB] =
-                    std::array::from_fn(|c| bias.and_then(|b| b.get(co0 + c).copied()).unwrap_or(0.0));
-                // SAFETY: the reads reach q0 + TILE - 1 + (k-1)·(wp+1) of the
-                // last plane at most, inside padded_len(); the stores reach
-                // (co0 + CB - 1)·stride + q0 + TILE ≤ rows.len()
-                unsafe {
-                    tile_sums(
-                        plan,
-                        weights,
-                        init,
-                        xp.as_ptr().add(q0),
-                        plane,
-                        rows.as_mut_ptr().add(co0 * stride + q0),
-                        stride,
-                    )
-                };
+            const CB: usize = $cb;
+            const NV: usize = $nv;
+            const TILE: usize = NV * $lanes;
+
+            /// [`Plan::run`] with this module's tile.
+            ///
+            /// # Safety
+            /// The CPU has the module's features (the caller checked [`crate::isa`]).
+            #[target_feature(enable = $features)]
+            pub unsafe fn run(
+                plan: &Plan,
+                packed: &[f32],
+                bias: Option<&[f32]>,
+                xp: &[f32],
+                out: &mut [f32],
+                rows: &mut Vec<f32>,
+            ) {
+                let (ho, wo) = plan.output_hw();
+                let (wp, plane, kk) = (plan.wp(), plan.plane(), plan.k * plan.k);
+                let positions = ho * wp;
+                let tiles = positions.div_ceil(TILE);
+                let block_len = plan.cin * kk * CB;
+                // the output as whole padded rows (ho·wp per channel, then the last
+                // tile's overhang), each tile stored with plain vector stores; the
+                // first wo of every row are then copied out
+                let stride = tiles * TILE;
+                rows.clear();
+                rows.resize(packed.len() / (plan.cin * kk) * stride, 0.0);
+                for q0 in (0..positions).step_by(TILE) {
+                    for (block, weights) in packed.chunks_exact(block_len).enumerate() {
+                        let co0 = block * CB;
+                        let init: [f32; CB] =
+                            std::array::from_fn(|c| bias.and_then(|b| b.get(co0 + c).copied()).unwrap_or(0.0));
+                        // SAFETY: the reads reach q0 + TILE - 1 + (k-1)·(wp+1) of the
+                        // last plane at most, inside padded_len(); the stores reach
+                        // (co0 + CB - 1)·stride + q0 + TILE ≤ rows.len()
+                        unsafe {
+                            tile_sums(
+                                plan,
+                                weights,
+                                init,
+                                xp.as_ptr().add(q0),
+                                plane,
+                                rows.as_mut_ptr().add(co0 * stride + q0),
+                                stride,
+                            )
+                        };
+                    }
+                }
+                for (dst, src) in out.chunks_exact_mut(ho * wo).zip(rows.chunks_exact(stride)) {
+                    for (d, s) in dst.chunks_exact_mut(wo).zip(src.chunks_exact(wp)) {
+                        d.copy_from_slice(&s[..wo]);
+                    }
+                }
             }
-        }
-        for (dst, src) in out.chunks_exact_mut(ho * wo).zip(rows.chunks_exact(stride)) {
-            for (d, s) in dst.chunks_exact_mut(wo).zip(src.chunks_exact(wp)) {
-                d.copy_from_slice(&s[..wo]);
-            }
-        }
-    }
 
-    /// One register tile: `y[c·stride + t] = init[c] + Σ_{ci,i,j} w[c][ci][i][j] · x[ci·plane + t + i·wp + j]`
-    /// for `t` in `0..TILE`.
-    ///
-    /// # Safety
-    /// AVX-512F; `x` readable for `(cin-1)·plane + TILE + (k-1)·(wp+1)`
-    /// values, `y` writable at `c·stride + t` for every `c < CB`, `t < TILE`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-    unsafe fn tile_sums(
-        plan: &Plan,
-        weights: &[f32],
-        init: [f32; CB],
-        x: *const f32,
-        plane: usize,
-        y: *mut f32,
-        stride: usize,
-    ) {
-        let (k, wp) = (plan.k, plan.wp());
-        let mut acc: [[__m512; NV]; CB] = std::array::from_fn(|c| [_mm512_set1_ps(init[c]); NV]);
-        let mut w = weights.as_ptr();
-        for ci in 0..plan.cin {
-            let base = x.add(ci * plane);
-            for i in 0..k {
-                for j in 0..k {
-                    let src = base.add(i * wp + j);
-                    let xs: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(src.add(16 * v)));
-                    for (c, row) in acc.iter_mut().enumerate() {
-                        let wv = _mm512_set1_ps(*w.add(c));
-                        for (a, &xv) in row.iter_mut().zip(&xs) {
-                            *a = _mm512_fmadd_ps(wv, xv, *a);
+            /// One register tile: `y[c·stride + t] = init[c] + Σ_{ci,i,j} w[c][ci][i][j] · x[ci·plane + t + i·wp + j]`
+            /// for `t` in `0..TILE`.
+            ///
+            /// # Safety
+            /// The module's features; `x` readable for `(cin-1)·plane + TILE + (k-1)·(wp+1)`
+            /// values, `y` writable at `c·stride + t` for every `c < CB`, `t < TILE`.
+            #[target_feature(enable = $features)]
+            unsafe fn tile_sums(
+                plan: &Plan,
+                weights: &[f32],
+                init: [f32; CB],
+                x: *const f32,
+                plane: usize,
+                y: *mut f32,
+                stride: usize,
+            ) {
+                let (k, wp) = (plan.k, plan.wp());
+                let mut acc: [[$vec; NV]; CB] = std::array::from_fn(|c| [$set1(init[c]); NV]);
+                let mut w = weights.as_ptr();
+                for ci in 0..plan.cin {
+                    let base = x.add(ci * plane);
+                    for i in 0..k {
+                        for j in 0..k {
+                            let src = base.add(i * wp + j);
+                            let xs: [$vec; NV] = std::array::from_fn(|v| $load(src.add($lanes * v)));
+                            for (c, row) in acc.iter_mut().enumerate() {
+                                let wv = $set1(*w.add(c));
+                                for (a, &xv) in row.iter_mut().zip(&xs) {
+                                    *a = $fma(wv, xv, *a);
+                                }
+                            }
+                            w = w.add(CB);
                         }
                     }
-                    w = w.add(CB);
+                }
+                for (c, row) in acc.iter().enumerate() {
+                    for (v, &a) in row.iter().enumerate() {
+                        $store(y.add(c * stride + $lanes * v), a);
+                    }
                 }
             }
         }
-        for (c, row) in acc.iter().enumerate() {
-            for (v, &a) in row.iter().enumerate() {
-                _mm512_storeu_ps(y.add(c * stride + 16 * v), a);
-            }
-        }
-    }
+    };
 }
+
+planes_kernel!(
+    avx512,
+    "avx512f,avx512bw,avx512dq,avx512vl,fma",
+    __m512,
+    16,
+    super::CB,
+    3,
+    _mm512_set1_ps,
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    _mm512_storeu_ps
+);
+planes_kernel!(
+    avx2,
+    "avx2,fma",
+    __m256,
+    8,
+    super::CB_AVX2,
+    2,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
 
 #[cfg(test)]
 mod tests {
@@ -286,8 +354,8 @@ mod tests {
     /// the tile's 8, and planes narrower and wider than a tile.
     #[test]
     fn matches_im2col_and_the_matrix_product() {
-        if !crate::isa::avx512() {
-            eprintln!("conv_planes: skipped, this CPU (or NORMLAB_ISA) has no AVX-512");
+        if !crate::isa::avx2() {
+            eprintln!("conv_planes: skipped, this CPU (or NORMLAB_ISA) has no AVX2");
             return;
         }
         for &(cin, cout, h, w, k, pad) in &[
