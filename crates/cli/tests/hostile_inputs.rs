@@ -281,8 +281,11 @@ fn every_error_says_what_to_do_on_one_line() {
     let img = dir.path().join("x.png");
     common::runs::test_images(1)[0].0.save(&img).unwrap();
 
-    // images: a directory, stdin, a missing file, a device
-    normlab(&["predict", "--checkpoint", s(&model), s(dir.path())]).user_error(&["is a directory", "PNG or JPEG"]);
+    // images: a directory without images, stdin, a missing file, a device
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    normlab(&["predict", "--checkpoint", s(&model), s(&empty)])
+        .user_error(&["is a directory without", "pass images or a folder of them"]);
     normlab(&["predict", "--checkpoint", s(&model), "-"]).user_error(&["stdin", "save the image to a file"]);
     normlab(&["predict", "--checkpoint", s(&model), s(&dir.path().join("no.png"))])
         .user_error(&["no.png", "check the path"]);

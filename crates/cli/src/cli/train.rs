@@ -142,8 +142,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
 fn start(args: &TrainArgs, started: Instant) -> Result<()> {
     let mut options = match args.model.as_deref().map(model_file) {
         Some(Some(file)) => {
-            // without `input`, the network takes the data's shape (set below)
-            let spec = ModelSpec::from_toml_file(file, None)?;
+            // without `input`, the network takes the data's shape (set below);
+            // it is checked now for the usual 28x28 examples, so that a bad
+            // file is named with its line before any data is read
+            let mut spec = ModelSpec::from_toml_file(file, None)?;
+            if spec.input.is_none() {
+                let [_, h, w] = TrainOptions::chapter(ModelKind::BnLenet).input_shape;
+                let channels = args.channels.map_or(1, usize::from);
+                spec = ModelSpec::from_toml_file(file, Some(&[channels, h, w]))?;
+            }
             let input = spec.input.clone();
             let mut options = TrainOptions::chapter_with(model_file_name(file), spec);
             if let Some(&[c, h, w]) = input.as_deref() {
