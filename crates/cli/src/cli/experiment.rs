@@ -25,7 +25,9 @@ Experiments (time at the defaults, 3 seeds, measured on 2 cores):
   recompute       val accuracy per epoch with running vs recomputed statistics         (about 1 min)
   deep            20-layer sigmoid/ReLU network, no norm vs BN vs LN; activation maps  (about 1 min)
   group-norm      research exercise: group norm vs BN vs LN, batch 128 and 16          (about 1 min)
-  all             every one of them, and a top-level index.html linking each (about 14 min)
+  ioffe-fig1      the BN paper's Figure 1: 3x100 sigmoid MLP, 50k steps, with/without BN (about 28 min)
+  noisy-bn        Santurkar et al.: BN + per-step noise vs BN vs noise alone; covariate shift (about 14 min)
+  all             every one of them, and a top-level index.html linking each (about 56 min)
 
 Each writes report.md, epochs.csv, runs.csv, summary.csv, plots (SVG and PNG) and a
 self-contained index.html into --out (default runs/experiment-NAME-<UTC time>;

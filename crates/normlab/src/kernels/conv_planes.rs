@@ -60,7 +60,7 @@ pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
 }
 
 /// Whether the input gradient runs here: as [`applies`] for the dual
-/// convolution (at least [`CB`] input channels, padding below the kernel
+/// convolution (at least a tile's channels as input channels, padding below the kernel
 /// size), and an output at least 12 wide: on narrower planes the dropped
 /// columns (`k - 1` of every `Wp`) cost more than col2im (7x7 and 8x8 in
 /// the probe: 0.9-1.07x of the matrix product's speed, 14x14 and up:
