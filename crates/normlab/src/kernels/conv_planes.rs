@@ -26,6 +26,13 @@
 //! is the same sum as a forward pass over `dy` padded by `k - 1 - p`, with
 //! weights `w'[ci][co][i][j] = w[co][ci][k-1-i][k-1-j]` ([`Plan::input_grad`]).
 //!
+//! Weight gradient: `dw[co][ci][i][j] = Σ_q dyw[co][q] · xp[ci][q + i·Wp + j]`
+//! over `q = oh·Wp + ow`, with `dyw` the output gradient laid out in the
+//! same padded rows and zero in the dropped positions ([`Plan::widen_grad`]),
+//! so each tap is again one run of the padded input. Register tile: `WCO`
+//! output channels times 9 taps, each accumulator a vector of positions,
+//! summed across the lanes once per group of images ([`Plan::weight_grad`]).
+//!
 //! The im2col + matrix-product path of `layers::conv2d` is the reference
 //! these are tested against (to rounding: the sums run in another order).
 
@@ -71,6 +78,23 @@ pub fn input_grad_applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
         && g.padding < g.kernel
         && g.output_hw().is_some_and(|(_, wo)| wo >= 12)
 }
+
+/// Whether the weight gradient runs here: f32 on AVX-512 or AVX2, stride
+/// 1, a kernel of 2 to 7 (a tile holds 9 taps; a 1x1 kernel would fill one
+/// ninth of it and needs no im2col anyway).
+pub fn weight_grad_applies<T: 'static>(g: &ConvGeometry) -> bool {
+    crate::isa::avx2()
+        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && g.stride == 1
+        && g.output_hw().is_some()
+        && (2..=7).contains(&g.kernel)
+}
+
+/// Taps per weight-gradient tile (a 3x3 kernel's nine).
+const WTAPS: usize = 9;
+/// Vector lanes of the widest kernel: the wide gradient rows are padded to
+/// a multiple of it, so every kernel reads whole vectors.
+const MAX_LANES: usize = 16;
 
 /// The shape of one direct convolution: `cin` planes of `h×w` padded by
 /// `pad`, a `k×k` kernel, `cout` output planes of `ho×wo`.
@@ -173,6 +197,58 @@ impl Plan {
         self.pack_weights(&flipped, packed);
     }
 
+    /// Values of one image's output gradient in padded rows
+    /// ([`Self::widen_grad`]): `cout` planes of `ho·wp`, each rounded up to
+    /// whole vectors.
+    pub fn wide_len(&self) -> usize {
+        let (ho, _) = self.output_hw();
+        self.cout * (ho * self.wp()).div_ceil(MAX_LANES) * MAX_LANES
+    }
+
+    /// One image's output gradient `dy` (`cout` planes of `ho×wo`) into
+    /// `dyw` in the padded input's rows (`wp` wide), zero in the dropped
+    /// positions and past each plane's end.
+    pub fn widen_grad(&self, dy: &[f32], dyw: &mut [f32]) {
+        let ((ho, wo), wp) = (self.output_hw(), self.wp());
+        let plane = self.wide_len() / self.cout;
+        assert!(dy.len() == self.cout * ho * wo && dyw.len() == self.wide_len(), "widen_grad: sizes");
+        dyw.fill(0.0);
+        for (src, dst) in dy.chunks_exact(ho * wo).zip(dyw.chunks_exact_mut(plane)) {
+            for (r, row) in src.chunks_exact(wo).enumerate() {
+                dst[r * wp..r * wp + wo].copy_from_slice(row);
+            }
+        }
+    }
+
+    /// The weight gradient of `images` images, overwritten into `dw`
+    /// (`cout·cin·k·k`, PyTorch's layout): `xps` holds the images' padded
+    /// inputs ([`Self::pad_input`], `padded_len` apart) and `dyws` their
+    /// output gradients ([`Self::widen_grad`], `wide_len` apart). The sums
+    /// run over the images' positions in vector lanes, then across the
+    /// lanes in a fixed order. Needs AVX2 ([`crate::isa::avx2`]).
+    pub fn weight_grad(&self, images: usize, xps: &[f32], dyws: &[f32], dw: &mut [f32]) {
+        let (k, kk) = (self.k, self.k * self.k);
+        assert!((2..=7).contains(&k), "conv_planes::weight_grad: kernel {k}");
+        assert!(
+            xps.len() >= images * self.padded_len() && dyws.len() >= images * self.wide_len(),
+            "conv_planes::weight_grad: sizes"
+        );
+        assert_eq!(dw.len(), self.cout * self.cin * kk, "conv_planes::weight_grad: weight size");
+        assert!(crate::isa::avx2(), "conv_planes::weight_grad needs AVX2");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the level (asserted above); a tile reads its
+        // plane's positions below wide_len/cout plus a tap's offset, at most
+        // (k-1)·(wp+1), past the start of the plane: inside padded_len()
+        // (TILE_MAX ≥ MAX_LANES of slack past the planes)
+        unsafe {
+            if crate::isa::avx512() {
+                avx512::weight_grad(self, images, xps, dyws, dw)
+            } else {
+                avx2::weight_grad(self, images, xps, dyws, dw)
+            }
+        }
+    }
+
     /// `out[co][oh][ow] = bias[co] + Σ w·xp` for one padded input `xp`
     /// ([`Self::pad_input`]) and weights packed by [`Self::pack_weights`]
     /// (or [`Self::pack_flipped_weights`]) under the same ISA. Needs AVX2
@@ -199,15 +275,18 @@ impl Plan {
 /// The kernel for one ISA: its module name, `#[target_feature]` list,
 /// vector type and lanes, channels per tile, and intrinsics.
 macro_rules! planes_kernel {
-    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, $cb:expr, $nv:expr,
+    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, $cb:expr, $nv:expr, $wco:expr,
      $set1:ident, $load:ident, $fma:ident, $store:ident) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
             use std::arch::x86_64::*;
 
-            use super::Plan;
+            use super::{Plan, WTAPS};
+            use crate::kernels::lanes::sum8;
 
             const CB: usize = $cb;
+            /// Output channels per weight-gradient tile.
+            const WCO: usize = $wco;
             const NV: usize = $nv;
             const TILE: usize = NV * $lanes;
 
@@ -263,6 +342,76 @@ macro_rules! planes_kernel {
                 }
             }
 
+            /// [`Plan::weight_grad`] with this module's tile: `WCO` output
+            /// channels × 9 taps of one input channel, each accumulator a
+            /// vector of positions, over every image, then summed across
+            /// lanes. A tile's missing channels or taps (past `cout`, past
+            /// `k·k`) compute on valid data and are not stored.
+            ///
+            /// # Safety
+            /// The module's features; the sizes checked by [`Plan::weight_grad`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn weight_grad(plan: &Plan, images: usize, xps: &[f32], dyws: &[f32], dw: &mut [f32]) {
+                let (k, wp, plane, kk) = (plan.k, plan.wp(), plan.plane(), plan.k * plan.k);
+                let (padded, wide) = (plan.padded_len(), plan.wide_len());
+                let wide_plane = wide / plan.cout;
+                let vectors = wide_plane / $lanes;
+                for co0 in (0..plan.cout).step_by(WCO) {
+                    // a missing channel repeats the last one (not stored)
+                    let chans: [usize; WCO] = std::array::from_fn(|c| (co0 + c).min(plan.cout - 1));
+                    for ci in 0..plan.cin {
+                        for t0 in (0..kk).step_by(WTAPS) {
+                            // a missing tap reads offset 0 (not stored)
+                            let offsets: [usize; WTAPS] = std::array::from_fn(|t| {
+                                let tap = t0 + t;
+                                if tap < kk {
+                                    (tap / k) * wp + tap % k
+                                } else {
+                                    0
+                                }
+                            });
+                            let mut acc: [[$vec; WTAPS]; WCO] = [[$set1(0.0); WTAPS]; WCO];
+                            for img in 0..images {
+                                let x = xps.as_ptr().add(img * padded + ci * plane);
+                                let d = dyws.as_ptr().add(img * wide);
+                                for v in 0..vectors {
+                                    let q = v * $lanes;
+                                    let dv: [$vec; WCO] =
+                                        std::array::from_fn(|c| $load(d.add(chans[c] * wide_plane + q)));
+                                    for (t, &off) in offsets.iter().enumerate() {
+                                        let xv = $load(x.add(q + off));
+                                        for c in 0..WCO {
+                                            acc[c][t] = $fma(dv[c], xv, acc[c][t]);
+                                        }
+                                    }
+                                }
+                            }
+                            for (c, row) in acc.iter().enumerate() {
+                                let co = co0 + c;
+                                if co >= plan.cout {
+                                    break;
+                                }
+                                for (t, &a) in row.iter().enumerate().take(kk.saturating_sub(t0)) {
+                                    let mut lanes = [0.0f32; $lanes];
+                                    $store(lanes.as_mut_ptr(), a);
+                                    dw[(co * plan.cin + ci) * kk + t0 + t] = lane_sum(&lanes);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// A vector's lanes added in a fixed order: eight partial sums
+            /// (lane `l` into `l mod 8`), then [`sum8`].
+            fn lane_sum(lanes: &[f32; $lanes]) -> f32 {
+                let mut eight = [0.0f32; 8];
+                for (l, &v) in lanes.iter().enumerate() {
+                    eight[l % 8] += v;
+                }
+                sum8(eight)
+            }
+
             /// One register tile: `y[c·stride + t] = init[c] + Σ_{ci,i,j} w[c][ci][i][j] · x[ci·plane + t + i·wp + j]`
             /// for `t` in `0..TILE`.
             ///
@@ -315,6 +464,7 @@ planes_kernel!(
     16,
     super::CB,
     3,
+    2,
     _mm512_set1_ps,
     _mm512_loadu_ps,
     _mm512_fmadd_ps,
@@ -327,6 +477,7 @@ planes_kernel!(
     8,
     super::CB_AVX2,
     2,
+    1,
     _mm256_set1_ps,
     _mm256_loadu_ps,
     _mm256_fmadd_ps,
@@ -367,6 +518,7 @@ mod tests {
             (4, 8, 9, 8, 7, 3),
             (9, 20, 5, 5, 1, 0),
             (3, 8, 4, 4, 3, 2),
+            (6, 8, 9, 9, 2, 1),
         ] {
             let g = ConvGeometry { channels: cin, height: h, width: w, kernel: k, stride: 1, padding: pad };
             let (ho, wo) = g.output_hw().unwrap();
@@ -397,6 +549,27 @@ mod tests {
             let mut dx = vec![f32::NAN; cin * h * w];
             back.run(&packed, None, &dyp, &mut dx, &mut Vec::new());
             close(&dx, &want_dx, &format!("input gradient, {what}"));
+
+            // weight gradient of two images (the second's input and gradient
+            // other values) against the sum of their matrix products
+            if !weight_grad_applies::<f32>(&g) {
+                continue;
+            }
+            let (x2, dy2) = (values(cin * h * w, 5), values(cout * ho * wo, 6));
+            let mut want_dw = vec![0.0f32; cout * g.col_rows()];
+            for (img, (xi, dyi)) in [(&x, &dy), (&x2, &dy2)].into_iter().enumerate() {
+                im2col(&g, xi, &mut col);
+                gemm(Product::nt(cout, g.col_rows(), ho * wo), 1.0, dyi, &col, img as f32, &mut want_dw);
+            }
+            let (padded, wide) = (plan.padded_len(), plan.wide_len());
+            let (mut xps, mut dyws) = (vec![f32::NAN; 2 * padded], vec![f32::NAN; 2 * wide]);
+            for (img, (xi, dyi)) in [(&x, &dy), (&x2, &dy2)].into_iter().enumerate() {
+                plan.pad_input(xi, &mut xps[img * padded..(img + 1) * padded]);
+                plan.widen_grad(dyi, &mut dyws[img * wide..(img + 1) * wide]);
+            }
+            let mut dw = vec![f32::NAN; cout * g.col_rows()];
+            plan.weight_grad(2, &xps, &dyws, &mut dw);
+            close(&dw, &want_dw, &format!("weight gradient, {what}"));
         }
     }
 }

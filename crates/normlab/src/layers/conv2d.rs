@@ -313,12 +313,16 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                     conv_lanes::weight_grad(&g, co, as_f32(xs), as_f32(dys), as_f32_mut(partial), scratch);
                 });
         } else {
-            // per group: one image's columns, or the group's transposed dy
-            let scratch = (kdim * p).max(GROUP * 16 * p);
-            self.cols.resize(groups * scratch, T::zero());
-            // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by channels
+            // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by
+            // channels; other stride-1 kernels of 2 to 7: on padded planes; the rest: im2col
             let direct = conv_direct::weight_grad_supported(&g);
             let by_channels = !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
+            let planes =
+                (!direct && !by_channels && conv_planes::weight_grad_applies::<T>(&g)).then(|| Plan::forward(&g, co));
+            // per group: one image's columns, the group's transposed dy, or its padded inputs and gradients
+            let planes_len = planes.map_or(0, |plan| GROUP * (plan.padded_len() + plan.wide_len()));
+            let scratch = (kdim * p).max(GROUP * 16 * p).max(planes_len);
+            self.cols.resize(groups * scratch, T::zero());
             if direct_dx {
                 self.dx.resize(x.shape());
                 conv_input_grad::pack_weights(as_f32(self.weight.data()), co, g.channels, &mut self.packed_for_dx);
@@ -346,6 +350,17 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                     }
                     if by_channels {
                         conv_direct::weight_grad_by_channels(&g, co, xs, dys, col, partial);
+                        return;
+                    }
+                    if let Some(plan) = planes {
+                        let (padded, wide) = (plan.padded_len(), plan.wide_len());
+                        let (xps, dyws) = as_f32_mut(col).split_at_mut(GROUP * padded);
+                        let (xs, dys) = (as_f32(xs), as_f32(dys));
+                        for (i, (x_n, dy_n)) in xs.chunks_exact(image_len).zip(dys.chunks_exact(co * p)).enumerate() {
+                            plan.pad_input(x_n, &mut xps[i * padded..(i + 1) * padded]);
+                            plan.widen_grad(dy_n, &mut dyws[i * wide..(i + 1) * wide]);
+                        }
+                        plan.weight_grad(last - first, xps, dyws, as_f32_mut(partial));
                         return;
                     }
                     let col = &mut col[..kdim * p];
