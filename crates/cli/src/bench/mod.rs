@@ -6,6 +6,7 @@
 //! rayon pool the caller configured (`--threads`).
 
 pub mod machine;
+pub mod inference;
 pub mod suite;
 
 use std::time::Instant;

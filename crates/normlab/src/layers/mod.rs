@@ -18,6 +18,7 @@
 //! ```
 
 pub mod activation;
+mod affine_activation;
 pub mod batch_norm;
 pub mod conv2d;
 pub mod dropout;
@@ -28,6 +29,7 @@ pub mod linear;
 pub mod pool;
 pub mod shift_noise;
 
+pub(crate) use affine_activation::{Affine, AffineActivation, Pool};
 pub use activation::{
     GELUFn, LeakyReLU, LeakyReLUFn, Pointwise, PointwiseFn, ReLU, SiLU, SiLUFn, Sigmoid, Tanh, TanhFn, GELU,
 };
