@@ -520,8 +520,21 @@ fn bench_inference_times_unfolded_and_folded_networks() {
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("onnx");
     let r = normlab(&[
-        "bench", "--inference", "--networks", "bn-lenet,mlp-bn", "--batches", "1,3", "--budget", "0.01",
-        "--rounds", "1", "--threads", "2", "--json", "--onnx-dir", s(&onnx),
+        "bench",
+        "--inference",
+        "--networks",
+        "bn-lenet,mlp-bn",
+        "--batches",
+        "1,3",
+        "--budget",
+        "0.01",
+        "--rounds",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+        "--onnx-dir",
+        s(&onnx),
     ])
     .ok();
     let v = r.json();
@@ -553,7 +566,13 @@ fn bench_inference_times_unfolded_and_folded_networks() {
         assert!(t["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{t}");
         let folded = t["variant"] == "folded";
         // BNLeNet's four batch norms and the MLP's three fold
-        let expect = if !folded { 0 } else if t["network"] == "bn-lenet" { 4 } else { 3 };
+        let expect = if !folded {
+            0
+        } else if t["network"] == "bn-lenet" {
+            4
+        } else {
+            3
+        };
         assert_eq!(t["batch_norms_folded"].as_u64(), Some(expect), "{t}");
     }
     for name in ["bn-lenet.onnx", "bn-lenet-folded.onnx", "mlp-bn.onnx", "mlp-bn-folded.onnx"] {

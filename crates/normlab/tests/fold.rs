@@ -97,7 +97,10 @@ fn check_fold(what: &str, mut net: Sequential<f32>, split: &Split, expect_folded
             assert!((o - a).abs() as f64 <= 1e-5 * (a.abs() as f64).max(1.0), "{what}: image {i} alone: {o} vs {a}");
         }
     }
-    eprintln!("{what}: {folded} folded, largest difference {worst:.2e}; {unfused_layers} -> {} layers fused", net.len());
+    eprintln!(
+        "{what}: {folded} folded, largest difference {worst:.2e}; {unfused_layers} -> {} layers fused",
+        net.len()
+    );
 }
 
 fn built(mut net: Sequential<f32>, input: &[usize], seed: u64) -> Sequential<f32> {

@@ -82,10 +82,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One network in both variants (see [`variants`]).
+struct Variants {
+    unfolded: Sequential<f32>,
+    folded: Sequential<f32>,
+    /// Batch norms folded.
+    count: usize,
+    /// One image's shape.
+    input: Vec<usize>,
+}
+
 /// A network of the suite as built by default (fused), and the same
 /// weights with batch norm folded, both in eval mode; the number of batch
 /// norms folded. With `onnx_dir`, both are exported there first.
-fn variants(name: &str, onnx_dir: Option<&Path>) -> Result<(Sequential<f32>, Sequential<f32>, usize, Vec<usize>)> {
+fn variants(name: &str, onnx_dir: Option<&Path>) -> Result<Variants> {
     // the same seed draws the same weights: build fuses after drawing them
     let (mut unfolded, _, input, _) = suite::network(name)?;
     unfolded.build(&input, &mut rng::seeded(0))?;
@@ -102,7 +112,7 @@ fn variants(name: &str, onnx_dir: Option<&Path>) -> Result<(Sequential<f32>, Seq
         write_onnx(&folded, name, &dir.join(format!("{name}-folded.onnx")), count)?;
     }
     folded.fuse()?;
-    Ok((unfolded, folded, count, input))
+    Ok(Variants { unfolded, folded, count, input })
 }
 
 fn write_onnx(net: &Sequential<f32>, name: &str, path: &Path, folded: usize) -> Result<()> {
@@ -128,7 +138,7 @@ pub fn run(
     let isa = normlab::isa::active().name().to_string();
     let mut out = Vec::new();
     for name in networks {
-        let (mut unfolded, mut folded, count, input) = variants(name, onnx_dir)?;
+        let Variants { mut unfolded, mut folded, count, input } = variants(name, onnx_dir)?;
         for &batch in batches {
             let mut shape = vec![batch];
             shape.extend(&input);

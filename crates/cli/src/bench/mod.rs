@@ -5,8 +5,8 @@
 //! Every figure is the median of repeated runs after a warm-up, on the
 //! rayon pool the caller configured (`--threads`).
 
-pub mod machine;
 pub mod inference;
+pub mod machine;
 pub mod suite;
 
 use std::time::Instant;

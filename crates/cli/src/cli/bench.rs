@@ -183,7 +183,9 @@ fn inference(args: &BenchArgs, networks: &[String]) -> Result<()> {
     let threads = rayon::current_num_threads();
     let isa = normlab::isa::active().name();
     if !args.json {
-        outln!("machine: {threads} threads, {isa}; median of eval-mode forward passes (unfolded and folded take turns)");
+        outln!(
+            "machine: {threads} threads, {isa}; median of eval-mode forward passes (unfolded and folded take turns)"
+        );
     }
     let timings = bench::inference::run(networks, &args.batches, args.budget, args.rounds, args.onnx_dir.as_deref())?;
     if args.json {

@@ -208,7 +208,10 @@ mod tests {
                     for j in 0..k {
                         for oh in 0..ho {
                             for ow in 0..wo {
-                                let (ih, iw) = ((oh * stride + i) as isize - padding as isize, (ow * stride + j) as isize - padding as isize);
+                                let (ih, iw) = (
+                                    (oh * stride + i) as isize - padding as isize,
+                                    (ow * stride + j) as isize - padding as isize,
+                                );
                                 let inside = (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw);
                                 let want = if inside { x[(c * h + ih as usize) * w + iw as usize] } else { 0.0 };
                                 let got = col[((c * k + i) * k + j) * ho * wo + oh * wo + ow];

@@ -181,7 +181,9 @@ impl<T: Real, A: Activation<T> + 'static> AffineActivation<T, A> {
             if max {
                 // SAFETY: as above
                 let args = unsafe { argmax.run(first * c * pooled, planes * pooled) };
-                for ((plane, y), arg) in out.chunks_exact(hw).zip(ys.chunks_exact_mut(pooled)).zip(args.chunks_exact_mut(pooled)) {
+                for ((plane, y), arg) in
+                    out.chunks_exact(hw).zip(ys.chunks_exact_mut(pooled)).zip(args.chunks_exact_mut(pooled))
+                {
                     max_pool_2x2(plane, (h, w), y, arg);
                 }
             } else {
@@ -293,8 +295,12 @@ mod tests {
     #[test]
     fn conv_activation_pool_is_bitwise_the_layers() {
         // (input, channels out, kernel, padding, stride)
-        let cases: [(&[usize], usize, usize, usize, usize); 4] =
-            [(&[1, 28, 28], 6, 5, 0, 1), (&[6, 12, 12], 16, 5, 0, 1), (&[3, 10, 10], 8, 3, 1, 1), (&[2, 9, 9], 4, 3, 1, 2)];
+        let cases: [(&[usize], usize, usize, usize, usize); 4] = [
+            (&[1, 28, 28], 6, 5, 0, 1),
+            (&[6, 12, 12], 16, 5, 0, 1),
+            (&[3, 10, 10], 8, 3, 1, 1),
+            (&[2, 9, 9], 4, 3, 1, 2),
+        ];
         for (input, cout, k, padding, stride) in cases {
             for pool in [0, 1, 2] {
                 for relu in [false, true] {
@@ -338,7 +344,13 @@ mod tests {
                     let mut fused: Box<dyn Layer<f32>> = if relu {
                         Box::new(AffineActivation::from_built(Affine::Conv(conv), &z, act_layer, ReluAct, pool_layer))
                     } else {
-                        Box::new(AffineActivation::from_built(Affine::Conv(conv), &z, act_layer, SigmoidAct, pool_layer))
+                        Box::new(AffineActivation::from_built(
+                            Affine::Conv(conv),
+                            &z,
+                            act_layer,
+                            SigmoidAct,
+                            pool_layer,
+                        ))
                     };
                     let mut shape_now = z.clone();
                     for l in plain.iter_mut() {
@@ -388,8 +400,13 @@ mod tests {
         };
         for n in [1, 7, 300] {
             let x = Tensor::from_vec(&[n, 120], values(n * 120, 3)).unwrap();
-            let mut fused =
-                AffineActivation::from_built(Affine::Linear(build()), &[84], Box::new(Sigmoid::new()), SigmoidAct, None);
+            let mut fused = AffineActivation::from_built(
+                Affine::Linear(build()),
+                &[84],
+                Box::new(Sigmoid::new()),
+                SigmoidAct,
+                None,
+            );
             let mut plain = build();
             let mut sig = Sigmoid::new();
             let want = sig.forward(plain.forward(&x, Mode::Eval).unwrap(), Mode::Eval).unwrap();

@@ -29,10 +29,10 @@ pub mod linear;
 pub mod pool;
 pub mod shift_noise;
 
-pub(crate) use affine_activation::{Affine, AffineActivation, Pool};
 pub use activation::{
     GELUFn, LeakyReLU, LeakyReLUFn, Pointwise, PointwiseFn, ReLU, SiLU, SiLUFn, Sigmoid, Tanh, TanhFn, GELU,
 };
+pub(crate) use affine_activation::{Affine, AffineActivation, Pool};
 pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, BnParts, Momentum, RunningVar};
 pub use conv2d::Conv2d;
 pub use dropout::Dropout;

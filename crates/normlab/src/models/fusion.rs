@@ -22,8 +22,8 @@
 use std::any::Any;
 use std::collections::VecDeque;
 
-use crate::layers::batch_norm::{BnSigmoidPool, ConvBnSigmoidPool};
 use crate::kernels::activation::{Activation, ReluAct, SigmoidAct};
+use crate::layers::batch_norm::{BnSigmoidPool, ConvBnSigmoidPool};
 use crate::layers::{
     Affine, AffineActivation, AvgPool2d, BatchNorm, BnImpl, BnParts, Conv2d, Layer, Linear, MaxPool2d, Pool, ReLU,
     Sigmoid,
@@ -144,11 +144,8 @@ fn affine_activation<T: Real>(rest: &mut VecDeque<Built<T>>) -> Option<Built<T>>
     let act = activation(rest.get(1))?;
     let affine_shape = rest[0].1.clone();
     let pooled = conv && pool_after(rest.get(2), &affine_shape);
-    let affine = if conv {
-        Affine::Conv(take::<Conv2d<T>, T>(rest))
-    } else {
-        Affine::Linear(take::<Linear<T>, T>(rest))
-    };
+    let affine =
+        if conv { Affine::Conv(take::<Conv2d<T>, T>(rest)) } else { Affine::Linear(take::<Linear<T>, T>(rest)) };
     let (act_layer, mut shape) = rest.pop_front().expect("the activation: checked above");
     let pool = if pooled {
         let (layer, pool_shape) = rest.pop_front().expect("the pool: checked above");
