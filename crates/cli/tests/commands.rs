@@ -510,6 +510,88 @@ fn every_command_has_help_with_examples() {
     }
 }
 
+// ---------------------------------------------------------------- bench --inference
+
+/// `bench --inference`: each network, batch and variant timed, the folded
+/// network's logits within 1e-4 of the unfolded one's, and the ONNX models
+/// of the networks timed written where asked.
+#[test]
+fn bench_inference_times_unfolded_and_folded_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("onnx");
+    let r = normlab(&[
+        "bench",
+        "--inference",
+        "--networks",
+        "bn-lenet,mlp-bn",
+        "--batches",
+        "1,3",
+        "--budget",
+        "0.01",
+        "--rounds",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+        "--onnx-dir",
+        s(&onnx),
+    ])
+    .ok();
+    let v = r.json();
+    assert_eq!(v["isa"].as_str(), Some(normlab::isa::active().name()), "{v}");
+    assert_eq!(v["threads"].as_u64(), Some(2), "{v}");
+    let rows = v["inference"].as_array().expect("an inference array");
+    let keys: Vec<(String, u64, String)> = rows
+        .iter()
+        .map(|t| {
+            (t["network"].as_str().unwrap().into(), t["batch"].as_u64().unwrap(), t["variant"].as_str().unwrap().into())
+        })
+        .collect();
+    let mut want = Vec::new();
+    for n in ["bn-lenet", "mlp-bn"] {
+        for b in [1, 3] {
+            for variant in ["unfolded", "folded"] {
+                want.push((n.to_string(), b, variant.to_string()));
+            }
+        }
+    }
+    assert_eq!(keys, want);
+    for t in rows {
+        for k in ["latency_ms", "min_ms", "images_per_sec"] {
+            let x = t[k].as_f64().unwrap_or(f64::NAN);
+            assert!(x > 0.0 && x.is_finite(), "{k} in {t}");
+        }
+        let rate = t["batch"].as_f64().unwrap() / (t["latency_ms"].as_f64().unwrap() / 1e3);
+        assert!((rate / t["images_per_sec"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{t}");
+        assert!(t["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{t}");
+        let folded = t["variant"] == "folded";
+        // BNLeNet's four batch norms and the MLP's three fold
+        let expect = if !folded {
+            0
+        } else if t["network"] == "bn-lenet" {
+            4
+        } else {
+            3
+        };
+        assert_eq!(t["batch_norms_folded"].as_u64(), Some(expect), "{t}");
+    }
+    for name in ["bn-lenet.onnx", "bn-lenet-folded.onnx", "mlp-bn.onnx", "mlp-bn-folded.onnx"] {
+        let len = std::fs::metadata(onnx.join(name)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 1000, "{name}: {len} bytes");
+    }
+    // the text table has a row per network, batch and variant
+    let r = normlab(&["bench", "--inference", "--networks", "mlp-bn", "--batches", "2", "--budget", "0.01"]).ok();
+    assert_eq!(r.stdout.lines().filter(|l| l.starts_with("mlp-bn")).count(), 2, "{}", r.stdout);
+}
+
+#[test]
+fn bench_inference_options_are_checked() {
+    normlab(&["bench", "--inference", "--networks", "alexnet"]).user_error(&["--networks", "alexnet", "bn-lenet"]);
+    normlab(&["bench", "--inference", "--batches", "0"]).user_error(&["--batches"]);
+    normlab(&["bench", "--inference", "--batches", "100000"]).user_error(&["--batches", "4096"]);
+    normlab(&["bench", "--inference", "--rounds", "0"]).user_error(&["--rounds"]);
+}
+
 // ---------------------------------------------------------------- bench --suite
 
 #[test]

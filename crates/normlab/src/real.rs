@@ -162,6 +162,15 @@ pub fn as_f32_mut<T: Real>(v: &mut [T]) -> &mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len()) }
 }
 
+/// The inverse of [`as_f32_mut`]: an f32 slice as one of `T`, which must
+/// be f32 (for kernels that run only on f32 and hand their output back to
+/// generic code).
+pub fn from_f32_mut<T: Real>(v: &mut [f32]) -> &mut [T] {
+    assert_f32::<T>();
+    // SAFETY: T is f32 (checked above)
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut T, v.len()) }
+}
+
 fn assert_f32<T: Real>() {
     assert!(
         std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>(),

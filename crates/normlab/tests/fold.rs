@@ -3,7 +3,8 @@
 //! the built-in LeNets and for networks with batch norms in every position a
 //! fold must handle (after a conv, after a linear layer through flatten and
 //! dropout, two in a row, inside a residual block) or must refuse (after an
-//! activation, first, over flattened spatial positions).
+//! activation, first, over flattened spatial positions). Fused again after
+//! folding (`Sequential::fuse`), the outputs are bitwise the folded layers'.
 
 use std::path::PathBuf;
 
@@ -76,7 +77,30 @@ fn check_fold(what: &str, mut net: Sequential<f32>, split: &Split, expect_folded
             .collect()
     };
     assert_eq!(classes(&before), classes(&after), "{what}: a prediction changed");
-    eprintln!("{what}: {folded} folded, largest difference {worst:.2e}");
+    // fused again (convolution or linear layer + activation (+ pooling)):
+    // bitwise the folded layers' outputs, in fewer layers
+    let unfused_layers = net.len();
+    net.fuse().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(net.len() <= unfused_layers, "{what}: fusing added layers");
+    let fused = outputs(&mut net, split);
+    assert!(
+        fused.iter().zip(&after).all(|(f, a)| f.to_bits() == a.to_bits()),
+        "{what}: the fused folded model's outputs differ from the folded layers'"
+    );
+    // one image at a time (prediction: the small-batch kernels) agrees too
+    let width = after.len() / split.len();
+    let mut batch = Batch::default();
+    for i in 0..3 {
+        batch.fill(split, &[i]).unwrap();
+        let one = net.forward(&batch.x).unwrap().data().to_vec();
+        for (o, a) in one.iter().zip(&after[i * width..(i + 1) * width]) {
+            assert!((o - a).abs() as f64 <= 1e-5 * (a.abs() as f64).max(1.0), "{what}: image {i} alone: {o} vs {a}");
+        }
+    }
+    eprintln!(
+        "{what}: {folded} folded, largest difference {worst:.2e}; {unfused_layers} -> {} layers fused",
+        net.len()
+    );
 }
 
 fn built(mut net: Sequential<f32>, input: &[usize], seed: u64) -> Sequential<f32> {
@@ -103,6 +127,25 @@ fn the_built_in_lenets_fold_to_the_same_outputs() {
         };
         check_fold(kind.name(), net, &split, expect);
     }
+    // BNLeNet folded: each stage one fused layer (conv + sigmoid + pool,
+    // linear + sigmoid), flatten and the last linear layer
+    let mut net = built(ModelKind::BnLenet.config().network().unwrap(), &[1, 28, 28], 7);
+    net.eval();
+    net.fold_batch_norms().unwrap();
+    net.fuse().unwrap();
+    let kinds: Vec<String> = net.layers().iter().map(|l| l.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Conv2d+Sigmoid+AvgPool2d",
+            "Conv2d+Sigmoid+AvgPool2d",
+            "Flatten",
+            "Linear+Sigmoid",
+            "Linear+Sigmoid",
+            "Linear"
+        ]
+    );
+    assert_eq!(net.state_names()[..4], ["net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias"]);
 }
 
 #[test]

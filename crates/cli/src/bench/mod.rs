@@ -5,6 +5,7 @@
 //! Every figure is the median of repeated runs after a warm-up, on the
 //! rayon pool the caller configured (`--threads`).
 
+pub mod inference;
 pub mod machine;
 pub mod suite;
 

@@ -25,7 +25,7 @@ use normlab::layers::{AvgPool2d, BatchNorm, BatchNormConfig, Conv2d, Flatten, Li
 use normlab::loss::CrossEntropy;
 use normlab::models::{self, Residual, Sequential};
 use normlab::optim::{Sgd, SgdConfig};
-use normlab::rng::{self, Rng};
+use normlab::rng;
 use normlab::Result;
 
 use super::{random, time_median};
@@ -53,16 +53,17 @@ pub struct SuiteTiming {
     pub fraction_of_peak: f64,
 }
 
-/// A suite network, its batch, one example's shape, and the multiply-adds
+/// A suite network (unbuilt), its batch, one example's shape, and the multiply-adds
 /// of one example's forward pass through its convolutions and linear
 /// layers (counted as the network is put together).
-fn network(name: &str, rng: &mut Rng) -> Result<(Sequential<f32>, usize, Vec<usize>, f64)> {
+pub(crate) fn network(name: &str) -> Result<(Sequential<f32>, usize, Vec<usize>, f64)> {
     let bn = || BatchNorm::new(BatchNormConfig::pytorch());
     Ok(match name {
         // conv 1->6 on 24x24, conv 6->16 on 8x8, 256->120->84->10
         "bn-lenet" => {
             let macs = 576.0 * 6.0 * 25.0 + 64.0 * 16.0 * 150.0 + (256.0 * 120.0 + 120.0 * 84.0 + 84.0 * 10.0);
-            (models::bn_lenet(rng)?, 128, vec![1, 28, 28], macs)
+            // unbuilt, as the others: the caller builds it (fused or not)
+            (models::ModelKind::BnLenet.config().network()?, 128, vec![1, 28, 28], macs)
         }
         "vgg-bn" => {
             let (mut net, mut side, mut cin, mut macs) = (Sequential::new(), 28usize, 1usize, 0.0);
@@ -121,12 +122,14 @@ fn network(name: &str, rng: &mut Rng) -> Result<(Sequential<f32>, usize, Vec<usi
 /// The suite's network names, in the order they are timed.
 pub const NETWORKS: [&str; 4] = ["bn-lenet", "vgg-bn", "resnet-bn", "mlp-bn"];
 
-/// Times one SGD step of each network, against `peak_gflops`.
-pub fn run(peak_gflops: f64, budget: f64) -> Result<Vec<SuiteTiming>> {
+/// Times one SGD step of each network of `networks` (names from
+/// [`NETWORKS`]), against `peak_gflops`.
+pub fn run(peak_gflops: f64, budget: f64, networks: &[String]) -> Result<Vec<SuiteTiming>> {
     let mut out = Vec::new();
-    for name in NETWORKS {
+    for name in networks {
+        let name = name.as_str();
         let mut rng = rng::seeded(0);
-        let (mut net, batch, input, macs) = network(name, &mut rng)?;
+        let (mut net, batch, input, macs) = network(name)?;
         net.build(&input, &mut rng)?;
         let mut shape = vec![batch];
         shape.extend(&input);

@@ -15,7 +15,7 @@ use super::DataArgs;
 #[derive(clap::Args, Debug)]
 #[command(
     about = "Time the kernels, the BNLeNet training step and a full epoch, with the machine's FMA peak and memory bandwidth",
-    after_help = "Examples:\n  normlab bench --threads 2             # text tables\n  normlab bench --threads 2 --json      # one JSON object (bench/compare/compare.py reads it)\n  normlab bench --no-epoch --budget 0.1 # quick\n  NORMLAB_ISA=avx2 normlab bench --suite # the network suite at AVX2"
+    after_help = "Examples:\n  normlab bench --threads 2             # text tables\n  normlab bench --threads 2 --json      # one JSON object (bench/compare/compare.py reads it)\n  normlab bench --no-epoch --budget 0.1 # quick\n  NORMLAB_ISA=avx2 normlab bench --suite # the network suite at AVX2\n  normlab bench --inference --threads 1 --batches 1,256 --networks bn-lenet,vgg-bn\n  normlab bench --inference --json --onnx-dir /tmp/onnx   # bench/compare/inference.py runs this"
 )]
 pub struct BenchArgs {
     /// Seconds of repetitions per measurement (the median is reported).
@@ -30,14 +30,49 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Time one training step of each network of the suite (bn-lenet,
-    /// vgg-bn, mlp-bn) instead of the kernels.
+    /// vgg-bn, resnet-bn, mlp-bn) instead of the kernels.
     #[arg(long)]
     suite: bool,
+    /// Time eval-mode forward passes (prediction) of the suite networks,
+    /// unfolded and with batch norm folded, at --batches.
+    #[arg(long, conflicts_with = "suite")]
+    inference: bool,
+    /// With --suite or --inference: the networks to time, comma-separated
+    /// (bn-lenet, vgg-bn, resnet-bn, mlp-bn; default: all).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    networks: Vec<String>,
+    /// With --inference: the batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "SIZES", default_values_t = crate::bench::inference::BATCHES,
+          value_parser = super::args::Count { min: 1, max: crate::bench::inference::MAX_BATCH as u64, example: "1,32,256" })]
+    batches: Vec<usize>,
+    /// With --inference: how many times the unfolded and folded networks
+    /// take turns per batch size (the median is over all their calls).
+    #[arg(long, default_value_t = 3, value_parser = super::args::Count { min: 1, max: 100, example: "3" })]
+    rounds: usize,
+    /// With --inference: also write the networks timed as ONNX models
+    /// (<network>.onnx and <network>-folded.onnx) into this directory.
+    #[arg(long, value_name = "DIR", value_parser = super::args::PathArg)]
+    onnx_dir: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     if !(args.budget > 0.0 && args.budget <= 60.0) {
         return Err(normlab::Error::config("--budget", "must be between 0 and 60 seconds").into());
+    }
+    let networks = if args.networks.is_empty() {
+        bench::suite::NETWORKS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.networks.clone()
+    };
+    if let Some(bad) = networks.iter().find(|n| !bench::suite::NETWORKS.contains(&n.as_str())) {
+        return Err(normlab::Error::config(
+            "--networks",
+            format!("no network {bad:?}: choose from {}", bench::suite::NETWORKS.join(", ")),
+        )
+        .into());
+    }
+    if args.inference {
+        return inference(&args, &networks);
     }
     let limits = machine::measure();
     if !args.json {
@@ -50,7 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     if args.suite {
-        return suite(&limits, &args);
+        return suite(&limits, &args, &networks);
     }
     let kernels = bench::kernels(&limits, args.budget)?;
     let mut epochs = Vec::new();
@@ -107,8 +142,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// `--suite`: one training step of each suite network, as a table or JSON.
-fn suite(limits: &machine::Limits, args: &BenchArgs) -> Result<()> {
-    let timings = bench::suite::run(limits.fma_gflops, args.budget)?;
+fn suite(limits: &machine::Limits, args: &BenchArgs, networks: &[String]) -> Result<()> {
+    let timings = bench::suite::run(limits.fma_gflops, args.budget, networks)?;
     if args.json {
         outln!(
             "{}",
@@ -138,6 +173,56 @@ fn suite(limits: &machine::Limits, args: &BenchArgs) -> Result<()> {
             t.gflops,
             100.0 * t.fraction_of_peak
         );
+    }
+    Ok(())
+}
+
+/// `--inference`: eval-mode forward passes, unfolded and folded, as a table
+/// or JSON.
+fn inference(args: &BenchArgs, networks: &[String]) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let isa = normlab::isa::active().name();
+    if !args.json {
+        outln!(
+            "machine: {threads} threads, {isa}; median of eval-mode forward passes (unfolded and folded take turns)"
+        );
+    }
+    let timings = bench::inference::run(networks, &args.batches, args.budget, args.rounds, args.onnx_dir.as_deref())?;
+    if args.json {
+        outln!(
+            "{}",
+            json!({"impl": "normlab", "mode": "inference", "normlab_version": env!("CARGO_PKG_VERSION"),
+                   "threads": threads, "isa": isa, "isa_detected": normlab::isa::detected().name(),
+                   "budget_s": args.budget, "rounds": args.rounds, "inference": timings})
+        );
+        return Ok(());
+    }
+    outln!(
+        "\n{:<10} {:>6} {:<9} {:>7} {:>12} {:>12} {:>10} {:>10}",
+        "network",
+        "batch",
+        "variant",
+        "layers",
+        "latency ms",
+        "images/s",
+        "speedup",
+        "max diff"
+    );
+    for pair in timings.chunks(2) {
+        let unfolded_ms = pair[0].latency_ms;
+        for t in pair {
+            outln!(
+                "{:<10} {:>6} {:<9} {:>7} {:>12.4} {:>12.0} {:>9.2}x {:>10.1e}",
+                t.network,
+                t.batch,
+                t.variant,
+                t.layers,
+                t.latency_ms,
+                t.images_per_sec,
+                unfolded_ms / t.latency_ms,
+                t.max_abs_diff
+            );
+        }
     }
     Ok(())
 }

@@ -64,9 +64,22 @@ multiversion! {
                             continue;
                         }
                         let src_row = &src[ih as usize * g.width..(ih as usize + 1) * g.width];
-                        for (ow, v) in out_row.iter_mut().enumerate() {
-                            let iw = (ow * s) as isize - p + j as isize;
-                            *v = if iw < 0 || iw >= g.width as isize { T::zero() } else { src_row[iw as usize] };
+                        // the columns whose input column ow·s - p + j lies in
+                        // the row, lo..hi, found once per row instead of a
+                        // test per value (ResNet's stride-2 layers: im2col
+                        // took longer than their products)
+                        let j = j as isize;
+                        let lo = if j >= p { 0 } else { ((p - j) as usize).div_ceil(s) };
+                        let past = g.width as isize + p - j;
+                        let hi = if past <= 0 { 0 } else { (past as usize).div_ceil(s).min(wo) };
+                        let lo = lo.min(hi);
+                        out_row[..lo].fill(T::zero());
+                        out_row[hi..].fill(T::zero());
+                        if lo < hi {
+                            let first = ((lo * s) as isize - p + j) as usize;
+                            for (v, &x) in out_row[lo..hi].iter_mut().zip(src_row[first..].iter().step_by(s)) {
+                                *v = x;
+                            }
                         }
                     }
                     row += 1;
@@ -173,6 +186,37 @@ mod tests {
                         for ow in 0..wo {
                             let got = col[((c * 3 + i) * 3 + j) * ho * wo + oh * wo + ow];
                             assert_eq!(got, x[(c * 9 + oh + i) * 11 + ow + j]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The strided and padded path (its in-row ranges found once per row)
+    /// against the definition, with windows that overhang both edges.
+    #[test]
+    fn strided_padded_im2col_is_the_definition() {
+        for (h, w, k, stride, padding) in [(8, 8, 3, 2, 1), (7, 6, 1, 2, 0), (9, 5, 5, 3, 2), (4, 4, 3, 1, 2)] {
+            let g = ConvGeometry { channels: 2, height: h, width: w, kernel: k, stride, padding };
+            let (ho, wo) = g.output_hw().unwrap();
+            let x: Vec<f64> = (0..2 * h * w).map(|i| 1.0 + i as f64).collect();
+            let mut col = vec![f64::NAN; g.col_rows() * ho * wo];
+            im2col(&g, &x, &mut col);
+            for c in 0..2 {
+                for i in 0..k {
+                    for j in 0..k {
+                        for oh in 0..ho {
+                            for ow in 0..wo {
+                                let (ih, iw) = (
+                                    (oh * stride + i) as isize - padding as isize,
+                                    (ow * stride + j) as isize - padding as isize,
+                                );
+                                let inside = (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw);
+                                let want = if inside { x[(c * h + ih as usize) * w + iw as usize] } else { 0.0 };
+                                let got = col[((c * k + i) * k + j) * ho * wo + oh * wo + ow];
+                                assert_eq!(got, want, "{h}x{w} k{k} s{stride} p{padding} at {c},{i},{j},{oh},{ow}");
+                            }
                         }
                     }
                 }

@@ -33,10 +33,18 @@ use crate::kernels::conv_input_grad;
 use crate::kernels::conv_lanes;
 use crate::kernels::conv_planes::{self, Plan};
 use crate::kernels::gemm::{gemm, Product};
-use crate::real::{as_f32, as_f32_mut, Real};
+use crate::real::{as_f32, as_f32_mut, from_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
+
+/// What [`Conv2d::forward_then`] calls on each run of images' outputs.
+pub(crate) type Epilogue<'a, T> = dyn Fn(usize, &mut [T]) + Sync + 'a;
+
+/// From this many images on, a convolution that `conv_lanes` handles runs
+/// there (16 images to a vector); fewer run the direct kernel, one image
+/// at a time (prediction one image at a time).
+const LANES_MIN_IMAGES: usize = 6;
 
 /// Images per task, and per partial weight gradient: fixed so the summation
 /// order is too. Each task has one im2col buffer, reused image after image.
@@ -68,6 +76,11 @@ pub struct Conv2d<T: Real = f32> {
     packed_for_dx: Vec<f32>,
     /// Weights reordered for `conv_planes`' forward pass.
     packed_planes: Vec<f32>,
+    /// Whether `packed` and `packed_planes` hold the current weights: set
+    /// when packed, cleared wherever the weights can change (build,
+    /// `state_mut`, folding), so prediction packs once, not per call.
+    packed_fresh: bool,
+    packed_planes_fresh: bool,
     /// Per group of 16 images, `conv_lanes`' scratch (images in lanes).
     lane_scratch: AlignedVec<f32>,
     y: Tensor<T>,
@@ -95,6 +108,8 @@ impl<T: Real> Conv2d<T> {
             packed: Vec::new(),
             packed_for_dx: Vec::new(),
             packed_planes: Vec::new(),
+            packed_fresh: false,
+            packed_planes_fresh: false,
             lane_scratch: AlignedVec::new(),
             y: Tensor::default(),
             dx: Tensor::default(),
@@ -141,8 +156,14 @@ impl<T: Real> Conv2d<T> {
     /// norm after this layer) into the weight and bias; the layer gains a
     /// bias if it had none. `scale` and `shift` hold one value per channel.
     pub(crate) fn absorb_channel_affine(&mut self, scale: &[f64], shift: &[f64]) -> Result<()> {
+        self.weights_change();
         let p = super::RowsAndBias { weight: &mut self.weight, bias: &mut self.bias, bias_grad: &mut self.bias_grad };
         super::fold_affine_into_rows("Conv2d", p, &mut self.has_bias, (scale, shift))
+    }
+    /// Marks the packed weights stale: the weights may change.
+    fn weights_change(&mut self) {
+        self.packed_fresh = false;
+        self.packed_planes_fresh = false;
     }
     /// The weight and bias gradients, for a layer that computes them itself.
     pub(crate) fn grads_mut(&mut self) -> (&mut Tensor<T>, Option<&mut Tensor<T>>) {
@@ -156,6 +177,82 @@ impl<T: Real> Conv2d<T> {
         // build sets the geometry only once its output size is known
         let (ho, wo) = g.output_hw().ok_or_else(|| not_built("Conv2d"))?;
         Ok((g, ho, wo))
+    }
+
+    /// The forward pass, with `epilogue(first, out)` called on each run of
+    /// whole images' outputs as soon as the task that computed them is
+    /// done (`first`: the index of the run's first image), on that task's
+    /// thread, while the values are in its cache: a fused layer applies
+    /// the activation (and pooling) after the convolution there.
+    pub(crate) fn forward_then(&mut self, x: &Tensor<T>, epilogue: &Epilogue<'_, T>) -> Result<&Tensor<T>> {
+        let (g, ho, wo) = self.dims()?;
+        let n = super::check_input("Conv2d", x, &[g.channels, g.height, g.width])?;
+        let (kdim, p, co) = (g.col_rows(), ho * wo, self.out_channels);
+        self.y.resize(&[n, co, ho, wo]);
+        let image_len = g.channels * g.height * g.width;
+        let bias = self.has_bias.then_some(self.bias.data());
+        // a few images fill few of the 16 lanes: the direct kernel does less work
+        if conv_lanes::applies::<T>(&g, co) && n >= LANES_MIN_IMAGES {
+            let len = conv_lanes::scratch_len(&g, co);
+            self.lane_scratch.resize(n.div_ceil(conv_lanes::IMAGES) * len, 0.0);
+            let (weight, bias) = (as_f32(self.weight.data()), bias.map(as_f32));
+            as_f32(x.data())
+                .par_chunks(conv_lanes::IMAGES * image_len)
+                .zip(as_f32_mut(self.y.data_mut()).par_chunks_mut(conv_lanes::IMAGES * co * p))
+                .zip(self.lane_scratch.as_mut_slice().par_chunks_mut(len))
+                .enumerate()
+                .for_each(|(i, ((images, out), scratch))| {
+                    conv_lanes::forward(&g, co, weight, bias, images, out, scratch);
+                    epilogue(i * conv_lanes::IMAGES, from_f32_mut(out));
+                });
+            return Ok(&self.y);
+        }
+        if conv_direct::supported(&g) {
+            if !self.packed_fresh {
+                conv_direct::pack_weights(self.weight.data(), co, g.channels, g.kernel, &mut self.packed);
+                self.packed_fresh = true;
+            }
+            let packed = &self.packed;
+            x.data().par_chunks(image_len).zip(self.y.data_mut().par_chunks_mut(co * p)).enumerate().for_each(
+                |(i, (image, out))| {
+                    conv_direct::forward(&g, co, packed, bias, image, out);
+                    epilogue(i, out);
+                },
+            );
+            return Ok(&self.y);
+        }
+        if conv_planes::applies::<T>(&g, co) {
+            let plan = Plan::forward(&g, co);
+            if !self.packed_planes_fresh {
+                plan.pack_weights(as_f32(self.weight.data()), &mut self.packed_planes);
+                self.packed_planes_fresh = true;
+            }
+            let bias = bias.map(as_f32);
+            let (x, y) = (as_f32(x.data()), as_f32_mut(self.y.data_mut()));
+            planes_per_image(&plan, &self.packed_planes, bias, x, y, &|i, out| epilogue(i, from_f32_mut(out)));
+            return Ok(&self.y);
+        }
+        self.cols.resize(n.div_ceil(GROUP) * kdim * p, T::zero());
+        let weight = self.weight.data();
+        x.data()
+            .par_chunks(GROUP * image_len)
+            .zip(self.y.data_mut().par_chunks_mut(GROUP * co * p))
+            .zip(self.cols.par_chunks_mut(kdim * p))
+            .enumerate()
+            .for_each(|(i, ((images, outs), col))| {
+                for (image, out) in images.chunks_exact(image_len).zip(outs.chunks_exact_mut(co * p)) {
+                    im2col(&g, image, col);
+                    if let Some(bias) = bias {
+                        for (plane, &b) in out.chunks_exact_mut(p).zip(bias) {
+                            plane.fill(b);
+                        }
+                    }
+                    let beta = if bias.is_some() { T::one() } else { T::zero() };
+                    gemm(Product::nn(co, p, kdim), T::one(), weight, col, beta, out);
+                }
+                epilogue(i * GROUP, outs);
+            });
+        Ok(&self.y)
     }
 }
 
@@ -203,6 +300,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             )
         })?;
         self.geometry = Some(g);
+        self.weights_change();
         let k = self.kernel;
         let wshape = [self.out_channels, g.channels, k, k];
         self.weight = Tensor::zeros(&wshape);
@@ -217,57 +315,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
     }
 
     fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
-        let (g, ho, wo) = self.dims()?;
-        let n = super::check_input("Conv2d", x, &[g.channels, g.height, g.width])?;
-        let (kdim, p, co) = (g.col_rows(), ho * wo, self.out_channels);
-        self.y.resize(&[n, co, ho, wo]);
-        let image_len = g.channels * g.height * g.width;
-        let bias = self.has_bias.then_some(self.bias.data());
-        if conv_lanes::applies::<T>(&g, co) {
-            let len = conv_lanes::scratch_len(&g, co);
-            self.lane_scratch.resize(n.div_ceil(conv_lanes::IMAGES) * len, 0.0);
-            let (weight, bias) = (as_f32(self.weight.data()), bias.map(as_f32));
-            as_f32(x.data())
-                .par_chunks(conv_lanes::IMAGES * image_len)
-                .zip(as_f32_mut(self.y.data_mut()).par_chunks_mut(conv_lanes::IMAGES * co * p))
-                .zip(self.lane_scratch.as_mut_slice().par_chunks_mut(len))
-                .for_each(|((images, out), scratch)| conv_lanes::forward(&g, co, weight, bias, images, out, scratch));
-            return Ok(&self.y);
-        }
-        if conv_direct::supported(&g) {
-            conv_direct::pack_weights(self.weight.data(), co, g.channels, g.kernel, &mut self.packed);
-            let packed = &self.packed;
-            x.data().par_chunks(image_len).zip(self.y.data_mut().par_chunks_mut(co * p)).for_each(|(image, out)| {
-                conv_direct::forward(&g, co, packed, bias, image, out);
-            });
-            return Ok(&self.y);
-        }
-        if conv_planes::applies::<T>(&g, co) {
-            let plan = Plan::forward(&g, co);
-            plan.pack_weights(as_f32(self.weight.data()), &mut self.packed_planes);
-            let bias = bias.map(as_f32);
-            planes_per_image(&plan, &self.packed_planes, bias, as_f32(x.data()), as_f32_mut(self.y.data_mut()));
-            return Ok(&self.y);
-        }
-        self.cols.resize(n.div_ceil(GROUP) * kdim * p, T::zero());
-        let weight = self.weight.data();
-        x.data()
-            .par_chunks(GROUP * image_len)
-            .zip(self.y.data_mut().par_chunks_mut(GROUP * co * p))
-            .zip(self.cols.par_chunks_mut(kdim * p))
-            .for_each(|((images, outs), col)| {
-                for (image, out) in images.chunks_exact(image_len).zip(outs.chunks_exact_mut(co * p)) {
-                    im2col(&g, image, col);
-                    if let Some(bias) = bias {
-                        for (plane, &b) in out.chunks_exact_mut(p).zip(bias) {
-                            plane.fill(b);
-                        }
-                    }
-                    let beta = if bias.is_some() { T::one() } else { T::zero() };
-                    gemm(Product::nn(co, p, kdim), T::one(), weight, col, beta, out);
-                }
-            });
-        Ok(&self.y)
+        self.forward_then(x, &|_, _| {})
     }
 
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
@@ -392,7 +440,8 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             self.dx.resize(x.shape());
             let plan = Plan::input_grad(&g, co).expect("input_grad_applies checked the padding");
             plan.pack_flipped_weights(as_f32(self.weight.data()), &mut self.packed_for_dx);
-            planes_per_image(&plan, &self.packed_for_dx, None, as_f32(dyd), as_f32_mut(self.dx.data_mut()));
+            let (dyd, dx) = (as_f32(dyd), as_f32_mut(self.dx.data_mut()));
+            planes_per_image(&plan, &self.packed_for_dx, None, dyd, dx, &|_, _| {});
         } else if need_dx && !direct_dx {
             self.dx.resize(x.shape());
             self.dcols.resize(n.div_ceil(GROUP) * kdim * p, T::zero());
@@ -420,6 +469,8 @@ impl<T: Real> Layer<T> for Conv2d<T> {
     }
 
     fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
+        // the caller may change the weights through these (an optimizer step, a checkpoint)
+        self.weights_change();
         let mut s = vec![("weight".into(), StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad })];
         if self.has_bias {
             s.push(("bias".into(), StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));
@@ -429,16 +480,24 @@ impl<T: Real> Layer<T> for Conv2d<T> {
 }
 /// `plan` run on every image of `x` into `out`, groups of [`GROUP`] images
 /// in parallel, each task with its own padded input and output rows.
-fn planes_per_image(plan: &Plan, packed: &[f32], bias: Option<&[f32]>, x: &[f32], out: &mut [f32]) {
+fn planes_per_image(
+    plan: &Plan,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    out: &mut [f32],
+    epilogue: &Epilogue<'_, f32>,
+) {
     let (ho, wo) = plan.output_hw();
     let (image_len, out_len) = (plan.cin * plan.h * plan.w, plan.cout * ho * wo);
-    x.par_chunks(GROUP * image_len).zip(out.par_chunks_mut(GROUP * out_len)).for_each_init(
+    x.par_chunks(GROUP * image_len).zip(out.par_chunks_mut(GROUP * out_len)).enumerate().for_each_init(
         || (vec![0.0f32; plan.padded_len()], Vec::new()),
-        |(padded, rows), (images, outs)| {
+        |(padded, rows), (i, (images, outs))| {
             for (image, y) in images.chunks_exact(image_len).zip(outs.chunks_exact_mut(out_len)) {
                 plan.pad_input(image, padded);
                 plan.run(packed, bias, padded, y, rows);
             }
+            epilogue(i * GROUP, outs);
         },
     );
 }

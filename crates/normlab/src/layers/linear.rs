@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::{check_built, check_grad, init_weights, Init, Layer, Mode, StateMut, StateName};
-use crate::kernels::gemm::{gemm, Product};
+use crate::kernels::gemm::{gemm, rows_times_weights, Product};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -68,6 +68,11 @@ impl<T: Real> Linear<T> {
     pub fn out_features(&self) -> usize {
         self.out_features
     }
+    /// The output of the last forward, for a fused layer that applies its
+    /// activation in place.
+    pub(crate) fn output_mut(&mut self) -> &mut Tensor<T> {
+        &mut self.y
+    }
     /// Folds `y -> scale·y + shift` per output (an eval-mode batch norm
     /// after this layer) into the weight and bias; the layer gains a bias if
     /// it had none.
@@ -76,6 +81,11 @@ impl<T: Real> Linear<T> {
         super::fold_affine_into_rows("Linear", p, &mut self.has_bias, (scale, shift))
     }
 }
+
+/// Batches up to this size run the forward pass as dot products
+/// (`kernels::gemm::rows_times_weights`), which need no packing of the
+/// weights: prediction one image at a time. Training batches are larger.
+const DOT_MAX_ROWS: usize = 4;
 
 /// Multiply-adds from which a pass splits across two threads (the batch's
 /// halves forward; the weight and input gradients side by side backward):
@@ -134,7 +144,9 @@ impl<T: Real> Layer<T> for Linear<T> {
         }
         let beta = if self.has_bias { T::one() } else { T::zero() };
         let w = self.weight.data();
-        if splits(n, fi, fo) {
+        if n <= DOT_MAX_ROWS {
+            rows_times_weights(x.data(), w, fi, self.has_bias, y);
+        } else if splits(n, fi, fo) {
             // fixed halves of the batch, whatever the number of threads
             let half = n.div_ceil(2);
             x.data().par_chunks(half * fi).zip(y.par_chunks_mut(half * fo)).for_each(|(xs, ys)| {

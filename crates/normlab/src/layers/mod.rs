@@ -18,6 +18,7 @@
 //! ```
 
 pub mod activation;
+mod affine_activation;
 pub mod batch_norm;
 pub mod conv2d;
 pub mod dropout;
@@ -31,6 +32,7 @@ pub mod shift_noise;
 pub use activation::{
     GELUFn, LeakyReLU, LeakyReLUFn, Pointwise, PointwiseFn, ReLU, SiLU, SiLUFn, Sigmoid, Tanh, TanhFn, GELU,
 };
+pub(crate) use affine_activation::{Affine, AffineActivation, Pool};
 pub use batch_norm::{BatchNorm, BatchNormConfig, BnImpl, BnParts, Momentum, RunningVar};
 pub use conv2d::Conv2d;
 pub use dropout::Dropout;

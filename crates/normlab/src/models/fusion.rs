@@ -8,6 +8,13 @@
 //! | `Conv2d -> BatchNorm2d -> Sigmoid -> AvgPool2d(2, 2)` | conv, then the block below; 16 images per vector where `kernels::conv_bn_lanes` applies |
 //! | `BatchNorm2d -> Sigmoid -> AvgPool2d(2, 2)`           | two sweeps each way (`BnSigmoidPool`) |
 //! | `BatchNorm -> ReLU / Sigmoid / LeakyReLU / Tanh / SiLU / GELU` | the activation inside batch norm's sweeps (`BnActivation`) |
+//! | `Conv2d -> ReLU / Sigmoid (-> AvgPool2d(2, 2) / MaxPool2d(2, 2))` | activation and pooling in the convolution's epilogue, eval mode (`AffineActivation`) |
+//! | `Linear -> ReLU / Sigmoid`                             | the activation over the product's output, eval mode (`AffineActivation`) |
+//!
+//! The last two are the runs a network without batch norm has, a LeNet or
+//! one whose batch norms were folded (`Sequential::fold_batch_norms`, then
+//! `Sequential::fuse`); in training mode they run their layers one after
+//! the other.
 //!
 //! Even H and W are required for the pooled blocks; any other run stays as
 //! it is. The scratch batch norm (the chapter's own layer) is never fused.
@@ -15,8 +22,12 @@
 use std::any::Any;
 use std::collections::VecDeque;
 
+use crate::kernels::activation::{Activation, ReluAct, SigmoidAct};
 use crate::layers::batch_norm::{BnSigmoidPool, ConvBnSigmoidPool};
-use crate::layers::{AvgPool2d, BatchNorm, BnImpl, BnParts, Conv2d, Layer, Sigmoid};
+use crate::layers::{
+    Affine, AffineActivation, AvgPool2d, BatchNorm, BnImpl, BnParts, Conv2d, Layer, Linear, MaxPool2d, Pool, ReLU,
+    Sigmoid,
+};
 use crate::real::Real;
 use crate::Result;
 
@@ -90,7 +101,75 @@ pub(super) fn fuse<T: Real>(layers: Vec<Built<T>>) -> Result<Vec<Built<T>>> {
             }
             continue;
         }
+        if let Some(fused) = affine_activation(&mut rest) {
+            out.push(fused);
+            continue;
+        }
         out.push(rest.pop_front().expect("front() was Some"));
     }
     Ok(out)
+}
+
+/// The activation of the table's last two rows, if `layer` is one.
+enum ActKind {
+    Sigmoid,
+    Relu,
+}
+
+fn activation<T: Real>(layer: Option<&Built<T>>) -> Option<ActKind> {
+    if is::<Sigmoid<T>, T>(layer) {
+        Some(ActKind::Sigmoid)
+    } else if is::<ReLU<T>, T>(layer) {
+        Some(ActKind::Relu)
+    } else {
+        None
+    }
+}
+
+/// A 2x2, stride 2 pooling layer that can follow a convolution over
+/// planes `shape`: max pooling, or average pooling over even planes.
+fn pool_after<T: Real>(layer: Option<&Built<T>>, shape: &[usize]) -> bool {
+    let max = layer
+        .is_some_and(|(l, _)| (&**l as &dyn Any).downcast_ref::<MaxPool2d<T>>().is_some_and(|p| p.window() == (2, 2)));
+    max || (halving_pool(layer) && even_planes(shape))
+}
+
+/// `Conv2d -> activation (-> pool)` or `Linear -> activation` at the front
+/// of `rest`, taken out and fused; `None` (and `rest` as it was) otherwise.
+fn affine_activation<T: Real>(rest: &mut VecDeque<Built<T>>) -> Option<Built<T>> {
+    let conv = is::<Conv2d<T>, T>(rest.front());
+    if !conv && !is::<Linear<T>, T>(rest.front()) {
+        return None;
+    }
+    let act = activation(rest.get(1))?;
+    let affine_shape = rest[0].1.clone();
+    let pooled = conv && pool_after(rest.get(2), &affine_shape);
+    let affine =
+        if conv { Affine::Conv(take::<Conv2d<T>, T>(rest)) } else { Affine::Linear(take::<Linear<T>, T>(rest)) };
+    let (act_layer, mut shape) = rest.pop_front().expect("the activation: checked above");
+    let pool = if pooled {
+        let (layer, pool_shape) = rest.pop_front().expect("the pool: checked above");
+        shape = pool_shape;
+        let any: Box<dyn Any> = layer;
+        Some(match any.downcast::<AvgPool2d<T>>() {
+            Ok(avg) => Pool::Avg(avg),
+            Err(any) => Pool::Max(any.downcast::<MaxPool2d<T>>().unwrap_or_else(|_| unreachable!("checked above"))),
+        })
+    } else {
+        None
+    };
+    fn fused<T: Real, A: Activation<T> + 'static>(
+        affine: Affine<T>,
+        shape: &[usize],
+        act_layer: Box<dyn Layer<T>>,
+        act: A,
+        pool: Option<Pool<T>>,
+    ) -> Box<dyn Layer<T>> {
+        Box::new(AffineActivation::from_built(affine, shape, act_layer, act, pool))
+    }
+    let layer = match act {
+        ActKind::Sigmoid => fused(affine, &affine_shape, act_layer, SigmoidAct, pool),
+        ActKind::Relu => fused(affine, &affine_shape, act_layer, ReluAct, pool),
+    };
+    Some((layer, shape))
 }

@@ -155,6 +155,47 @@ impl<T: Real> Sequential<T> {
         Ok(shape)
     }
 
+    /// Runs the fusion pass of [`Self::build`] on the built model now, in
+    /// residual blocks too, and leaves fusion on: for a model built with
+    /// fusion off and changed since, such as one whose batch norms
+    /// [`Self::fold_batch_norms`] folded (its convolutions and linear
+    /// layers then fuse with the activations after them). The outputs do
+    /// not change; the weights, state names and mode stay.
+    ///
+    /// ```
+    /// use normlab::layers::{BatchNorm, BatchNormConfig, Conv2d, ReLU};
+    /// use normlab::models::Sequential;
+    /// use normlab::{rng, Tensor};
+    /// let mut net = Sequential::<f32>::new()
+    ///     .push(Conv2d::new(4, 3))
+    ///     .push(BatchNorm::new(BatchNormConfig::pytorch()))
+    ///     .push(ReLU::new())
+    ///     .fusion(false);
+    /// net.build(&[1, 8, 8], &mut rng::seeded(0)).unwrap();
+    /// net.fold_batch_norms().unwrap();
+    /// net.fuse().unwrap();
+    /// assert_eq!(net.len(), 1); // Conv2d+ReLU
+    /// assert_eq!(net.forward(&Tensor::zeros(&[2, 1, 8, 8])).unwrap().shape(), &[2, 4, 6, 6]);
+    /// ```
+    pub fn fuse(&mut self) -> Result<()> {
+        if !self.built {
+            return Err(Error::config("model", "call build() with one example's input shape before fuse()"));
+        }
+        for layer in self.layers.iter_mut() {
+            if let Some(block) = (&mut **layer as &mut dyn std::any::Any).downcast_mut::<Residual<T>>() {
+                for part in block.parts_mut() {
+                    part.fuse()?;
+                }
+            }
+        }
+        self.fusion = true;
+        let built: Vec<fusion::Built<T>> =
+            std::mem::take(&mut self.layers).into_iter().zip(std::mem::take(&mut self.output_shapes)).collect();
+        (self.layers, self.output_shapes) = fusion::fuse(built)?.into_iter().unzip();
+        self.slot_base = self.slots();
+        Ok(())
+    }
+
     /// One example's input shape given to the last build (empty before).
     pub fn example_shape(&self) -> &[usize] {
         &self.example_shape

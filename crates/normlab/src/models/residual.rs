@@ -124,9 +124,7 @@ impl<T: Real> Layer<T> for Residual<T> {
     fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
         self.forward_shape = vec![0];
         self.body.set_mode(mode);
-        let body = self.body.forward(x)?;
-        self.y.resize(body.shape());
-        self.y.data_mut().copy_from_slice(body.data());
+        self.body.forward(x)?;
         let other = match &mut self.shortcut {
             Some(s) => {
                 s.set_mode(mode);
@@ -134,7 +132,10 @@ impl<T: Real> Layer<T> for Residual<T> {
             }
             None => x,
         };
-        self.y.data_mut().iter_mut().zip(other.data()).for_each(|(y, &o)| *y += o);
+        let body = self.body.layers().last().map_or(x, |l| l.output());
+        self.y.resize(body.shape());
+        // one sweep: y = body + other
+        self.y.data_mut().iter_mut().zip(body.data()).zip(other.data()).for_each(|((y, &b), &o)| *y = b + o);
         self.forward_shape = x.shape().to_vec();
         Ok(&self.y)
     }

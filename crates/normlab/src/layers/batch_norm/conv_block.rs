@@ -34,6 +34,9 @@ pub struct ConvBnSigmoidPool<T: Real = f32> {
     block: BnSigmoidPool<T>,
     /// Whether the passes run in lanes (decided at build).
     lanes: bool,
+    /// Whether the last forward pass ran in lanes (prediction on a few
+    /// images runs the layers instead: see `forward`).
+    lanes_last: bool,
     /// In lanes: per group of 16 images, what the passes keep.
     groups: AlignedVec<f32>,
     /// The shape of the input of the last forward pass that completed
@@ -52,6 +55,7 @@ impl<T: Real> ConvBnSigmoidPool<T> {
             conv,
             block,
             lanes: false,
+            lanes_last: false,
             groups: AlignedVec::new(),
             forward_input: vec![0],
             y: Tensor::default(),
@@ -219,7 +223,11 @@ impl<T: Real> Layer<T> for ConvBnSigmoidPool<T> {
 
     fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
         self.forward_input = vec![0];
-        if self.lanes {
+        // in eval mode, a few images would fill a few of the 16 lanes: the
+        // convolution's direct kernel and the block do less work
+        let few = mode == Mode::Eval && x.shape().first().is_some_and(|&n| n < IMAGES / 2);
+        self.lanes_last = self.lanes && !few;
+        if self.lanes_last {
             self.forward_lanes(x, mode)?;
         } else {
             let z = self.conv.forward(x, mode)?;
@@ -234,7 +242,7 @@ impl<T: Real> Layer<T> for ConvBnSigmoidPool<T> {
         // what the passes kept (the convolution's output, or in lanes the
         // groups, sized for this input) comes from the forward pass on x
         check_forward_ran(&self.kind(), &self.forward_input, x.shape())?;
-        if self.lanes {
+        if self.lanes_last {
             return self.backward_lanes(x, dy, need_dx);
         }
         let dz = self.block.backward(self.conv.output(), dy, true)?;
@@ -242,7 +250,7 @@ impl<T: Real> Layer<T> for ConvBnSigmoidPool<T> {
     }
 
     fn output(&self) -> &Tensor<T> {
-        if self.lanes {
+        if self.lanes_last {
             &self.y
         } else {
             self.block.output()
