@@ -15,6 +15,7 @@
 
 pub mod batch_size;
 pub mod bias;
+pub mod block_whitening;
 pub mod deep;
 pub mod dropout;
 pub mod frozen_affine;
@@ -23,11 +24,16 @@ pub mod ioffe_fig1;
 pub mod lite;
 pub mod lr;
 pub mod noisy_bn;
+pub mod pit;
 pub mod placement;
 pub mod recompute;
 pub mod report;
+pub mod research;
 pub mod runner;
+pub mod sparsify;
 pub mod steps;
+pub mod structured;
+pub mod whitening;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -66,7 +72,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 12] {
+pub fn all() -> [&'static Experiment; 17] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -80,6 +86,12 @@ pub fn all() -> [&'static Experiment; 12] {
         &group_norm::EXPERIMENT,
         &ioffe_fig1::EXPERIMENT,
         &noisy_bn::EXPERIMENT,
+        // exercise 7: other normalizing transforms
+        &pit::EXPERIMENT,
+        &whitening::EXPERIMENT,
+        &block_whitening::EXPERIMENT,
+        &structured::EXPERIMENT,
+        &sparsify::EXPERIMENT,
     ]
 }
 

@@ -123,7 +123,19 @@ fn order_key(v: f64) -> u64 {
 /// The PIT of one channel's values: z per value (input order), and the
 /// values sorted (for the batch quantiles).
 pub fn pit(values: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    pit_with(values, &rank_quantiles(values.len()))
+}
+
+/// `Φ⁻¹((r + 1/2)/m)` for the integer ranks r of m values.
+pub fn rank_quantiles(m: usize) -> Vec<f64> {
+    (0..m).map(|r| normal_quantile((r as f64 + 0.5) / m as f64)).collect()
+}
+
+/// [`pit`] with the quantiles of the integer ranks given (a tie group of
+/// even size has a half-integer rank, computed on the spot).
+pub fn pit_with(values: &[f64], table: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let m = values.len();
+    debug_assert_eq!(table.len(), m);
     let mut keyed: Vec<(u64, u32)> = values.iter().enumerate().map(|(i, &v)| (order_key(v), i as u32)).collect();
     keyed.sort_unstable();
     let mut z = vec![0.0; m];
@@ -133,8 +145,11 @@ pub fn pit(values: &[f64]) -> (Vec<f64>, Vec<f64>) {
         while end + 1 < m && keyed[end + 1].0 == keyed[start].0 {
             end += 1;
         }
-        let rank = (start + end) as f64 / 2.0;
-        let q = normal_quantile((rank + 0.5) / m as f64);
+        let q = if (start + end) % 2 == 0 {
+            table[(start + end) / 2]
+        } else {
+            normal_quantile(((start + end) as f64 / 2.0 + 0.5) / m as f64)
+        };
         for &(_, i) in &keyed[start..=end] {
             z[i as usize] = q;
         }
@@ -206,6 +221,8 @@ pub struct PitNorm<T: Real = f32> {
     stats: Vec<(f64, f64)>,
     /// Evaluation: dz/dx per value.
     slope: Vec<f64>,
+    /// [`rank_quantiles`] of the last training batch's size.
+    table: Vec<f64>,
     forward_mode: Mode,
     y: Tensor<T>,
     dx: Tensor<T>,
@@ -232,6 +249,7 @@ impl<T: Real> PitNorm<T> {
             z: Vec::new(),
             stats: Vec::new(),
             slope: Vec::new(),
+            table: Vec::new(),
             forward_mode: Mode::Train,
             y: Tensor::default(),
             dx: Tensor::default(),
@@ -287,11 +305,15 @@ impl<T: Real> Layer<T> for PitNorm<T> {
         let xd = x.data();
         if mode == Mode::Train {
             let eps = self.eps;
+            if self.table.len() != m {
+                self.table = rank_quantiles(m);
+            }
+            let table = &self.table;
             let per: Vec<(Vec<f64>, (f64, f64), Vec<f64>)> = per_channel(c, x.numel(), |ch| {
                 let v = gather_block(xd, c, sp, (ch, 1));
                 let mean = v.iter().sum::<f64>() / m as f64;
                 let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / m as f64;
-                let (z, sorted) = pit(&v);
+                let (z, sorted) = pit_with(&v, table);
                 let q = grid.iter().map(|&zk| batch_quantile(&sorted, normal_cdf(zk))).collect();
                 (z, (mean, 1.0 / (var + eps).sqrt()), q)
             });

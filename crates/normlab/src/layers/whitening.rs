@@ -149,8 +149,8 @@ impl<T: Real> Whitening<T> {
 
 // ----------------------------------------------------------------- small dense algebra (f64, row-major)
 
-/// `a · b` for n × n matrices.
-pub(crate) fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+/// `a · b` for n × n row-major matrices (f64).
+pub fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
     let mut c = vec![0.0; n * n];
     gemm(false, false, (n, n, n), 1.0, a, b, 0.0, &mut c);
     c
@@ -194,7 +194,8 @@ pub(crate) fn gemm(
     }
 }
 
-fn transpose(a: &[f64], n: usize) -> Vec<f64> {
+/// The transpose of an n × n row-major matrix.
+pub fn transpose(a: &[f64], n: usize) -> Vec<f64> {
     let mut t = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..n {
