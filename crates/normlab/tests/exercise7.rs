@@ -43,13 +43,10 @@ fn central(v: &mut [f64], i: usize, mut f: impl FnMut(&[f64]) -> f64) -> f64 {
 /// against finite differences of `surrogate(layer, x)` (for dx) and of the
 /// layer itself (for the parameters). The surrogate is the layer's own
 /// forward unless its backward is defined through another function.
-fn check_layer(
-    name: &str,
-    layer: &mut dyn Layer<f64>,
-    x: &Tensor<f64>,
-    mode: Mode,
-    surrogate: Option<&dyn Fn(&mut dyn Layer<f64>, &Tensor<f64>) -> Tensor<f64>>,
-) {
+/// A function of the layer and its input standing in for its forward pass.
+type Surrogate<'a> = &'a dyn Fn(&mut dyn Layer<f64>, &Tensor<f64>) -> Tensor<f64>;
+
+fn check_layer(name: &str, layer: &mut dyn Layer<f64>, x: &Tensor<f64>, mode: Mode, surrogate: Option<Surrogate<'_>>) {
     let mut rng = rng::seeded(11);
     // parameters away from their initial values, so their gradients matter
     for (_, s) in layer.state_mut() {

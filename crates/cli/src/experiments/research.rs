@@ -82,13 +82,13 @@ pub fn lenet(setting: &NetSetting, seed: u64) -> Result<Net> {
         }
         Ok(())
     };
-    for k in 0..2 {
-        stage(&mut net, k, Box::new(Conv2d::new(STAGES[k].1, 5).init(Init::XavierUniform)))?;
+    for (k, &(_, width)) in STAGES.iter().enumerate().take(2) {
+        stage(&mut net, k, Box::new(Conv2d::new(width, 5).init(Init::XavierUniform)))?;
         net.push_boxed(Box::new(AvgPool2d::new(2, 2)));
     }
     net.push_boxed(Box::new(Flatten::new()));
-    for k in 2..4 {
-        stage(&mut net, k, Box::new(Linear::new(STAGES[k].1).init(Init::XavierUniform)))?;
+    for (k, &(_, width)) in STAGES.iter().enumerate().skip(2) {
+        stage(&mut net, k, Box::new(Linear::new(width).init(Init::XavierUniform)))?;
     }
     net.push_boxed(Box::new(Linear::new(10).init(Init::XavierUniform)));
     let mut init = rng::seeded(seed);

@@ -44,7 +44,7 @@ const ORDERS: usize = 20;
 
 /// The factors p·q = C closest to square (p ≤ q).
 pub fn monarch_shape(c: usize) -> (usize, usize) {
-    let p = (1..=c).filter(|p| c % p == 0 && p * p <= c).max().unwrap_or(1);
+    let p = (1..=c).filter(|&p| c.is_multiple_of(p) && p * p <= c).max().unwrap_or(1);
     (p, c / p)
 }
 

@@ -15,9 +15,9 @@
 //!
 //! The ranks are piecewise constant in x, so the true gradient is zero
 //! almost everywhere. The backward pass is straight-through: it is BN's
-//! backward pass, as if z were the standardization x_hat = (x - mu)/sqrt(var
-//! + eps) with the batch's mean and biased variance (the two agree for
-//! Gaussian inputs):
+//! backward pass, as if z were the standardization
+//! `x_hat = (x - mu)/sqrt(var + eps)` with the batch's mean and biased
+//! variance (the two agree for Gaussian inputs):
 //!
 //! ```text
 //! g = gamma_c · dy,   x_hat = (x - mu_c) · inv_std_c
@@ -76,7 +76,7 @@ pub fn normal_quantile(p: f64) -> f64 {
         -3.969683028665376e1,
         2.209460984245205e2,
         -2.759285104469687e2,
-        1.383577518672690e2,
+        1.38357751867269e2,
         -3.066479806614716e1,
         2.506628277459239,
     ];
@@ -309,6 +309,8 @@ impl<T: Real> Layer<T> for PitNorm<T> {
                 self.table = rank_quantiles(m);
             }
             let table = &self.table;
+            // per channel: z, (mean, inv_std) and the batch quantiles
+            #[allow(clippy::type_complexity)]
             let per: Vec<(Vec<f64>, (f64, f64), Vec<f64>)> = per_channel(c, x.numel(), |ch| {
                 let v = gather_block(xd, c, sp, (ch, 1));
                 let mean = v.iter().sum::<f64>() / m as f64;
