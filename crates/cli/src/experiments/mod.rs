@@ -30,6 +30,7 @@ pub mod recompute;
 pub mod report;
 pub mod research;
 pub mod runner;
+pub mod smoothness;
 pub mod sparsify;
 pub mod steps;
 pub mod structured;
@@ -72,7 +73,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 17] {
+pub fn all() -> [&'static Experiment; 18] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -86,6 +87,7 @@ pub fn all() -> [&'static Experiment; 17] {
         &group_norm::EXPERIMENT,
         &ioffe_fig1::EXPERIMENT,
         &noisy_bn::EXPERIMENT,
+        &smoothness::EXPERIMENT,
         // exercise 7: other normalizing transforms
         &pit::EXPERIMENT,
         &whitening::EXPERIMENT,

@@ -102,7 +102,7 @@ struct Validate<'a> {
 }
 
 impl StepHooks for Validate<'_> {
-    fn after_update(&mut self, _net: &mut Sequential<f32>, _step: usize, _x: &Tensor<f32>) -> Result<()> {
+    fn after_update(&mut self, _: &mut Sequential<f32>, _: usize, _: &Tensor<f32>, _: &[usize]) -> Result<()> {
         Ok(())
     }
     fn end_of_pass(&mut self, net: &mut Sequential<f32>, _step: usize) -> Result<(f64, f64)> {
