@@ -29,7 +29,7 @@ Experiments (time at the defaults, 3 seeds, measured on 2 cores):
   noisy-bn        Santurkar et al.: BN + per-step noise vs BN vs noise alone; covariate shift (about 14 min)
   pit             exercise 7: rank -> normal quantile (PIT) normalization vs BN           (about 7 min)
   whitening       exercise 7: full whitening (IterNorm) vs BN: cost, batch 8, lr 1        (about 12.5 min)
-  block-whitening exercise 7: whitening in blocks of 1, 2, 4, 8, 16 channels and full     (about 8 min, estimated)
+  block-whitening exercise 7: whitening in blocks of 1, 2, 4, 8, 16 channels and full     (about 10.5 min)
   structured      exercise 7: Monarch, displacement-rank, block forms of Σ^(-1/2)         (about 2.5 min)
   sparsify        exercise 7: top-k after BN (k swept) vs dropout at matched accuracy     (about 10 min, estimated)
   all             every one of them, and a top-level index.html linking each (about 56 min)
