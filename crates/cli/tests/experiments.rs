@@ -32,6 +32,11 @@ fn normlab(args: &[&str]) -> Out {
 
 /// `normlab experiment NAME --quick --seeds 2` on the subset into a fresh directory.
 fn quick(name: &str) -> (tempfile::TempDir, PathBuf) {
+    quick_with(name, "2")
+}
+
+/// [`quick`] with `seeds` seeds.
+fn quick_with(name: &str, seeds: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join(name);
     let sub = subset();
@@ -40,7 +45,7 @@ fn quick(name: &str) -> (tempfile::TempDir, PathBuf) {
         name,
         "--quick",
         "--seeds",
-        "2",
+        seeds,
         "--data-dir",
         sub.to_str().unwrap(),
         "--out",
@@ -505,6 +510,71 @@ fn landscape_measurement_is_first_order_exact_and_leaves_the_network_as_it_was()
 }
 
 /// `experiment all`: every experiment's page and a top-level index linking each.
+// ---------------------------------------------------------------- exercise 7: other normalizing transforms
+
+#[test]
+fn pit_quick() {
+    let (_t, dir) = quick_with("pit", "1");
+    let (header, rows) = check_common(&dir, &["val_acc", "train_loss"], 2);
+    assert_eq!(rows.len(), 2);
+    let secs = |s: &str| lead(&column(&header, &rows, s, "train s/epoch")).unwrap();
+    assert!(secs("PIT (straight-through)") > 0.0 && secs("BN") > 0.0);
+    let batch = lead(&column(&header, &rows, "PIT (straight-through)", "val acc, batch statistics")).unwrap();
+    assert!((0.0..=1.0).contains(&batch));
+}
+
+#[test]
+fn whitening_quick() {
+    let (_t, dir) = quick_with("whitening", "1");
+    let (_, rows) = check_common(&dir, &["val_acc", "train_loss"], 2);
+    assert_eq!(rows.len(), 6);
+    // the covariance of fc1's input over 8 examples has rank at most 7 (centred), below its 120 features
+    let cov = read_csv(&dir.join("covariance.csv"));
+    let fc1_8 = cov.iter().find(|r| r["stage"] == "fc1" && r["batch"] == "8").expect("fc1 at batch 8");
+    assert!(f(fc1_8, "rank") <= 7.0, "{fc1_8:?}");
+    let fc1_128 = cov.iter().find(|r| r["stage"] == "fc1" && r["batch"] == "128").expect("fc1 at batch 128");
+    assert!(f(fc1_128, "rank") > 7.0 && f(fc1_128, "whiteness_error") >= 0.0, "{fc1_128:?}");
+    let costs = read_csv(&dir.join("layer_costs.csv"));
+    assert_eq!(costs.len(), 8, "4 stages x 2 batch sizes");
+    assert!(costs.iter().all(|r| f(r, "bn_seconds") > 0.0 && f(r, "whitening_seconds") > 0.0));
+}
+
+#[test]
+fn block_whitening_quick() {
+    let (_t, dir) = quick_with("block-whitening", "1");
+    let (_, rows) = check_common(&dir, &["val_acc", "train_loss"], 2);
+    let labels: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        labels,
+        ["BN", "blocks of 1", "blocks of 2", "blocks of 4", "blocks of 8", "blocks of 16", "one block (full)"]
+    );
+}
+
+#[test]
+fn structured_quick() {
+    let (_t, dir) = quick_with("structured", "1");
+    check_common(&dir, &["val_acc", "train_loss"], 2);
+    let forms = read_csv(&dir.join("forms.csv"));
+    assert_eq!(forms.len(), 4 * 7, "4 stages x 7 forms");
+    for stage in ["conv1", "conv2", "fc1", "fc2"] {
+        let get = |form: &str| forms.iter().find(|r| r["stage"] == stage && r["form"] == form).unwrap();
+        // the full form is the exact whitening matrix: no error, white output
+        assert!(f(get("full"), "relative_error") < 1e-6 && f(get("full"), "whiteness_error") < 1e-4, "{stage}");
+        // the diagonal (BN) leaves correlations the full form removes
+        assert!(f(get("diagonal (BN)"), "whiteness_error") > f(get("full"), "whiteness_error"), "{stage}");
+    }
+}
+
+#[test]
+fn sparsify_quick() {
+    let (_t, dir) = quick_with("sparsify", "1");
+    let (header, rows) = check_common(&dir, &["val_acc", "train_loss"], 2);
+    assert_eq!(rows.len(), 7);
+    assert!(header.iter().any(|h| h == "gap train − val"));
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("At matched accuracy: dropout 0.2"), "the reading matches dropout to a top-k setting");
+}
+
 #[test]
 fn all_writes_an_index_linking_each() {
     let tmp = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@
 
 pub mod batch_size;
 pub mod bias;
+pub mod block_whitening;
 pub mod deep;
 pub mod dropout;
 pub mod frozen_affine;
@@ -23,12 +24,17 @@ pub mod ioffe_fig1;
 pub mod lite;
 pub mod lr;
 pub mod noisy_bn;
+pub mod pit;
 pub mod placement;
 pub mod recompute;
 pub mod report;
+pub mod research;
 pub mod runner;
 pub mod smoothness;
+pub mod sparsify;
 pub mod steps;
+pub mod structured;
+pub mod whitening;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -67,7 +73,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 13] {
+pub fn all() -> [&'static Experiment; 18] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -82,6 +88,12 @@ pub fn all() -> [&'static Experiment; 13] {
         &ioffe_fig1::EXPERIMENT,
         &noisy_bn::EXPERIMENT,
         &smoothness::EXPERIMENT,
+        // exercise 7: other normalizing transforms
+        &pit::EXPERIMENT,
+        &whitening::EXPERIMENT,
+        &block_whitening::EXPERIMENT,
+        &structured::EXPERIMENT,
+        &sparsify::EXPERIMENT,
     ]
 }
 

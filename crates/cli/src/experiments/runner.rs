@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use normlab::data::Split;
 use normlab::layers::StateMut;
-use normlab::models::LeNetConfig;
+use normlab::models::{LeNetConfig, Sequential};
 use normlab::tensor::Tensor;
 use normlab::train::{evaluate, EpochMetrics, Observer, TrainOptions, Trainer};
 use normlab::{Error, Result};
@@ -417,9 +417,16 @@ pub fn csv_field(s: &str) -> String {
 /// The state buffers (running statistics and counters) of a network, to put
 /// back after a measurement that changes them.
 pub fn save_buffers(trainer: &mut Trainer) -> Vec<(Option<Tensor<f32>>, Option<i64>)> {
-    trainer
-        .net
-        .state_mut()
+    save_net_buffers(&mut trainer.net)
+}
+
+pub fn restore_buffers(trainer: &mut Trainer, saved: &[(Option<Tensor<f32>>, Option<i64>)]) {
+    restore_net_buffers(&mut trainer.net, saved)
+}
+
+/// [`save_buffers`] of a network.
+pub fn save_net_buffers(net: &mut Sequential<f32>) -> Vec<(Option<Tensor<f32>>, Option<i64>)> {
+    net.state_mut()
         .into_iter()
         .filter_map(|(_, s)| match s {
             StateMut::Buffer(b) => Some((Some(b.clone()), None)),
@@ -429,9 +436,10 @@ pub fn save_buffers(trainer: &mut Trainer) -> Vec<(Option<Tensor<f32>>, Option<i
         .collect()
 }
 
-pub fn restore_buffers(trainer: &mut Trainer, saved: &[(Option<Tensor<f32>>, Option<i64>)]) {
+/// [`restore_buffers`] of a network.
+pub fn restore_net_buffers(net: &mut Sequential<f32>, saved: &[(Option<Tensor<f32>>, Option<i64>)]) {
     let mut it = saved.iter();
-    for (_, s) in trainer.net.state_mut() {
+    for (_, s) in net.state_mut() {
         match s {
             StateMut::Buffer(b) => {
                 if let Some((Some(t), _)) = it.next() {

@@ -13,7 +13,7 @@ use normlab::optim::{Sgd, SgdConfig};
 use normlab::rng::Rng;
 use normlab::tensor::Tensor;
 use normlab::train::{fill_batch, EpochMetrics};
-use normlab::Result;
+use normlab::{Error, Result};
 
 use super::runner::{failure_threshold, Run, Status};
 use super::Context;
@@ -74,7 +74,14 @@ pub fn train(
         for b in 0..per_pass {
             let idx = &order[b * plan.batch..((b + 1) * plan.batch).min(n)];
             fill_batch(&ctx.train, idx, &mut x, &mut labels);
-            let logits = net.forward(&x)?;
+            // a layer that finds non-finite values says so (Error::Diverged): the run diverged
+            let logits = match net.forward(&x) {
+                Err(Error::Diverged(message)) => {
+                    run.diverge(epoch, 0, format!("{message} at step {}", step + 1));
+                    break 'epochs;
+                }
+                other => other?,
+            };
             let (loss, right) = ce.forward(logits, &labels)?;
             if !loss.is_finite() {
                 run.diverge(epoch, 0, format!("loss {loss} at step {}", step + 1));
@@ -85,7 +92,15 @@ pub fn train(
             } else {
                 min_batch = f64::min(min_batch, loss);
             }
-            net.backward(&x, ce.grad())?;
+            if let Err(e) = net.backward(&x, ce.grad()) {
+                match e {
+                    Error::Diverged(message) => {
+                        run.diverge(epoch, 0, format!("{message} at step {}", step + 1));
+                        break 'epochs;
+                    }
+                    e => return Err(e),
+                }
+            }
             sgd.step(net);
             loss_sum += loss * idx.len() as f64;
             correct += right;

@@ -26,8 +26,11 @@ pub mod flatten;
 pub mod group_norm;
 pub mod layer_norm;
 pub mod linear;
+pub mod pit_norm;
 pub mod pool;
 pub mod shift_noise;
+pub mod top_k;
+pub mod whitening;
 
 pub use activation::{
     GELUFn, LeakyReLU, LeakyReLUFn, Pointwise, PointwiseFn, ReLU, SiLU, SiLUFn, Sigmoid, Tanh, TanhFn, GELU,
@@ -42,6 +45,7 @@ pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use pool::{AvgPool2d, MaxPool2d};
 pub use shift_noise::ShiftNoise;
+pub use {pit_norm::PitNorm, top_k::TopK, whitening::Whitening};
 
 use crate::real::Real;
 use crate::rng::Rng;
