@@ -27,12 +27,13 @@ Experiments (time at the defaults, 3 seeds, measured on 2 cores):
   group-norm      research exercise: group norm vs BN vs LN, batch 128 and 16          (about 1 min)
   ioffe-fig1      the BN paper's Figure 1: 3x100 sigmoid MLP, 50k steps, with/without BN (about 28 min)
   noisy-bn        Santurkar et al.: BN + per-step noise vs BN vs noise alone; covariate shift (about 14 min)
+  smoothness      Santurkar et al.: loss and gradient along the gradient, with/without BN (about 6.5 min)
   pit             exercise 7: rank -> normal quantile (PIT) normalization vs BN           (about 7 min)
   whitening       exercise 7: full whitening (IterNorm) vs BN: cost, batch 8, lr 1        (about 12.5 min)
   block-whitening exercise 7: whitening in blocks of 1, 2, 4, 8, 16 channels and full     (about 10.5 min)
   structured      exercise 7: Monarch, displacement-rank, block forms of Σ^(-1/2)         (about 2.5 min)
   sparsify        exercise 7: top-k after BN (k swept) vs dropout at matched accuracy     (about 10 min, estimated)
-  all             every one of them, and a top-level index.html linking each (about 56 min)
+  all             every one of them, and a top-level index.html linking each (about 62 min)
 
 Each writes report.md, epochs.csv, runs.csv, summary.csv, plots (SVG and PNG) and a
 self-contained index.html into --out (default runs/experiment-NAME-<UTC time>;
@@ -50,7 +51,7 @@ Example:
     after_help = AFTER_HELP
 )]
 pub struct ExperimentArgs {
-    /// lr | placement | lite | frozen-affine | bias | dropout | batch-size | recompute | deep | group-norm | ioffe-fig1 | noisy-bn | pit | whitening | block-whitening | structured | sparsify | all
+    /// lr | placement | lite | frozen-affine | bias | dropout | batch-size | recompute | deep | group-norm | ioffe-fig1 | noisy-bn | smoothness | pit | whitening | block-whitening | structured | sparsify | all
     #[arg(value_name = "NAME")]
     name: String,
     /// Seeds per setting (mean ± std over them), at most 100.
