@@ -27,6 +27,7 @@ Experiments (time at the defaults, 3 seeds, measured on 2 cores):
   group-norm      research exercise: group norm vs BN vs LN, batch 128 and 16          (about 1 min)
   ioffe-fig1      the BN paper's Figure 1: 3x100 sigmoid MLP, 50k steps, with/without BN (about 28 min)
   noisy-bn        Santurkar et al.: BN + per-step noise vs BN vs noise alone; covariate shift (about 14 min)
+  small-batch     BN, GN, LN, batch renorm, ghost BN, RMS norm at batch 2..128, lr scaled (about 14 min)
   all             every one of them, and a top-level index.html linking each (about 56 min)
 
 Each writes report.md, epochs.csv, runs.csv, summary.csv, plots (SVG and PNG) and a
@@ -45,7 +46,7 @@ Example:
     after_help = AFTER_HELP
 )]
 pub struct ExperimentArgs {
-    /// lr | placement | lite | frozen-affine | bias | dropout | batch-size | recompute | deep | group-norm | all
+    /// lr | placement | lite | frozen-affine | bias | dropout | batch-size | recompute | deep | group-norm | ioffe-fig1 | noisy-bn | small-batch | all
     #[arg(value_name = "NAME")]
     name: String,
     /// Seeds per setting (mean ± std over them), at most 100.

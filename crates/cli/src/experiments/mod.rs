@@ -27,6 +27,7 @@ pub mod placement;
 pub mod recompute;
 pub mod report;
 pub mod runner;
+pub mod small_batch;
 pub mod steps;
 
 use std::path::{Path, PathBuf};
@@ -66,7 +67,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 12] {
+pub fn all() -> [&'static Experiment; 13] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -80,6 +81,7 @@ pub fn all() -> [&'static Experiment; 12] {
         &group_norm::EXPERIMENT,
         &ioffe_fig1::EXPERIMENT,
         &noisy_bn::EXPERIMENT,
+        &small_batch::EXPERIMENT,
     ]
 }
 
@@ -253,6 +255,7 @@ pub fn run(exp: &Experiment, data: &FashionMnist, options: &ExperimentOptions) -
     report.question = exp.question.into();
     report.seconds = started.elapsed().as_secs_f64();
     report.threads = rayon::current_num_threads();
+    report.quick = options.quick;
     let d = exp.defaults;
     let at_defaults = !options.quick && options.epochs.is_none() && options.limit_train.is_none() && options.seeds == 3;
     report.timing_note = if at_defaults {

@@ -47,9 +47,8 @@ pub(crate) struct ChunkStats<'a> {
 /// `y = gamma·x_hat + beta` for a chunk `x` viewed as `(n, c, s)`.
 pub(crate) fn chunk_forward<T: Real>(x: &[T], y: &mut [T], ncs: Ncs, st: &ChunkStats<'_>, gamma_beta: &[(f64, f64)]) {
     for i in 0..ncs.n {
-        for ch in 0..ncs.c {
+        for (ch, &(g, b)) in gamma_beta.iter().enumerate().take(ncs.c) {
             let run = ncs.run(i, ch);
-            let (g, b) = gamma_beta[ch];
             let (m, is, r, d) = (st.mean[ch], st.inv_std[ch], st.r[ch], st.d[ch]);
             for (o, &v) in y[run.clone()].iter_mut().zip(&x[run]) {
                 *o = T::from_f64(g * ((v.as_f64() - m) * is * r + d) + b);
@@ -284,7 +283,8 @@ impl<T: Real> Layer<T> for GhostBatchNorm<T> {
         let all = Ncs::of(x.shape());
         let (c, s) = (all.c, all.s);
         self.batch_stats = mode == Mode::Train;
-        self.chunks = if self.batch_stats { self.virtual_batches(all.n) } else { vec![0..all.n] };
+        // prediction mode: the whole batch as one chunk, with the running statistics
+        self.chunks = if self.batch_stats { self.virtual_batches(all.n) } else { std::iter::once(0..all.n).collect() };
         if self.batch_stats && self.chunks.iter().any(|r| r.len() * s <= 1) {
             return Err(Error::shape(
                 "GhostBatchNorm",

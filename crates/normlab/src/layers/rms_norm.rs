@@ -152,6 +152,7 @@ impl<T: Real> Layer<T> for RmsNorm<T> {
         Ok(&self.y)
     }
 
+    #[allow(clippy::type_complexity)] // the zipped chunk iterators
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
         check_built("RMSNorm", self.row > 0)?;
         super::check_input("RMSNorm", x, &self.example)?;
