@@ -28,6 +28,7 @@ pub mod recompute;
 pub mod report;
 pub mod runner;
 pub mod small_batch;
+pub mod smoothness;
 pub mod steps;
 
 use std::path::{Path, PathBuf};
@@ -67,7 +68,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 13] {
+pub fn all() -> [&'static Experiment; 14] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -81,6 +82,7 @@ pub fn all() -> [&'static Experiment; 13] {
         &group_norm::EXPERIMENT,
         &ioffe_fig1::EXPERIMENT,
         &noisy_bn::EXPERIMENT,
+        &smoothness::EXPERIMENT,
         &small_batch::EXPERIMENT,
     ]
 }
