@@ -27,7 +27,7 @@ Experiments (time at the defaults, 3 seeds, measured on 2 cores):
   group-norm      research exercise: group norm vs BN vs LN, batch 128 and 16          (about 1 min)
   ioffe-fig1      the BN paper's Figure 1: 3x100 sigmoid MLP, 50k steps, with/without BN (about 28 min)
   noisy-bn        Santurkar et al.: BN + per-step noise vs BN vs noise alone; covariate shift (about 14 min)
-  small-batch     BN, GN, LN, batch renorm, ghost BN, RMS norm at batch 2..128, lr scaled (about 14 min)
+  small-batch     BN, GN, LN, batch renorm, ghost BN, RMS norm at batch 2..128, lr scaled (about 19 min, machine shared)
   all             every one of them, and a top-level index.html linking each (about 56 min)
 
 Each writes report.md, epochs.csv, runs.csv, summary.csv, plots (SVG and PNG) and a
