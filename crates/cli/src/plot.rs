@@ -701,7 +701,7 @@ mod tests {
         assert_eq!(x_key_points(&[1.0, 2.0], &range, false), Some(vec![1.0, 2.0]));
         // 30 epochs: every 5th
         let epochs: Vec<f64> = (1..=30).map(f64::from).collect();
-        assert_eq!(x_key_points(&epochs, &padded_range(1.0, 30.0, false), false).unwrap()[..3], [5.0, 10.0, 15.0]);
+        assert_eq!(x_key_points(&epochs, &padded_range(1.0, 30.0, false), false).unwrap()[..3], [0.0, 5.0, 10.0]);
         // fractional x (epochs at steps): plotters' ticks
         assert_eq!(x_key_points(&[0.5, 1.5], &(0.0..2.0), false), None);
     }
