@@ -91,6 +91,33 @@ class Net(nn.Module):
         return self.net(x)
 
 
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision.ops.FrozenBatchNorm2d, for when torchvision is not
+    installed: the same buffers (weight, bias, running_mean, running_var)
+    and the same forward."""
+
+    def __init__(self, num_features, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x):
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        scale = self.weight.reshape(shape) * (self.running_var.reshape(shape) + self.eps).rsqrt()
+        return x * scale + (self.bias.reshape(shape) - self.running_mean.reshape(shape) * scale)
+
+
+def frozen_batch_norm(channels, eps):
+    try:
+        from torchvision.ops import FrozenBatchNorm2d as TorchvisionFrozen
+        return TorchvisionFrozen(channels, eps=eps)
+    except ImportError:
+        return FrozenBatchNorm2d(channels, eps)
+
+
 def sequential(specs, shape):
     """nn.Sequential of `specs` for one example of `shape`; returns it and the output shape."""
     layers = []
@@ -114,6 +141,20 @@ def sequential(specs, shape):
                                        elementwise_affine=s.get("elementwise_affine", True)))
         elif kind == "group_norm":
             layers.append(nn.GroupNorm(s["num_groups"], shape[0], eps=s.get("eps", 1e-5), affine=s.get("affine", True)))
+        elif kind == "rms_norm":
+            k = s.get("normalized_dims") or len(shape)
+            layers.append(nn.RMSNorm(shape[len(shape) - k:], eps=s.get("eps"),
+                                     elementwise_affine=s.get("elementwise_affine", True)))
+        elif kind == "instance_norm":
+            cls = nn.InstanceNorm2d if len(shape) == 3 else nn.InstanceNorm1d
+            layers.append(cls(shape[0], eps=s.get("eps", 1e-5), momentum=s.get("momentum", 0.1),
+                              affine=s.get("affine", False), track_running_stats=s.get("track_running_stats", False)))
+        elif kind == "frozen_batch_norm":
+            layers.append(frozen_batch_norm(shape[0], s.get("eps", 1e-5)))
+        elif kind in ("ghost_batch_norm", "batch_renorm"):
+            raise Fail(f"layer {i}: {kind} has no PyTorch module (normlab's own layer); "
+                       "its prediction-mode map is batch norm's with the same state, so for inference "
+                       "replace it by batch_norm in the model file")
         elif kind in ("relu", "silu", "sigmoid", "tanh", "flatten"):
             layers.append({"relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
                            "flatten": nn.Flatten}[kind]())

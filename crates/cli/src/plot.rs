@@ -184,7 +184,22 @@ pub fn plot_heatmap(
     svg_path: &Path,
     png_path: &Path,
 ) -> Result<()> {
-    let heatmap = Heatmap { values, row_labels, col_labels, title };
+    let heatmap = Heatmap { values, row_labels, col_labels, title, range: None };
+    write_both(svg_path, png_path, &heatmap)
+}
+
+/// [`plot_heatmap`] with the colour scale fixed to `range` (`lo..hi`), so
+/// that several maps drawn with the same range compare by colour; the
+/// colour bar shows that range. Values outside it take the end colours.
+pub fn plot_heatmap_scaled(
+    values: &[Vec<f64>],
+    (row_labels, col_labels): (&[String], &[String]),
+    title: &str,
+    range: (f64, f64),
+    svg_path: &Path,
+    png_path: &Path,
+) -> Result<()> {
+    let heatmap = Heatmap { values, row_labels, col_labels, title, range: Some(range) };
     write_both(svg_path, png_path, &heatmap)
 }
 
@@ -248,6 +263,53 @@ fn fit_range(values: impl Iterator<Item = f64>, log: bool) -> Range<f64> {
     padded_range(lo, hi, log)
 }
 
+/// The x-axis numbers, where plotters' own choice reads badly: on a log
+/// axis, the data's own x values when there are at most 12 of them (batch
+/// sizes 2, 4, ..., 512: each labelled, not only 100-500), else 1, 2 and 5
+/// times the powers of ten; on a linear axis whose data are all whole numbers
+/// (epochs, steps), whole numbers only, every 1, 2, 5, 10, 20, ... so that at
+/// most 11 show (no 1.1, 1.2 ... on a 2-epoch run). `None`: plotters' ticks.
+fn x_key_points(xs: &[f64], range: &Range<f64>, log: bool) -> Option<Vec<f64>> {
+    let inside = |v: &f64| *v >= range.start && *v <= range.end;
+    if log {
+        let mut distinct: Vec<f64> = xs.iter().copied().filter(|v| *v > 0.0).collect();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        if !distinct.is_empty() && distinct.len() <= 12 {
+            return Some(distinct);
+        }
+        let (lo, hi) = (range.start.max(f64::MIN_POSITIVE).log10().floor() as i32, range.end.log10().ceil() as i32);
+        let keys: Vec<f64> =
+            (lo..=hi).flat_map(|e| [1.0, 2.0, 5.0].map(|m| decade(m, e))).filter(inside).collect();
+        return (keys.len() >= 2).then_some(keys);
+    }
+    if xs.is_empty() || xs.iter().any(|v| v.fract() != 0.0) {
+        return None;
+    }
+    let (first, last) = (range.start.ceil(), range.end.floor());
+    if last < first {
+        return None;
+    }
+    let span = last - first;
+    let step = [1.0, 2.0, 5.0]
+        .iter()
+        .flat_map(|m| (0..12).map(move |e| decade(*m, e)))
+        .filter(|st| span / st <= 10.0)
+        .fold(f64::INFINITY, f64::min);
+    let start = (first / step).ceil() * step;
+    let keys: Vec<f64> = (0..).map(|k| start + k as f64 * step).take_while(|v| *v <= last).collect();
+    Some(keys)
+}
+
+/// `m·10^e`, rounded once (`2e-3` is the literal 0.002).
+fn decade(m: f64, e: i32) -> f64 {
+    if e >= 0 {
+        m * 10f64.powi(e)
+    } else {
+        m / 10f64.powi(-e)
+    }
+}
+
 /// Axis numbers without float noise: `0.1`, `2`, `0.0003`, `1e-5`.
 fn format_tick(v: f64) -> String {
     if v == 0.0 {
@@ -282,11 +344,13 @@ struct Heatmap<'a> {
     row_labels: &'a [String],
     col_labels: &'a [String],
     title: &'a str,
+    /// A fixed colour scale; `None`: the finite values' range.
+    range: Option<(f64, f64)>,
 }
 
 impl Drawing for Heatmap<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
-        draw_heatmap(root, self.values, self.row_labels, self.col_labels, self.title)
+        draw_heatmap(root, self, colour_range(self.values, self.range))
     }
 }
 
@@ -318,10 +382,17 @@ fn draw_line_plot<DB: DrawingBackend>(
         None => fit_range(plot.lines.iter().flat_map(|l| finite_points(l.series, plot.log_x).map(|p| p.1)), false),
     };
 
-    if plot.log_x {
-        draw_chart(&chart_area, x_range.log_scale(), y_range, plot)?;
-    } else {
-        draw_chart(&chart_area, x_range, y_range, plot)?;
+    let xs: Vec<f64> = plot.lines.iter().flat_map(|l| finite_points(l.series, plot.log_x).map(|p| p.0)).collect();
+    match (plot.log_x, x_key_points(&xs, &x_range, plot.log_x)) {
+        (true, Some(keys)) => {
+            draw_chart(&chart_area, x_range.log_scale().with_key_points(keys), y_range, plot, plot.x_labels)?
+        }
+        (true, None) => draw_chart(&chart_area, x_range.log_scale(), y_range, plot, plot.x_labels)?,
+        // plotters takes the smallest 1-2-5 step that gives at most this
+        // many ticks: asking for as many as there are whole-number keys
+        // gives those keys (a finer step would give more)
+        (false, Some(keys)) => draw_chart(&chart_area, x_range, y_range, plot, Some(keys.len().max(2)))?,
+        (false, None) => draw_chart(&chart_area, x_range, y_range, plot, plot.x_labels)?,
     }
 
     // The legend: a short line sample (with the marker) and the label per series.
@@ -360,6 +431,7 @@ fn draw_chart<DB, X>(
     x_spec: X,
     y_range: Range<f64>,
     plot: &LinePlot,
+    x_labels: Option<usize>,
 ) -> std::result::Result<(), String>
 where
     DB: DrawingBackend,
@@ -373,7 +445,7 @@ where
         .build_cartesian_2d(x_spec, y_range)
         .map_err(plot_err)?;
     let mut mesh = chart.configure_mesh();
-    if let Some(n) = plot.x_labels {
+    if let Some(n) = x_labels {
         mesh.x_labels(n);
     }
     mesh.x_desc(plot.x_label)
@@ -437,30 +509,36 @@ fn viridis(t: f64) -> RGBColor {
 
 const MISSING: RGBColor = RGBColor(160, 160, 160);
 
-fn draw_heatmap<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    values: &[Vec<f64>],
-    row_labels: &[String],
-    col_labels: &[String],
-    title: &str,
-) -> std::result::Result<(), String> {
-    root.fill(&WHITE).map_err(plot_err)?;
-    let rows = values.len().max(row_labels.len()).max(1);
-    let cols = values.iter().map(Vec::len).max().unwrap_or(0).max(col_labels.len()).max(1);
-
-    let (lo, hi) = values
-        .iter()
-        .flatten()
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let (lo, hi) = if lo > hi {
+/// The colour scale of a heat map: `fixed` when given (and not empty),
+/// else the finite values' range; a single value gets ±10 % around it.
+fn colour_range(values: &[Vec<f64>], fixed: Option<(f64, f64)>) -> (f64, f64) {
+    let (lo, hi) = match fixed {
+        Some((lo, hi)) if lo.is_finite() && hi.is_finite() && lo <= hi => (lo, hi),
+        _ => values
+            .iter()
+            .flatten()
+            .filter(|v| v.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v))),
+    };
+    if lo > hi {
         (0.0, 1.0)
     } else if lo == hi {
         let d = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
         (lo - d, hi + d)
     } else {
         (lo, hi)
-    };
+    }
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    map: &Heatmap,
+    (lo, hi): (f64, f64),
+) -> std::result::Result<(), String> {
+    let Heatmap { values, row_labels, col_labels, title, .. } = *map;
+    root.fill(&WHITE).map_err(plot_err)?;
+    let rows = values.len().max(row_labels.len()).max(1);
+    let cols = values.iter().map(Vec::len).max().unwrap_or(0).max(col_labels.len()).max(1);
     let scale = |v: f64| (v - lo) / (hi - lo);
 
     // Room for the row labels: as wide as the widest, within reason.
@@ -608,6 +686,35 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_axis_labels_every_batch_size_and_epoch_axes_whole_numbers() {
+        let batches = [16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+        let range = padded_range(16.0, 512.0, true);
+        assert_eq!(x_key_points(&batches, &range, true), Some(batches.to_vec()));
+        // many points on a log axis: 1-2-5 per decade inside the range
+        let lrs: Vec<f64> = (0..20).map(|i| 10f64.powf(-3.0 + i as f64 * 0.15)).collect();
+        let keys = x_key_points(&lrs, &(0.001..1.0), true).unwrap();
+        assert_eq!(keys, vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]);
+        // two epochs: 1 and 2 only, no 1.1, 1.2, ...
+        let range = padded_range(1.0, 2.0, false);
+        assert_eq!(x_key_points(&[1.0, 2.0], &range, false), Some(vec![1.0, 2.0]));
+        // 30 epochs: every 5th
+        let epochs: Vec<f64> = (1..=30).map(f64::from).collect();
+        assert_eq!(x_key_points(&epochs, &padded_range(1.0, 30.0, false), false).unwrap()[..3], [0.0, 5.0, 10.0]);
+        // fractional x (epochs at steps): plotters' ticks
+        assert_eq!(x_key_points(&[0.5, 1.5], &(0.0..2.0), false), None);
+    }
+
+    #[test]
+    fn a_fixed_colour_range_wins_over_the_values() {
+        let v = vec![vec![1.0, 2.0], vec![f64::NAN, 3.0]];
+        assert_eq!(colour_range(&v, None), (1.0, 3.0));
+        assert_eq!(colour_range(&v, Some((0.0, 10.0))), (0.0, 10.0));
+        assert_eq!(colour_range(&v, Some((f64::INFINITY, f64::NEG_INFINITY))), (1.0, 3.0));
+        let (lo, hi) = colour_range(&[vec![2.0]], None);
+        assert!((lo - 1.8).abs() < 1e-12 && (hi - 2.2).abs() < 1e-12);
+    }
 
     #[test]
     fn tick_format_has_no_float_noise() {

@@ -662,3 +662,38 @@ fn a_quiet_experiment_prints_nothing_and_still_writes_its_report() {
     assert!(r.stdout.is_empty() && r.stderr.is_empty(), "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     assert!(out.join("report.md").is_file() && out.join("index.html").is_file());
 }
+
+/// `small-batch --quick` on 200 training images (its 36 settings reach batch
+/// 2, whose 100 steps an epoch are the cost): every normalization at every
+/// batch size, the lr scaled linearly, the quick banner at the top.
+#[test]
+fn small_batch_quick() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("small-batch");
+    let sub = subset();
+    let r = normlab(&[
+        "experiment",
+        "small-batch",
+        "--quick",
+        "--seeds",
+        "2",
+        "--limit-train",
+        "200",
+        "--data-dir",
+        sub.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (header, rows) = check_common(&dir, &["acc_vs_batch", "seconds_vs_batch"], 2);
+    assert_eq!(rows.len(), 36);
+    for norm in ["BN", "GN", "LN", "BRN", "GhostBN", "RMS"] {
+        assert_eq!(lead(&column(&header, &rows, &format!("{norm} batch 2"), "lr")), Some(0.0016));
+        assert_eq!(lead(&column(&header, &rows, &format!("{norm} batch 128"), "lr")), Some(0.1));
+    }
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let banner = report.find("Quick run: not for reading the numbers").expect("quick banner");
+    assert!(banner < report.find("## Setup").unwrap(), "the banner is at the top");
+    assert!(report.contains("from batch 128 to batch 2"), "{report}");
+    assert!(!report.contains("-0.0000") && !report.contains("1 seeds"));
+}

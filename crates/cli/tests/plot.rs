@@ -214,3 +214,37 @@ fn write_failure_is_an_io_error_naming_the_path() {
     assert!(matches!(err, normlab::Error::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("curves.svg"), "{err}");
 }
+
+/// The numbers written on an SVG's axes (the `<text>` elements that parse as numbers).
+fn axis_numbers(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').and_then(|(_, rest)| rest.split_once("</text>")).map(|(v, _)| v.trim().to_string()))
+        .filter(|v| v.parse::<f64>().is_ok())
+        .collect()
+}
+
+/// A 2-epoch run's axis shows epochs 1 and 2, not 1.1, 1.2, ...; a log axis
+/// of batch sizes labels each of them (not only 100-500).
+#[test]
+fn epoch_axes_have_whole_numbers_and_batch_axes_every_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svg, png) = paths(dir.path(), "epochs");
+    let s = Series::new("a", vec![(1.0, 0.5), (2.0, 0.7)]);
+    plot_lines(&[s], "two epochs", "epoch", "acc", false, &svg, &png).unwrap();
+    let nums = axis_numbers(&std::fs::read_to_string(&svg).unwrap());
+    for n in &nums {
+        // y labels are accuracies between 0.5 and 0.7; every x label is a whole number
+        let v: f64 = n.parse().unwrap();
+        assert!(v.fract() == 0.0 || (0.4..0.8).contains(&v), "fractional epoch label {n} in {nums:?}");
+    }
+    assert!(nums.contains(&"1".to_string()) && nums.contains(&"2".to_string()), "{nums:?}");
+    let (svg, png) = paths(dir.path(), "batches");
+    let batches = [16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+    let s = Series::new("BN", batches.iter().map(|&b| (b, 0.8)).collect());
+    plot_lines(&[s], "batch", "batch size", "acc", true, &svg, &png).unwrap();
+    let nums = axis_numbers(&std::fs::read_to_string(&svg).unwrap());
+    for b in ["16", "32", "64", "128", "256", "512"] {
+        assert!(nums.contains(&b.to_string()), "batch {b} labelled: {nums:?}");
+    }
+}

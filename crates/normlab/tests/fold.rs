@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use normlab::data::{load_dir, Batch, Split};
 use normlab::layers::{
-    BatchNorm, BatchNormConfig, BnImpl, BnParts, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, StateMut,
+    AvgPool2d, BatchNorm, BatchNormConfig, BatchRenorm, BnImpl, BnParts, Conv2d, Dropout, Flatten, FrozenBatchNorm,
+    GhostBatchNorm, InstanceNorm, Linear, MaxPool2d, ReLU, RenormSchedule, RmsNorm, Sigmoid, StateMut,
 };
 use normlab::models::{LeNetConfig, ModelKind, Residual, Sequential};
 use normlab::rng::{self, Rng};
@@ -200,4 +201,34 @@ fn a_fused_model_is_refused_with_the_fix() {
     let mut unbuilt = Sequential::<f32>::new().push(Linear::new(3)).push(bn());
     let err = unbuilt.fold_batch_norms().unwrap_err().to_string();
     assert!(err.contains("build()"), "{err}");
+}
+
+/// Frozen BN, ghost BN and batch renormalization are per-channel affine
+/// maps in eval mode and fold like batch norm; instance norm and RMS norm
+/// (per example, not affine) keep their places, and folding goes on past
+/// them without an error.
+#[test]
+fn frozen_ghost_and_renorm_fold_and_per_example_norms_stay() {
+    let split = test_subset();
+    let net = Sequential::<f32>::new()
+        .push(Conv2d::new(4, 5))
+        .push(FrozenBatchNorm::new())
+        .push(Sigmoid::new())
+        .push(Conv2d::new(4, 5).bias(false))
+        .push(GhostBatchNorm::new(4))
+        .push(InstanceNorm::new().affine(true))
+        .push(Sigmoid::new())
+        .push(AvgPool2d::new(4, 4))
+        .push(Flatten::new())
+        .push(Linear::new(16))
+        .push(BatchRenorm::new(RenormSchedule::paper()))
+        .push(RmsNorm::per_example())
+        .push(Linear::new(10));
+    let mut net = built(net, &[1, 28, 28], 4);
+    net.eval();
+    let mut folded = built(Sequential::new().push(Conv2d::new(2, 3)).push(RmsNorm::per_example()), &[1, 6, 6], 1);
+    folded.eval();
+    assert_eq!(folded.fold_batch_norms().unwrap(), 0, "nothing to fold, no error");
+    assert_eq!(folded.layers().iter().map(|l| l.kind()).collect::<Vec<_>>(), ["Conv2d", "RMSNorm"]);
+    check_fold("frozen/ghost/renorm", std::mem::take(&mut net), &split, 3);
 }

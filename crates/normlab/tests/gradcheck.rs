@@ -495,3 +495,172 @@ fn shift_noise_gradients_and_ranges() {
         assert!((0.98..1.27).contains(&sigma) && (0.09..0.11).contains(&sd), "channel {c}: scale {sigma} ± {sd}");
     }
 }
+
+// ---- the normalizations users ask for (issue 18) ----
+
+#[test]
+fn rms_norm_gradients() {
+    let mut rng = rng::seeded(21);
+    for (shape, k, eps) in [(vec![4, 6], 1, None), (vec![3, 2, 3, 4], 3, Some(1e-5)), (vec![3, 2, 3, 4], 2, None)] {
+        for affine in [true, false] {
+            let x = random(&shape, &mut rng, 2.0, 0.3);
+            let mut layer = built(RmsNorm::trailing(k).eps(eps).elementwise_affine(affine), &shape[1..]);
+            perturb_params(&mut layer, &mut rng);
+            gradcheck(&format!("RMSNorm {shape:?} last {k} affine {affine}"), &mut layer, &x, Mode::Train);
+        }
+    }
+}
+
+#[test]
+fn instance_norm_gradients() {
+    let mut rng = rng::seeded(22);
+    for shape in [vec![3, 4, 3, 5], vec![2, 3, 7]] {
+        for (label, affine, track, mode) in [
+            ("default", false, false, Mode::Train),
+            ("affine", true, false, Mode::Train),
+            ("running stats, train", true, true, Mode::Train),
+            ("running stats, eval", true, true, Mode::Eval),
+        ] {
+            let x = random(&shape, &mut rng, 2.0, 0.5);
+            let mut layer = built(InstanceNorm::new().affine(affine).track_running_stats(track), &shape[1..]);
+            perturb_params(&mut layer, &mut rng);
+            for _ in 0..2 {
+                layer.forward(&random(&shape, &mut rng, 1.0, 0.2), Mode::Train).unwrap();
+            }
+            gradcheck(&format!("InstanceNorm {shape:?} {label}"), &mut layer, &x, mode);
+        }
+    }
+}
+
+#[test]
+fn frozen_batch_norm_gradients_reach_the_input_only() {
+    let mut rng = rng::seeded(23);
+    let shape = [3, 4, 2, 3];
+    let mut bn = built(BatchNorm::<f64>::new(BatchNormConfig::pytorch()), &shape[1..]);
+    perturb_params(&mut bn, &mut rng);
+    for _ in 0..3 {
+        bn.forward(&random(&shape, &mut rng, 1.0, 0.4), Mode::Train).unwrap();
+    }
+    let mut frozen = built(FrozenBatchNorm::from_batch_norm(&bn).unwrap(), &shape[1..]);
+    let x = random(&shape, &mut rng, 2.0, 0.5);
+    // the same map as the batch norm it was frozen from, in either mode
+    let want = bn.forward(&x, Mode::Eval).unwrap().clone();
+    for mode in [Mode::Train, Mode::Eval] {
+        let got = frozen.forward(&x, mode).unwrap();
+        assert!(got.data().iter().zip(want.data()).all(|(a, b)| (a - b).abs() < 1e-12), "frozen BN = BN in eval mode");
+    }
+    assert!(frozen.state_mut().iter().all(|(_, s)| matches!(s, StateMut::Buffer(_))), "nothing is learned");
+    gradcheck("FrozenBatchNorm2d", &mut frozen, &x, Mode::Train);
+}
+
+#[test]
+fn ghost_batch_norm_gradients() {
+    let mut rng = rng::seeded(24);
+    // 7 examples with G = 3: virtual batches of 3 and 4; G = 8 > N: plain BN
+    for (shape, g) in [(vec![7, 3], 3), (vec![5, 2, 3, 2], 2), (vec![4, 3], 8)] {
+        for mode in [Mode::Train, Mode::Eval] {
+            let x = random(&shape, &mut rng, 2.0, 0.5);
+            let mut layer = built(GhostBatchNorm::new(g), &shape[1..]);
+            perturb_params(&mut layer, &mut rng);
+            layer.forward(&random(&shape, &mut rng, 1.0, 0.2), Mode::Train).unwrap();
+            gradcheck(&format!("GhostBatchNorm G={g} {shape:?} {mode:?}"), &mut layer, &x, mode);
+        }
+    }
+}
+
+#[test]
+fn ghost_batch_norm_normalizes_each_virtual_batch_and_is_bn_for_one() {
+    let mut rng = rng::seeded(25);
+    let x = random(&[6, 2], &mut rng, 2.0, 0.5);
+    let mut ghost = built(GhostBatchNorm::<f64>::new(3), &[2]);
+    assert_eq!(ghost.virtual_batches(7), vec![0..3, 3..7]);
+    assert_eq!(ghost.virtual_batches(2), vec![0..2]);
+    let y = ghost.forward(&x, Mode::Train).unwrap().clone();
+    for half in [0..3, 3..6] {
+        for ch in 0..2 {
+            let vals: Vec<f64> = half.clone().map(|i| y.data()[i * 2 + ch]).collect();
+            let mean = vals.iter().sum::<f64>() / 3.0;
+            assert!(mean.abs() < 1e-12, "each virtual batch is centred: {vals:?}");
+        }
+    }
+    let mut whole = built(GhostBatchNorm::<f64>::new(6), &[2]);
+    let mut bn = built(BatchNorm::<f64>::new(BatchNormConfig::pytorch()), &[2]);
+    let (a, b) = (whole.forward(&x, Mode::Train).unwrap().clone(), bn.forward(&x, Mode::Train).unwrap());
+    assert!(a.data().iter().zip(b.data()).all(|(p, q)| (p - q).abs() < 1e-12), "G = N is batch norm");
+}
+
+/// With the corrections clipped (running statistics far from the batch's)
+/// r and d are locally constant, so the paper's backward pass (r, d held
+/// constant) is the true gradient and finite differences check it. The
+/// momentum is 0 so that the forward passes of the check do not move the
+/// running statistics.
+#[test]
+fn batch_renorm_gradients_with_clipped_corrections_and_in_eval() {
+    let mut rng = rng::seeded(26);
+    let schedule = RenormSchedule { rmax: 1.5, dmax: 0.5, warmup_steps: 0, rmax_steps: 0, dmax_steps: 0 };
+    for shape in [vec![6, 3], vec![3, 2, 3, 2]] {
+        let x = random(&shape, &mut rng, 1.0, 0.5);
+        let mut layer = built(BatchRenorm::new(schedule).momentum(0.0), &shape[1..]);
+        perturb_params(&mut layer, &mut rng);
+        let c = shape[1];
+        for (name, value) in [("running_mean", 10.0), ("running_var", 100.0)] {
+            for (n, s) in layer.state_mut() {
+                if n == name {
+                    if let StateMut::Buffer(t) = s {
+                        *t = Tensor::full(&[c], value);
+                    }
+                }
+            }
+        }
+        layer.forward(&x, Mode::Train).unwrap();
+        let (r, d) = layer.corrections();
+        assert!(r.iter().all(|&r| (r - 1.0 / 1.5).abs() < 1e-12) && d.iter().all(|&d| d == -0.5), "{r:?} {d:?}");
+        gradcheck(&format!("BatchRenorm {shape:?} clipped"), &mut layer, &x, Mode::Train);
+        gradcheck(&format!("BatchRenorm {shape:?} eval"), &mut layer, &x, Mode::Eval);
+    }
+}
+
+/// Unclipped, r = sigma_B/sigma depends on x, and the backward pass holds it
+/// constant: dx must be the gradient of the output with r and d frozen at
+/// their values, i.e. batch norm's gradient scaled by r (dbeta unchanged,
+/// dgamma = Σ dy·(x_n·r + d)).
+#[test]
+fn batch_renorm_backward_holds_r_and_d_constant() {
+    let mut rng = rng::seeded(27);
+    let shape = [8, 3];
+    let x = random(&shape, &mut rng, 1.0, 0.5);
+    let schedule = RenormSchedule { rmax: 100.0, dmax: 100.0, warmup_steps: 0, rmax_steps: 0, dmax_steps: 0 };
+    let mut renorm = built(BatchRenorm::<f64>::new(schedule), &shape[1..]);
+    let mut bn = built(BatchNorm::<f64>::new(BatchNormConfig::pytorch()), &shape[1..]);
+    // move the running statistics away from the batch's
+    renorm.forward(&random(&shape, &mut rng, 3.0, 2.0), Mode::Train).unwrap();
+    let y = renorm.forward(&x, Mode::Train).unwrap().clone();
+    let (r, d) = (renorm.corrections().0.to_vec(), renorm.corrections().1.to_vec());
+    assert!(r.iter().all(|&r| (r - 1.0).abs() > 1e-3), "r unclipped and not 1: {r:?}");
+    let ybn = bn.forward(&x, Mode::Train).unwrap().clone();
+    for (i, (a, b)) in y.data().iter().zip(ybn.data()).enumerate() {
+        assert!((a - (b * r[i % 3] + d[i % 3])).abs() < 1e-10, "forward = BN·r + d");
+    }
+    let dy = random(&shape, &mut rng, 1.0, 0.0);
+    let dx = renorm.backward(&x, &dy, true).unwrap().clone();
+    let dxbn = bn.backward(&x, &dy, true).unwrap().clone();
+    for (i, (a, b)) in dx.data().iter().zip(dxbn.data()).enumerate() {
+        assert!((a - b * r[i % 3]).abs() < 1e-10, "dx = r · BN's dx at {i}: {a} vs {}", b * r[i % 3]);
+    }
+}
+
+#[test]
+fn batch_renorm_schedule_is_the_papers() {
+    let s = RenormSchedule::paper();
+    assert_eq!(s.limits(0), (1.0, 0.0));
+    assert_eq!(s.limits(5000), (1.0, 0.0));
+    let (r, d) = s.limits(15_000);
+    assert!((r - (1.0 + 2.0 * 10_000.0 / 35_000.0)).abs() < 1e-12 && (d - 2.5).abs() < 1e-12, "{r} {d}");
+    assert_eq!(s.limits(25_000).1, 5.0);
+    assert_eq!(s.limits(40_000), (3.0, 5.0));
+    assert_eq!(s.limits(1_000_000), (3.0, 5.0));
+    let scaled = RenormSchedule::scaled_to(1000);
+    assert_eq!((scaled.warmup_steps, scaled.dmax_steps, scaled.rmax_steps), (50, 250, 400));
+    assert!(RenormSchedule { rmax: 0.5, ..s }.validate().is_err());
+    assert!(RenormSchedule { warmup_steps: 50_000, ..s }.validate().is_err());
+}

@@ -211,3 +211,89 @@ fn old_lenet_checkpoints_still_load() {
         assert_eq!(spec, kind.config().spec());
     }
 }
+
+/// The normalizations of issue 18 in a model file: parsed with their
+/// defaults, checked, built with PyTorch's state names (torchvision's for
+/// the frozen BN), saved and loaded, and bad values refused by field.
+#[test]
+fn the_user_normalizations_build_save_and_load_from_a_model_file() {
+    let text = "input = [1, 12, 12]
+[[layers]]
+type = \"conv2d\"
+out_channels = 4
+kernel = 3
+[[layers]]
+type = \"instance_norm\"
+affine = true
+track_running_stats = true
+[[layers]]
+type = \"frozen_batch_norm\"
+[[layers]]
+type = \"ghost_batch_norm\"
+virtual_batch = 2
+[[layers]]
+type = \"batch_renorm\"
+warmup_steps = 1
+rmax_steps = 3
+dmax_steps = 2
+[[layers]]
+type = \"rms_norm\"
+normalized_dims = 2
+[[layers]]
+type = \"flatten\"
+[[layers]]
+type = \"linear\"
+out_features = 3
+";
+    let spec = ModelSpec::from_toml_str(text).unwrap();
+    assert!(matches!(spec.layers[4], LayerSpec::BatchRenorm { rmax, dmax, .. } if rmax == 3.0 && dmax == 5.0));
+    assert!(Architecture::Spec(spec.clone()).has_batch_norm(), "ghost BN and renorm need batches of 2");
+    assert_eq!(ModelSpec::from_toml_str(&spec.to_toml()).unwrap(), spec);
+    let mut net = spec.build::<f32>(None, &mut rng::seeded(1)).unwrap();
+    let names = net.state_names();
+    for want in [
+        "net.1.weight",
+        "net.1.running_mean",
+        "net.1.num_batches_tracked",
+        "net.2.running_var",
+        "net.3.num_batches_tracked",
+        "net.4.running_mean",
+        "net.5.weight",
+    ] {
+        assert!(names.contains(&want.to_string()), "{want} in {names:?}");
+    }
+    assert!(!names.contains(&"net.2.num_batches_tracked".to_string()), "FrozenBatchNorm2d has none");
+    assert!(!names.contains(&"net.5.bias".to_string()), "RMSNorm has no bias");
+    let kinds: Vec<String> = net.layers().iter().map(|l| l.kind()).collect();
+    assert_eq!(kinds[1..6], ["InstanceNorm2d", "FrozenBatchNorm2d", "GhostBatchNorm", "BatchRenorm", "RMSNorm"]);
+    for s in 0..4 {
+        net.forward(&input(&[4, 1, 12, 12], s)).unwrap();
+    }
+    net.eval();
+    let x = input(&[3, 1, 12, 12], 9);
+    let want = net.forward(&x).unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    checkpoint::save(&mut net, "norms", &spec, &[], &path).unwrap();
+    let (mut back, info) = checkpoint::load(&path).unwrap();
+    assert_eq!(info.network, Architecture::Spec(spec.clone()));
+    back.eval();
+    assert_eq!(back.forward(&x).unwrap().data(), want.data(), "running statistics and step counts come back");
+
+    for (bad, field) in [
+        ("type = \"ghost_batch_norm\"\nvirtual_batch = 0", "virtual_batch"),
+        ("type = \"batch_renorm\"\nrmax = 0.5", "rmax"),
+        ("type = \"instance_norm\"\nmomentum = 2.0", "momentum"),
+        ("type = \"rms_norm\"\neps = -1.0", "eps"),
+    ] {
+        let file = format!("input = [1, 4, 4]\n[[layers]]\n{bad}\n");
+        let err = ModelSpec::from_toml_str(&file).unwrap_err().to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+    let err = ModelSpec::from_toml_str(
+        "input = [1, 4, 4]\n[[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"instance_norm\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("layers[1] (instance_norm)") && err.contains("before the flatten"), "{err}");
+}

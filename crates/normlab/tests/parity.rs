@@ -417,3 +417,85 @@ fn group_norm_matches_pytorch() {
         }
     }
 }
+
+// ---- the normalizations users ask for (issue 18): tests/fixtures/user_norms.safetensors,
+// written by tools/make_user_norm_fixtures.py ----
+
+#[test]
+fn rms_norm_matches_pytorch() {
+    let fx = fixture("user_norms");
+    for (prefix, dims, eps, affine) in
+        [("rms", 2, None, true), ("rms1d", 1, Some(1e-5), true), ("rmsnoaff", 1, None, false)]
+    {
+        let x: Tensor<f32> = fx.t(&format!("{prefix}_x"));
+        let mut rms = RmsNorm::<f32>::trailing(dims).eps(eps).elementwise_affine(affine);
+        rms.build(&x.shape()[1..], &mut rng::seeded(0)).unwrap();
+        if affine {
+            set_state(&mut rms, "weight", &fx.t(&format!("{prefix}_weight")));
+        }
+        let y = rms.forward(&x, Mode::Train).unwrap().clone();
+        close_t(&format!("{prefix} y"), &y, &fx.t(&format!("{prefix}_y")), 1e-5);
+        let dx = rms.backward(&x, &fx.t(&format!("{prefix}_dy")), true).unwrap().clone();
+        close_t(&format!("{prefix} dx"), &dx, &fx.t(&format!("{prefix}_dx")), 1e-5);
+        if affine {
+            let dw = get_grad(&mut rms, "weight");
+            close_t(&format!("{prefix} dweight"), &dw, &fx.t(&format!("{prefix}_dweight")), 1e-5);
+        } else {
+            assert!(rms.state_mut().is_empty());
+        }
+    }
+}
+
+#[test]
+fn instance_norm_matches_pytorch() {
+    let fx = fixture("user_norms");
+    for prefix in ["in", "in1d"] {
+        let x: Tensor<f32> = fx.t(&format!("{prefix}_x"));
+        let mut inorm = InstanceNorm::<f32>::new();
+        inorm.build(&x.shape()[1..], &mut rng::seeded(0)).unwrap();
+        assert!(inorm.state_mut().is_empty(), "PyTorch's defaults: no affine, no running statistics");
+        let y = inorm.forward(&x, Mode::Train).unwrap().clone();
+        close_t(&format!("{prefix} y"), &y, &fx.t(&format!("{prefix}_y")), 1e-5);
+        assert_eq!(inorm.forward(&x, Mode::Eval).unwrap(), &y, "no running statistics: eval = train");
+        let dx = inorm.backward(&x, &fx.t(&format!("{prefix}_dy")), true).unwrap().clone();
+        close_t(&format!("{prefix} dx"), &dx, &fx.t(&format!("{prefix}_dx")), 1e-5);
+    }
+    // affine, with running statistics: a training step, then prediction mode
+    let x: Tensor<f32> = fx.t("inrun_x");
+    let mut inorm = InstanceNorm::<f32>::new().affine(true).track_running_stats(true);
+    inorm.build(&x.shape()[1..], &mut rng::seeded(0)).unwrap();
+    set_state(&mut inorm, "weight", &fx.t("inrun_weight"));
+    set_state(&mut inorm, "bias", &fx.t("inrun_bias"));
+    let y = inorm.forward(&x, Mode::Train).unwrap().clone();
+    close_t("inrun y", &y, &fx.t("inrun_y"), 1e-5);
+    let dx = inorm.backward(&x, &fx.t("inrun_dy"), true).unwrap().clone();
+    close_t("inrun dx", &dx, &fx.t("inrun_dx"), 1e-5);
+    close_t("inrun dweight", &get_grad(&mut inorm, "weight"), &fx.t("inrun_dweight"), 1e-5);
+    close_t("inrun dbias", &get_grad(&mut inorm, "bias"), &fx.t("inrun_dbias"), 1e-5);
+    close_t("inrun running_mean", &get_state(&mut inorm, "running_mean"), &fx.t("inrun_running_mean"), 1e-6);
+    close_t("inrun running_var", &get_state(&mut inorm, "running_var"), &fx.t("inrun_running_var"), 1e-6);
+    let x2: Tensor<f32> = fx.t("inrun_x2");
+    let y2 = inorm.forward(&x2, Mode::Eval).unwrap().clone();
+    close_t("inrun y_eval", &y2, &fx.t("inrun_y_eval"), 1e-5);
+    let dx2 = inorm.backward(&x2, &fx.t("inrun_dy2"), true).unwrap().clone();
+    close_t("inrun dx_eval", &dx2, &fx.t("inrun_dx_eval"), 1e-5);
+}
+
+/// torchvision's FrozenBatchNorm2d formula evaluated by PyTorch (torchvision
+/// itself is not in the fixture venv; the script writes its forward out).
+#[test]
+fn frozen_batch_norm_matches_torchvisions_formula() {
+    let fx = fixture("user_norms");
+    let x: Tensor<f32> = fx.t("frozen_x");
+    let mut frozen = FrozenBatchNorm::<f32>::new();
+    frozen.build(&x.shape()[1..], &mut rng::seeded(0)).unwrap();
+    let names: Vec<String> = frozen.state_mut().into_iter().map(|(n, _)| n.into_owned()).collect();
+    assert_eq!(names, ["weight", "bias", "running_mean", "running_var"], "torchvision's buffers");
+    for name in names {
+        set_state(&mut frozen, &name, &fx.t(&format!("frozen_{name}")));
+    }
+    let y = frozen.forward(&x, Mode::Train).unwrap().clone();
+    close_t("frozen y", &y, &fx.t("frozen_y"), 1e-5);
+    let dx = frozen.backward(&x, &fx.t("frozen_dy"), true).unwrap().clone();
+    close_t("frozen dx", &dx, &fx.t("frozen_dx"), 1e-5);
+}

@@ -33,7 +33,8 @@ Experiments (time at the defaults, 3 seeds, measured on 2 cores):
   block-whitening exercise 7: whitening in blocks of 1, 2, 4, 8, 16 channels and full     (about 10.5 min)
   structured      exercise 7: Monarch, displacement-rank, block forms of Σ^(-1/2)         (about 2.5 min)
   sparsify        exercise 7: top-k after BN (k swept) vs dropout at matched accuracy     (about 10 min, estimated)
-  all             every one of them, and a top-level index.html linking each (about 62 min)
+  small-batch     BN, GN, LN, batch renorm, ghost BN, RMS norm at batch 2..128, lr scaled (about 19 min, machine shared)
+  all             every one of them, and a top-level index.html linking each (about 81 min)
 
 Each writes report.md, epochs.csv, runs.csv, summary.csv, plots (SVG and PNG) and a
 self-contained index.html into --out (default runs/experiment-NAME-<UTC time>;
@@ -51,7 +52,7 @@ Example:
     after_help = AFTER_HELP
 )]
 pub struct ExperimentArgs {
-    /// lr | placement | lite | frozen-affine | bias | dropout | batch-size | recompute | deep | group-norm | ioffe-fig1 | noisy-bn | smoothness | pit | whitening | block-whitening | structured | sparsify | all
+    /// lr | placement | lite | frozen-affine | bias | dropout | batch-size | recompute | deep | group-norm | ioffe-fig1 | noisy-bn | smoothness | small-batch | pit | whitening | block-whitening | structured | sparsify | all
     #[arg(value_name = "NAME")]
     name: String,
     /// Seeds per setting (mean ± std over them), at most 100.

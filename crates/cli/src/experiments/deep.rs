@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rand::seq::SliceRandom;
 
-use crate::plot::{plot_heatmap, plot_lines, Series};
+use crate::plot::{plot_heatmap_scaled, plot_lines, Series};
 use normlab::layers::{BatchNorm, BatchNormConfig, Flatten, Init, Layer, LayerNorm, Linear, ReLU, Sigmoid};
 use normlab::loss::CrossEntropy;
 use normlab::models::{Activation, Sequential, INPUT_SHAPE};
@@ -320,7 +320,7 @@ fn run(ctx: &Context) -> Result<Report> {
 
     // heat maps of seed 0: rows are layers, columns snapshots. The three
     // networks of an activation share one colour scale per quantity, so
-    // their colours compare; the bottom row shows that scale as a ramp.
+    // their colours compare; each map's colour bar shows that scale.
     let mean_of = |s: &Snapshot, l: usize| s.input[l].0;
     let log_std_of = |s: &Snapshot, l: usize| s.input[l].1.max(1e-12).log10();
     type Quantity<'a> = (&'a str, &'a str, &'a dyn Fn(&Snapshot, usize) -> f64);
@@ -328,8 +328,7 @@ fn run(ctx: &Context) -> Result<Report> {
         ("mean of each layer's input", "input_mean", &mean_of),
         ("log10 std of each layer's input", "input_log10_std", &log_std_of),
     ];
-    let mut row_labels: Vec<String> = (1..=DEPTH).map(|l| format!("layer {l}")).collect();
-    row_labels.push("scale".into());
+    let row_labels = layer_row_labels();
     for group in [0..3, 3..6] {
         for (what, suffix, f) in quantities {
             let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
@@ -348,24 +347,22 @@ fn run(ctx: &Context) -> Result<Report> {
                 let label = settings[si].0;
                 let Some(list) = snaps[si].first().filter(|l| !l.is_empty()) else { continue };
                 let col_labels: Vec<String> = list.iter().map(|s| format!("{:.2}", s.epoch)).collect();
-                let mut grid: Vec<Vec<f64>> = (0..DEPTH).map(|l| list.iter().map(|s| f(s, l)).collect()).collect();
-                let k = list.len().max(2) - 1;
-                grid.push((0..list.len()).map(|j| lo + (hi - lo) * j as f64 / k as f64).collect());
+                let grid: Vec<Vec<f64>> = (0..DEPTH).map(|l| list.iter().map(|s| f(s, l)).collect()).collect();
                 let stem = format!("{}_{suffix}", label.to_lowercase().replace(' ', "_"));
                 let seed = ctx.seeds[0];
                 let title = format!("{label}: {what} (seed {seed}; x: epoch)");
-                plot_heatmap(
+                plot_heatmap_scaled(
                     &grid,
-                    &row_labels,
-                    &col_labels,
+                    (&row_labels, &col_labels),
                     &title,
+                    (lo, hi),
                     &ctx.path(&format!("{stem}.svg")),
                     &ctx.path(&format!("{stem}.png")),
                 )?;
                 plots.push(Plot {
                     stem,
                     caption: format!(
-                        "{label}: {what} over training (rows: hidden layers 1 to {DEPTH} from the top; columns: epochs; seed {seed}). The colour scale is shared by the three {} networks; the bottom row shows it.",
+                        "{label}: {what} over training (rows: hidden layers 1 to {DEPTH} from the top; columns: epochs; seed {seed}). The colour scale is shared by the three {} networks; the colour bar shows it.",
                         settings[si].0.split(' ').next().unwrap_or("")
                     ),
                 });
@@ -440,4 +437,20 @@ fn run(ctx: &Context) -> Result<Report> {
         files,
         ..report::empty()
     })
+}
+
+/// The heat maps' rows: one per hidden layer, nothing else (the shared
+/// colour scale is the maps' colour bar, not an extra row).
+fn layer_row_labels() -> Vec<String> {
+    (1..=DEPTH).map(|l| format!("layer {l}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn heat_map_rows_are_the_hidden_layers_only() {
+        let rows = super::layer_row_labels();
+        assert_eq!(rows.len(), super::DEPTH);
+        assert!(rows.iter().all(|r| r.starts_with("layer ")), "no extra 'scale' row: {rows:?}");
+    }
 }

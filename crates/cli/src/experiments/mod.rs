@@ -30,6 +30,7 @@ pub mod recompute;
 pub mod report;
 pub mod research;
 pub mod runner;
+pub mod small_batch;
 pub mod smoothness;
 pub mod sparsify;
 pub mod steps;
@@ -73,7 +74,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 18] {
+pub fn all() -> [&'static Experiment; 19] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -88,6 +89,7 @@ pub fn all() -> [&'static Experiment; 18] {
         &ioffe_fig1::EXPERIMENT,
         &noisy_bn::EXPERIMENT,
         &smoothness::EXPERIMENT,
+        &small_batch::EXPERIMENT,
         // exercise 7: other normalizing transforms
         &pit::EXPERIMENT,
         &whitening::EXPERIMENT,
@@ -267,6 +269,7 @@ pub fn run(exp: &Experiment, data: &FashionMnist, options: &ExperimentOptions) -
     report.question = exp.question.into();
     report.seconds = started.elapsed().as_secs_f64();
     report.threads = rayon::current_num_threads();
+    report.quick = options.quick;
     let d = exp.defaults;
     let at_defaults = !options.quick && options.epochs.is_none() && options.limit_train.is_none() && options.seeds == 3;
     report.timing_note = if at_defaults {

@@ -109,10 +109,12 @@ fn run(ctx: &Context) -> Result<Report> {
         let curve = runs.epoch_curve(s, |m, x| x.get(ra).copied().unwrap_or(f64::NAN) - m.val_acc);
         let biggest = curve.iter().copied().filter(|p| p.1.is_finite()).max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()));
         if let (Some(d), Some(b)) = (d, biggest) {
-            let noise = if d.n > 1 && d.mean.abs() > 2.0 * d.sem() { "beyond" } else { "within" };
             reading.push(format!(
-                "{}: after the last epoch recomputing changes the validation accuracy by {:+.4} ± {:.4} ({noise} the seed-to-seed spread); the largest mean change over the epochs is {:+.4}, after epoch {}.",
-                runs.settings[s], d.mean, d.std, b.1, b.0
+                "{}: after the last epoch recomputing changes the validation accuracy by {}; the largest mean change over the epochs is {}, after epoch {}.",
+                runs.settings[s],
+                change_with_noise(&d),
+                report::signed(b.1, 4),
+                b.0
             ));
         }
     }
@@ -128,4 +130,29 @@ fn run(ctx: &Context) -> Result<Report> {
         files,
         ..report::empty()
     })
+}
+
+/// "+0.0040 ± 0.0012 (beyond the seed-to-seed spread)"; with one seed the
+/// change alone and that one seed says nothing about noise (as
+/// `report::versus`).
+fn change_with_noise(d: &super::Stat) -> String {
+    if d.n < 2 {
+        return format!("{} (one seed, so no statement about noise)", report::signed(d.mean, 4));
+    }
+    let noise = if d.mean.abs() > 2.0 * d.sem() { "beyond" } else { "within" };
+    format!("{} ± {} ({noise} the seed-to-seed spread)", report::signed(d.mean, 4), report::fixed(d.std, 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Stat;
+
+    #[test]
+    fn one_seed_says_nothing_about_noise() {
+        let one = Stat { mean: 0.424, std: 0.0, n: 1 };
+        let text = super::change_with_noise(&one);
+        assert_eq!(text, "+0.4240 (one seed, so no statement about noise)");
+        let three = Stat { mean: -0.00001, std: 0.002, n: 3 };
+        assert_eq!(super::change_with_noise(&three), "+0.0000 ± 0.0020 (within the seed-to-seed spread)");
+    }
 }

@@ -67,7 +67,13 @@ pub struct Report {
     pub threads: usize,
     /// A note on the running time at the defaults (measured on 2 cores).
     pub timing_note: String,
+    /// A `--quick` run: the page says at the top that its numbers are not
+    /// for reading (filled in by the runner).
+    pub quick: bool,
 }
+
+/// The line at the top of a `--quick` run's pages.
+pub const QUICK_BANNER: &str = "Quick run: not for reading the numbers. A small subset and 2 epochs, for checking the pipeline; run without --quick for numbers to read.";
 
 /// How a column reads its value from a run (`None`: no value).
 pub type ColFn<'a> = Box<dyn Fn(&Run) -> Option<f64> + 'a>;
@@ -126,9 +132,14 @@ pub fn settings_table(caption: &str, runs: &Runs, cols: &[Col]) -> Table {
             let cell = match stats[s][c] {
                 Some(st) => {
                     let best = col.higher_is_better.is_some_and(|higher| {
-                        let means = stats.iter().filter_map(|r| r[c].map(|x| x.mean));
-                        let best = if higher { means.fold(f64::MIN, f64::max) } else { means.fold(f64::MAX, f64::min) };
-                        st.mean == best && stats.len() > 1
+                        let means: Vec<f64> = stats.iter().filter_map(|r| r[c].map(|x| x.mean)).collect();
+                        let best = if higher {
+                            means.iter().copied().fold(f64::MIN, f64::max)
+                        } else {
+                            means.iter().copied().fold(f64::MAX, f64::min)
+                        };
+                        // bold marks a winner: not when every setting has the best mean
+                        st.mean == best && means.iter().any(|&m| m != best)
                     });
                     let text = if col.plain && st.std <= 1e-9 * st.mean.abs().max(1.0) {
                         format!("{:.*}", col.decimals, st.mean)
@@ -145,9 +156,15 @@ pub fn settings_table(caption: &str, runs: &Runs, cols: &[Col]) -> Table {
         rows.push(row);
     }
     let seeds = runs.runs.iter().map(|r| r.seed).max().map_or(0, |m| m + 1);
+    let spread = if seeds == 1 {
+        "The value of the one run that trained (1 seed per setting: no spread to show)".to_string()
+    } else {
+        format!("Mean ± sample standard deviation over the runs that trained ({seeds} seeds per setting)")
+    };
+    let bold = rows.iter().flatten().any(|c: &Cell| c.best);
     let mut notes = vec![format!(
-        "Mean ± sample standard deviation over the runs that trained ({seeds} seeds per setting); \
-         \"runs ok\" counts the runs that did not fail. Best mean of each column in bold."
+        "{spread}; \"runs ok\" counts the runs that did not fail.{}",
+        if bold { " Best mean of each column in bold." } else { "" }
     )];
     let failed: Vec<String> = runs
         .runs
@@ -251,6 +268,9 @@ fn md_escape(s: &str) -> String {
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# {}\n", r.title);
+    if r.quick {
+        let _ = writeln!(s, "> **{QUICK_BANNER}**\n");
+    }
     let _ = writeln!(s, "**Question.** {}\n", r.question);
     let _ = writeln!(s, "## Setup\n");
     for b in &r.setup {
@@ -358,6 +378,7 @@ figure img { width: 100%; height: auto; display: block; }
 figcaption { font-size: 13px; color: #333; margin-top: 4px; }
 a { color: #1f5fa8; }
 .meta { color: #666; font-size: 13px; }
+.quick { background: #fdecea; border: 1px solid #e8a39b; border-radius: 6px; padding: 8px 16px; color: #8a1c12; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 16px; }
 .card { background: #fff; border: 1px solid #d5d9e0; border-radius: 6px; padding: 12px 16px; }
 .card h2 { border: none; margin: 4px 0; font-size: 18px; }
@@ -407,6 +428,9 @@ pub fn html(dir: &Path, r: &Report) -> Result<String> {
     );
     let _ = writeln!(s, "<p class=\"meta\">normlab experiment <b>{}</b></p>", html_escape(&r.name));
     let _ = writeln!(s, "<h1>{}</h1>", html_escape(&r.title));
+    if r.quick {
+        let _ = writeln!(s, "<p class=\"quick\"><b>{}</b></p>", html_escape(QUICK_BANNER));
+    }
     let _ = writeln!(s, "<div class=\"question\"><b>Question.</b> {}</div>", html_escape(&r.question));
     let _ = writeln!(s, "<h2>What the numbers show</h2>\n<ul class=\"reading\">");
     for line in &r.reading {
@@ -524,20 +548,58 @@ pub fn write_csvs(ctx: &super::Context, runs: &Runs, cols: &[Col]) -> Result<Vec
 /// `full BN 0.8512` or `full BN (all runs failed)`.
 pub fn acc_phrase(runs: &Runs, s: usize) -> String {
     match runs.final_val_acc(s) {
-        Some(st) => format!("{} {:.4}", runs.settings[s], st.mean),
+        Some(st) => format!("{} {}", runs.settings[s], fixed(st.mean, 4)),
         None => format!("{} (all runs failed)", runs.settings[s]),
     }
 }
 
-/// "By final validation accuracy: A 0.85 > B 0.84 > ...".
+/// "Ranked by final validation accuracy: A 0.85 > B 0.84 = C 0.84 > ...":
+/// settings whose means print the same (4 decimals) are a tie, joined by
+/// "="; when all of them tie there is no ranking to print.
 pub fn ranking(runs: &Runs, which: &[usize]) -> String {
-    let mut order: Vec<(usize, f64)> =
-        which.iter().map(|&s| (s, runs.final_val_acc(s).map_or(f64::NEG_INFINITY, |st| st.mean))).collect();
-    order.sort_by(|a, b| b.1.total_cmp(&a.1));
-    format!(
-        "Ranked by final validation accuracy (mean over seeds): {}.",
-        order.iter().map(|&(s, _)| acc_phrase(runs, s)).collect::<Vec<_>>().join(" > ")
-    )
+    let key = |s: usize| runs.final_val_acc(s).map(|st| (st.mean * 1e4).round() as i64);
+    let mut order: Vec<(usize, Option<i64>)> = which.iter().map(|&s| (s, key(s))).collect();
+    order.sort_by_key(|o| std::cmp::Reverse(o.1));
+    let trained: Vec<i64> = order.iter().filter_map(|o| o.1).collect();
+    if trained.len() > 1 && trained.iter().all(|&k| k == trained[0]) {
+        let failed: Vec<String> = order.iter().filter(|o| o.1.is_none()).map(|o| acc_phrase(runs, o.0)).collect();
+        return format!(
+            "No ranking: {} settings end at the same final validation accuracy, {} (mean over seeds){}.",
+            trained.len(),
+            fixed(trained[0] as f64 / 1e4, 4),
+            if failed.is_empty() { String::new() } else { format!("; {}", failed.join(", ")) }
+        );
+    }
+    let mut text = String::new();
+    for (i, &(s, k)) in order.iter().enumerate() {
+        if i > 0 {
+            text += if k.is_some() && k == order[i - 1].1 { " = " } else { " > " };
+        }
+        text += &acc_phrase(runs, s);
+    }
+    format!("Ranked by final validation accuracy (mean over seeds): {text}.")
+}
+
+/// `x` with `decimals` places, never "-0.0000": a value that rounds to
+/// zero prints without a sign.
+pub fn fixed(x: f64, decimals: usize) -> String {
+    let s = format!("{x:.decimals$}");
+    if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') {
+        s[1..].to_string()
+    } else {
+        s
+    }
+}
+
+/// `x` with an explicit sign and `decimals` places ("+0.0123", "-0.0040");
+/// a value that rounds to zero is "+0.0000", never "-0.0000".
+pub fn signed(x: f64, decimals: usize) -> String {
+    let s = fixed(x, decimals);
+    if s.starts_with('-') {
+        s
+    } else {
+        format!("+{s}")
+    }
 }
 
 /// Below this final validation accuracy (twice chance) a setting counts as
@@ -571,8 +633,12 @@ pub fn versus(runs: &Runs, a: usize, b: usize) -> String {
         ""
     };
     format!(
-        "{} minus {}: {:+.4} in final validation accuracy ({:.4} vs {:.4}), {verdict}.{chance}",
-        runs.settings[a], runs.settings[b], d, sa.mean, sb.mean
+        "{} minus {}: {} in final validation accuracy ({} vs {}), {verdict}.{chance}",
+        runs.settings[a],
+        runs.settings[b],
+        signed(d, 4),
+        fixed(sa.mean, 4),
+        fixed(sb.mean, 4)
     )
 }
 
@@ -591,5 +657,92 @@ pub fn empty() -> Report {
         seconds: 0.0,
         threads: 0,
         timing_note: String::new(),
+        quick: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use normlab::train::EpochMetrics;
+
+    /// Runs whose final validation accuracies are `accs[setting][seed]`.
+    fn runs_of(accs: &[&[f64]]) -> Runs {
+        let mut runs = Vec::new();
+        for (setting, seeds) in accs.iter().enumerate() {
+            for (seed, &acc) in seeds.iter().enumerate() {
+                let mut r = Run::new(setting, seed as u64, 10);
+                r.epochs.push(EpochMetrics {
+                    epoch: 1,
+                    train_loss: 1.0,
+                    train_acc: acc,
+                    val_loss: 1.0,
+                    val_acc: acc,
+                    train_seconds: 1.0,
+                    eval_seconds: 0.1,
+                });
+                r.extra.push(Vec::new());
+                runs.push(r);
+            }
+        }
+        Runs { settings: (0..accs.len()).map(|i| format!("S{i}")).collect(), columns: Vec::new(), runs }
+    }
+
+    #[test]
+    fn ties_are_not_a_ranking() {
+        let all_tied = runs_of(&[&[0.104], &[0.104], &[0.10401]]);
+        let text = ranking(&all_tied, &[0, 1, 2]);
+        assert!(!text.contains(" > "), "{text}");
+        assert!(text.starts_with("No ranking: 3 settings end at the same final validation accuracy, 0.1040"), "{text}");
+        let some = runs_of(&[&[0.8], &[0.9], &[0.8]]);
+        assert_eq!(
+            ranking(&some, &[0, 1, 2]),
+            "Ranked by final validation accuracy (mean over seeds): S1 0.9000 > S0 0.8000 = S2 0.8000."
+        );
+    }
+
+    #[test]
+    fn no_negative_zero() {
+        assert_eq!(fixed(-0.00001, 4), "0.0000");
+        assert_eq!(fixed(-0.5, 1), "-0.5");
+        assert_eq!(signed(-0.00001, 4), "+0.0000");
+        assert_eq!(signed(-0.0123, 4), "-0.0123");
+        assert_eq!(signed(0.0123, 4), "+0.0123");
+        assert_eq!(Stat { mean: -0.00001, std: 0.0, n: 1 }.fmt(4), "0.0000");
+        let runs = runs_of(&[&[0.50001, 0.6], &[0.50002, 0.6]]);
+        let text = versus(&runs, 0, 1);
+        assert!(!text.contains("-0.0000") && text.contains("+0.0000"), "{text}");
+    }
+
+    #[test]
+    fn one_seed_is_singular_and_bold_is_only_claimed_when_shown() {
+        let one = runs_of(&[&[0.8], &[0.9]]);
+        let t = settings_table("c", &one, &[val_acc_col()]);
+        assert!(t.notes[0].contains("1 seed per setting") && !t.notes[0].contains("1 seeds"), "{}", t.notes[0]);
+        assert!(t.notes[0].contains("in bold") && t.rows[1][2].best && !t.rows[0][2].best);
+        // every setting has the same mean: nothing in bold, and no caption saying so
+        let tied = runs_of(&[&[0.8, 0.7], &[0.8, 0.7]]);
+        let t = settings_table("c", &tied, &[val_acc_col()]);
+        assert!(t.rows.iter().flatten().all(|c| !c.best));
+        assert!(!t.notes[0].contains("bold") && t.notes[0].contains("2 seeds per setting"), "{}", t.notes[0]);
+        // a column without a direction has no bold cell either
+        let t = settings_table("c", &one, &[Col::new("x", 2, |_| Some(1.0))]);
+        assert!(!t.notes[0].contains("bold"));
+    }
+
+    #[test]
+    fn quick_pages_say_so_at_the_top() {
+        let mut r = empty();
+        r.title = "T".into();
+        r.reading = vec!["a reading".into()];
+        r.quick = true;
+        let md = markdown(&r);
+        let banner = md.find("not for reading the numbers").expect("banner in report.md");
+        assert!(banner < md.find("**Question.**").unwrap(), "the banner comes before the question");
+        let dir = tempfile::tempdir().unwrap();
+        let page = html(dir.path(), &r).unwrap();
+        assert!(page.find("not for reading the numbers").unwrap() < page.find("Question.").unwrap());
+        r.quick = false;
+        assert!(!markdown(&r).contains("Quick run"));
     }
 }

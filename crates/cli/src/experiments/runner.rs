@@ -252,10 +252,11 @@ impl Stat {
     }
     /// `0.8512 ± 0.0031` (the mean alone for a single run).
     pub fn fmt(&self, decimals: usize) -> String {
+        let mean = super::report::fixed(self.mean, decimals);
         if self.n > 1 {
-            format!("{:.*} ± {:.*}", decimals, self.mean, decimals, self.std)
+            format!("{mean} ± {}", super::report::fixed(self.std, decimals))
         } else {
-            format!("{:.*}", decimals, self.mean)
+            mean
         }
     }
     /// Standard error of the mean.

@@ -20,8 +20,9 @@
 //! | Residual | its body and shortcut, then `Add` |
 //!
 //! The network must be built unfused (`Sequential::fusion(false)`): a fused
-//! layer does not say what it is made of. Anything else (group norm, a
-//! layer of one's own, batch norm without running statistics) is refused
+//! layer does not say what it is made of. Anything else (group norm, RMS
+//! norm, instance norm, frozen or ghost batch norm, batch renormalization,
+//! a layer of one's own, batch norm without running statistics) is refused
 //! with its index and name.
 
 pub mod proto;
@@ -276,7 +277,9 @@ impl Graph {
         }
         Err(Error::config(
             "model",
-            "this kind of layer has no ONNX export (a fused block: build the network with .fusion(false))",
+            "normlab has no ONNX export for this kind of layer (see the table in crates/cli/src/onnx/mod.rs: RMS, instance, \
+             group, ghost and frozen batch norm and batch renormalization are not in it); remove it or replace it, \
+             or, for a fused block, build the network with .fusion(false)",
         ))
     }
 
@@ -346,4 +349,34 @@ impl Graph {
 /// input (0 for `BatchNorm1d` on `(N, C)`, 2 for `BatchNorm2d`).
 fn bn_spatial_rank(bn: &BatchNorm<f32>) -> usize {
     bn.example_shape().len().saturating_sub(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use normlab::layers::{
+        BatchRenorm, Conv2d, Flatten, FrozenBatchNorm, GhostBatchNorm, InstanceNorm, Layer, Linear, RenormSchedule,
+        RmsNorm,
+    };
+    use normlab::models::Sequential;
+
+    /// A layer the exporter has no operator for is refused with its index,
+    /// its name and the way out, not a panic.
+    #[test]
+    fn layers_without_an_onnx_operator_are_refused_by_name() {
+        let norms: Vec<(Box<dyn Layer<f32>>, &str)> = vec![
+            (Box::new(RmsNorm::per_example()), "RMSNorm"),
+            (Box::new(InstanceNorm::new()), "InstanceNorm2d"),
+            (Box::new(FrozenBatchNorm::new()), "FrozenBatchNorm2d"),
+            (Box::new(GhostBatchNorm::new(4)), "GhostBatchNorm"),
+            (Box::new(BatchRenorm::new(RenormSchedule::paper())), "BatchRenorm"),
+        ];
+        for (norm, kind) in norms {
+            let mut net = Sequential::<f32>::new().push(Conv2d::new(2, 3)).fusion(false);
+            net.push_boxed(norm);
+            let mut net = net.push(Flatten::new()).push(Linear::new(3));
+            net.build(&[1, 6, 6], &mut normlab::rng::seeded(0)).unwrap();
+            let err = super::export(&net, "m", &[]).unwrap_err().to_string();
+            assert!(err.contains(&format!("({kind})")) && err.contains("no ONNX export"), "{kind}: {err}");
+        }
+    }
 }

@@ -20,14 +20,19 @@
 pub mod activation;
 mod affine_activation;
 pub mod batch_norm;
+pub mod batch_renorm;
 pub mod conv2d;
 pub mod dropout;
 pub mod flatten;
+pub mod frozen_batch_norm;
+pub mod ghost_batch_norm;
 pub mod group_norm;
+pub mod instance_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod pit_norm;
 pub mod pool;
+pub mod rms_norm;
 pub mod shift_noise;
 pub mod top_k;
 pub mod whitening;
@@ -45,6 +50,12 @@ pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use pool::{AvgPool2d, MaxPool2d};
 pub use shift_noise::ShiftNoise;
+// normalizations users ask for (issue 18)
+pub use batch_renorm::{BatchRenorm, RenormSchedule};
+pub use frozen_batch_norm::FrozenBatchNorm;
+pub use ghost_batch_norm::GhostBatchNorm;
+pub use instance_norm::InstanceNorm;
+pub use rms_norm::RmsNorm;
 pub use {pit_norm::PitNorm, top_k::TopK, whitening::Whitening};
 
 use crate::real::Real;

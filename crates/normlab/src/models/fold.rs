@@ -17,7 +17,10 @@
 //! long as the batch norm's channels are still the producer's outputs (a
 //! convolution with a 1x1 output, or a linear layer); the channel count is
 //! checked. A batch norm after anything else (an activation, a pooling
-//! layer, the model's input) keeps its place. Folding changes the model's
+//! layer, the model's input) keeps its place. Frozen batch norm, ghost
+//! batch norm and batch renormalization are the same per-channel map in
+//! eval mode and fold the same way; every other layer (RMS norm, instance
+//! norm, ...) keeps its place. Folding changes the model's
 //! training behaviour (the batch statistics are gone), so it leaves the
 //! model in eval mode.
 
@@ -25,7 +28,7 @@ use std::any::Any;
 
 use super::spec::{LayerSpec, ModelSpec};
 use super::{Residual, Sequential};
-use crate::layers::{BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear};
+use crate::layers::{BatchNorm, BatchRenorm, Conv2d, Dropout, Flatten, FrozenBatchNorm, GhostBatchNorm, Layer, Linear};
 use crate::real::Real;
 use crate::{Error, Result};
 
@@ -59,6 +62,24 @@ impl Producer {
         }
         .unwrap_or_else(|| unreachable!("the producer's type was checked when it was recorded"))
     }
+}
+
+/// For a layer that is a per-channel affine map in eval mode (batch norm
+/// with running statistics, frozen batch norm, ghost batch norm, batch
+/// renormalization): its channels and that map, `None` in place of the map
+/// when eval mode depends on the batch; `None` for any other layer.
+#[allow(clippy::type_complexity)]
+fn eval_channel_affine<T: Real>(any: &dyn Any) -> Option<(usize, Option<(Vec<f64>, Vec<f64>)>)> {
+    if let Some(bn) = any.downcast_ref::<BatchNorm<T>>() {
+        return Some((bn.num_features(), bn.eval_affine()));
+    }
+    if let Some(f) = any.downcast_ref::<FrozenBatchNorm<T>>() {
+        return Some((f.num_features(), f.channel_affine()));
+    }
+    if let Some(g) = any.downcast_ref::<GhostBatchNorm<T>>() {
+        return Some((g.num_features(), g.eval_affine()));
+    }
+    any.downcast_ref::<BatchRenorm<T>>().map(|r| (r.num_features(), r.eval_affine()))
 }
 
 /// Whether `layer` passes its input through unchanged in eval mode, channel
@@ -127,9 +148,9 @@ impl<T: Real> Sequential<T> {
                 continue;
             }
             let any = &mut *layer as &mut dyn Any;
-            if let Some(bn) = any.downcast_ref::<BatchNorm<T>>() {
-                let fold = match (&producer, bn.eval_affine()) {
-                    (Some((at, p)), Some((scale, shift))) if p.channels() == bn.num_features() => {
+            if let Some((channels, affine)) = eval_channel_affine::<T>(any) {
+                let fold = match (&producer, affine) {
+                    (Some((at, p)), Some((scale, shift))) if p.channels() == channels => {
                         Some((*at, scale, shift))
                     }
                     _ => None,
@@ -221,7 +242,13 @@ impl Folds {
         let mut out = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate() {
             if self.removed.contains(&i) {
-                if !matches!(layer, LayerSpec::BatchNorm { .. }) {
+                if !matches!(
+                    layer,
+                    LayerSpec::BatchNorm { .. }
+                        | LayerSpec::FrozenBatchNorm { .. }
+                        | LayerSpec::GhostBatchNorm { .. }
+                        | LayerSpec::BatchRenorm { .. }
+                ) {
                     return Err(mismatch());
                 }
                 continue;

@@ -57,8 +57,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Residual, Sequential};
 use crate::layers::{
-    AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, BnParts, Conv2d, Dropout, Flatten, GroupNorm, Init, Layer,
-    LayerNorm, LeakyReLU, Linear, MaxPool2d, Momentum, ReLU, RunningVar, SiLU, Sigmoid, Tanh, GELU,
+    AvgPool2d, BatchNorm, BatchNormConfig, BatchRenorm, BnImpl, BnParts, Conv2d, Dropout, Flatten, FrozenBatchNorm,
+    GhostBatchNorm, GroupNorm, Init, InstanceNorm, Layer, LayerNorm, LeakyReLU, Linear, MaxPool2d, Momentum, ReLU,
+    RenormSchedule, RmsNorm, RunningVar, SiLU, Sigmoid, Tanh, GELU,
 };
 use crate::real::Real;
 use crate::rng::Rng;
@@ -234,6 +235,79 @@ pub enum LayerSpec {
         #[serde(default = "yes")]
         affine: bool,
     },
+    /// `nn.RMSNorm` over each example's values (all of them, or the last
+    /// `normalized_dims` dimensions).
+    RmsNorm {
+        /// Added to the mean square (absent: the machine epsilon of the
+        /// element type, as PyTorch's `eps=None`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eps: Option<f64>,
+        /// Learnable per-element gamma (true).
+        #[serde(default = "yes")]
+        elementwise_affine: bool,
+        /// Normalize over the last this-many dimensions (all when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        normalized_dims: Option<usize>,
+    },
+    /// `nn.InstanceNorm2d(C)` (`1d` on `(C, L)` examples).
+    InstanceNorm {
+        /// Added to the variance (1e-5).
+        #[serde(default = "eps")]
+        eps: f64,
+        /// The weight of the NEW statistic in the running averages (0.1).
+        #[serde(default = "momentum_value")]
+        momentum: f64,
+        /// Learnable per-channel gamma and beta (false, as PyTorch).
+        #[serde(default)]
+        affine: bool,
+        /// Keep running statistics for prediction mode (false, as PyTorch).
+        #[serde(default)]
+        track_running_stats: bool,
+    },
+    /// torchvision's `FrozenBatchNorm2d(C)`: fixed statistics and affine
+    /// parameters, all buffers (loaded from a checkpoint).
+    FrozenBatchNorm {
+        /// Added to the running variance (1e-5).
+        #[serde(default = "eps")]
+        eps: f64,
+    },
+    /// normlab: ghost batch norm, statistics over virtual batches of
+    /// `virtual_batch` examples (no PyTorch class).
+    GhostBatchNorm {
+        /// Examples per virtual batch (at least 1).
+        virtual_batch: usize,
+        /// Added to the variance (1e-5).
+        #[serde(default = "eps")]
+        eps: f64,
+        /// The weight of the NEW statistic in the running averages (0.1).
+        #[serde(default = "momentum_value")]
+        momentum: f64,
+    },
+    /// normlab: batch renormalization (Ioffe 2017) with the paper's
+    /// clipping schedule by default (no PyTorch class).
+    BatchRenorm {
+        /// Added to the variance (1e-5).
+        #[serde(default = "eps")]
+        eps: f64,
+        /// The weight of the NEW statistic in the running averages (0.1).
+        #[serde(default = "momentum_value")]
+        momentum: f64,
+        /// The final rmax (3).
+        #[serde(default = "rmax")]
+        rmax: f64,
+        /// The final dmax (5).
+        #[serde(default = "dmax")]
+        dmax: f64,
+        /// Steps of plain batch norm (rmax 1, dmax 0) first (5000).
+        #[serde(default = "warmup_steps")]
+        warmup_steps: u64,
+        /// The step rmax reaches its final value at (40000).
+        #[serde(default = "rmax_steps")]
+        rmax_steps: u64,
+        /// The step dmax reaches its final value at (25000).
+        #[serde(default = "dmax_steps")]
+        dmax_steps: u64,
+    },
     /// `nn.ReLU()`.
     Relu,
     /// `nn.LeakyReLU(negative_slope)`.
@@ -304,6 +378,24 @@ fn eps() -> f64 {
 fn momentum() -> Option<f64> {
     Some(0.1)
 }
+fn momentum_value() -> f64 {
+    0.1
+}
+fn rmax() -> f64 {
+    RenormSchedule::paper().rmax
+}
+fn dmax() -> f64 {
+    RenormSchedule::paper().dmax
+}
+fn warmup_steps() -> u64 {
+    RenormSchedule::paper().warmup_steps
+}
+fn rmax_steps() -> u64 {
+    RenormSchedule::paper().rmax_steps
+}
+fn dmax_steps() -> u64 {
+    RenormSchedule::paper().dmax_steps
+}
 fn slope() -> f64 {
     0.01
 }
@@ -352,6 +444,11 @@ impl LayerSpec {
             LayerSpec::BatchNorm { .. } => "batch_norm",
             LayerSpec::LayerNorm { .. } => "layer_norm",
             LayerSpec::GroupNorm { .. } => "group_norm",
+            LayerSpec::RmsNorm { .. } => "rms_norm",
+            LayerSpec::InstanceNorm { .. } => "instance_norm",
+            LayerSpec::FrozenBatchNorm { .. } => "frozen_batch_norm",
+            LayerSpec::GhostBatchNorm { .. } => "ghost_batch_norm",
+            LayerSpec::BatchRenorm { .. } => "batch_renorm",
             LayerSpec::Relu => "relu",
             LayerSpec::LeakyRelu { .. } => "leaky_relu",
             LayerSpec::Gelu { .. } => "gelu",
@@ -449,6 +546,30 @@ impl LayerSpec {
             }
             LayerSpec::GroupNorm { num_groups, eps, affine } => {
                 Box::new(GroupNorm::new(*num_groups).eps(*eps).affine(*affine))
+            }
+            LayerSpec::RmsNorm { eps, elementwise_affine, normalized_dims } => {
+                let rms = match normalized_dims {
+                    Some(k) => RmsNorm::trailing(*k),
+                    None => RmsNorm::per_example(),
+                };
+                Box::new(rms.eps(*eps).elementwise_affine(*elementwise_affine))
+            }
+            LayerSpec::InstanceNorm { eps, momentum, affine, track_running_stats } => Box::new(
+                InstanceNorm::new().eps(*eps).momentum(*momentum).affine(*affine).track_running_stats(*track_running_stats),
+            ),
+            LayerSpec::FrozenBatchNorm { eps } => Box::new(FrozenBatchNorm::new().eps(*eps)),
+            LayerSpec::GhostBatchNorm { virtual_batch, eps, momentum } => {
+                Box::new(GhostBatchNorm::new(*virtual_batch).eps(*eps).momentum(*momentum))
+            }
+            LayerSpec::BatchRenorm { eps, momentum, rmax, dmax, warmup_steps, rmax_steps, dmax_steps } => {
+                let schedule = RenormSchedule {
+                    rmax: *rmax,
+                    dmax: *dmax,
+                    warmup_steps: *warmup_steps,
+                    rmax_steps: *rmax_steps,
+                    dmax_steps: *dmax_steps,
+                };
+                Box::new(BatchRenorm::new(schedule).eps(*eps).momentum(*momentum))
             }
             LayerSpec::Relu => Box::new(ReLU::new()),
             LayerSpec::LeakyRelu { negative_slope } => Box::new(LeakyReLU::new(*negative_slope)),
@@ -578,6 +699,20 @@ impl Checker {
                 Err(err("eps", format!("is {eps}; it must be a positive number (PyTorch's default 1e-5)")))
             }
         };
+        let unit_momentum = |m: f64| {
+            if (0.0..=1.0).contains(&m) {
+                Ok(())
+            } else {
+                Err(err("momentum", format!("is {m}; the weight of the NEW statistic must be in [0, 1] (default 0.1)")))
+            }
+        };
+        let with_channels = |input: &[usize]| {
+            if input.is_empty() || input[0] == 0 {
+                Err(err("", format!("needs an input with channels, got {input:?}")))
+            } else {
+                Ok(())
+            }
+        };
         let mut add_params = |n: u64| {
             self.params = self.params.saturating_add(n);
             if self.params > MAX_PARAMS {
@@ -675,6 +810,61 @@ impl Checker {
                     ));
                 }
                 add_params(if *affine { 2 * c as u64 } else { 0 })?;
+                input.to_vec()
+            }
+            LayerSpec::RmsNorm { eps, elementwise_affine, normalized_dims } => {
+                if let Some(eps) = eps {
+                    positive_eps(*eps)?;
+                }
+                let k = normalized_dims.unwrap_or(input.len());
+                if k == 0 || k > input.len() {
+                    return Err(err(
+                        "normalized_dims",
+                        format!("is {k}; one example has {} dimensions {input:?}: give 1 to {}", input.len(), input.len()),
+                    ));
+                }
+                let n: u64 = input[input.len() - k..].iter().map(|&d| d as u64).product();
+                add_params(if *elementwise_affine { n } else { 0 })?;
+                input.to_vec()
+            }
+            LayerSpec::InstanceNorm { eps, momentum, affine, .. } => {
+                positive_eps(*eps)?;
+                unit_momentum(*momentum)?;
+                if input.len() < 2 {
+                    return Err(err(
+                        "",
+                        format!("needs an input with channels and spatial values (C, H, W) or (C, L), got {input:?}; put it before the flatten"),
+                    ));
+                }
+                add_params(if *affine { 2 * input[0] as u64 } else { 0 })?;
+                input.to_vec()
+            }
+            LayerSpec::FrozenBatchNorm { eps } => {
+                positive_eps(*eps)?;
+                with_channels(input)?;
+                input.to_vec()
+            }
+            LayerSpec::GhostBatchNorm { virtual_batch, eps, momentum } => {
+                positive_eps(*eps)?;
+                unit_momentum(*momentum)?;
+                at_least_one("virtual_batch", *virtual_batch)?;
+                with_channels(input)?;
+                add_params(2 * input[0] as u64)?;
+                input.to_vec()
+            }
+            LayerSpec::BatchRenorm { eps, momentum, rmax, dmax, warmup_steps, rmax_steps, dmax_steps } => {
+                positive_eps(*eps)?;
+                unit_momentum(*momentum)?;
+                let schedule = RenormSchedule {
+                    rmax: *rmax,
+                    dmax: *dmax,
+                    warmup_steps: *warmup_steps,
+                    rmax_steps: *rmax_steps,
+                    dmax_steps: *dmax_steps,
+                };
+                schedule.validate().map_err(|e| err("", e.to_string()))?;
+                with_channels(input)?;
+                add_params(2 * input[0] as u64)?;
                 input.to_vec()
             }
             LayerSpec::LeakyRelu { negative_slope } => {
@@ -960,12 +1150,13 @@ impl Architecture {
         }
     }
 
-    /// Whether the network has a batch norm anywhere (which cannot train
-    /// on batches of one example).
+    /// Whether the network has a batch norm anywhere, or another layer that
+    /// normalizes over the batch (ghost batch norm, batch renormalization),
+    /// which cannot train on batches of one example.
     pub fn has_batch_norm(&self) -> bool {
         fn any(layers: &[LayerSpec]) -> bool {
             layers.iter().any(|l| match l {
-                LayerSpec::BatchNorm { .. } => true,
+                LayerSpec::BatchNorm { .. } | LayerSpec::GhostBatchNorm { .. } | LayerSpec::BatchRenorm { .. } => true,
                 LayerSpec::Residual { body, shortcut } => any(body) || shortcut.as_deref().is_some_and(any),
                 _ => false,
             })
