@@ -1,8 +1,26 @@
-//! Per-layer forward/backward time of BNLeNet at batch 128 (a profiling aid).
+//! Per-layer forward/backward time at batch 128 (a profiling aid) of a
+//! built-in model (default BNLeNet) or of a model file:
+//! `cargo run --release -p normlab-dev --example layer_times -- model.toml`.
+//! With one thread (RAYON_NUM_THREADS=1) it counts the thread's CPU time,
+//! which a busy machine disturbs less than wall time.
 use std::time::Instant;
 
+/// Seconds on the clock the probe reads: the thread's CPU time with one
+/// worker thread, else wall time since the first call.
+fn now() -> f64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    if rayon::current_num_threads() == 1 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid timespec for the call to write
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+        }
+    }
+    ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
 use normlab::loss::CrossEntropy;
-use normlab::models::{self, ModelKind};
+use normlab::models::{self, ModelKind, ModelSpec};
 use normlab::threads::keep_pool_awake;
 use normlab::{rng, Tensor};
 
@@ -12,15 +30,20 @@ fn main() {
 }
 
 fn profile() {
-    let kind = std::env::args().nth(1).map(|s| ModelKind::parse(&s).unwrap()).unwrap_or(ModelKind::BnLenet);
-    let mut net = models::build::<f32>(kind, &mut rng::seeded(0)).unwrap();
+    let arg = std::env::args().nth(1).unwrap_or_else(|| "bn-lenet".into());
+    let mut net = if arg.ends_with(".toml") {
+        let spec = ModelSpec::from_toml_file(std::path::Path::new(&arg), Some(&[1, 28, 28])).unwrap();
+        spec.build::<f32>(Some(&[1, 28, 28]), &mut rng::seeded(0)).unwrap()
+    } else {
+        models::build::<f32>(ModelKind::parse(&arg).unwrap(), &mut rng::seeded(0)).unwrap()
+    };
     let x = Tensor::from_vec(&[128, 1, 28, 28], (0..128 * 784).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect())
         .unwrap();
     let labels: Vec<usize> = (0..128).map(|i| i % 10).collect();
     let mut ce = CrossEntropy::new();
     let n = net.len();
     let (mut fwd, mut bwd) = (vec![0.0; n], vec![0.0; n]);
-    let iters = 200;
+    let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     for it in 0..iters + 20 {
         // as the trainer runs a step: the pool kept awake throughout
         keep_pool_awake(|| step(&mut net, &x, &labels, &mut ce, it >= 20, &mut fwd, &mut bwd));
@@ -51,10 +74,10 @@ fn step(
         for i in 0..n {
             let (done, rest) = layers.split_at_mut(i);
             let input = if i == 0 { x } else { done[i - 1].output() };
-            let t = Instant::now();
+            let t = now();
             rest[0].forward(input, normlab::layers::Mode::Train).unwrap();
             if timed {
-                fwd[i] += t.elapsed().as_secs_f64();
+                fwd[i] += now() - t;
             }
         }
         ce.forward(layers[n - 1].output(), labels).unwrap();
@@ -63,10 +86,10 @@ fn step(
             let (layer, after) = rest.split_first_mut().unwrap();
             let input = if i == 0 { x } else { done[i - 1].output() };
             let dy = if i + 1 == n { ce.grad() } else { after[0].grad_input() };
-            let t = Instant::now();
+            let t = now();
             layer.backward(input, dy, i > 0).unwrap();
             if timed {
-                bwd[i] += t.elapsed().as_secs_f64();
+                bwd[i] += now() - t;
             }
         }
     }

@@ -449,6 +449,61 @@ fn wasserstein_distance_between_unit_distributions() {
     assert_eq!(covariate_shift(&t, &Tensor::from_vec(&[2, 2, 1, 2], swapped).unwrap()), 0.0);
 }
 
+#[test]
+fn smoothness_quick() {
+    let (_t, dir) = quick("smoothness");
+    let (header, rows) = check_common(&dir, &["loss-range", "gradient-change", "val_acc", "train_loss"], 2);
+    assert_eq!(rows.len(), 4);
+    for setting in ["LeNet", "BN-LeNet", "deep", "deep + BN"] {
+        let beta = lead(&column(&header, &rows, setting, "β-smoothness")).unwrap();
+        assert!(beta.is_finite() && beta > 0.0, "{setting}: β {beta}");
+    }
+    let points = read_csv(&dir.join("landscape.csv"));
+    assert!(points.len() >= 4 * 10, "about 40 measurements per run, {} in all", points.len());
+    for r in &points {
+        let (lo, l, hi) = (f(r, "loss_min"), f(r, "loss"), f(r, "loss_max"));
+        assert!(lo <= l && l <= hi && f(r, "grad_change") >= 0.0 && f(r, "grad_norm") > 0.0, "{r:?}");
+    }
+}
+
+/// The landscape measurement: for a tiny learning rate the loss falls
+/// linearly along the gradient, so its range over moves of up to 4·lr is
+/// 4·lr·‖g‖² (first order); and the network is put back bitwise.
+#[test]
+fn landscape_measurement_is_first_order_exact_and_leaves_the_network_as_it_was() {
+    use normlab::layers::StateMut;
+    use normlab::Tensor;
+    use normlab_cli::experiments::{noisy_bn, smoothness::measure};
+    use rand::Rng as _;
+    let (mut net, _, mut rng) = noisy_bn::build(true, false, 3).unwrap();
+    net.train();
+    let x = Tensor::from_vec(&[16, 1, 28, 28], (0..16 * 784).map(|_| rng.gen_range(0.0..1.0f32)).collect()).unwrap();
+    let labels: Vec<usize> = (0..16).map(|i| i % 10).collect();
+    let snapshot = |net: &mut normlab::models::Sequential<f32>| -> Vec<Vec<f32>> {
+        net.state_mut()
+            .into_iter()
+            .map(|(_, s)| match s {
+                StateMut::Param { value, .. } => value.data().to_vec(),
+                StateMut::Buffer(b) => b.data().to_vec(),
+                StateMut::Count(c) => vec![*c as f32],
+            })
+            .collect()
+    };
+    let before = snapshot(&mut net);
+    let lr = 1e-3;
+    let m = measure(&mut net, &x, &labels, lr).unwrap();
+    assert_eq!(snapshot(&mut net), before, "parameters, running statistics and counters put back");
+    let first_order = 4.0 * lr * m.grad_norm * m.grad_norm;
+    assert!(
+        (m.loss_range() / first_order - 1.0).abs() < 0.05,
+        "range {} against 4·lr·|g|² = {first_order}",
+        m.loss_range()
+    );
+    assert!((m.loss - m.loss_max).abs() < 1e-12, "the loss falls along the gradient, so w has the largest");
+    // the same point measured again gives the same numbers
+    assert_eq!(measure(&mut net, &x, &labels, lr).unwrap(), m);
+}
+
 /// `experiment all`: every experiment's page and a top-level index linking each.
 #[test]
 fn all_writes_an_index_linking_each() {

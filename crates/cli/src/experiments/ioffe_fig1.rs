@@ -174,7 +174,13 @@ struct Checkpoints<'a> {
 }
 
 impl StepHooks for Checkpoints<'_> {
-    fn after_update(&mut self, net: &mut Sequential<f32>, step: usize, _x: &Tensor<f32>) -> Result<()> {
+    fn after_update(
+        &mut self,
+        net: &mut Sequential<f32>,
+        step: usize,
+        _x: &Tensor<f32>,
+        _labels: &[usize],
+    ) -> Result<()> {
         let paper_step = PAPER.iter().any(|p| p.0 == step);
         // the end of a pass is measured by end_of_pass
         if (step.is_multiple_of(self.every) || paper_step) && !step.is_multiple_of(self.per_pass) {

@@ -27,6 +27,7 @@ pub mod placement;
 pub mod recompute;
 pub mod report;
 pub mod runner;
+pub mod smoothness;
 pub mod steps;
 
 use std::path::{Path, PathBuf};
@@ -66,7 +67,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in the order `experiment all` runs them.
-pub fn all() -> [&'static Experiment; 12] {
+pub fn all() -> [&'static Experiment; 13] {
     [
         &lr::EXPERIMENT,
         &placement::EXPERIMENT,
@@ -80,6 +81,7 @@ pub fn all() -> [&'static Experiment; 12] {
         &group_norm::EXPERIMENT,
         &ioffe_fig1::EXPERIMENT,
         &noisy_bn::EXPERIMENT,
+        &smoothness::EXPERIMENT,
     ]
 }
 

@@ -119,13 +119,13 @@ pub fn covariate_shift(before: &Tensor<f32>, after: &Tensor<f32>) -> f64 {
 
 /// Running statistics, counters and every layer's random stream, to put back
 /// after a measuring forward.
-struct Saved {
+pub struct Saved {
     buffers: Vec<Tensor<f32>>,
     counts: Vec<i64>,
     rngs: Vec<Rng>,
 }
 
-fn save(net: &mut Sequential<f32>) -> Saved {
+pub fn save(net: &mut Sequential<f32>) -> Saved {
     let mut s = Saved { buffers: Vec::new(), counts: Vec::new(), rngs: Vec::new() };
     for layer in net.layers_mut() {
         if let Some(r) = layer.rng_mut() {
@@ -142,7 +142,7 @@ fn save(net: &mut Sequential<f32>) -> Saved {
     s
 }
 
-fn restore(net: &mut Sequential<f32>, s: &Saved) {
+pub fn restore(net: &mut Sequential<f32>, s: &Saved) {
     let (mut b, mut c, mut r) = (s.buffers.iter(), s.counts.iter(), s.rngs.iter());
     for layer in net.layers_mut() {
         if let (Some(rng), Some(saved)) = (layer.rng_mut(), r.next()) {
@@ -170,7 +170,13 @@ struct ShiftHooks<'a> {
 }
 
 impl StepHooks for ShiftHooks<'_> {
-    fn after_update(&mut self, net: &mut Sequential<f32>, step: usize, x: &Tensor<f32>) -> Result<()> {
+    fn after_update(
+        &mut self,
+        net: &mut Sequential<f32>,
+        step: usize,
+        x: &Tensor<f32>,
+        _labels: &[usize],
+    ) -> Result<()> {
         // steps 1, 1 + every, ...: the first step is measured too
         if !(step - 1).is_multiple_of(self.every) {
             return Ok(());

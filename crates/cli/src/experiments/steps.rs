@@ -20,9 +20,11 @@ use super::Context;
 
 /// What an experiment does between steps.
 pub trait StepHooks {
-    /// After the update of step `step` (1-based) on the batch `x`; the
-    /// layers' outputs are still those of that step's training forward.
-    fn after_update(&mut self, net: &mut Sequential<f32>, step: usize, x: &Tensor<f32>) -> Result<()>;
+    /// After the update of step `step` (1-based) on the batch `x` with its
+    /// `labels`; the layers' outputs are still those of that step's
+    /// training forward.
+    fn after_update(&mut self, net: &mut Sequential<f32>, step: usize, x: &Tensor<f32>, labels: &[usize])
+        -> Result<()>;
     /// After each pass over the training images: validation loss and accuracy.
     fn end_of_pass(&mut self, net: &mut Sequential<f32>, step: usize) -> Result<(f64, f64)>;
 }
@@ -90,7 +92,7 @@ pub fn train(
             seen += idx.len();
             step += 1;
             let h = Instant::now();
-            hooks.after_update(net, step, &x)?;
+            hooks.after_update(net, step, &x, &labels)?;
             hook_seconds += h.elapsed().as_secs_f64();
         }
         let h = Instant::now();
