@@ -32,10 +32,11 @@ pub const LOCK_FILE: &str = ".normlab.lock";
 
 /// The files `normlab train` and `normlab experiment` write: a directory
 /// holding one of them holds a run, and `--force` may replace it.
-pub const RUN_FILES: [&str; 12] = [
+pub const RUN_FILES: [&str; 13] = [
     "run.json",
     "checkpoint.safetensors",
     "model.safetensors",
+    "best.safetensors",
     "metrics.csv",
     "curves.svg",
     "curves.png",

@@ -18,9 +18,9 @@ use serde_json::Value;
 use common::runs::{eval_json, f, read_metrics, tensor, tensors, test_images, train, trained, EPOCHS, LIMIT_VAL};
 use common::{normlab, s, subset};
 
-const CSV_HEADER: &str = "epoch,train_loss,train_acc,val_loss,val_acc,train_seconds,eval_seconds";
-const EPOCH_KEYS: [&str; 7] =
-    ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "eval_seconds"];
+const CSV_HEADER: &str = "epoch,train_loss,train_acc,val_loss,val_acc,train_seconds,eval_seconds,lr";
+const EPOCH_KEYS: [&str; 8] =
+    ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "train_seconds", "eval_seconds", "lr"];
 const SUMMARY_KEYS: [&str; 11] = [
     "epochs",
     "train_loss",
@@ -44,17 +44,14 @@ fn train_writes_every_output_under_out() {
     let mut names: Vec<String> =
         std::fs::read_dir(&t.out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(
-        names,
-        ["checkpoint.safetensors", "curves.png", "curves.svg", "metrics.csv", "model.safetensors", "run.json"],
-        "exactly the six outputs, no temporary files left behind"
-    );
+    assert_eq!(names, common::runs::RUN_OUTPUTS, "exactly the seven outputs, no temporary files left behind");
 
     let (header, rows) = read_metrics(&t.out);
     assert_eq!(header, CSV_HEADER);
     assert_eq!(rows.len(), EPOCHS, "one row per epoch");
     for (i, row) in rows.iter().enumerate() {
-        assert_eq!(row.len(), 7, "{row:?}");
+        assert_eq!(row.len(), 8, "{row:?}");
+        assert_eq!(row[7], 0.2, "the lr column: the recipe's constant --lr 0.2");
         assert_eq!(row[0], (i + 1) as f64, "epochs are counted from 1");
         assert!(row.iter().all(|x| x.is_finite()), "{row:?}");
         assert!(row[1] > 0.0 && row[3] > 0.0, "losses are positive: {row:?}");

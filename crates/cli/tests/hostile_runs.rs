@@ -133,10 +133,7 @@ fn out_onto_another_run_is_refused_and_force_replaces_it_whole() {
 
     // --force replaces it whole: nothing of the old run is left beside the new one
     train(&dir, &["--force", "--seed", "2", "--epochs", "1", "--quiet", "--limit-train", "256"]).ok();
-    assert_eq!(
-        names(&dir),
-        ["checkpoint.safetensors", "curves.png", "curves.svg", "metrics.csv", "model.safetensors", "run.json"]
-    );
+    assert_eq!(names(&dir), common::runs::RUN_OUTPUTS);
     assert_eq!(run_json(&dir)["options"]["seed"], 2);
     assert_finished(&dir, 1);
 }

@@ -19,6 +19,7 @@ fn metrics(epochs: usize) -> Vec<EpochMetrics> {
                 val_acc: 0.88 - 0.3 / t,
                 train_seconds: 10.0,
                 eval_seconds: 1.0,
+                lr: None,
             }
         })
         .collect()

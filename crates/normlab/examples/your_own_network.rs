@@ -1,6 +1,9 @@
 //! Your own network: build a small CNN from normlab's layers, train it for
-//! two epochs on Fashion-MNIST with SGD in a loop of your own, save it, load
-//! it into a freshly built copy, and check both evaluate the same.
+//! two epochs on Fashion-MNIST with SGD in a loop of your own (shuffled
+//! batches from `data::Batches`, no `rand` needed), save it, load it into a
+//! freshly built copy, and check both evaluate the same; then train another
+//! copy with the library's `Trainer`: AdamW, a cosine schedule with warm-up,
+//! random crops and label smoothing.
 //!
 //! Run: `cargo run --release -p normlab --example your_own_network [DATA_DIR]`
 //! (DATA_DIR defaults to /usr/share/datasets/fashion-mnist, Debian's
@@ -9,9 +12,9 @@
 use normlab::data::{self, Batch, Batches, LastBatch};
 use normlab::layers::{BatchNorm, BatchNormConfig, Conv2d, Flatten, Linear, MaxPool2d, ReLU};
 use normlab::loss::CrossEntropy;
-use normlab::models::Sequential;
-use normlab::optim::{Sgd, SgdConfig};
-use normlab::train::{checkpoint, evaluate};
+use normlab::models::{ModelKind, Sequential};
+use normlab::optim::{OptimizerKind, Sgd, SgdConfig};
+use normlab::train::{checkpoint, evaluate, Augment, NoObserver, Schedule, ScheduleKind, TrainOptions, Trainer};
 use normlab::{rng, Result};
 
 /// Conv -> BN -> ReLU -> max-pool, twice, then a linear classifier; sizes
@@ -61,5 +64,24 @@ fn main() -> Result<()> {
     println!("saved to {}; test accuracy and loss:", path.display());
     println!("trained {:.4} {:.6}, loaded {:.4} {:.6}", saved.accuracy, saved.loss, reloaded.accuracy, reloaded.loss);
     assert_eq!(saved, reloaded, "the loaded network evaluates exactly as the saved one");
+
+    // the library's loop on the same kind of network: the chapter's
+    // options (input shape, classes, evaluation), with ours changed
+    let mut options = TrainOptions::chapter(ModelKind::BnLenet);
+    options.model = "your-own-network".into();
+    (options.epochs, options.batch_size, options.label_smoothing) = (2, 64, 0.1);
+    options.optimizer = OptimizerKind::adamw();
+    options.sgd = SgdConfig { weight_decay: 0.01, ..SgdConfig::new(3e-3) };
+    options.schedule = Schedule { warmup_epochs: Some(0.5), ..Schedule::of(ScheduleKind::Cosine) };
+    options.augment = Augment { crop_padding: 2, hflip: false }; // no flips: wrong for digits
+    let mut trainer = Trainer::with_network(options, network(2)?)?;
+    for _ in 0..trainer.options.epochs {
+        let m = trainer.run_epoch(&fm.train, &fm.test, &mut NoObserver)?;
+        let lr = m.lr.unwrap_or(f64::NAN);
+        println!(
+            "Trainer epoch {}: lr {lr:.2e}, train loss {:.4}, test accuracy {:.4}",
+            m.epoch, m.train_loss, m.val_acc
+        );
+    }
     Ok(())
 }

@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{close_t, fixture, get_grad, get_state, set_state, Fixture};
+use common::{close_t, compare_state, fixture, get_grad, get_state, load_state, set_state, Fixture};
 use normlab::layers::*;
 use normlab::loss::CrossEntropy;
-use normlab::models::{self, Sequential};
+use normlab::models;
 use normlab::optim::{Sgd, SgdConfig};
 use normlab::{rng, Tensor};
 
@@ -311,31 +311,6 @@ fn cross_entropy_matches_pytorch() {
 }
 
 /// Copies `prefix + name` of every state entry from the fixture into the model.
-fn load_state(net: &mut Sequential<f32>, f: &Fixture, prefix: &str) {
-    let mut n = 0;
-    for (name, s) in net.state_mut() {
-        let key = format!("{prefix}{name}");
-        match s {
-            StateMut::Param { value, .. } | StateMut::Buffer(value) => value.copy_from(&f.t(&key)),
-            StateMut::Count(c) => *c = f.i(&key)[0],
-        }
-        n += 1;
-    }
-    assert_eq!(n, f.keys_with_prefix(prefix).len(), "model and fixture have the same state entries");
-}
-
-fn compare_state(net: &mut Sequential<f32>, f: &Fixture, prefix: &str, tag: &str, tol: f64) {
-    for (name, s) in net.state_mut() {
-        let key = format!("{prefix}{name}");
-        match s {
-            StateMut::Param { value, .. } | StateMut::Buffer(value) => {
-                close_t(&format!("{tag} {key}"), value, &f.t(&key), tol);
-            }
-            StateMut::Count(c) => assert_eq!(*c, f.i(&key)[0], "{tag} {key}"),
-        }
-    }
-}
-
 fn labels_of(f: &Fixture, key: &str) -> Vec<usize> {
     f.i(key).iter().map(|&l| l as usize).collect()
 }

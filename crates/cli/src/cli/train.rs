@@ -13,9 +13,11 @@ use crate::plot;
 use crate::rundir::{Owner, RunDir};
 use normlab::data::FashionMnist;
 use normlab::fsutil::write_atomic;
-use normlab::models::{Architecture, ModelKind, ModelSpec};
-use normlab::optim::SgdConfig;
-use normlab::train::{self, checkpoint, EpochMetrics, Observer, TrainOptions, Trainer, CHAPTER_EPOCHS};
+use normlab::models::{Architecture, ModelKind, ModelSpec, TrainDefaults};
+use normlab::optim::{OptimizerKind, SgdConfig, ADAMW_BETA1, ADAMW_BETA2, ADAMW_EPS, ADAMW_WEIGHT_DECAY};
+use normlab::train::{
+    self, checkpoint, Augment, EpochMetrics, Observer, Schedule, ScheduleKind, TrainOptions, Trainer, CHAPTER_EPOCHS,
+};
 
 use super::args::{count, PathArg};
 use super::DataArgs;
@@ -26,7 +28,7 @@ use record::{DataRecord, RunRecord};
 #[derive(clap::Args, Debug)]
 #[command(
     about = "Train a LeNet or your own network (a model file) on Fashion-MNIST, MNIST, KMNIST or an image folder (defaults: the chapter's recipe)",
-    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --model examples/models/vgg-small.toml   # your own network, from a model file\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n  normlab train --resume runs/plain --epochs 8    # continue (or extend) a run as it was recorded\n  normlab train --out runs/plain --force          # replace the run in runs/plain\n  normlab train --dataset kmnist                  # KMNIST, downloaded into the cache if not found\n  normlab train --dataset image-folder --data-dir photos   # photos/train/<class>/*.jpg, photos/test/<class>/...\n\nWrites metrics.csv, curves.svg/png, model.safetensors (PyTorch state_dict names), run.json and\ncheckpoint.safetensors (for --resume) under --out (default runs/<model>-<UTC time>), a directory\nthat belongs to this run alone."
+    after_help = "Examples:\n  normlab train                                   # bn-lenet, 10 epochs, batch 128, SGD lr 0.1\n  normlab train --model lenet --epochs 5 --out runs/plain\n  normlab train --model examples/models/vgg-small.toml   # your own network, from a model file\n  normlab train --limit-train 2000 --epochs 2 --json --quiet\n  normlab train --recompute-stats                 # population BN statistics after training\n  normlab train --resume runs/plain --epochs 8    # continue (or extend) a run as it was recorded\n  normlab train --out runs/plain --force          # replace the run in runs/plain\n  normlab train --dataset kmnist                  # KMNIST, downloaded into the cache if not found\n  normlab train --dataset image-folder --data-dir photos   # photos/train/<class>/*.jpg, photos/test/<class>/...\n  normlab train --optimizer adamw --lr 3e-3 --schedule one-cycle --epochs 8\n  normlab train --schedule cosine --warmup-epochs 1 --momentum 0.9 --weight-decay 5e-4\n  normlab train --schedule step --step-size 3 --gamma 0.1\n  normlab train --label-smoothing 0.1 --augment crop --crop-padding 2   # no flips: wrong for digits\n  normlab train --bn-momentum 0.01 --bn-eps 1e-3  # PyTorch's convention (Keras' momentum 0.99 is 0.01)\n\nWrites metrics.csv (with the lr of each epoch's first step), curves.svg/png, model.safetensors\n(PyTorch state_dict names), best.safetensors (the epoch of best val acc, named in run.json), run.json\nand checkpoint.safetensors (for --resume) under --out (default runs/<model>-<UTC time>), a directory\nthat belongs to this run alone. A model file's [train] table gives defaults for these options."
 )]
 pub struct TrainArgs {
     /// bn-lenet | bn-lenet-scratch | lenet | ln-lenet, or a model file FILE.toml describing any
@@ -39,15 +41,59 @@ pub struct TrainArgs {
     /// Training examples per SGD step [default: 128]
     #[arg(long, allow_negative_numbers = true, value_parser = count(1, "128"))]
     batch_size: Option<usize>,
-    /// Learning rate of plain minibatch SGD [default: 0.1]
+    /// Base learning rate [default: 0.1 with SGD, 1e-3 with AdamW (PyTorch's)]
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
+    /// sgd (torch.optim.SGD) or adamw (torch.optim.AdamW: decoupled weight decay, bias correction) [default: sgd]
+    #[arg(long, value_name = "NAME", value_parser = ["sgd", "adamw"])]
+    optimizer: Option<String>,
     /// SGD momentum (PyTorch semantics) [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
-    /// L2 penalty added to each gradient [default: 0]
+    /// SGD: L2 penalty added to each gradient; AdamW: decoupled decay, p *= 1 - lr x wd [default: 0 with SGD, 0.01 with AdamW]
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
+    /// AdamW's betas[0], in [0, 1) [default: 0.9]
+    #[arg(long, allow_negative_numbers = true)]
+    beta1: Option<f64>,
+    /// AdamW's betas[1], in [0, 1) [default: 0.999]
+    #[arg(long, allow_negative_numbers = true)]
+    beta2: Option<f64>,
+    /// AdamW's eps, added to the denominator [default: 1e-8]
+    #[arg(long, value_name = "EPS", allow_negative_numbers = true)]
+    adam_eps: Option<f64>,
+    /// Learning-rate schedule, evaluated before every step (batch): constant; step (StepLR: times
+    /// --gamma every --step-size epochs); cosine (CosineAnnealingLR to 0 over the run); one-cycle
+    /// (OneCycleLR with max_lr = --lr, no momentum cycling) [default: constant]
+    #[arg(long, value_name = "NAME", value_parser = ScheduleKind::NAMES)]
+    schedule: Option<String>,
+    /// Epochs of linear warm-up from 0 to --lr (fractions allowed); for one-cycle, its rising phase [default: 0; one-cycle: 30% of the run]
+    #[arg(long, value_name = "EPOCHS", allow_negative_numbers = true)]
+    warmup_epochs: Option<f64>,
+    /// --schedule step: epochs between multiplications by --gamma
+    #[arg(long, value_name = "EPOCHS", allow_negative_numbers = true, value_parser = count(1, "3"))]
+    step_size: Option<usize>,
+    /// --schedule step: the factor [default: 0.1]
+    #[arg(long, allow_negative_numbers = true)]
+    gamma: Option<f64>,
+    /// Label smoothing of the training loss, in [0, 1) (PyTorch's CrossEntropyLoss(label_smoothing=EPS);
+    /// the validation loss stays plain cross-entropy) [default: 0]
+    #[arg(long, value_name = "EPS", allow_negative_numbers = true)]
+    label_smoothing: Option<f64>,
+    /// Augment each training batch: crop (random crop with --crop-padding zeros), flip (random
+    /// horizontal flip: wrong for digits), crop,flip or none; seeded by --seed [default: none]
+    #[arg(long, value_name = "LIST")]
+    augment: Option<String>,
+    /// Zero padding of the random crop, in pixels (implies --augment crop) [default: 2 with crop]
+    #[arg(long, value_name = "P", allow_negative_numbers = true, value_parser = count(0, "2"))]
+    crop_padding: Option<usize>,
+    /// Momentum of every batch norm in PyTorch's convention: the weight of the NEW batch statistic,
+    /// running = (1 - m) running + m batch, in [0, 1] (Keras' 0.99 is 0.01) [default: 0.1, or the model file's]
+    #[arg(long, value_name = "M", allow_negative_numbers = true)]
+    bn_momentum: Option<f64>,
+    /// eps of every batch norm, added to the variance (PyTorch's convention) [default: 1e-5, or the model file's]
+    #[arg(long, value_name = "EPS", allow_negative_numbers = true)]
+    bn_eps: Option<f64>,
     /// Seeds the initial weights and the shuffling [default: 0]
     #[arg(long, allow_negative_numbers = true, value_parser = count(0, "0"))]
     seed: Option<usize>,
@@ -87,6 +133,17 @@ pub struct TrainArgs {
 
 /// The training state beside model.safetensors, for --resume.
 const STATE_FILE: &str = "checkpoint.safetensors";
+/// The model of the epoch with the best validation accuracy.
+const BEST_FILE: &str = "best.safetensors";
+
+/// The epoch (from 1) of the best validation accuracy, the earliest of
+/// equals, and that accuracy.
+fn best_epoch(history: &[EpochMetrics]) -> Option<(usize, f64)> {
+    history.iter().fold(None, |best, m| match best {
+        Some((_, acc)) if acc >= m.val_acc => best,
+        _ => Some((m.epoch, m.val_acc)),
+    })
+}
 
 struct Progress {
     bar: ProgressBar,
@@ -140,17 +197,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 /// A new run from the command line's options, in a directory of its own.
 fn start(args: &TrainArgs, started: Instant) -> Result<()> {
+    let mut file_defaults: Option<(PathBuf, TrainDefaults)> = None;
     let mut options = match args.model.as_deref().map(model_file) {
         Some(Some(file)) => {
             // without `input`, the network takes the data's shape (set below);
             // it is checked now for the usual 28x28 examples, so that a bad
             // file is named with its line before any data is read
-            let mut spec = ModelSpec::from_toml_file(file, None)?;
+            let (mut spec, defaults) = ModelSpec::read_model_file(file, None)?;
             if spec.input.is_none() {
                 let [_, h, w] = TrainOptions::chapter(ModelKind::BnLenet).input_shape;
                 let channels = args.channels.map_or(1, usize::from);
                 spec = ModelSpec::from_toml_file(file, Some(&[channels, h, w]))?;
             }
+            file_defaults = defaults.map(|d| (file.to_path_buf(), d));
             let input = spec.input.clone();
             let mut options = TrainOptions::chapter_with(model_file_name(file), spec);
             if let Some(&[c, h, w]) = input.as_deref() {
@@ -162,15 +221,14 @@ fn start(args: &TrainArgs, started: Instant) -> Result<()> {
         _ => TrainOptions::chapter(ModelKind::parse(args.model.as_deref().unwrap_or(ModelKind::BnLenet.name()))?),
     };
     let name = options.model.clone();
-    options.epochs = args.epochs.unwrap_or(CHAPTER_EPOCHS);
-    options.batch_size = args.batch_size.unwrap_or(options.batch_size);
-    let lr = args.lr.unwrap_or(options.sgd.lr);
-    options.sgd = SgdConfig {
-        momentum: args.momentum.unwrap_or(0.0),
-        weight_decay: args.weight_decay.unwrap_or(0.0),
-        ..SgdConfig::new(lr)
-    };
-    options.seed = args.seed.unwrap_or(0) as u64;
+    let none = TrainDefaults::default();
+    let defaults = file_defaults.as_ref().map_or(&none, |(_, d)| d);
+    if let Some((file, _)) = &file_defaults {
+        // the file's values alone first, so that a bad one is named with its line
+        let mut alone = options.clone();
+        settle(&mut alone, defaults).and_then(|()| alone.validate()).map_err(|e| in_train_table(file, defaults, e))?;
+    }
+    settle(&mut options, &given(args, defaults))?;
     options.limit_train = args.limit_train;
     options.limit_val = args.limit_val;
     options.validate()?;
@@ -210,6 +268,147 @@ fn start(args: &TrainArgs, started: Instant) -> Result<()> {
     let trainer = Trainer::new(options)?;
     let record = RunRecord { data: DataRecord::of(&fm, choice), recompute_stats: args.recompute_stats };
     execute(args, dir, name, trainer, fm, choice, record, started)
+}
+
+/// The training settings the command line gives, each falling back on the
+/// model file's `[train]` table.
+fn given(args: &TrainArgs, file: &TrainDefaults) -> TrainDefaults {
+    TrainDefaults {
+        epochs: args.epochs.or(file.epochs),
+        batch_size: args.batch_size.or(file.batch_size),
+        lr: args.lr.or(file.lr),
+        momentum: args.momentum.or(file.momentum),
+        weight_decay: args.weight_decay.or(file.weight_decay),
+        optimizer: args.optimizer.clone().or_else(|| file.optimizer.clone()),
+        beta1: args.beta1.or(file.beta1),
+        beta2: args.beta2.or(file.beta2),
+        adam_eps: args.adam_eps.or(file.adam_eps),
+        schedule: args.schedule.clone().or_else(|| file.schedule.clone()),
+        warmup_epochs: args.warmup_epochs.or(file.warmup_epochs),
+        step_size: args.step_size.or(file.step_size),
+        gamma: args.gamma.or(file.gamma),
+        label_smoothing: args.label_smoothing.or(file.label_smoothing),
+        augment: args.augment.clone().or_else(|| file.augment.clone()),
+        crop_padding: args.crop_padding.or(file.crop_padding),
+        bn_momentum: args.bn_momentum.or(file.bn_momentum),
+        bn_eps: args.bn_eps.or(file.bn_eps),
+        seed: args.seed.map(|s| s as u64).or(file.seed),
+        lines: Default::default(),
+    }
+}
+
+/// `--augment`'s list as (crop, flip).
+pub(super) fn parse_augment(list: &str) -> normlab::Result<(bool, bool)> {
+    let (mut crop, mut flip) = (false, false);
+    for item in list.split(',').map(str::trim) {
+        match item {
+            "crop" => crop = true,
+            "flip" | "hflip" => flip = true,
+            "none" if list.trim() == "none" => {}
+            _ => {
+                return Err(normlab::Error::config(
+                    "--augment",
+                    format!("'{item}' in '{list}' is not an augmentation; give crop, flip, crop,flip or none"),
+                ))
+            }
+        }
+    }
+    Ok((crop, flip))
+}
+
+/// Sets `options` (built for its network) from the settings `g`, with
+/// PyTorch's defaults where `g` says nothing: the chapter's SGD, AdamW's
+/// lr 1e-3 and weight decay 0.01.
+fn settle(options: &mut TrainOptions, g: &TrainDefaults) -> normlab::Result<()> {
+    use normlab::Error;
+    options.epochs = g.epochs.unwrap_or(CHAPTER_EPOCHS);
+    options.batch_size = g.batch_size.unwrap_or(TrainOptions::chapter(ModelKind::BnLenet).batch_size);
+    let adamw = match g.optimizer.as_deref() {
+        None | Some("sgd") => false,
+        Some("adamw") => true,
+        Some(other) => {
+            return Err(Error::config("--optimizer", format!("'{other}' is not an optimizer; give sgd or adamw")))
+        }
+    };
+    if !adamw {
+        if let Some(name) = [("--beta1", g.beta1), ("--beta2", g.beta2), ("--adam-eps", g.adam_eps)]
+            .iter()
+            .find_map(|(n, v)| v.map(|_| *n))
+        {
+            return Err(Error::config(name, "is AdamW's: add --optimizer adamw, or leave it out"));
+        }
+    }
+    let (lr, weight_decay) = if adamw { (1e-3, ADAMW_WEIGHT_DECAY) } else { (0.1, 0.0) };
+    options.sgd = SgdConfig {
+        momentum: g.momentum.unwrap_or(0.0),
+        weight_decay: g.weight_decay.unwrap_or(weight_decay),
+        ..SgdConfig::new(g.lr.unwrap_or(lr))
+    };
+    options.optimizer = if adamw {
+        OptimizerKind::AdamW {
+            beta1: g.beta1.unwrap_or(ADAMW_BETA1),
+            beta2: g.beta2.unwrap_or(ADAMW_BETA2),
+            eps: g.adam_eps.unwrap_or(ADAMW_EPS),
+        }
+    } else {
+        OptimizerKind::Sgd
+    };
+    let kind = match g.schedule.as_deref() {
+        None => ScheduleKind::Constant,
+        Some(name) => name.parse().map_err(|e: String| Error::config("--schedule", e))?,
+    };
+    options.schedule =
+        Schedule { kind, warmup_epochs: g.warmup_epochs, step_size: g.step_size, gamma: g.gamma.unwrap_or(0.1) };
+    options.label_smoothing = g.label_smoothing.unwrap_or(0.0);
+    options.augment = augment_of(g.augment.as_deref(), g.crop_padding)?;
+    if g.bn_momentum.is_some() || g.bn_eps.is_some() {
+        if let Some(m) = g.bn_momentum.filter(|m| !(0.0..=1.0).contains(m)) {
+            return Err(Error::config(
+                "--bn-momentum",
+                format!("{m} must be in [0, 1]: PyTorch's convention, the weight of the NEW batch statistic (default 0.1; Keras' 0.99 is 0.01)"),
+            ));
+        }
+        if let Some(e) = g.bn_eps.filter(|e| !(*e > 0.0 && e.is_finite())) {
+            return Err(Error::config("--bn-eps", format!("{e} must be a positive number, e.g. 1e-5")));
+        }
+        if !options.network.has_batch_norm() {
+            return Err(Error::config(
+                if g.bn_momentum.is_some() { "--bn-momentum" } else { "--bn-eps" },
+                format!("model {} has no batch-norm layers; leave it out", options.model),
+            ));
+        }
+        options.network = options.network.with_batch_norm(g.bn_momentum, g.bn_eps);
+    }
+    options.seed = g.seed.unwrap_or(0);
+    Ok(())
+}
+
+/// `--augment` and `--crop-padding` as an [`Augment`]: a padding alone
+/// means a crop; a crop without one pads 2 pixels.
+pub(super) fn augment_of(list: Option<&str>, padding: Option<usize>) -> normlab::Result<Augment> {
+    let (crop, hflip) = match list {
+        Some(l) => parse_augment(l)?,
+        None => (padding.is_some_and(|p| p > 0), false),
+    };
+    if !crop && padding.is_some_and(|p| p > 0) {
+        return Err(normlab::Error::config(
+            "--crop-padding",
+            "pads the random crop: add crop to --augment (e.g. --augment crop), or leave --crop-padding out",
+        ));
+    }
+    Ok(Augment { crop_padding: if crop { padding.unwrap_or(2) } else { 0 }, hflip })
+}
+
+/// An error in the options a model file's `[train]` table gives, with the
+/// file, the line and the key.
+fn in_train_table(file: &Path, d: &TrainDefaults, e: normlab::Error) -> normlab::Error {
+    let normlab::Error::Config { field, message } = e else { return e };
+    let key = match (field.strip_prefix("--"), field.as_str()) {
+        (Some(option), _) => option.replace('-', "_"),
+        (None, "learning rate") => "lr".to_string(),
+        (None, f) => f.replace(' ', "_"),
+    };
+    normlab::Error::data(file, format!("{}: {message}", d.place(&key)))
 }
 
 /// `--model`'s value as a model file: a name ending in `.toml`, or an
@@ -256,6 +455,19 @@ fn resume(args: &TrainArgs, dir: &Path, started: Instant) -> Result<()> {
                 format!(
                     "{e} is below the {done} epochs {} has done; give --epochs {done} or more to extend it, or leave --epochs out",
                     dir.display()
+                ),
+            )
+            .into());
+        }
+        if e != trainer.options.epochs && trainer.options.schedule.kind.depends_on_length() {
+            return Err(normlab::Error::config(
+                "--epochs",
+                format!(
+                    "{} runs a {} schedule over its {} epochs, which cannot change once it started; leave --epochs out, \
+                     or start a new run with --out",
+                    dir.display(),
+                    trainer.options.schedule.kind.name(),
+                    trainer.options.epochs
                 ),
             )
             .into());
@@ -390,6 +602,10 @@ impl Run {
         self.out.join("model.safetensors")
     }
 
+    fn best_path(&self) -> PathBuf {
+        self.out.join(BEST_FILE)
+    }
+
     /// run.json: the options, the data, the epochs so far and `result`.
     fn write_run_json(&self, trainer: &Trainer, result: serde_json::Value) -> Result<()> {
         let doc = json!({
@@ -406,6 +622,7 @@ impl Run {
             "train_examples": self.n_train,
             "val_examples": self.n_val,
             "epochs": trainer.history,
+            "best": best_epoch(&trainer.history).map(|(epoch, acc)| json!({"epoch": epoch, "val_acc": acc, "file": BEST_FILE})),
             "result": result,
         });
         Ok(write_atomic(&self.out.join("run.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?)
@@ -453,7 +670,13 @@ fn write_epoch_files(run: &Run, dir: &mut RunDir, trainer: &mut Trainer) -> Resu
     let (network, epoch) = (trainer.options.network.clone(), trainer.epoch().to_string());
     let mut meta = vec![("epoch", epoch)];
     meta.extend(run.data_meta.iter().cloned());
-    checkpoint::save(&mut trainer.net, &run.name, &network, &meta, &run.model_path())?;
+    let model = checkpoint::to_bytes(&mut trainer.net, &run.name, &network, &meta)?;
+    write_atomic(&run.model_path(), &model)?;
+    // the best epoch's model, the same bytes as model.safetensors then
+    // (a resume rewrites it only when its own epoch is the best)
+    if best_epoch(&trainer.history).is_some_and(|(e, _)| e == trainer.epoch()) {
+        write_atomic(&run.best_path(), &model)?;
+    }
     run.write_run_json(trainer, json!("in progress"))?;
     dir.keep();
     Ok(())

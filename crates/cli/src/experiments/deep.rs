@@ -171,6 +171,7 @@ fn train_one(ctx: &Context, setting: usize, act: Activation, norm: DeepNorm, see
             val_acc: e.accuracy,
             train_seconds,
             eval_seconds: t.elapsed().as_secs_f64(),
+            lr: None,
         });
         run.extra.push(Vec::new());
         if min_batch.is_finite() && min_batch > super::runner::failure_threshold(run.start_loss) {

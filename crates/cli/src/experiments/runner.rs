@@ -129,6 +129,7 @@ impl Run {
             val_acc: f64::NAN,
             train_seconds: f64::NAN,
             eval_seconds: f64::NAN,
+            lr: None,
         });
         self.extra.push(vec![f64::NAN; extra_columns]);
         self.status = Status::Diverged { epoch, message };

@@ -122,6 +122,7 @@ pub fn train(
             val_acc,
             train_seconds: t.elapsed().as_secs_f64() - hook_seconds,
             eval_seconds: hook_seconds,
+            lr: None,
         });
         run.extra.push(Vec::new());
         if min_batch.is_finite() && min_batch > failure_threshold(run.start_loss) {

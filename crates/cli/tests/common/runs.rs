@@ -14,6 +14,16 @@ use super::{normlab, s, subset, Out};
 pub const TRAIN: [&str; 11] =
     ["train", "--limit-train", "1024", "--limit-val", "256", "--epochs", "2", "--batch-size", "32", "--lr", "0.2"];
 pub const EPOCHS: usize = 2;
+/// Every file a finished `normlab train` leaves in its directory, sorted.
+pub const RUN_OUTPUTS: [&str; 7] = [
+    "best.safetensors",
+    "checkpoint.safetensors",
+    "curves.png",
+    "curves.svg",
+    "metrics.csv",
+    "model.safetensors",
+    "run.json",
+];
 pub const LIMIT_VAL: usize = 256;
 
 /// `normlab train` with the small recipe, `--data-dir subset --out out`.

@@ -7,7 +7,7 @@ pub mod lenet;
 mod residual;
 pub mod spec;
 
-pub use spec::{Architecture, LayerSpec, ModelSpec};
+pub use spec::{Architecture, LayerSpec, ModelSpec, TrainDefaults};
 
 pub use fold::Folds;
 pub use residual::Residual;

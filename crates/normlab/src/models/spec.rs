@@ -34,6 +34,19 @@
 //! out_features = 10
 //! ```
 //!
+//! An optional `[train]` table gives training defaults, used where the
+//! command line does not give the option (see [`TrainDefaults`]):
+//!
+//! ```toml
+//! [train]
+//! epochs = 20
+//! optimizer = "adamw"
+//! lr = 3e-3
+//! schedule = "one-cycle"
+//! label_smoothing = 0.1
+//! augment = "crop"
+//! ```
+//!
 //! Every field has PyTorch's default; the file is checked layer by layer
 //! against the input shape before anything is allocated, and an error
 //! names the line, the layer and the field.
@@ -86,6 +99,92 @@ pub struct ModelSpec {
     pub input: Option<Vec<usize>>,
     /// The layers, in order: layer `i`'s state is named `net.i.*`.
     pub layers: Vec<LayerSpec>,
+}
+
+/// A model file's `[train]` table: training defaults for this network,
+/// each used when the command line does not give the option of the same
+/// name (`batch_size` is `--batch-size`, ...). Values are checked as the
+/// options are; an unknown key is an error naming its line.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainDefaults {
+    /// `--epochs`.
+    pub epochs: Option<usize>,
+    /// `--batch-size`.
+    pub batch_size: Option<usize>,
+    /// `--lr`.
+    pub lr: Option<f64>,
+    /// `--momentum` (SGD).
+    pub momentum: Option<f64>,
+    /// `--weight-decay`.
+    pub weight_decay: Option<f64>,
+    /// `--optimizer`: `"sgd"` or `"adamw"`.
+    pub optimizer: Option<String>,
+    /// `--beta1` (AdamW).
+    pub beta1: Option<f64>,
+    /// `--beta2` (AdamW).
+    pub beta2: Option<f64>,
+    /// `--adam-eps` (AdamW).
+    pub adam_eps: Option<f64>,
+    /// `--schedule`: `"constant"`, `"step"`, `"cosine"` or `"one-cycle"`.
+    pub schedule: Option<String>,
+    /// `--warmup-epochs`.
+    pub warmup_epochs: Option<f64>,
+    /// `--step-size` (step schedule).
+    pub step_size: Option<usize>,
+    /// `--gamma` (step schedule).
+    pub gamma: Option<f64>,
+    /// `--label-smoothing`.
+    pub label_smoothing: Option<f64>,
+    /// `--augment`: `"none"`, `"crop"`, `"flip"` or `"crop,flip"`.
+    pub augment: Option<String>,
+    /// `--crop-padding`.
+    pub crop_padding: Option<usize>,
+    /// `--bn-momentum` (PyTorch's convention).
+    pub bn_momentum: Option<f64>,
+    /// `--bn-eps`.
+    pub bn_eps: Option<f64>,
+    /// `--seed`.
+    pub seed: Option<u64>,
+    /// The line of each key in the file, for messages.
+    #[serde(skip)]
+    pub lines: std::collections::BTreeMap<String, usize>,
+}
+
+impl TrainDefaults {
+    /// Where `key` is: `line N, [train] key`.
+    pub fn place(&self, key: &str) -> String {
+        match self.lines.get(key) {
+            Some(l) => format!("line {l}, [train] {key}"),
+            None => format!("[train] {key}"),
+        }
+    }
+
+    /// The line of each `key = ...` of the `[train]` table in `text`.
+    fn find_lines(&mut self, text: &str) {
+        let mut inside = false;
+        for (n, line) in text.lines().enumerate() {
+            let t = line.trim_start();
+            if t.starts_with('[') {
+                inside = t.trim_end().trim_end_matches(|c: char| c != ']') == "[train]";
+            } else if inside {
+                if let Some((key, _)) = t.split_once('=') {
+                    self.lines.insert(key.trim().trim_matches('"').to_string(), n + 1);
+                }
+            }
+        }
+    }
+}
+
+/// A model file as written: the network and its training defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    #[serde(default)]
+    input: Option<Vec<usize>>,
+    layers: Vec<LayerSpec>,
+    #[serde(default)]
+    train: Option<TrainDefaults>,
 }
 
 /// How a convolution or linear layer draws its initial weights (see
@@ -929,6 +1028,47 @@ impl ModelSpec {
         ModelSpec { input: None, layers }
     }
 
+    /// The same network with every batch norm's momentum (PyTorch's
+    /// convention) and eps replaced where given, residual blocks included.
+    pub fn with_batch_norm(&self, momentum: Option<f64>, eps: Option<f64>) -> ModelSpec {
+        fn walk(layers: &mut [LayerSpec], momentum: Option<f64>, new_eps: Option<f64>) {
+            for l in layers {
+                match l {
+                    LayerSpec::BatchNorm { eps, momentum: m, .. } => {
+                        if let Some(w) = momentum {
+                            *m = Some(w);
+                        }
+                        if let Some(e) = new_eps {
+                            *eps = e;
+                        }
+                    }
+                    LayerSpec::Residual { body, shortcut } => {
+                        walk(body, momentum, new_eps);
+                        if let Some(s) = shortcut {
+                            walk(s, momentum, new_eps);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut spec = self.clone();
+        walk(&mut spec.layers, momentum, eps);
+        spec
+    }
+
+    /// The momentum and eps of the first batch norm, if there is one.
+    pub fn first_batch_norm(&self) -> Option<(Option<f64>, f64)> {
+        fn find(layers: &[LayerSpec]) -> Option<(Option<f64>, f64)> {
+            layers.iter().find_map(|l| match l {
+                LayerSpec::BatchNorm { eps, momentum, .. } => Some((*momentum, *eps)),
+                LayerSpec::Residual { body, shortcut } => find(body).or_else(|| shortcut.as_deref().and_then(find)),
+                _ => None,
+            })
+        }
+        find(&self.layers)
+    }
+
     /// The same network with one example's shape fixed to `input`.
     pub fn with_input(mut self, input: &[usize]) -> Self {
         self.input = Some(input.to_vec());
@@ -940,6 +1080,11 @@ impl ModelSpec {
     /// when it gives one, must agree). Errors name the file, the line, the
     /// layer and the field.
     pub fn from_toml_file(path: &Path, data_input: Option<&[usize]>) -> Result<Self> {
+        Ok(Self::read_model_file(path, data_input)?.0)
+    }
+
+    /// [`Self::from_toml_file`], and the file's `[train]` table when it has one.
+    pub fn read_model_file(path: &Path, data_input: Option<&[usize]>) -> Result<(Self, Option<TrainDefaults>)> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         // a model file is a few kilobytes; refuse a device or a huge file
         // before reading it
@@ -950,7 +1095,7 @@ impl ModelSpec {
             ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let spec = Self::parse_toml(&text).map_err(|m| Error::data(path, m))?;
+        let (spec, train) = Self::parse_file(&text).map_err(|m| Error::data(path, m))?;
         if let (Some(own), Some(data)) = (&spec.input, data_input) {
             if own.as_slice() != data {
                 return Err(Error::data(
@@ -961,7 +1106,7 @@ impl ModelSpec {
         }
         let input = spec.input.clone().or_else(|| data_input.map(<[usize]>::to_vec));
         spec.check(input.as_deref()).map_err(|e| Error::data(path, located(&text, &e)))?;
-        Ok(spec)
+        Ok((spec, train))
     }
 
     /// Parses a model file's text and checks it (see [`Self::check`]).
@@ -972,14 +1117,32 @@ impl ModelSpec {
     }
 
     fn parse_toml(text: &str) -> std::result::Result<Self, String> {
-        toml::from_str::<ModelSpec>(text).map_err(|e| {
+        Ok(Self::parse_file(text)?.0)
+    }
+
+    fn parse_file(text: &str) -> std::result::Result<(Self, Option<TrainDefaults>), String> {
+        let file = toml::from_str::<ModelFile>(text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
             let message = e.message().trim().replace('\n', " ");
+            let message = if message.starts_with("unknown field") && in_train_table(text, line) {
+                format!(
+                    "{message} in [train]; its keys are the options of `normlab train` with _ for - \
+                     (epochs, batch_size, lr, optimizer, schedule, label_smoothing, augment, bn_momentum, ...)"
+                )
+            } else {
+                message
+            };
             match line {
+                Some(l) if in_train_table(text, Some(l)) => format!("line {l}, [train]: {message}"),
                 Some(l) => format!("line {l}{}: {message}", layer_field(text, l).unwrap_or_default()),
                 None => message,
             }
-        })
+        })?;
+        let train = file.train.map(|mut t| {
+            t.find_lines(text);
+            t
+        });
+        Ok((ModelSpec { input: file.input, layers: file.layers }, train))
     }
 
     /// The file's text (TOML).
@@ -1080,6 +1243,18 @@ fn layer_field(text: &str, line: usize) -> Option<String> {
     })
 }
 
+/// Whether `line` lies in the file's `[train]` table (the last table
+/// header at or above it is `[train]`).
+fn in_train_table(text: &str, line: Option<usize>) -> bool {
+    let Some(line) = line else { return false };
+    text.lines()
+        .take(line)
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('['))
+        .last()
+        .is_some_and(|h| h.trim_end().starts_with("[train]"))
+}
+
 /// The error with the line of its top-level layer's `[[layers]]` header
 /// in `text`, when the file writes layers that way.
 fn located(text: &str, e: &SpecError) -> String {
@@ -1147,6 +1322,27 @@ impl Architecture {
                 }
                 s.build(Some(input), rng)
             }
+        }
+    }
+
+    /// The same network with every batch norm's momentum (PyTorch's
+    /// convention: the weight of the new batch statistic) and eps replaced
+    /// where given.
+    pub fn with_batch_norm(&self, momentum: Option<f64>, eps: Option<f64>) -> Architecture {
+        match self {
+            Architecture::LeNet(c) => {
+                let mut c = *c;
+                if let super::Norm::Batch { config, .. } = &mut c.norm {
+                    if let Some(m) = momentum {
+                        config.momentum = Momentum::NewStatWeight(m);
+                    }
+                    if let Some(e) = eps {
+                        config.eps = e;
+                    }
+                }
+                Architecture::LeNet(c)
+            }
+            Architecture::Spec(s) => Architecture::Spec(s.with_batch_norm(momentum, eps)),
         }
     }
 

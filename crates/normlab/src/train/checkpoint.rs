@@ -315,7 +315,10 @@ fn info_from(path: &Path, metadata: HashMap<String, String>) -> Result<Checkpoin
     // a ready-made model's name promises its network: refuse a file whose
     // description says otherwise rather than mislabel what it holds
     if let Ok(kind) = ModelKind::parse(&model) {
-        if network.spec().layers != kind.config().spec().layers {
+        // BN's momentum and eps are training settings (--bn-momentum,
+        // --bn-eps), not part of what the name promises
+        let plain = |a: &Architecture| a.spec().with_batch_norm(Some(0.1), Some(1e-5)).layers;
+        if plain(&network) != plain(&Architecture::LeNet(kind.config())) {
             return Err(Error::checkpoint(
                 path,
                 format!("the metadata names model '{model}' but describes a different network; the file was edited or damaged"),

@@ -11,6 +11,7 @@
 //! }
 //! ```
 
+mod augment;
 mod batch;
 mod bn_stats;
 pub mod checkpoint;
@@ -18,11 +19,14 @@ mod evaluate;
 pub mod metrics;
 mod options;
 mod resume;
+mod schedule;
 mod trainer;
 
+pub use augment::Augment;
 pub use batch::fill_batch;
 pub use bn_stats::recompute_bn_stats;
 pub use evaluate::{evaluate, Evaluation};
 pub use metrics::EpochMetrics;
 pub use options::{TrainOptions, CHAPTER_EPOCHS};
+pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{NoObserver, Observer, Trainer};

@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{Augment, Schedule};
 use crate::models::{Architecture, LeNetConfig, ModelKind};
-use crate::optim::SgdConfig;
+use crate::optim::{OptimizerKind, SgdConfig};
 use crate::{Error, Result};
 
 /// The chapter's number of epochs (its `num_epochs = 10`).
@@ -23,8 +24,21 @@ pub struct TrainOptions {
     pub epochs: usize,
     /// Training examples per SGD step.
     pub batch_size: usize,
-    /// Learning rate, momentum and weight decay (PyTorch's `torch.optim.SGD`).
+    /// Learning rate, momentum and weight decay (PyTorch's `torch.optim.SGD`);
+    /// with AdamW, its learning rate and (decoupled) weight decay.
     pub sgd: SgdConfig,
+    /// SGD (the chapter's) or AdamW with its betas and eps.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// How the learning rate changes over the run (constant by default).
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// PyTorch's `CrossEntropyLoss(label_smoothing=...)` for training (0 by default).
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Random crops and flips of each training batch (none by default).
+    #[serde(default)]
+    pub augment: Augment,
     /// Seeds the initial weights, the shuffling and dropout.
     pub seed: u64,
     /// Use only the first N training examples.
@@ -84,6 +98,10 @@ impl TrainOptions {
             epochs: CHAPTER_EPOCHS,
             batch_size: 128,
             sgd: SgdConfig::new(0.1),
+            optimizer: OptimizerKind::Sgd,
+            schedule: Schedule::constant(),
+            label_smoothing: 0.0,
+            augment: Augment::none(),
             seed: 0,
             limit_train: None,
             limit_val: None,
@@ -95,7 +113,10 @@ impl TrainOptions {
 
     /// Checks every option, with an error naming the option and the fix.
     pub fn validate(&self) -> Result<()> {
-        self.sgd.validate()?;
+        crate::optim::Optimizer::<f32>::new(self.optimizer, self.sgd)?;
+        self.schedule.validate(self.epochs)?;
+        crate::loss::CrossEntropy::<f32>::with_label_smoothing(self.label_smoothing)?;
+        self.augment.validate(self.input_shape[1], self.input_shape[2])?;
         if self.epochs == 0 {
             return Err(Error::config("epochs", "must be at least 1, e.g. --epochs 10"));
         }

@@ -1,5 +1,6 @@
-//! The training loop: one epoch of SGD steps over the shuffled training set,
-//! then evaluation in prediction mode.
+//! The training loop: one epoch of optimizer steps over the shuffled (and
+//! optionally augmented) training set, at the rates of the schedule, then
+//! evaluation in prediction mode.
 
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use crate::data::Split;
 use crate::layers::StateMut;
 use crate::loss::CrossEntropy;
 use crate::models::Sequential;
-use crate::optim::Sgd;
+use crate::optim::Optimizer;
 use crate::rng::{self, Rng};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -49,15 +50,20 @@ pub struct Trainer {
     pub options: TrainOptions,
     /// The network being trained.
     pub net: Sequential<f32>,
-    /// The optimizer, with its momentum buffers.
-    pub sgd: Sgd<f32>,
+    /// The optimizer (SGD or AdamW), with its state.
+    pub optimizer: Optimizer<f32>,
     /// Shuffles the training set each epoch.
     pub shuffle_rng: Rng,
+    /// Draws the crops and flips of [`TrainOptions::augment`].
+    pub augment_rng: Rng,
     /// The metrics of each completed epoch.
     pub history: Vec<EpochMetrics>,
     loss: CrossEntropy<f32>,
     /// Whether the network has a batch norm (which cannot train on one example).
     has_batch_norm: bool,
+    /// Whether `options.network` describes `net` (false for a network
+    /// built in code, [`Trainer::with_network`]).
+    described: bool,
     x: Tensor<f32>,
     labels: Vec<usize>,
     order: Vec<usize>,
@@ -70,17 +76,90 @@ impl Trainer {
         options.validate()?;
         let mut init_rng = rng::seeded(options.seed);
         let net = options.network.build_for(&options.input_shape, options.classes, &mut init_rng)?;
+        Self::assemble(options, net, init_rng, true)
+    }
+
+    /// A run on any network built in code: `net` must already be built
+    /// ([`Sequential::build`], which draws its initial weights) for one
+    /// example of `options.input_shape`, with `options.classes` outputs.
+    /// `options.network` is not used (it describes the networks that
+    /// [`Trainer::new`] builds); the shuffling and augmentation streams
+    /// come from `options.seed`. Such a run cannot write a training
+    /// checkpoint, which must describe its network: save the weights with
+    /// [`super::checkpoint::save_state_dict`].
+    ///
+    /// ```
+    /// use normlab::layers::{Flatten, Linear, ReLU};
+    /// use normlab::models::Sequential;
+    /// use normlab::train::{NoObserver, TrainOptions, Trainer};
+    /// use normlab::{data::Split, models::ModelKind, rng};
+    /// let mut net = Sequential::new().push(Flatten::new()).push(Linear::new(16)).push(ReLU::new()).push(Linear::new(3));
+    /// net.build(&[1, 4, 4], &mut rng::seeded(0))?;
+    /// let mut options = TrainOptions::chapter(ModelKind::Lenet);
+    /// (options.input_shape, options.classes, options.batch_size, options.epochs) = ([1, 4, 4], 3, 2, 1);
+    /// let data = Split { images: (0..6 * 16).map(|v| (v * 7 % 256) as u8).collect(), labels: vec![0, 1, 2, 0, 1, 2], channels: 1, rows: 4, cols: 4 };
+    /// let mut trainer = Trainer::with_network(options, net)?;
+    /// let m = trainer.run_epoch(&data, &data, &mut NoObserver)?;
+    /// assert!(m.train_loss.is_finite());
+    /// # Ok::<(), normlab::Error>(())
+    /// ```
+    pub fn with_network(options: TrainOptions, mut net: Sequential<f32>) -> Result<Self> {
+        options.validate()?;
+        if net.example_shape() != options.input_shape {
+            return Err(Error::config(
+                "network",
+                format!(
+                    "built for examples of shape {:?}, but TrainOptions::input_shape is {:?}; build it with the data's \
+                     shape (Split::example_shape) and set input_shape to the same",
+                    net.example_shape(),
+                    options.input_shape
+                ),
+            ));
+        }
+        if net.output_shape() != [options.classes] {
+            return Err(Error::config(
+                "network",
+                format!(
+                    "its output has shape {:?} but TrainOptions::classes is {}; end it with Linear::new({})",
+                    net.output_shape(),
+                    options.classes,
+                    options.classes
+                ),
+            ));
+        }
+        let has_batch_norm = net.layers_mut().iter_mut().any(|l| !l.batch_norms_mut().is_empty());
+        let mut trainer = Self::assemble(options, net, rng::seeded(0), false)?;
+        trainer.has_batch_norm = has_batch_norm;
+        let mut streams = rng::seeded(trainer.options.seed);
+        trainer.shuffle_rng = rng::fork(&mut streams);
+        trainer.augment_rng = rng::fork(&mut streams);
+        Ok(trainer)
+    }
+
+    /// Whether the options describe the network, so that a training
+    /// checkpoint can rebuild it (false for [`Trainer::with_network`]).
+    pub fn is_described(&self) -> bool {
+        self.described
+    }
+
+    fn assemble(options: TrainOptions, net: Sequential<f32>, mut init_rng: Rng, described: bool) -> Result<Self> {
         let has_batch_norm = options.network.has_batch_norm();
         let shuffle_rng = rng::fork(&mut init_rng);
-        let sgd = Sgd::new(options.sgd)?;
+        // forked after the shuffling stream, which stays what it was before
+        // augmentation existed
+        let augment_rng = rng::fork(&mut init_rng);
+        let optimizer = Optimizer::new(options.optimizer, options.sgd)?;
+        let loss = CrossEntropy::with_label_smoothing(options.label_smoothing)?;
         Ok(Trainer {
             options,
             net,
-            sgd,
+            optimizer,
             shuffle_rng,
+            augment_rng,
             history: Vec::new(),
-            loss: CrossEntropy::new(),
+            loss,
             has_batch_norm,
+            described,
             x: Tensor::default(),
             labels: Vec::new(),
             order: Vec::new(),
@@ -90,6 +169,23 @@ impl Trainer {
     /// Completed epochs.
     pub fn epoch(&self) -> usize {
         self.history.len()
+    }
+
+    /// Training steps (batches) per epoch on `data`, the last short one included.
+    pub fn steps_per_epoch(&self, data: &Split) -> usize {
+        let n = self.options.limit_train.map_or(data.len(), |l| l.min(data.len()));
+        n.div_ceil(self.options.batch_size)
+    }
+
+    /// The learning rate of step `step` (counted from 0 over the whole
+    /// run) with `steps_per_epoch` steps an epoch: the schedule's.
+    pub fn lr_at(&self, step: usize, steps_per_epoch: usize) -> f64 {
+        let o = &self.options;
+        if o.schedule == super::Schedule::constant() {
+            // the base rate itself, bit for bit, as before schedules existed
+            return o.sgd.lr;
+        }
+        o.schedule.lr(o.sgd.lr, step, steps_per_epoch, steps_per_epoch * o.epochs)
     }
 
     /// One pass over the (shuffled) training set in training mode. Returns
@@ -123,8 +219,11 @@ impl Trainer {
         let bs = self.options.batch_size;
         let batches = n.div_ceil(bs);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0, 0);
+        let first_step = (epoch - 1) * batches;
         for b in 0..batches {
             let idx = &self.order[b * bs..((b + 1) * bs).min(n)];
+            let lr = self.lr_at(first_step + b, batches);
+            self.optimizer.set_lr(lr);
             if idx.len() == 1 && b > 0 && self.has_batch_norm {
                 // a last batch of one example cannot be batch-normalized (PyTorch
                 // raises); it is left out of this epoch
@@ -134,6 +233,7 @@ impl Trainer {
             // follow one another with short one-thread stretches between them
             let (loss, right) = crate::threads::keep_pool_awake(|| -> Result<(f64, usize)> {
                 fill_batch(data, idx, &mut self.x, &mut self.labels);
+                self.options.augment.apply(&mut self.x, &mut self.augment_rng);
                 let logits = self.net.forward(&self.x)?;
                 let (loss, right) = self.loss.forward(logits, &self.labels)?;
                 if !loss.is_finite() {
@@ -144,7 +244,7 @@ impl Trainer {
                     )));
                 }
                 self.net.backward(&self.x, self.loss.grad())?;
-                self.sgd.step(&mut self.net);
+                self.optimizer.step(&mut self.net);
                 Ok((loss, right))
             })?;
             loss_sum += loss * idx.len() as f64;
@@ -159,8 +259,9 @@ impl Trainer {
     /// Trains one epoch, evaluates on `val` in prediction mode, and records
     /// the epoch's metrics.
     pub fn run_epoch(&mut self, train: &Split, val: &Split, observer: &mut dyn Observer) -> Result<EpochMetrics> {
-        let (train_loss, train_acc, train_seconds) = self.train_epoch(train, observer)?;
         let epoch = self.epoch() + 1;
+        let lr = self.lr_at((epoch - 1) * self.steps_per_epoch(train), self.steps_per_epoch(train));
+        let (train_loss, train_acc, train_seconds) = self.train_epoch(train, observer)?;
         for (name, s) in self.net.state_mut() {
             let finite = match s {
                 StateMut::Param { value, .. } | StateMut::Buffer(value) => value.all_finite(),
@@ -183,6 +284,7 @@ impl Trainer {
             val_acc: eval.accuracy,
             train_seconds,
             eval_seconds: start.elapsed().as_secs_f64(),
+            lr: Some(lr),
         };
         self.history.push(m.clone());
         Ok(m)

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use normlab::layers::{Layer, StateMut};
+use normlab::models::Sequential;
 use normlab::{Real, Tensor};
 
 pub struct Fixture {
@@ -119,4 +120,32 @@ pub fn get_grad<T: Real>(layer: &mut dyn Layer<T>, name: &str) -> Tensor<T> {
         }
     }
     panic!("layer has no parameter named {name}");
+}
+
+/// Sets every state entry of `net` from the fixture's `prefix<name>` tensors
+/// (all of them: as many as the net has).
+pub fn load_state(net: &mut Sequential<f32>, f: &Fixture, prefix: &str) {
+    let mut n = 0;
+    for (name, s) in net.state_mut() {
+        let key = format!("{prefix}{name}");
+        match s {
+            StateMut::Param { value, .. } | StateMut::Buffer(value) => value.copy_from(&f.t(&key)),
+            StateMut::Count(c) => *c = f.i(&key)[0],
+        }
+        n += 1;
+    }
+    assert_eq!(n, f.keys_with_prefix(prefix).len(), "model and fixture have the same state entries");
+}
+
+/// Compares every state entry of `net` with the fixture's `prefix<name>`.
+pub fn compare_state(net: &mut Sequential<f32>, f: &Fixture, prefix: &str, tag: &str, tol: f64) {
+    for (name, s) in net.state_mut() {
+        let key = format!("{prefix}{name}");
+        match s {
+            StateMut::Param { value, .. } | StateMut::Buffer(value) => {
+                close_t(&format!("{tag} {key}"), value, &f.t(&key), tol);
+            }
+            StateMut::Count(c) => assert_eq!(*c, f.i(&key)[0], "{tag} {key}"),
+        }
+    }
 }

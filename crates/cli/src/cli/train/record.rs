@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use normlab::data::{FashionMnist, Split};
-use normlab::train::TrainOptions;
+use normlab::optim::OptimizerKind;
+use normlab::train::{Augment, TrainOptions};
 use normlab::{Error, Result};
 
 use super::TrainArgs;
@@ -158,7 +159,9 @@ pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Opt
         Some((value, Some(file))) => {
             let spec = normlab::models::ModelSpec::from_toml_file(file, Some(&o.network.input_shape()))?;
             let spec = if spec.input.is_some() { spec } else { spec.with_input(&o.network.input_shape()) };
-            if spec != o.network.spec() {
+            // BN's momentum and eps are compared below, as --bn-momentum and --bn-eps
+            let plain = |s: &normlab::models::ModelSpec| s.with_batch_norm(Some(0.1), Some(1e-5));
+            if plain(&spec) != plain(&o.network.spec()) {
                 differ("--model", Some(value.to_string()), Some(format!("{} (another network)", o.model)));
             }
         }
@@ -171,6 +174,31 @@ pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Opt
     differ("--lr", args.lr.map(show), Some(show(o.sgd.lr)));
     differ("--momentum", args.momentum.map(show), Some(show(o.sgd.momentum)));
     differ("--weight-decay", args.weight_decay.map(show), Some(show(o.sgd.weight_decay)));
+    differ("--optimizer", args.optimizer.clone(), Some(o.optimizer.name().to_string()));
+    let (beta1, beta2, adam_eps) = match o.optimizer {
+        OptimizerKind::AdamW { beta1, beta2, eps } => (Some(show(beta1)), Some(show(beta2)), Some(show(eps))),
+        OptimizerKind::Sgd => (None, None, None),
+    };
+    differ("--beta1", args.beta1.map(show), beta1);
+    differ("--beta2", args.beta2.map(show), beta2);
+    differ("--adam-eps", args.adam_eps.map(show), adam_eps);
+    let schedule = &o.schedule;
+    differ("--schedule", args.schedule.clone(), Some(schedule.kind.name().to_string()));
+    differ("--warmup-epochs", args.warmup_epochs.map(show), schedule.warmup_epochs.map(show));
+    differ("--step-size", args.step_size.map(|n| n.to_string()), schedule.step_size.map(|n| n.to_string()));
+    differ("--gamma", args.gamma.map(show), Some(show(schedule.gamma)));
+    differ("--label-smoothing", args.label_smoothing.map(show), Some(show(o.label_smoothing)));
+    // the list as written by the record (crop,flip), a bad one as given
+    let augment = args.augment.as_deref().map(|l| {
+        super::parse_augment(l)
+            .map_or_else(|_| l.to_string(), |(c, f)| Augment { crop_padding: c as usize, hflip: f }.describe())
+    });
+    differ("--augment", augment, Some(o.augment.describe()));
+    differ("--crop-padding", args.crop_padding.map(|n| n.to_string()), Some(o.augment.crop_padding.to_string()));
+    let bn = o.network.spec().first_batch_norm();
+    let bn_momentum = bn.map(|(m, _)| m.map_or_else(|| "none".to_string(), show));
+    differ("--bn-momentum", args.bn_momentum.map(show), bn_momentum);
+    differ("--bn-eps", args.bn_eps.map(show), bn.map(|(_, e)| show(e)));
     differ("--seed", args.seed.map(|s| s.to_string()), Some(o.seed.to_string()));
     differ("--limit-train", args.limit_train.map(|n| n.to_string()), o.limit_train.map(|n| n.to_string()));
     differ("--limit-val", args.limit_val.map(|n| n.to_string()), o.limit_val.map(|n| n.to_string()));
