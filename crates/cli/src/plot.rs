@@ -279,8 +279,7 @@ fn x_key_points(xs: &[f64], range: &Range<f64>, log: bool) -> Option<Vec<f64>> {
             return Some(distinct);
         }
         let (lo, hi) = (range.start.max(f64::MIN_POSITIVE).log10().floor() as i32, range.end.log10().ceil() as i32);
-        let keys: Vec<f64> =
-            (lo..=hi).flat_map(|e| [1.0, 2.0, 5.0].map(|m| decade(m, e))).filter(inside).collect();
+        let keys: Vec<f64> = (lo..=hi).flat_map(|e| [1.0, 2.0, 5.0].map(|m| decade(m, e))).filter(inside).collect();
         return (keys.len() >= 2).then_some(keys);
     }
     if xs.is_empty() || xs.iter().any(|v| v.fract() != 0.0) {

@@ -220,7 +220,9 @@ fn write_failure_is_an_io_error_naming_the_path() {
 fn axis_numbers(svg: &str) -> Vec<String> {
     svg.split("<text")
         .skip(1)
-        .filter_map(|t| t.split_once('>').and_then(|(_, rest)| rest.split_once("</text>")).map(|(v, _)| v.trim().to_string()))
+        .filter_map(|t| {
+            t.split_once('>').and_then(|(_, rest)| rest.split_once("</text>")).map(|(v, _)| v.trim().to_string())
+        })
         .filter(|v| v.parse::<f64>().is_ok())
         .collect()
 }

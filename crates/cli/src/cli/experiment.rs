@@ -34,7 +34,7 @@ Experiments (time at the defaults, 3 seeds, measured on 2 cores):
   structured      exercise 7: Monarch, displacement-rank, block forms of Σ^(-1/2)         (about 2.5 min)
   sparsify        exercise 7: top-k after BN (k swept) vs dropout at matched accuracy     (about 10 min, estimated)
   small-batch     BN, GN, LN, batch renorm, ghost BN, RMS norm at batch 2..128, lr scaled (about 19 min, machine shared)
-  all             every one of them, and a top-level index.html linking each (about 81 min)
+  all             every one of them, and a top-level index.html linking each (about 2 h, the sum above)
 
 Each writes report.md, epochs.csv, runs.csv, summary.csv, plots (SVG and PNG) and a
 self-contained index.html into --out (default runs/experiment-NAME-<UTC time>;

@@ -680,6 +680,7 @@ mod tests {
                     val_acc: acc,
                     train_seconds: 1.0,
                     eval_seconds: 0.1,
+                    lr: None,
                 });
                 r.extra.push(Vec::new());
                 runs.push(r);

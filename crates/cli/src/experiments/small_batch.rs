@@ -84,9 +84,8 @@ fn run(ctx: &Context) -> Result<Report> {
     }
     let runs = run_settings(ctx, &settings, &mut NoProbe)?;
     let n = BATCH_SIZES.len();
-    let per_epoch = |r: &super::Run| {
-        Some(r.epochs.iter().map(|m| m.train_seconds).sum::<f64>() / r.epochs.len().max(1) as f64)
-    };
+    let per_epoch =
+        |r: &super::Run| Some(r.epochs.iter().map(|m| m.train_seconds).sum::<f64>() / r.epochs.len().max(1) as f64);
     let cols = [
         Col::new("lr", 4, |r| Some(lr_for(BATCH_SIZES[r.setting % n]))).plain(),
         val_acc_col(),
@@ -166,7 +165,8 @@ fn reading(runs: &super::Runs) -> Vec<String> {
         .collect();
     lines.push(format!("Final validation accuracy from batch 128 to batch 2: {}.", drops.join("; ")));
     for b in [2, 128] {
-        let idx: Vec<usize> = (0..NORMS.len()).map(|k| k * n + BATCH_SIZES.iter().position(|&x| x == b).unwrap_or(0)).collect();
+        let idx: Vec<usize> =
+            (0..NORMS.len()).map(|k| k * n + BATCH_SIZES.iter().position(|&x| x == b).unwrap_or(0)).collect();
         lines.push(format!("At batch {b}: {}", report::ranking(runs, &idx)));
     }
     let bn2 = BATCH_SIZES.iter().position(|&x| x == 2).unwrap_or(0);
@@ -180,7 +180,10 @@ fn reading(runs: &super::Runs) -> Vec<String> {
         .enumerate()
         .filter(|&(i, _)| {
             let bn = runs.final_val_acc(i).map(|s| s.mean);
-            let best = independent.iter().filter_map(|&k| runs.final_val_acc(k * n + i).map(|s| s.mean)).fold(f64::MIN, f64::max);
+            let best = independent
+                .iter()
+                .filter_map(|&k| runs.final_val_acc(k * n + i).map(|s| s.mean))
+                .fold(f64::MIN, f64::max);
             bn.is_some_and(|bn| bn < best)
         })
         .map(|(_, &b)| b)

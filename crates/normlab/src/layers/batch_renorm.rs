@@ -87,10 +87,16 @@ impl RenormSchedule {
     /// after the warm-up.
     pub fn validate(&self) -> Result<()> {
         if !(self.rmax >= 1.0 && self.rmax.is_finite()) {
-            return Err(Error::config("batch-renorm rmax", format!("is {}; it must be at least 1 (paper: 3)", self.rmax)));
+            return Err(Error::config(
+                "batch-renorm rmax",
+                format!("is {}; it must be at least 1 (paper: 3)", self.rmax),
+            ));
         }
         if !(self.dmax >= 0.0 && self.dmax.is_finite()) {
-            return Err(Error::config("batch-renorm dmax", format!("is {}; it must be at least 0 (paper: 5)", self.dmax)));
+            return Err(Error::config(
+                "batch-renorm dmax",
+                format!("is {}; it must be at least 0 (paper: 5)", self.dmax),
+            ));
         }
         if self.rmax_steps < self.warmup_steps || self.dmax_steps < self.warmup_steps {
             return Err(Error::config(

@@ -20,8 +20,8 @@
 //! dgamma_c = Σ dy · x_hat      dbeta_c = Σ dy       (over the whole batch)
 //! ```
 //!
-//! G ≥ N is plain batch norm. The per-chunk passes here ([`chunk_forward`],
-//! [`chunk_backward`]) also serve batch renormalization, whose correction
+//! G ≥ N is plain batch norm. The per-chunk passes here (`chunk_forward`,
+//! `chunk_backward`) also serve batch renormalization, whose correction
 //! (r, d) they take as constants.
 
 use std::ops::Range;

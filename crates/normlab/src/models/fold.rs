@@ -150,9 +150,7 @@ impl<T: Real> Sequential<T> {
             let any = &mut *layer as &mut dyn Any;
             if let Some((channels, affine)) = eval_channel_affine::<T>(any) {
                 let fold = match (&producer, affine) {
-                    (Some((at, p)), Some((scale, shift))) if p.channels() == channels => {
-                        Some((*at, scale, shift))
-                    }
+                    (Some((at, p)), Some((scale, shift))) if p.channels() == channels => Some((*at, scale, shift)),
                     _ => None,
                 };
                 if let Some((at, scale, shift)) = fold {

@@ -654,7 +654,11 @@ impl LayerSpec {
                 Box::new(rms.eps(*eps).elementwise_affine(*elementwise_affine))
             }
             LayerSpec::InstanceNorm { eps, momentum, affine, track_running_stats } => Box::new(
-                InstanceNorm::new().eps(*eps).momentum(*momentum).affine(*affine).track_running_stats(*track_running_stats),
+                InstanceNorm::new()
+                    .eps(*eps)
+                    .momentum(*momentum)
+                    .affine(*affine)
+                    .track_running_stats(*track_running_stats),
             ),
             LayerSpec::FrozenBatchNorm { eps } => Box::new(FrozenBatchNorm::new().eps(*eps)),
             LayerSpec::GhostBatchNorm { virtual_batch, eps, momentum } => {
@@ -919,7 +923,11 @@ impl Checker {
                 if k == 0 || k > input.len() {
                     return Err(err(
                         "normalized_dims",
-                        format!("is {k}; one example has {} dimensions {input:?}: give 1 to {}", input.len(), input.len()),
+                        format!(
+                            "is {k}; one example has {} dimensions {input:?}: give 1 to {}",
+                            input.len(),
+                            input.len()
+                        ),
                     ));
                 }
                 let n: u64 = input[input.len() - k..].iter().map(|&d| d as u64).product();
@@ -1122,7 +1130,9 @@ impl ModelSpec {
 
     fn parse_file(text: &str) -> std::result::Result<(Self, Option<TrainDefaults>), String> {
         let file = toml::from_str::<ModelFile>(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            // the line the error's span starts on (a span at a line's start, as an
+            // unknown key's, is on that line, not the one before)
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let message = e.message().trim().replace('\n', " ");
             let message = if message.starts_with("unknown field") && in_train_table(text, line) {
                 format!(

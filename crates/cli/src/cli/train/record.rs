@@ -157,11 +157,14 @@ pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Opt
     match args.model.as_deref().map(|m| (m, super::model_file(m))) {
         // a model file agrees when it describes the recorded network
         Some((value, Some(file))) => {
-            let spec = normlab::models::ModelSpec::from_toml_file(file, Some(&o.network.input_shape()))?;
+            let (spec, defaults) = normlab::models::ModelSpec::read_model_file(file, Some(&o.network.input_shape()))?;
             let spec = if spec.input.is_some() { spec } else { spec.with_input(&o.network.input_shape()) };
-            // BN's momentum and eps are compared below, as --bn-momentum and --bn-eps
-            let plain = |s: &normlab::models::ModelSpec| s.with_batch_norm(Some(0.1), Some(1e-5));
-            if plain(&spec) != plain(&o.network.spec()) {
+            // the file's network as this command would train it: BN's momentum
+            // and eps from --bn-momentum/--bn-eps or the file's [train] table
+            // where given, else the file's own layers' values
+            let defaults = defaults.unwrap_or_default();
+            let spec = spec.with_batch_norm(args.bn_momentum.or(defaults.bn_momentum), args.bn_eps.or(defaults.bn_eps));
+            if spec != o.network.spec() {
                 differ("--model", Some(value.to_string()), Some(format!("{} (another network)", o.model)));
             }
         }
