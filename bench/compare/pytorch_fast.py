@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""PyTorch twin of `normlab train --preset fast`: the same network, optimizer,
-schedule, label smoothing and augmentation on Fashion-MNIST, timed the same
-way (wall time from the first training step; evaluation of the test set after
-every epoch is included in the time, as normlab's is).
+"""A fast Fashion-MNIST recipe in PyTorch, for choosing normlab's coming
+`train --preset fast` (not in normlab yet): a conv-BN-ReLU-pool network, SGD
+with Nesterov momentum, a one-cycle schedule (linear warm-up, linear decay),
+label smoothing and random crops, timed as normlab times a run (wall time
+from the first training step, the test-set evaluation after every epoch
+included), with the time it first reaches --target.
 
 Prints one line per epoch and, at the end, one JSON object:
 {"seed", "threads", "epochs", "accuracy": [...], "seconds": [...],
