@@ -93,3 +93,18 @@ fn every_citation_of_the_spec_names_one_of_its_sections() {
     }
     assert!(cited >= 2, "expected citations of docs/spec.md sections in the code, found {cited}");
 }
+
+/// README's time for `experiment all` is the sum that `experiment --help`
+/// gives (each experiment's measured time), so the two cannot drift apart.
+#[test]
+fn the_readme_states_experiment_alls_measured_total() {
+    let help = normlab_cli::experiments::help_list();
+    let all = help.lines().find(|l| l.trim_start().starts_with("all ")).expect("the list ends with all");
+    let total = all.split("(about ").nth(1).and_then(|t| t.split(',').next()).expect("all's time");
+    for e in normlab_cli::experiments::all() {
+        assert!(help.contains(&format!("  {} ", e.name)), "--help lists {}", e.name);
+    }
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let line = readme.lines().find(|l| l.contains("normlab experiment NAME|all")).expect("README shows the command");
+    assert!(line.contains(&format!("all: about {total}")), "README says '{line}', but --help's sum is {total}");
+}

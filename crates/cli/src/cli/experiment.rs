@@ -13,29 +13,13 @@ use crate::rundir::{Owner, RunDir};
 use super::args::{count, Count, PathArg};
 use super::DataArgs;
 
-const AFTER_HELP: &str = "\
-Experiments (time at the defaults, 3 seeds, measured on 2 cores):
-  lr              BN vs no BN over learning rates 0.01..100; largest lr that trains   (about 4.5 min)
-  placement       BN before/after the activation; every layer, conv only, fc only     (about 1 min)
-  lite            full BN vs centring only vs scaling only vs none                     (about 1 min)
-  frozen-affine   learnable gamma and beta vs fixed at 1 and 0                         (about 40 s)
-  bias            biases in front of BN on vs off: parameters, accuracy, and why       (about 25 s)
-  dropout         BN vs dropout 0.5 vs both vs neither                                 (about 1.5 min)
-  batch-size      batch 16..512 with lr scaled linearly, BN vs layer norm              (about 2 min)
-  recompute       val accuracy per epoch with running vs recomputed statistics         (about 1 min)
-  deep            20-layer sigmoid/ReLU network, no norm vs BN vs LN; activation maps  (about 1 min)
-  group-norm      research exercise: group norm vs BN vs LN, batch 128 and 16          (about 1 min)
-  ioffe-fig1      the BN paper's Figure 1: 3x100 sigmoid MLP, 50k steps, with/without BN (about 28 min)
-  noisy-bn        Santurkar et al.: BN + per-step noise vs BN vs noise alone; covariate shift (about 14 min)
-  smoothness      Santurkar et al.: loss and gradient along the gradient, with/without BN (about 6.5 min)
-  pit             exercise 7: rank -> normal quantile (PIT) normalization vs BN           (about 7 min)
-  whitening       exercise 7: full whitening (IterNorm) vs BN: cost, batch 8, lr 1        (about 12.5 min)
-  block-whitening exercise 7: whitening in blocks of 1, 2, 4, 8, 16 channels and full     (about 10.5 min)
-  structured      exercise 7: Monarch, displacement-rank, block forms of Σ^(-1/2)         (about 2.5 min)
-  sparsify        exercise 7: top-k after BN (k swept) vs dropout at matched accuracy     (about 10 min, estimated)
-  small-batch     BN, GN, LN, batch renorm, ghost BN, RMS norm at batch 2..128, lr scaled (about 19 min, machine shared)
-  all             every one of them, and a top-level index.html linking each (about 2 h, the sum above)
+/// `experiment --help`'s text after the options: the list of experiments
+/// with their measured times, then the files and examples.
+fn after_help() -> String {
+    format!("{}\n\n{AFTER_LIST}", experiments::help_list())
+}
 
+const AFTER_LIST: &str = "\
 Each writes report.md, epochs.csv, runs.csv, summary.csv, plots (SVG and PNG) and a
 self-contained index.html into --out (default runs/experiment-NAME-<UTC time>;
 for all: runs/experiments-<UTC time>/NAME/ and runs/experiments-<UTC time>/index.html).
@@ -49,7 +33,7 @@ Example:
 #[derive(clap::Args, Debug)]
 #[command(
     about = "Run one of the chapter's experiments (or all) over several seeds and write a report",
-    after_help = AFTER_HELP
+    after_help = after_help()
 )]
 pub struct ExperimentArgs {
     /// lr | placement | lite | frozen-affine | bias | dropout | batch-size | recompute | deep | group-norm | ioffe-fig1 | noisy-bn | smoothness | small-batch | pit | whitening | block-whitening | structured | sparsify | all

@@ -13,9 +13,10 @@ use super::{bn_lenet, fmt_lr, Context, Experiment, Scale};
 pub static EXPERIMENT: Experiment = Experiment {
     name: "batch-size",
     title: "Batch size: batch norm against layer norm",
+    summary: "batch 16..512 with lr scaled linearly, BN vs layer norm",
     question: "The chapter says moderate minibatches (50 to 100) regularize best with BN, and that layer norm does not depend on the batch size. What happens from 16 to 512 with the learning rate scaled linearly?",
     defaults: Scale { epochs: 5, train: 10_000, val: 10_000 },
-    measured_seconds: 116,
+    measured_seconds: 72,
     run,
 };
 

@@ -12,9 +12,10 @@ use super::{bn_lenet, plain_lenet, Context, Experiment, Scale};
 pub static EXPERIMENT: Experiment = Experiment {
     name: "frozen-affine",
     title: "Learnable or frozen gamma and beta",
+    summary: "learnable gamma and beta vs fixed at 1 and 0",
     question: "Does batch norm need its learnable scale gamma and shift beta, or does the normalization alone (gamma = 1, beta = 0, never trained) do as well?",
     defaults: Scale { epochs: 5, train: 20_000, val: 10_000 },
-    measured_seconds: 39,
+    measured_seconds: 21,
     run,
 };
 

@@ -64,6 +64,8 @@ pub const QUICK: Scale = Scale { epochs: 2, train: 1000, val: 500 };
 pub struct Experiment {
     pub name: &'static str,
     pub title: &'static str,
+    /// One line for `experiment --help`.
+    pub summary: &'static str,
     pub question: &'static str,
     /// Epochs and data at the defaults.
     pub defaults: Scale,
@@ -349,6 +351,23 @@ pub fn human_seconds(s: f64) -> String {
     } else {
         format!("{:.1} min", s / 60.0)
     }
+}
+
+/// The list of experiments in `experiment --help`: each one's summary and
+/// measured time at the defaults, and the sum for `all`.
+pub fn help_list() -> String {
+    let width = all().iter().map(|e| e.name.len()).max().unwrap_or(0).max("all".len()) + 1;
+    let mut out = String::from("Experiments (time at the defaults, 3 seeds, measured on 2 cores):\n");
+    for e in all() {
+        out += &format!("  {:width$} {} (about {})\n", e.name, e.summary, human_seconds(e.measured_seconds as f64));
+    }
+    let total: u32 = all().iter().map(|e| e.measured_seconds).sum();
+    out += &format!(
+        "  {:width$} every one of them, and a top-level index.html linking each (about {}, the sum above)",
+        "all",
+        human_seconds(total as f64)
+    );
+    out
 }
 
 /// `0.01`, `0.3`, `10`: a learning rate as it reads in labels.

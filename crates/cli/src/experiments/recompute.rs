@@ -13,9 +13,10 @@ use super::{bn_lenet, Context, Experiment, Scale};
 pub static EXPERIMENT: Experiment = Experiment {
     name: "recompute",
     title: "Running statistics or recomputed population statistics",
+    summary: "val accuracy per epoch with running vs recomputed statistics",
     question: "In prediction mode BN uses running averages of the batch statistics. How much accuracy does recomputing the statistics over the whole training set gain, epoch by epoch?",
     defaults: Scale { epochs: 5, train: 20_000, val: 10_000 },
-    measured_seconds: 57,
+    measured_seconds: 33,
     run,
 };
 
