@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Generate the PyTorch reference fixtures for normlab's training options:
-AdamW steps, label smoothing, and learning-rate schedules.
+AdamW and Nesterov SGD steps, label smoothing, and learning-rate schedules.
 
 Run from the repository root:
 
@@ -17,6 +17,10 @@ adamw_steps.safetensors
     AdamW(lr=0.01, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05) on
     CrossEntropyLoss(label_smoothing=0.1): x1..x3 (8, 1, 6, 6),
     labels1..labels3, loss1..loss3, before.<key>, after.<key>.
+sgd_nesterov_steps.safetensors
+    The same network under manual_seed(21); three steps of
+    SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4) on
+    CrossEntropyLoss(label_smoothing=0.1), keys as adamw_steps.
 label_smoothing.safetensors
     F.cross_entropy(logits, labels, label_smoothing=eps) for eps in
     {0.1, 0.35}: logits (8, 7), labels, loss_<k> and dlogits_<k>
@@ -86,13 +90,16 @@ class Small(nn.Module):
         return self.net(x)
 
 
-def adamw_steps():
-    torch.manual_seed(20)
+def three_steps(seed, make_optimizer):
+    """The Small net under manual_seed(seed), three train-mode steps of the
+    optimizer on cross_entropy(label_smoothing=0.1): inputs, labels, losses
+    and the state before and after."""
+    torch.manual_seed(seed)
     model = Small()
     out = {}
     batches = [(torch.rand(8, 1, 6, 6), torch.randint(0, 5, (8,), dtype=torch.int64)) for _ in range(3)]
     out.update(state(model, "before."))
-    opt = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05)
+    opt = make_optimizer(model.parameters())
     model.train()
     for i, (x, labels) in enumerate(batches, 1):
         opt.zero_grad()
@@ -101,10 +108,22 @@ def adamw_steps():
         opt.step()
         out.update({f"x{i}": x, f"labels{i}": labels, f"loss{i}": c(loss)})
     out.update(state(model, "after."))
+    return out
+
+
+def adamw_steps():
+    out = three_steps(20, lambda p: torch.optim.AdamW(p, lr=0.01, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05))
     save("adamw_steps", out,
          "Small net (conv 4x3x3 pad 1 no bias: a bias before BN has a zero gradient, whose sign AdamW amplifies, BN, ReLU, maxpool 2, flatten, linear 5), manual_seed(20); three "
          "train-mode steps of AdamW(lr=0.01, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05) on "
          "cross_entropy(label_smoothing=0.1)")
+
+
+def sgd_nesterov_steps():
+    out = three_steps(21, lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4))
+    save("sgd_nesterov_steps", out,
+         "Small net as adamw_steps, manual_seed(21); three train-mode steps of SGD(lr=0.1, momentum=0.9, "
+         "nesterov=True, weight_decay=5e-4) on cross_entropy(label_smoothing=0.1): the fast preset's optimizer")
 
 
 def label_smoothing():
@@ -185,6 +204,7 @@ def schedules():
 
 if __name__ == "__main__":
     adamw_steps()
+    sgd_nesterov_steps()
     label_smoothing()
     schedules()
-    print(f"torch {torch.__version__}: wrote adamw_steps, label_smoothing, schedules.json in {OUT_DIR}")
+    print(f"torch {torch.__version__}: wrote adamw_steps, sgd_nesterov_steps, label_smoothing, schedules.json in {OUT_DIR}")

@@ -1,6 +1,6 @@
 //! The training options against PyTorch (fixtures written by
-//! `tools/make_training_fixtures.py`, PyTorch 2.15, float32): AdamW steps
-//! on a small network with label smoothing, the smoothed loss and its
+//! `tools/make_training_fixtures.py`, PyTorch 2.15, float32): AdamW and
+//! Nesterov SGD steps on a small network with label smoothing, the smoothed loss and its
 //! gradient, and every learning-rate schedule step by step. Errors are
 //! `|ours - torch| / max(1, |torch|)`.
 
@@ -8,8 +8,8 @@ mod common;
 
 use common::{assert_close, compare_state, fixture, load_state};
 use normlab::loss::CrossEntropy;
-use normlab::models::{LayerSpec, ModelSpec};
-use normlab::optim::{AdamW, AdamWConfig};
+use normlab::models::{LayerSpec, ModelSpec, Sequential};
+use normlab::optim::{AdamW, AdamWConfig, Sgd, SgdConfig};
 use normlab::train::{Schedule, ScheduleKind};
 use normlab::{rng, Tensor};
 
@@ -19,12 +19,8 @@ fn labels(f: &common::Fixture, key: &str) -> Vec<usize> {
     f.i(key).iter().map(|&l| l as usize).collect()
 }
 
-/// Three AdamW steps (decoupled weight decay, bias correction, betas and
-/// eps off their defaults) on cross-entropy with label smoothing 0.1:
-/// every loss and every parameter and running statistic after the steps.
-#[test]
-fn adamw_steps_with_label_smoothing_match_pytorch() {
-    let f = fixture("adamw_steps");
+/// The fixtures' small network with the fixture's initial state.
+fn small_net(f: &common::Fixture) -> Sequential<f32> {
     #[rustfmt::skip]
     let spec = ModelSpec::new(vec![
         LayerSpec::Conv2d { out_channels: 4, kernel: 3, stride: 1, padding: 1, bias: false, init: Default::default() },
@@ -32,20 +28,60 @@ fn adamw_steps_with_label_smoothing_match_pytorch() {
         LayerSpec::Flatten, LayerSpec::Linear { out_features: 5, bias: true, init: Default::default() },
     ]);
     let mut net = spec.build::<f32>(Some(&[1, 6, 6]), &mut rng::seeded(0)).unwrap();
-    load_state(&mut net, &f, "before.");
+    load_state(&mut net, f, "before.");
+    net.train();
+    net
+}
+
+/// The fixture's three train-mode steps on cross-entropy with label
+/// smoothing 0.1, `step` updating the network after each backward pass;
+/// each loss is checked against PyTorch's when `check_loss`.
+fn three_steps(f: &common::Fixture, net: &mut Sequential<f32>, check_loss: bool, mut step: impl FnMut(&mut Sequential<f32>)) {
+    let mut ce = CrossEntropy::with_label_smoothing(0.1).unwrap();
+    for i in 1..=3 {
+        let x: Tensor<f32> = f.t(&format!("x{i}"));
+        let (loss, _) = ce.forward(net.forward(&x).unwrap(), &labels(f, &format!("labels{i}"))).unwrap();
+        if check_loss {
+            assert_close(&format!("step {i} loss"), &[loss], &f.f(&format!("loss{i}")), TOL);
+        }
+        net.backward(&x, ce.grad()).unwrap();
+        step(net);
+    }
+}
+
+/// Three AdamW steps (decoupled weight decay, bias correction, betas and
+/// eps off their defaults) on cross-entropy with label smoothing 0.1:
+/// every loss and every parameter and running statistic after the steps.
+#[test]
+fn adamw_steps_with_label_smoothing_match_pytorch() {
+    let f = fixture("adamw_steps");
+    let mut net = small_net(&f);
     let config = AdamWConfig { lr: 0.01, beta1: 0.9, beta2: 0.99, eps: 1e-6, weight_decay: 0.05 };
     let mut adamw = AdamW::new(config).unwrap();
-    let mut ce = CrossEntropy::with_label_smoothing(0.1).unwrap();
-    net.train();
-    for step in 1..=3 {
-        let x: Tensor<f32> = f.t(&format!("x{step}"));
-        let (loss, _) = ce.forward(net.forward(&x).unwrap(), &labels(&f, &format!("labels{step}"))).unwrap();
-        assert_close(&format!("AdamW step {step} loss"), &[loss], &f.f(&format!("loss{step}")), TOL);
-        net.backward(&x, ce.grad()).unwrap();
-        adamw.step(&mut net);
-    }
+    three_steps(&f, &mut net, true, |n| adamw.step(n));
     assert_eq!(adamw.steps(), 3);
     compare_state(&mut net, &f, "after.", "after three AdamW steps", 1e-6);
+}
+
+/// Three steps of SGD with Nesterov momentum and weight decay (the fast
+/// preset's optimizer) on cross-entropy with label smoothing 0.1; plain
+/// momentum ends elsewhere, so the fixture tells the two apart.
+#[test]
+fn sgd_nesterov_steps_match_pytorch() {
+    let f = fixture("sgd_nesterov_steps");
+    let config = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true, ..SgdConfig::new(0.1) };
+    let mut net = small_net(&f);
+    let mut sgd = Sgd::new(config).unwrap();
+    three_steps(&f, &mut net, true, |n| sgd.step(n));
+    compare_state(&mut net, &f, "after.", "after three Nesterov SGD steps", 1e-6);
+
+    let mut plain_net = small_net(&f);
+    let mut plain = Sgd::new(SgdConfig { nesterov: false, ..config }).unwrap();
+    three_steps(&f, &mut plain_net, false, |n| plain.step(n));
+    let differs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compare_state(&mut plain_net, &f, "after.", "plain momentum", 1e-6)
+    }));
+    assert!(differs.is_err(), "plain momentum matched the Nesterov fixture: the test cannot tell them apart");
 }
 
 /// The smoothed loss and its gradient for two values of epsilon.

@@ -118,6 +118,8 @@ pub struct TrainDefaults {
     pub momentum: Option<f64>,
     /// `--weight-decay`.
     pub weight_decay: Option<f64>,
+    /// `--nesterov` (SGD).
+    pub nesterov: Option<bool>,
     /// `--optimizer`: `"sgd"` or `"adamw"`.
     pub optimizer: Option<String>,
     /// `--beta1` (AdamW).
@@ -1077,6 +1079,15 @@ impl ModelSpec {
         find(&self.layers)
     }
 
+    /// The same network with its last layer, when that is linear, giving
+    /// `classes` outputs (a recipe's network for any data set).
+    pub fn with_classes(mut self, classes: usize) -> Self {
+        if let Some(LayerSpec::Linear { out_features, .. }) = self.layers.last_mut() {
+            *out_features = classes;
+        }
+        self
+    }
+
     /// The same network with one example's shape fixed to `input`.
     pub fn with_input(mut self, input: &[usize]) -> Self {
         self.input = Some(input.to_vec());
@@ -1103,7 +1114,18 @@ impl ModelSpec {
             ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let (spec, train) = Self::parse_file(&text).map_err(|m| Error::data(path, m))?;
+        Self::read_model_text(&text, path, data_input)
+    }
+
+    /// [`Self::read_model_file`] of a model file's text, which errors name
+    /// as `origin` (a path, or e.g. "preset fast" for one built into a program).
+    pub fn read_model_text(
+        text: &str,
+        origin: &Path,
+        data_input: Option<&[usize]>,
+    ) -> Result<(Self, Option<TrainDefaults>)> {
+        let path = origin;
+        let (spec, train) = Self::parse_file(text).map_err(|m| Error::data(path, m))?;
         if let (Some(own), Some(data)) = (&spec.input, data_input) {
             if own.as_slice() != data {
                 return Err(Error::data(
@@ -1113,7 +1135,7 @@ impl ModelSpec {
             }
         }
         let input = spec.input.clone().or_else(|| data_input.map(<[usize]>::to_vec));
-        spec.check(input.as_deref()).map_err(|e| Error::data(path, located(&text, &e)))?;
+        spec.check(input.as_deref()).map_err(|e| Error::data(path, located(text, &e)))?;
         Ok((spec, train))
     }
 

@@ -154,21 +154,25 @@ pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Opt
         }
     };
     let show = |v: f64| format!("{v:?}");
-    match args.model.as_deref().map(|m| (m, super::model_file(m))) {
-        // a model file agrees when it describes the recorded network
-        Some((value, Some(file))) => {
-            let (spec, defaults) = normlab::models::ModelSpec::read_model_file(file, Some(&o.network.input_shape()))?;
+    let source = super::ModelSource::of(args);
+    let option = if args.preset.is_some() { "--preset" } else { "--model" };
+    match &source {
+        // a model file or preset agrees when it describes the recorded network
+        super::ModelSource::File(_) | super::ModelSource::Preset(..) => {
+            let (spec, defaults) = source.read(&o.network.input_shape())?;
             let spec = if spec.input.is_some() { spec } else { spec.with_input(&o.network.input_shape()) };
+            let spec = if args.preset.is_some() { spec.with_classes(o.classes) } else { spec };
             // the file's network as this command would train it: BN's momentum
             // and eps from --bn-momentum/--bn-eps or the file's [train] table
             // where given, else the file's own layers' values
             let defaults = defaults.unwrap_or_default();
             let spec = spec.with_batch_norm(args.bn_momentum.or(defaults.bn_momentum), args.bn_eps.or(defaults.bn_eps));
             if spec != o.network.spec() {
-                differ("--model", Some(value.to_string()), Some(format!("{} (another network)", o.model)));
+                let given = args.preset.clone().or_else(|| args.model.clone());
+                differ(option, given, Some(format!("{} (another network)", o.model)));
             }
         }
-        other => differ("--model", other.map(|(m, _)| m.to_string()), Some(o.model.clone())),
+        super::ModelSource::Builtin(_) => differ("--model", args.model.clone(), Some(o.model.clone())),
     }
     let recorded_set = record.map_or_else(fashion_mnist, |r| r.data.dataset.clone());
     differ("--dataset", args.data.dataset.clone(), Some(recorded_set));
@@ -177,6 +181,7 @@ pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Opt
     differ("--lr", args.lr.map(show), Some(show(o.sgd.lr)));
     differ("--momentum", args.momentum.map(show), Some(show(o.sgd.momentum)));
     differ("--weight-decay", args.weight_decay.map(show), Some(show(o.sgd.weight_decay)));
+    differ("--nesterov", args.nesterov.then(|| "on".to_string()), Some(if o.sgd.nesterov { "on" } else { "off" }.into()));
     differ("--optimizer", args.optimizer.clone(), Some(o.optimizer.name().to_string()));
     let (beta1, beta2, adam_eps) = match o.optimizer {
         OptimizerKind::AdamW { beta1, beta2, eps } => (Some(show(beta1)), Some(show(beta2)), Some(show(eps))),
