@@ -1,31 +1,42 @@
 #!/usr/bin/env python3
-"""A fast Fashion-MNIST recipe in PyTorch, for choosing normlab's coming
-`train --preset fast` (not in normlab yet): a conv-BN-ReLU-pool network, SGD
-with Nesterov momentum, a one-cycle schedule (linear warm-up, linear decay),
-label smoothing and random crops, timed as normlab times a run (wall time
-from the first training step, the test-set evaluation after every epoch
-included), with the time it first reaches --target.
+"""The PyTorch twin of `normlab train --preset fast`: the same network and
+recipe, read from the preset's own file (crates/cli/presets/fast.toml), so
+the two cannot drift apart. Timed as normlab times a run: wall time from the
+first training step, with the test-set evaluation after every epoch
+included; it also says when the test accuracy first reached --target.
 
-Prints one line per epoch and, at the end, one JSON object:
+The recipe, as normlab runs it: conv(bias=False)-BN-ReLU-maxpool stages and
+a linear layer with PyTorch's default initialisation; SGD with Nesterov
+momentum and weight decay on every parameter; OneCycleLR(max_lr=lr,
+pct_start=0.3, cycle_momentum=False) stepped once per batch; cross-entropy
+with label smoothing; each training image flipped horizontally with
+probability 1/2; batches drawn from a fresh shuffle each epoch, the last
+partial batch kept.
+
+Prints one line per epoch on stderr and, at the end, one JSON object:
 {"seed", "threads", "epochs", "accuracy": [...], "seconds": [...],
- "seconds_to_target", "target", "torch"}.
+ "seconds_to_target", "target", "torch", "recipe"}.
 
-Run with the interpreter that has torch, e.g.
+Run with the interpreter that has torch (not a dependency of normlab):
     venv/bin/python bench/compare/pytorch_fast.py --threads 2 --seed 0
-The IDX files are read from --data (default: Debian's dataset-fashion-mnist).
+Options given replace the preset's values (e.g. --epochs 10). The IDX files
+are read from --data (default: Debian's dataset-fashion-mnist).
 """
 
 import argparse
 import gzip
 import json
-import math
+import os
 import sys
 import time
+import tomllib
 
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "crates", "cli", "presets", "fast.toml")
 
 
 def read_idx(path):
@@ -44,107 +55,100 @@ def load(data_dir, split):
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-def network(widths):
-    """conv3x3-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3), then Linear."""
-    layers, cin, side = [], 1, 28
-    for w in widths:
-        layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
-        cin, side = w, side // 2
-    layers += [nn.Flatten(), nn.Linear(cin * side * side, 10)]
-    return nn.Sequential(*layers)
-
-
-def augment(x, padding, flip, gen):
-    """Random crop of the zero-padded batch, one offset per image; random flip."""
-    n, _, h, w = x.shape
-    if padding > 0:
-        padded = F.pad(x, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
-        rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n x h
-        cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n x w
-        idx_n = torch.arange(n).view(n, 1, 1)
-        x = padded[:, 0][idx_n, rows.view(n, h, 1), cols.view(n, 1, w)].unsqueeze(1)
-    if flip:
-        mask = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
-    return x
+def network(layers, classes):
+    """The preset's [[layers]] as an nn.Sequential, for 1x28x28 inputs."""
+    out, channels, side, features = [], 1, 28, None
+    for layer in layers:
+        kind = layer["type"]
+        if kind == "conv2d":
+            k, pad, stride = layer["kernel"], layer.get("padding", 0), layer.get("stride", 1)
+            out.append(nn.Conv2d(channels, layer["out_channels"], k, stride=stride, padding=pad,
+                                 bias=layer.get("bias", True)))
+            channels, side = layer["out_channels"], (side + 2 * pad - k) // stride + 1
+        elif kind == "batch_norm":
+            out.append(nn.BatchNorm2d(channels) if features is None else nn.BatchNorm1d(features))
+        elif kind == "relu":
+            out.append(nn.ReLU())
+        elif kind == "gelu":
+            out.append(nn.GELU())
+        elif kind == "max_pool":
+            k = layer["kernel"]
+            out.append(nn.MaxPool2d(k, layer.get("stride", k)))
+            side = (side - k) // layer.get("stride", k) + 1
+        elif kind == "flatten":
+            out.append(nn.Flatten())
+            features = channels * side * side
+        elif kind == "linear":
+            last = layer is layers[-1]
+            width = classes if last else layer["out_features"]
+            out.append(nn.Linear(features, width, bias=layer.get("bias", True)))
+            features = width
+        else:
+            sys.exit(f"pytorch_fast.py: layer type {kind!r} of the preset is not mapped here; add it")
+    return nn.Sequential(*out)
 
 
 def main():
+    with open(PRESET, "rb") as f:
+        preset = tomllib.load(f)
+    t = preset["train"]
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--widths", default="24,48,96")
-    p.add_argument("--lr", type=float, default=0.2, help="peak lr of the one-cycle schedule")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--warmup", type=float, default=0.2, help="fraction of steps warming up linearly from 0")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--crop-padding", type=int, default=2)
-    p.add_argument("--flip", action="store_true")
+    p.add_argument("--epochs", type=int, default=t["epochs"])
+    p.add_argument("--batch-size", type=int, default=t["batch_size"])
+    p.add_argument("--lr", type=float, default=t["lr"], help="max_lr of the one-cycle schedule")
     p.add_argument("--target", type=float, default=0.93)
     args = p.parse_args()
+    if t.get("schedule") != "one-cycle" or t.get("augment") not in ("flip", "none", None):
+        sys.exit("pytorch_fast.py: the preset's schedule or augmentation changed; teach this twin the new one")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     xtr, ytr = load(args.data, "train")
     xte, yte = load(args.data, "test")
-    net = network([int(w) for w in args.widths.split(",")])
-    decay, no_decay = [], []
-    for name, param in net.named_parameters():
-        (no_decay if param.ndim == 1 else decay).append(param)
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, momentum=args.momentum, nesterov=True,
-    )
-    steps_per_epoch = len(xtr) // args.batch_size
-    total = steps_per_epoch * args.epochs
-    warm = max(1, int(args.warmup * total))
+    net = network(preset["layers"], 10)
+    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=t.get("momentum", 0.0),
+                          nesterov=t.get("nesterov", False), weight_decay=t.get("weight_decay", 0.0))
+    steps = (len(xtr) + args.batch_size - 1) // args.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps * args.epochs,
+                                                pct_start=0.3, cycle_momentum=False)
+    smoothing, flip = t.get("label_smoothing", 0.0), t.get("augment") == "flip"
 
-    def lr_at(step):
-        # linear warm-up from 0 to the peak, then linear decay to 0
-        if step < warm:
-            return args.lr * step / warm
-        return args.lr * max(0.0, (total - step) / (total - warm))
-
-    accs, secs = [], []
+    accs, secs, reached = [], [], None
     start = time.perf_counter()
-    step = 0
-    reached = None
     for epoch in range(args.epochs):
         net.train()
         perm = torch.randperm(len(xtr), generator=gen)
-        for b in range(steps_per_epoch):
+        for b in range(steps):
             idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
-            x = augment(xtr[idx], args.crop_padding, args.flip, gen)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            loss = F.cross_entropy(net(x), ytr[idx], label_smoothing=args.label_smoothing)
+            x = xtr[idx]
+            if flip:
+                mask = torch.rand(len(idx), generator=gen) < 0.5
+                x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+            loss = F.cross_entropy(net(x), ytr[idx], label_smoothing=smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step += 1
+            sched.step()
         net.eval()
         correct = 0
         with torch.inference_mode():
-            for b in range(0, len(xte), 1000):
-                correct += (net(xte[b:b + 1000]).argmax(1) == yte[b:b + 1000]).sum().item()
+            for b in range(0, len(xte), 500):
+                correct += (net(xte[b:b + 500]).argmax(1) == yte[b:b + 500]).sum().item()
         acc = correct / len(xte)
-        t = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
         accs.append(acc)
-        secs.append(t)
+        secs.append(elapsed)
         if reached is None and acc >= args.target:
-            reached = t
-        print(f"epoch {epoch + 1}: test acc {acc:.4f}, {t:.1f} s", file=sys.stderr, flush=True)
+            reached = elapsed
+        print(f"epoch {epoch + 1}: test acc {acc:.4f}, {elapsed:.1f} s", file=sys.stderr, flush=True)
     print(json.dumps({
-        "seed": args.seed, "threads": args.threads, "epochs": args.epochs, "widths": args.widths,
-        "accuracy": accs, "seconds": secs, "seconds_to_target": reached, "target": args.target,
-        "torch": torch.__version__,
+        "seed": args.seed, "threads": args.threads, "epochs": args.epochs, "accuracy": accs, "seconds": secs,
+        "seconds_to_target": reached, "target": args.target, "torch": torch.__version__,
+        "recipe": {k: v for k, v in t.items()},
     }))
 
 
