@@ -53,6 +53,8 @@ fn main() {
         (16, 16, 32),
         (32, 32, 16),
         (64, 64, 8),
+        (32, 64, 7),
+        (64, 64, 4),
     ] {
         let g = ConvGeometry { channels: cin, height: hw, width: hw, kernel: 3, stride: 1, padding: 1 };
         let (ho, wo) = g.output_hw().unwrap();

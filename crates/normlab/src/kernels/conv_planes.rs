@@ -17,7 +17,12 @@
 //! per tap, `NV` loads of the input run and `CB` broadcast weights feed
 //! `CB·NV` multiply-adds. AVX-512: 8 x 3 vectors of 16 (24 of its 32
 //! registers); AVX2: 6 x 2 vectors of 8 (12 of its 16; a 4 x 3 tile left
-//! no register free and ran at 0.6x of the matrix product). Blocks of
+//! no register free and ran at 0.6x of the matrix product). On small
+//! planes a fixed tile computes many positions past the plane (7x7 with
+//! padding 1: 63 positions, two tiles of 48): AVX-512 then picks, per
+//! plan, the tile among 8 x 3, 6 x 4, 5 x 5 and 12 x 2 that computes the
+//! fewest values ([`Plan::forward`]; 6 x 4 covers 7x7's 63 positions
+//! with one tile). Blocks of
 //! positions are the outer loop, so a block's input runs (`Cin` runs of
 //! about `NV·lanes + (k-1)·(Wp+1)` values) stay in L1 while every block of
 //! output channels passes over them.
@@ -38,11 +43,17 @@
 
 use super::conv::ConvGeometry;
 
-/// Output channels per register tile: 8 with AVX-512, 6 with AVX2.
+/// Output channels per register tile of the default tile: 8 with
+/// AVX-512, 6 with AVX2.
 const CB: usize = 8;
 const CB_AVX2: usize = 6;
-/// The most output positions a tile takes (AVX-512's 3 vectors of 16).
-const TILE_MAX: usize = 3 * 16;
+/// The register tiles (output channels, vectors of positions) of each ISA,
+/// the default first: each uses 24 or 25 accumulators of AVX-512's 32
+/// registers, AVX2's one 12 of its 16.
+const TILES_AVX512: [(usize, usize); 4] = [(CB, 3), (6, 4), (5, 5), (12, 2)];
+const TILES_AVX2: [(usize, usize); 1] = [(CB_AVX2, 2)];
+/// The most output positions a tile takes (AVX-512's 5 vectors of 16).
+const TILE_MAX: usize = 5 * 16;
 
 /// The output channels per tile of the kernel [`crate::isa::active`] picks.
 fn channel_block() -> usize {
@@ -51,6 +62,32 @@ fn channel_block() -> usize {
     } else {
         CB_AVX2
     }
+}
+
+/// The tiles and vector lanes of the kernel [`crate::isa::active`] picks.
+fn tiles() -> (&'static [(usize, usize)], usize) {
+    if crate::isa::avx512() {
+        (&TILES_AVX512, 16)
+    } else {
+        (&TILES_AVX2, 8)
+    }
+}
+
+/// The tile that computes the fewest values (positions rounded up to
+/// whole tiles, times channels rounded up to whole blocks) for `positions`
+/// output positions of `cout` channels; the first such, on a tie. All
+/// tiles issue about one load per two multiply-adds, so the count of
+/// computed values is their cost.
+fn best_tile(positions: usize, cout: usize) -> (usize, usize) {
+    let (shapes, lanes) = tiles();
+    let cost = |&(cb, nv): &(usize, usize)| positions.div_ceil(nv * lanes) * nv * lanes * cout.div_ceil(cb) * cb;
+    let mut best = shapes[0];
+    for shape in &shapes[1..] {
+        if cost(shape) < cost(&best) {
+            best = *shape;
+        }
+    }
+    best
 }
 
 /// Whether the forward pass of this convolution runs here: f32 on AVX-512
@@ -67,29 +104,29 @@ pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
 }
 
 /// Whether the input gradient runs here: as [`applies`] for the dual
-/// convolution (at least a tile's channels as input channels, padding below the kernel
-/// size), and an output at least 12 wide: on narrower planes the dropped
-/// columns (`k - 1` of every `Wp`) cost more than col2im (7x7 and 8x8 in
-/// the probe: 0.9-1.07x of the matrix product's speed, 14x14 and up:
-/// 1.3-1.75x).
+/// convolution (at least a tile's channels as input channels, padding
+/// below the kernel size). With the tiles for small planes it beats
+/// matrix product + col2im on every plane size (`dev/examples/conv_planes.rs`,
+/// one thread, 3x3: 7x7 and 8x8 1.2-1.7x at AVX-512, 1.3-1.4x at AVX2;
+/// 4x4 1.2x and 1.0x; 14x14 and up 1.3-1.8x).
 pub fn input_grad_applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
     applies::<T>(g, cout)
         && g.channels >= channel_block()
         && g.padding < g.kernel
-        && g.output_hw().is_some_and(|(_, wo)| wo >= 12)
 }
 
 /// Whether the weight gradient runs here: f32 on AVX-512 or AVX2, stride
 /// 1, a kernel of 2 to 7 (a tile holds 9 taps; a 1x1 kernel would fill one
-/// ninth of it and needs no im2col anyway), and an output at least 12 wide:
-/// each tile's sums end in a sum across lanes, which on small planes costs
-/// as much as the multiply-adds (one thread, vgg-bn's shapes: 14x14 and
-/// 28x28 1.2-1.4x the speed of im2col + matrix product, 7x7 0.9x).
+/// ninth of it and needs no im2col anyway). Each tile's sums end in a sum
+/// across lanes, which on a small plane, over 8 images, cost as much as
+/// the multiply-adds (7x7: 0.9x of im2col + matrix product): the sum stays
+/// in registers, and `layers::conv2d` gives narrow planes groups of 32
+/// images.
 pub fn weight_grad_applies<T: 'static>(g: &ConvGeometry) -> bool {
     crate::isa::avx2()
         && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && g.stride == 1
-        && g.output_hw().is_some_and(|(_, wo)| wo >= 12)
+        && g.output_hw().is_some()
         && (2..=7).contains(&g.kernel)
 }
 
@@ -109,14 +146,23 @@ pub struct Plan {
     pub k: usize,
     pub pad: usize,
     pub cout: usize,
-    /// Output channels per register tile (the active ISA's).
+    /// Output channels and vectors of positions per register tile (one of
+    /// the active ISA's tiles).
     cb: usize,
+    nv: usize,
 }
 
 impl Plan {
     /// The forward pass of a convolution of geometry `g` with stride 1.
     pub fn forward(g: &ConvGeometry, cout: usize) -> Plan {
-        Plan { cin: g.channels, h: g.height, w: g.width, k: g.kernel, pad: g.padding, cout, cb: channel_block() }
+        Plan::with_best_tile(g.channels, g.height, g.width, g.kernel, g.padding, cout)
+    }
+
+    /// The plan with the tile [`best_tile`] picks for its positions.
+    fn with_best_tile(cin: usize, h: usize, w: usize, k: usize, pad: usize, cout: usize) -> Plan {
+        let plan = Plan { cin, h, w, k, pad, cout, cb: CB, nv: 3 };
+        let (cb, nv) = best_tile(plan.output_hw().0 * plan.wp(), cout);
+        Plan { cb, nv, ..plan }
     }
 
     /// Its input gradient, as a forward pass over `dy` (`cout` planes of
@@ -124,7 +170,7 @@ impl Plan {
     pub fn input_grad(g: &ConvGeometry, cout: usize) -> Option<Plan> {
         let (ho, wo) = g.output_hw()?;
         let pad = (g.kernel - 1).checked_sub(g.padding)?;
-        Some(Plan { cin: cout, h: ho, w: wo, k: g.kernel, pad, cout: g.channels, cb: channel_block() })
+        Some(Plan::with_best_tile(cout, ho, wo, g.kernel, pad, g.channels))
     }
 
     fn wp(&self) -> usize {
@@ -261,7 +307,10 @@ impl Plan {
         let (ho, wo) = self.output_hw();
         assert!(packed.len() == self.packed_len() && xp.len() >= self.padded_len(), "conv_planes: sizes");
         assert!(out.len() == self.cout * ho * wo && bias.is_none_or(|b| b.len() == self.cout), "conv_planes: sizes");
-        assert!(crate::isa::avx2() && self.cb == channel_block(), "conv_planes::run: packed for another ISA");
+        assert!(
+            crate::isa::avx2() && tiles().0.contains(&(self.cb, self.nv)),
+            "conv_planes::run: planned for another ISA"
+        );
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has the level (asserted above); the sizes are
         // checked above and every read of a tile stays inside padded_len()
@@ -276,24 +325,21 @@ impl Plan {
 }
 
 /// The kernel for one ISA: its module name, `#[target_feature]` list,
-/// vector type and lanes, channels per tile, and intrinsics.
+/// vector type and lanes, register tiles (channels, vectors), channels
+/// per weight-gradient tile, intrinsics, and the sum across lanes.
 macro_rules! planes_kernel {
-    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, $cb:expr, $nv:expr, $wco:expr,
-     $set1:ident, $load:ident, $fma:ident, $store:ident) => {
+    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, [$(($cb:literal, $nv:literal)),+], $wco:expr,
+     $set1:ident, $load:ident, $fma:ident, $store:ident, $lane_sum:path) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
             use std::arch::x86_64::*;
 
             use super::{Plan, WTAPS};
-            use crate::kernels::lanes::sum8;
 
-            const CB: usize = $cb;
             /// Output channels per weight-gradient tile.
             const WCO: usize = $wco;
-            const NV: usize = $nv;
-            const TILE: usize = NV * $lanes;
 
-            /// [`Plan::run`] with this module's tile.
+            /// [`Plan::run`] with the plan's tile, one of this module's.
             ///
             /// # Safety
             /// The CPU has the module's features (the caller checked [`crate::isa`]).
@@ -306,27 +352,50 @@ macro_rules! planes_kernel {
                 out: &mut [f32],
                 rows: &mut Vec<f32>,
             ) {
+                // SAFETY: the caller's guarantees, passed on
+                unsafe {
+                    match (plan.cb, plan.nv) {
+                        $(($cb, $nv) => run_tiles::<$cb, $nv>(plan, packed, bias, xp, out, rows),)+
+                        other => unreachable!("conv_planes: no {other:?} tile at {}", stringify!($isa)),
+                    }
+                }
+            }
+
+            /// [`run`] with tiles of `CB` channels and `NV` vectors.
+            ///
+            /// # Safety
+            /// As [`run`]; `plan.cb == CB`.
+            #[target_feature(enable = $features)]
+            unsafe fn run_tiles<const CB: usize, const NV: usize>(
+                plan: &Plan,
+                packed: &[f32],
+                bias: Option<&[f32]>,
+                xp: &[f32],
+                out: &mut [f32],
+                rows: &mut Vec<f32>,
+            ) {
+                let tile = NV * $lanes;
                 let (ho, wo) = plan.output_hw();
                 let (wp, plane, kk) = (plan.wp(), plan.plane(), plan.k * plan.k);
                 let positions = ho * wp;
-                let tiles = positions.div_ceil(TILE);
+                let tiles = positions.div_ceil(tile);
                 let block_len = plan.cin * kk * CB;
                 // the output as whole padded rows (ho·wp per channel, then the last
                 // tile's overhang), each tile stored with plain vector stores; the
                 // first wo of every row are then copied out
-                let stride = tiles * TILE;
+                let stride = tiles * tile;
                 rows.clear();
                 rows.resize(packed.len() / (plan.cin * kk) * stride, 0.0);
-                for q0 in (0..positions).step_by(TILE) {
+                for q0 in (0..positions).step_by(tile) {
                     for (block, weights) in packed.chunks_exact(block_len).enumerate() {
                         let co0 = block * CB;
                         let init: [f32; CB] =
                             std::array::from_fn(|c| bias.and_then(|b| b.get(co0 + c).copied()).unwrap_or(0.0));
-                        // SAFETY: the reads reach q0 + TILE - 1 + (k-1)·(wp+1) of the
-                        // last plane at most, inside padded_len(); the stores reach
-                        // (co0 + CB - 1)·stride + q0 + TILE ≤ rows.len()
+                        // SAFETY: the reads reach q0 + tile - 1 + (k-1)·(wp+1) of the
+                        // last plane at most, inside padded_len() (tile ≤ TILE_MAX); the
+                        // stores reach (co0 + CB - 1)·stride + q0 + tile ≤ rows.len()
                         unsafe {
-                            tile_sums(
+                            tile_sums::<CB, NV>(
                                 plan,
                                 weights,
                                 init,
@@ -395,9 +464,7 @@ macro_rules! planes_kernel {
                                     break;
                                 }
                                 for (t, &a) in row.iter().enumerate().take(kk.saturating_sub(t0)) {
-                                    let mut lanes = [0.0f32; $lanes];
-                                    $store(lanes.as_mut_ptr(), a);
-                                    dw[(co * plan.cin + ci) * kk + t0 + t] = lane_sum(&lanes);
+                                    dw[(co * plan.cin + ci) * kk + t0 + t] = $lane_sum(a);
                                 }
                             }
                         }
@@ -405,24 +472,14 @@ macro_rules! planes_kernel {
                 }
             }
 
-            /// A vector's lanes added in a fixed order: eight partial sums
-            /// (lane `l` into `l mod 8`), then [`sum8`].
-            fn lane_sum(lanes: &[f32; $lanes]) -> f32 {
-                let mut eight = [0.0f32; 8];
-                for (l, &v) in lanes.iter().enumerate() {
-                    eight[l % 8] += v;
-                }
-                sum8(eight)
-            }
-
             /// One register tile: `y[c·stride + t] = init[c] + Σ_{ci,i,j} w[c][ci][i][j] · x[ci·plane + t + i·wp + j]`
-            /// for `t` in `0..TILE`.
+            /// for `t` in `0..NV·lanes`.
             ///
             /// # Safety
-            /// The module's features; `x` readable for `(cin-1)·plane + TILE + (k-1)·(wp+1)`
-            /// values, `y` writable at `c·stride + t` for every `c < CB`, `t < TILE`.
+            /// The module's features; `x` readable for `(cin-1)·plane + NV·lanes + (k-1)·(wp+1)`
+            /// values, `y` writable at `c·stride + t` for every `c < CB`, `t < NV·lanes`.
             #[target_feature(enable = $features)]
-            unsafe fn tile_sums(
+            unsafe fn tile_sums<const CB: usize, const NV: usize>(
                 plan: &Plan,
                 weights: &[f32],
                 init: [f32; CB],
@@ -460,31 +517,63 @@ macro_rules! planes_kernel {
     };
 }
 
+/// A vector's lanes added in a fixed order, in registers: lane `l` to
+/// lane `l + 8` (AVX-512 only), then the eight sums as
+/// [`crate::kernels::lanes::sum8`] adds them,
+/// `((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))`. The same value
+/// as storing the lanes and adding them in that order, at a few
+/// instructions instead of sixteen scalar adds: on a small plane the
+/// weight gradient sums across lanes once per dozens of multiply-adds.
+#[cfg(target_arch = "x86_64")]
+mod lane_sums {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn sum8(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        // (s0 + s1, s1 + s0, s2 + s3, s3 + s2), then the first pair plus the second
+        let pairs = _mm_add_ps(s, _mm_shuffle_ps::<0b10_11_00_01>(s, s));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehl_ps(pairs, pairs)))
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512 F and DQ.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    #[inline]
+    pub unsafe fn sum16(v: __m512) -> f32 {
+        // SAFETY: AVX-512 includes AVX2
+        unsafe { sum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v))) }
+    }
+}
+
 planes_kernel!(
     avx512,
     "avx512f,avx512bw,avx512dq,avx512vl,fma",
     __m512,
     16,
-    super::CB,
-    3,
+    [(8, 3), (6, 4), (5, 5), (12, 2)],
     2,
     _mm512_set1_ps,
     _mm512_loadu_ps,
     _mm512_fmadd_ps,
-    _mm512_storeu_ps
+    _mm512_storeu_ps,
+    super::lane_sums::sum16
 );
 planes_kernel!(
     avx2,
     "avx2,fma",
     __m256,
     8,
-    super::CB_AVX2,
-    2,
+    [(6, 2)],
     1,
     _mm256_set1_ps,
     _mm256_loadu_ps,
     _mm256_fmadd_ps,
-    _mm256_storeu_ps
+    _mm256_storeu_ps,
+    super::lane_sums::sum8
 );
 
 #[cfg(test)]
@@ -512,7 +601,15 @@ mod tests {
             eprintln!("conv_planes: skipped, this CPU (or NORMLAB_ISA) has no AVX2");
             return;
         }
-        for &(cin, cout, h, w, k, pad) in &[
+        // the odd shapes, then small planes (4x4, 7x7, 8x8) with 3x3 and 5x5
+        // kernels and "same" padding, whose tiles the plan picks by size
+        let small = [(1, 16), (3, 33), (16, 64), (33, 3), (64, 1), (16, 64)]
+            .into_iter()
+            .zip([3, 5].into_iter().cycle().take(6))
+            .flat_map(|((cin, cout), k)| [4, 7, 8].map(|hw| (cin, cout, hw, hw, k, k / 2)))
+            .chain([(64, 64, 4, 4, 3, 1), (64, 64, 4, 4, 5, 2)]);
+        let mut tiles_used = std::collections::BTreeSet::new();
+        for (cin, cout, h, w, k, pad) in [
             (3, 8, 7, 9, 3, 1),
             (5, 13, 12, 11, 3, 1),
             (8, 16, 28, 28, 3, 1),
@@ -522,7 +619,10 @@ mod tests {
             (9, 20, 5, 5, 1, 0),
             (3, 8, 4, 4, 3, 2),
             (6, 8, 9, 9, 2, 1),
-        ] {
+        ]
+        .into_iter()
+        .chain(small)
+        {
             let g = ConvGeometry { channels: cin, height: h, width: w, kernel: k, stride: 1, padding: pad };
             let (ho, wo) = g.output_hw().unwrap();
             let (x, wt, bias) = (values(cin * h * w, 1), values(cout * cin * k * k, 2), values(cout, 3));
@@ -533,6 +633,7 @@ mod tests {
             let mut want: Vec<f32> = bias.iter().flat_map(|&b| std::iter::repeat_n(b, ho * wo)).collect();
             gemm(Product::nn(cout, ho * wo, g.col_rows()), 1.0, &wt, &col, 1.0, &mut want);
             let plan = Plan::forward(&g, cout);
+            tiles_used.insert((plan.cb, plan.nv));
             let (mut packed, mut xp) = (Vec::new(), vec![f32::NAN; plan.padded_len()]);
             plan.pack_weights(&wt, &mut packed);
             plan.pad_input(&x, &mut xp);
@@ -575,5 +676,7 @@ mod tests {
             plan.weight_grad(2, &xps, &dyws, &mut dw);
             close(&dw, &want_dw, &format!("weight gradient, {what}"));
         }
+        let (shapes, _) = tiles();
+        assert_eq!(tiles_used.len(), shapes.len(), "some tile of {} is never planned", crate::isa::active());
     }
 }

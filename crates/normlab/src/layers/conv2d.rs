@@ -13,10 +13,12 @@
 //! channel into at most 8 (LeNet's first layer) in f32 on AVX-512 runs
 //! `kernels::conv_lanes`, 16 images at a time in the lanes of a vector.
 //!
-//! Other stride-1 convolutions in f32 on AVX-512 (3x3 with padding, as in
-//! VGG and ResNet blocks) run `kernels::conv_planes`: the forward pass, and
-//! the input gradient as a forward pass over the padded gradient, on
-//! zero-padded planes read as flat runs, without im2col.
+//! Other stride-1 convolutions in f32 on AVX-512 or AVX2 (3x3 with
+//! padding, as in VGG and ResNet blocks) run `kernels::conv_planes`: the
+//! forward pass, the input gradient as a forward pass over the padded
+//! gradient, and the weight gradient, on zero-padded planes read as flat
+//! runs, without im2col, on every plane size (small ones with tiles and
+//! groups of images of their own).
 //!
 //! Groups of images run in parallel. The weight gradient is summed per fixed
 //! group, then the groups in order, so it is bitwise the same for any number
@@ -49,6 +51,13 @@ const LANES_MIN_IMAGES: usize = 6;
 /// Images per task, and per partial weight gradient: fixed so the summation
 /// order is too. Each task has one im2col buffer, reused image after image.
 const GROUP: usize = 8;
+
+/// Outputs narrower than this run the padded-plane weight gradient on
+/// groups of [`PLANES_NARROW_GROUP`] images: its sums across vector lanes
+/// come once per group, and a 7x7 plane has a fourth of 14x14's positions
+/// to spread them over (fixed numbers, so the summation order is fixed).
+const PLANES_NARROW: usize = 12;
+const PLANES_NARROW_GROUP: usize = 32;
 
 /// A 2-D convolution over NCHW input, as `nn.Conv2d(C_in, C_out, k)`
 /// (`C_in` inferred at build, as `nn.LazyConv2d`): square `k×k` kernels,
@@ -328,7 +337,19 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         // Each group of images writes its partial weight gradient, then its
         // partial bias gradient, into its own slot; the slots are added in order.
         let lanes = conv_lanes::applies::<T>(&g, co);
-        let group = if lanes { conv_lanes::IMAGES } else { GROUP };
+        // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by
+        // channels; other stride-1 kernels of 2 to 7: on padded planes; the rest: im2col
+        let direct = !lanes && conv_direct::weight_grad_supported(&g);
+        let by_channels = !lanes && !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
+        let planes = (!lanes && !direct && !by_channels && conv_planes::weight_grad_applies::<T>(&g))
+            .then(|| Plan::forward(&g, co));
+        let group = if lanes {
+            conv_lanes::IMAGES
+        } else if planes.is_some() && wo < PLANES_NARROW {
+            PLANES_NARROW_GROUP
+        } else {
+            GROUP
+        };
         let groups = n.div_ceil(group);
         let slot = co * kdim + co;
         self.partial_grads.resize(groups * slot, T::zero());
@@ -361,14 +382,8 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                     conv_lanes::weight_grad(&g, co, as_f32(xs), as_f32(dys), as_f32_mut(partial), scratch);
                 });
         } else {
-            // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by
-            // channels; other stride-1 kernels of 2 to 7: on padded planes; the rest: im2col
-            let direct = conv_direct::weight_grad_supported(&g);
-            let by_channels = !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
-            let planes =
-                (!direct && !by_channels && conv_planes::weight_grad_applies::<T>(&g)).then(|| Plan::forward(&g, co));
             // per group: one image's columns, the group's transposed dy, or its padded inputs and gradients
-            let planes_len = planes.map_or(0, |plan| GROUP * (plan.padded_len() + plan.wide_len()));
+            let planes_len = planes.map_or(0, |plan| group * (plan.padded_len() + plan.wide_len()));
             let scratch = (kdim * p).max(GROUP * 16 * p).max(planes_len);
             self.cols.resize(groups * scratch, T::zero());
             if direct_dx {
@@ -379,7 +394,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             let dx_out = ChannelOut::new(if direct_dx { self.dx.data_mut() } else { &mut [] });
             self.partial_grads.par_chunks_mut(slot).zip(self.cols.par_chunks_mut(scratch)).enumerate().for_each(
                 |(gi, (partial, col))| {
-                    let (first, last) = (gi * GROUP, ((gi + 1) * GROUP).min(n));
+                    let (first, last) = (gi * group, ((gi + 1) * group).min(n));
                     if direct_dx {
                         // SAFETY: these images' part of dx belongs to this task alone
                         let dxs = as_f32_mut(unsafe { dx_out.run(first * image_len, (last - first) * image_len) });
@@ -402,7 +417,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                     }
                     if let Some(plan) = planes {
                         let (padded, wide) = (plan.padded_len(), plan.wide_len());
-                        let (xps, dyws) = as_f32_mut(col).split_at_mut(GROUP * padded);
+                        let (xps, dyws) = as_f32_mut(col).split_at_mut(group * padded);
                         let (xs, dys) = (as_f32(xs), as_f32(dys));
                         for (i, (x_n, dy_n)) in xs.chunks_exact(image_len).zip(dys.chunks_exact(co * p)).enumerate() {
                             plan.pad_input(x_n, &mut xps[i * padded..(i + 1) * padded]);
