@@ -1,8 +1,8 @@
 //! Helpers shared by the data tests of both crates (normlab's IDX reader
 //! and loader, normlab-cli's downloader and search): the committed subset,
-//! gzip, hashes and tiny valid data sets. Included with
-//! `#[path = "../../../tests/support/data_files.rs"] mod data_files;`.
-#![allow(dead_code)] // each test binary uses a different part
+//! gzip, hashes and tiny valid data sets. Declared at the root of both
+//! crates' test binaries (`crates/*/tests/it/main.rs`).
+#![allow(dead_code)] // each crate's test binary uses a different part
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

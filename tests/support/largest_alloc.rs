@@ -1,7 +1,8 @@
 //! A global allocator that records the largest single allocation made by the
 //! current thread, so that "a hostile header allocates nothing" is measured,
-//! not hoped. Included by the test binaries that need it:
-//! `#[path = "support/largest_alloc.rs"] mod largest_alloc;`
+//! not hoped. Declared at the root of both crates' test binaries
+//! (`crates/*/tests/it/main.rs`); per thread, so tests running side by side
+//! in one process do not see each other's allocations.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,6 +1,6 @@
 //! Runs of `normlab train` with the small recipe of the command tests
 //! (1,024 images of the committed subset, 2 epochs; well under a second in
-//! release mode), one of them shared by a test binary through a `OnceLock`,
+//! release mode), one of them shared by the tests through a `OnceLock`,
 //! and readers for what a run writes.
 
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! trained, evaluated and predicted end to end; bad trees refused with one
 //! line naming the path; KMNIST found in its cache with its class names.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

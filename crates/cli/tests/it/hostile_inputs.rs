@@ -10,7 +10,7 @@
 //! a corrupt optimizer state) are in `corrupt_checkpoints.rs`; a full disk
 //! under the run's files in `full_disk.rs`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -29,8 +29,7 @@ use normlab_cli::locate::{self, DataSource, SearchPaths};
 use common::runs::{shared_dir, train, trained};
 use common::{normlab, s, subset, BIN};
 
-#[path = "../../../tests/support/data_files.rs"]
-mod data_files;
+use crate::data_files;
 use data_files::{files_in, gunzip, sha256_hex, write_tiny_set, NAMES};
 
 /// Runs `cmd`, killing it after `limit`; `None` when it had to be killed.
@@ -447,10 +446,14 @@ fn a_killed_download_leaves_nothing_after_the_next_start() {
     let (slow, _) = endless_mirror(head, 16, Duration::from_millis(50));
     let good = std::fs::read(subset().join(NAMES[1])).unwrap();
     let expected = [ExpectedFile { name: NAMES[1], sha256: &sha, len, hashed: Hashed::Content }];
+    // this test's name for `--exact`: the test binary holds every file's
+    // tests, each under its module's path (less the crate's name)
+    let module = module_path!().split_once("::").expect("a module of the test binary").1;
+    let this_test = format!("{module}::a_killed_download_leaves_nothing_after_the_next_start");
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "a_killed_download_leaves_nothing_after_the_next_start", "--nocapture"])
+            .args(["--exact", this_test.as_str(), "--nocapture"])
             .env("HOSTILE_MIRROR", &slow)
             .env("HOSTILE_DIR", dir.path())
             .stdout(Stdio::null())

@@ -6,7 +6,7 @@
 //! One test keeps fixed a bug that hostile testing found here (its doc
 //! comment starts with "Regression"): a JPEG bomb inside predict's limits.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;

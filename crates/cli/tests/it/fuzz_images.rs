@@ -2,9 +2,9 @@
 //! predict's limits, then grey, then 28x28) over real PNGs and JPEGs, with
 //! structure-aware changes to their headers: no panic, hang or allocation
 //! beyond predict's 256 MiB budget. The harness, its settings and the long
-//! mode are described in `normlab/tests/fuzz/mod.rs`.
+//! mode are described in `normlab/tests/it/fuzz/mod.rs`.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::time::Duration;
@@ -12,10 +12,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-#[path = "../../normlab/tests/fuzz/mod.rs"]
-mod fuzz;
-#[path = "../../../tests/support/largest_alloc.rs"]
-mod largest_alloc;
+use crate::fuzz;
 use fuzz::{apply, corpus_seeds, extreme, fuzz, mutation, Mutation, Target, Verdict};
 
 use common::images::{jpeg, load_image_like_predict, png_variants, test_images, PREDICT_MAX_ALLOC};

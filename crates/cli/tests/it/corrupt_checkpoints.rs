@@ -12,7 +12,7 @@
 //! not name the checkpoint, and a model name in the metadata that
 //! contradicted the network.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic;
@@ -23,8 +23,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use normlab::models::ModelKind;
 use normlab::train::checkpoint;
 
-#[path = "../../../tests/support/largest_alloc.rs"]
-mod largest_alloc;
+use crate::largest_alloc;
 use largest_alloc::largest_allocation;
 
 use common::checkpoints::{f32_bytes, trained};

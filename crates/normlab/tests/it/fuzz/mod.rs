@@ -4,11 +4,10 @@
 //! an allocation the input does not justify or an inconsistent `Ok`.
 //!
 //! Shared by normlab's `fuzz_idx` and normlab-cli's `fuzz_checkpoints`,
-//! `fuzz_images` and `corpus` tests (these include it with
-//! `#[path = "../../normlab/tests/fuzz/mod.rs"] mod fuzz;`). Every test
-//! binary that includes it declares
-//! `#[path = "../../../tests/support/largest_alloc.rs"] mod largest_alloc;`
-//! at its root, the allocator that measures allocations.
+//! `fuzz_images` and `corpus` tests: both crates' test binaries
+//! (`tests/it/main.rs`) declare it, and beside it `largest_alloc`
+//! (`tests/support/largest_alloc.rs` at the workspace root), the allocator
+//! that measures allocations.
 //!
 //! A few hundred cases per target by default; the long mode is
 //!
@@ -21,7 +20,7 @@
 //! too long or allocate too much are saved under
 //! `target/tmp/normlab-fuzz-failures/`. The seeds in `tests/corpus/` are
 //! read by [`corpus_seeds`].
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code)] // each crate's test binary uses a different part
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

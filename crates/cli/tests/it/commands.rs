@@ -7,7 +7,7 @@
 //! own runs of the same size. Each run takes well under a second in release
 //! mode.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

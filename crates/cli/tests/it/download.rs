@@ -18,8 +18,7 @@ use normlab::data::{self, idx};
 use normlab_cli::download::{self, ExpectedFile, Hashed, IdxSet, TEMP_SUFFIX};
 use normlab_cli::locate::{self, DataSource, SearchPaths};
 
-#[path = "../../../tests/support/data_files.rs"]
-mod data_files;
+use crate::data_files;
 use data_files::*;
 
 // ---------------------------------------------------------------------------

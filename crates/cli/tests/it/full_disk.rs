@@ -4,7 +4,7 @@
 //!
 //! (normlab's `write_atomic` test does the same to the library's writer.)
 
-mod common;
+use crate::common;
 
 use std::io;
 use std::os::unix::ffi::OsStrExt;

@@ -4,9 +4,9 @@
 //! panic, hang or unjustified allocation, no empty message, and a loaded
 //! model predicts. The seeds include checkpoints trained by the binary,
 //! which is why this library test lives here. The harness, its settings and
-//! the long mode are described in `normlab/tests/fuzz/mod.rs`.
+//! the long mode are described in `normlab/tests/it/fuzz/mod.rs`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::panic;
@@ -20,11 +20,9 @@ use normlab::models::{self, ModelKind};
 use normlab::train::checkpoint;
 use normlab::{rng, Tensor};
 
-#[path = "../../../tests/support/largest_alloc.rs"]
-mod largest_alloc;
+use crate::largest_alloc;
 use largest_alloc::largest_allocation;
-#[path = "../../normlab/tests/fuzz/mod.rs"]
-mod fuzz;
+use crate::fuzz;
 use fuzz::{apply, corpus_seeds, fuzz, mutation, Mutation, Target, Verdict};
 
 use common::checkpoints::{safetensors_raw, split_safetensors, trained};

@@ -3,7 +3,7 @@
 //! exactly, best.safetensors, BN momentum and eps, a model file's [train]
 //! defaults, and the one-line errors of bad values.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! Errors are `|ours - torch| / max(1, |torch|)`; each comparison prints its
 //! largest error (`cargo test --test parity -- --nocapture`).
 
-mod common;
+use crate::common;
 
 use common::{close_t, compare_state, fixture, get_grad, get_state, load_state, set_state, Fixture};
 use normlab::layers::*;

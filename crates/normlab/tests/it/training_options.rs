@@ -4,7 +4,7 @@
 //! gradient, and every learning-rate schedule step by step. Errors are
 //! `|ours - torch| / max(1, |torch|)`.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, compare_state, fixture, load_state};
 use normlab::loss::CrossEntropy;

@@ -7,7 +7,7 @@
 //! Every run here uses the committed 2,000-image subset with a few hundred
 //! images and one to three epochs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};

@@ -6,7 +6,7 @@
 //! Checkpoints damaged field by field are in `corrupt_checkpoints.rs`,
 //! hostile images in `predict_images.rs`.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -1,4 +1,4 @@
-//! Helpers shared by the command line's test binaries (`mod common;`):
+//! Helpers shared by the command line's tests (the modules of `tests/it/`):
 //! where the committed data lives, and [`normlab`], which runs the binary
 //! with a hang guard and measures its wall time and peak memory. The
 //! submodules hold the fixtures of one group of tests each.

@@ -13,11 +13,8 @@ use proptest::sample::Index;
 
 use normlab::data::idx;
 
-#[path = "../../../tests/support/data_files.rs"]
-mod data_files;
-mod fuzz;
-#[path = "../../../tests/support/largest_alloc.rs"]
-mod largest_alloc;
+use crate::data_files;
+use crate::fuzz;
 
 use data_files::subset_dir as subset;
 use fuzz::{apply, corpus_seeds, extreme, fuzz, gzip, mutation, Mutation, Target, Verdict};

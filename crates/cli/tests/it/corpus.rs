@@ -3,7 +3,7 @@
 //! `NORMLAB_WRITE_CORPUS=1 cargo test --release -p normlab-cli --test corpus`
 //! regenerates it.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;
@@ -18,10 +18,7 @@ use normlab::models::{self, ModelKind};
 use normlab::rng;
 use normlab::train::checkpoint;
 
-#[path = "../../normlab/tests/fuzz/mod.rs"]
-mod fuzz;
-#[path = "../../../tests/support/largest_alloc.rs"]
-mod largest_alloc;
+use crate::fuzz;
 use fuzz::{corpus, corpus_seeds};
 
 use common::checkpoints::{f32_bytes, safetensors_raw, split_safetensors};

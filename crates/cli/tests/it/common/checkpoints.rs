@@ -1,5 +1,5 @@
 //! Checkpoints for the tests of bad input: a bn-lenet and an ln-lenet
-//! checkpoint trained once per test binary (1 epoch on 256 images), and
+//! checkpoint trained once per test process (1 epoch on 256 images), and
 //! safetensors files taken apart and put back together byte for byte.
 
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! image of the committed test subset, for every built-in model and a
 //! network from a model file.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 use normlab::data::idx;
 use normlab::data::{self, Split, CLASS_NAMES};
 
-#[path = "../../../tests/support/largest_alloc.rs"]
-mod largest_alloc;
+use crate::largest_alloc;
 use largest_alloc::largest_allocation;
-#[path = "../../../tests/support/data_files.rs"]
-mod data_files;
+use crate::data_files;
 use data_files::*;
 
 // ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@
 //! python); without it these tests say that they skipped, unless
 //! NORMLAB_REQUIRE_ONNX=1 (set by CI), when they fail.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
