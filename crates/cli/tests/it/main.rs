@@ -38,6 +38,7 @@ mod model_files;
 mod onnx;
 mod plot;
 mod predict_images;
+mod preset;
 mod resume;
 mod train_options;
 mod user_errors;

@@ -2,7 +2,7 @@
 //! preset's network and options are recorded, options given beside it
 //! replace its values, its run resumes, and `--nesterov` is SGD's.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
