@@ -29,7 +29,7 @@
 //! the schedule).
 
 use super::ghost_batch_norm::{
-    batch_norm_state, check_build_options, chunk_backward, chunk_forward, chunk_stats, eval_affine, follow, ChunkStats,
+    check_build_options, chunk_backward, chunk_forward, chunk_stats, BnChannels, ChunkStats,
 };
 use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, StateName};
 use crate::kernels::stats::Ncs;
@@ -118,13 +118,8 @@ pub struct BatchRenorm<T: Real = f32> {
     eps: f64,
     momentum: f64,
     example: Vec<usize>,
-    weight: Tensor<T>,
-    bias: Tensor<T>,
-    weight_grad: Tensor<T>,
-    bias_grad: Tensor<T>,
-    running_mean: Tensor<T>,
-    running_var: Tensor<T>,
-    num_batches_tracked: i64,
+    /// gamma, beta, their gradients and the running statistics.
+    ch: BnChannels<T>,
     /// The last forward's statistics and correction, per channel.
     mean: Vec<f64>,
     inv_std: Vec<f64>,
@@ -144,13 +139,7 @@ impl<T: Real> BatchRenorm<T> {
             eps: 1e-5,
             momentum: 0.1,
             example: Vec::new(),
-            weight: Tensor::default(),
-            bias: Tensor::default(),
-            weight_grad: Tensor::default(),
-            bias_grad: Tensor::default(),
-            running_mean: Tensor::default(),
-            running_var: Tensor::default(),
-            num_batches_tracked: 0,
+            ch: BnChannels::default(),
             mean: Vec::new(),
             inv_std: Vec::new(),
             r: Vec::new(),
@@ -181,7 +170,7 @@ impl<T: Real> BatchRenorm<T> {
     /// The prediction-mode map per channel, `(scale, shift)` in f64 (for
     /// folding); `None` before build.
     pub fn eval_affine(&self) -> Option<(Vec<f64>, Vec<f64>)> {
-        eval_affine(&self.example, self.eps, [&self.weight, &self.bias, &self.running_mean, &self.running_var])
+        self.ch.eval_affine(&self.example, self.eps)
     }
     /// The number of channels; 0 before build.
     pub fn num_features(&self) -> usize {
@@ -199,13 +188,7 @@ impl<T: Real> Layer<T> for BatchRenorm<T> {
         self.schedule.validate()?;
         let c = input[0];
         self.example = input.to_vec();
-        self.weight = Tensor::full(&[c], T::one());
-        self.bias = Tensor::zeros(&[c]);
-        self.weight_grad = Tensor::zeros(&[c]);
-        self.bias_grad = Tensor::zeros(&[c]);
-        self.running_mean = Tensor::zeros(&[c]);
-        self.running_var = Tensor::full(&[c], T::one());
-        self.num_batches_tracked = 0;
+        self.ch = BnChannels::new(c);
         Ok(input.to_vec())
     }
 
@@ -215,7 +198,7 @@ impl<T: Real> Layer<T> for BatchRenorm<T> {
         let ncs = Ncs::of(x.shape());
         let c = ncs.c;
         self.batch_stats = mode == Mode::Train;
-        let (run_mean, run_var) = (self.running_mean.to_f64_vec(), self.running_var.to_f64_vec());
+        let (run_mean, run_var) = (self.ch.running_mean.to_f64_vec(), self.ch.running_var.to_f64_vec());
         let run_sigma: Vec<f64> = run_var.iter().map(|v| (v + self.eps).sqrt()).collect();
         if self.batch_stats {
             let m = ncs.per_channel();
@@ -229,7 +212,7 @@ impl<T: Real> Layer<T> for BatchRenorm<T> {
                 ));
             }
             let (mean, var) = chunk_stats(x.data(), ncs);
-            let (rmax, dmax) = self.schedule.limits(self.num_batches_tracked.max(0) as u64);
+            let (rmax, dmax) = self.schedule.limits(self.ch.num_batches_tracked.max(0) as u64);
             self.r.clear();
             self.d.clear();
             for ch in 0..c {
@@ -240,9 +223,7 @@ impl<T: Real> Layer<T> for BatchRenorm<T> {
             self.inv_std = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
             let unbias = m as f64 / (m as f64 - 1.0);
             let var_unbiased: Vec<f64> = var.iter().map(|v| v * unbias).collect();
-            self.num_batches_tracked += 1;
-            follow(&mut self.running_mean, &mean, self.momentum);
-            follow(&mut self.running_var, &var_unbiased, self.momentum);
+            self.ch.track(&mean, &var_unbiased, self.momentum);
             self.mean = mean;
         } else {
             self.mean = run_mean;
@@ -250,8 +231,7 @@ impl<T: Real> Layer<T> for BatchRenorm<T> {
             self.r = vec![1.0; c];
             self.d = vec![0.0; c];
         }
-        let gamma_beta: Vec<(f64, f64)> =
-            self.weight.data().iter().zip(self.bias.data()).map(|(g, b)| (g.as_f64(), b.as_f64())).collect();
+        let gamma_beta: Vec<(f64, f64)> = self.ch.affine();
         self.y.resize(x.shape());
         let st = ChunkStats { mean: &self.mean, inv_std: &self.inv_std, r: &self.r, d: &self.d };
         chunk_forward(x.data(), self.y.data_mut(), ncs, &st, &gamma_beta);
@@ -264,7 +244,7 @@ impl<T: Real> Layer<T> for BatchRenorm<T> {
         check_forward_ran("BatchRenorm", self.y.shape(), x.shape())?;
         check_grad("BatchRenorm", dy, x.shape())?;
         let ncs = Ncs::of(x.shape());
-        let gamma = self.weight.to_f64_vec();
+        let gamma = self.ch.weight.to_f64_vec();
         let (mut dgamma, mut dbeta) = (vec![0.0f64; ncs.c], vec![0.0f64; ncs.c]);
         if need_dx {
             self.dx.resize(x.shape());
@@ -272,8 +252,8 @@ impl<T: Real> Layer<T> for BatchRenorm<T> {
         let st = ChunkStats { mean: &self.mean, inv_std: &self.inv_std, r: &self.r, d: &self.d };
         let dx = need_dx.then(|| self.dx.data_mut());
         chunk_backward((x.data(), dy.data()), ncs, &st, &gamma, self.batch_stats, (&mut dgamma, &mut dbeta), dx);
-        super::ghost_batch_norm::store(&mut self.weight_grad, &dgamma);
-        super::ghost_batch_norm::store(&mut self.bias_grad, &dbeta);
+        super::ghost_batch_norm::store(&mut self.ch.weight_grad, &dgamma);
+        super::ghost_batch_norm::store(&mut self.ch.bias_grad, &dbeta);
         Ok(&self.dx)
     }
 
@@ -285,7 +265,6 @@ impl<T: Real> Layer<T> for BatchRenorm<T> {
     }
 
     fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
-        let params = [(&mut self.weight, &mut self.weight_grad), (&mut self.bias, &mut self.bias_grad)];
-        batch_norm_state(params, [&mut self.running_mean, &mut self.running_var], &mut self.num_batches_tracked)
+        self.ch.state_mut()
     }
 }

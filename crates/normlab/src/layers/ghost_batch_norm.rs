@@ -121,6 +121,61 @@ pub(crate) fn follow<T: Real>(running: &mut Tensor<T>, batch: &[f64], w: f64) {
     }
 }
 
+/// The per-channel tensors a batch-norm-like layer holds, as PyTorch's
+/// `BatchNorm` does: gamma and beta with their gradients, the running mean
+/// and variance, and the count of batches tracked (shared by Ghost BN and
+/// batch renormalization).
+#[derive(Default)]
+pub(crate) struct BnChannels<T: Real> {
+    pub weight: Tensor<T>,
+    pub bias: Tensor<T>,
+    pub weight_grad: Tensor<T>,
+    pub bias_grad: Tensor<T>,
+    pub running_mean: Tensor<T>,
+    pub running_var: Tensor<T>,
+    pub num_batches_tracked: i64,
+}
+
+impl<T: Real> BnChannels<T> {
+    /// `c` channels at PyTorch's initial values: gamma 1, beta 0, running
+    /// mean 0 and variance 1.
+    pub fn new(c: usize) -> Self {
+        BnChannels {
+            weight: Tensor::full(&[c], T::one()),
+            bias: Tensor::zeros(&[c]),
+            weight_grad: Tensor::zeros(&[c]),
+            bias_grad: Tensor::zeros(&[c]),
+            running_mean: Tensor::zeros(&[c]),
+            running_var: Tensor::full(&[c], T::one()),
+            num_batches_tracked: 0,
+        }
+    }
+
+    /// One training batch's statistics into the running ones (`var` as it
+    /// should be tracked, PyTorch: unbiased), with momentum `w`.
+    pub fn track(&mut self, mean: &[f64], var: &[f64], w: f64) {
+        self.num_batches_tracked += 1;
+        follow(&mut self.running_mean, mean, w);
+        follow(&mut self.running_var, var, w);
+    }
+
+    /// `(gamma, beta)` per channel in f64.
+    pub fn affine(&self) -> Vec<(f64, f64)> {
+        self.weight.data().iter().zip(self.bias.data()).map(|(g, b)| (g.as_f64(), b.as_f64())).collect()
+    }
+
+    /// [`eval_affine`] of these tensors.
+    pub fn eval_affine(&self, example: &[usize], eps: f64) -> Option<(Vec<f64>, Vec<f64>)> {
+        eval_affine(example, eps, [&self.weight, &self.bias, &self.running_mean, &self.running_var])
+    }
+
+    /// [`batch_norm_state`] of these tensors.
+    pub fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
+        let params = [(&mut self.weight, &mut self.weight_grad), (&mut self.bias, &mut self.bias_grad)];
+        batch_norm_state(params, [&mut self.running_mean, &mut self.running_var], &mut self.num_batches_tracked)
+    }
+}
+
 /// Ghost batch normalization over dimension 1 of an `(N, C, *)` input with
 /// virtual batches of G examples; the formulas are in the module docs.
 pub struct GhostBatchNorm<T: Real = f32> {
@@ -128,13 +183,8 @@ pub struct GhostBatchNorm<T: Real = f32> {
     eps: f64,
     momentum: f64,
     example: Vec<usize>,
-    weight: Tensor<T>,
-    bias: Tensor<T>,
-    weight_grad: Tensor<T>,
-    bias_grad: Tensor<T>,
-    running_mean: Tensor<T>,
-    running_var: Tensor<T>,
-    num_batches_tracked: i64,
+    /// gamma, beta, their gradients and the running statistics.
+    ch: BnChannels<T>,
     /// Example ranges of the last forward's virtual batches, and their
     /// statistics (chunk-major, C per chunk).
     chunks: Vec<Range<usize>>,
@@ -154,13 +204,7 @@ impl<T: Real> GhostBatchNorm<T> {
             eps: 1e-5,
             momentum: 0.1,
             example: Vec::new(),
-            weight: Tensor::default(),
-            bias: Tensor::default(),
-            weight_grad: Tensor::default(),
-            bias_grad: Tensor::default(),
-            running_mean: Tensor::default(),
-            running_var: Tensor::default(),
-            num_batches_tracked: 0,
+            ch: BnChannels::default(),
             chunks: Vec::new(),
             mean: Vec::new(),
             inv_std: Vec::new(),
@@ -185,12 +229,12 @@ impl<T: Real> GhostBatchNorm<T> {
     }
     /// The running mean and variance per channel (empty before build).
     pub fn running_stats(&self) -> (&Tensor<T>, &Tensor<T>) {
-        (&self.running_mean, &self.running_var)
+        (&self.ch.running_mean, &self.ch.running_var)
     }
     /// The prediction-mode map per channel, `(scale, shift)` in f64 (for
     /// folding); `None` before build.
     pub fn eval_affine(&self) -> Option<(Vec<f64>, Vec<f64>)> {
-        eval_affine(&self.example, self.eps, [&self.weight, &self.bias, &self.running_mean, &self.running_var])
+        self.ch.eval_affine(&self.example, self.eps)
     }
     /// The number of channels; 0 before build.
     pub fn num_features(&self) -> usize {
@@ -267,13 +311,7 @@ impl<T: Real> Layer<T> for GhostBatchNorm<T> {
         }
         let c = input[0];
         self.example = input.to_vec();
-        self.weight = Tensor::full(&[c], T::one());
-        self.bias = Tensor::zeros(&[c]);
-        self.weight_grad = Tensor::zeros(&[c]);
-        self.bias_grad = Tensor::zeros(&[c]);
-        self.running_mean = Tensor::zeros(&[c]);
-        self.running_var = Tensor::full(&[c], T::one());
-        self.num_batches_tracked = 0;
+        self.ch = BnChannels::new(c);
         Ok(input.to_vec())
     }
 
@@ -302,7 +340,7 @@ impl<T: Real> Layer<T> for GhostBatchNorm<T> {
             let (mean, var) = if self.batch_stats {
                 chunk_stats(&x.data()[range.start * c * s..range.end * c * s], ncs)
             } else {
-                (self.running_mean.to_f64_vec(), self.running_var.to_f64_vec())
+                (self.ch.running_mean.to_f64_vec(), self.ch.running_var.to_f64_vec())
             };
             let m = ncs.per_channel() as f64;
             for ch in 0..c {
@@ -313,12 +351,9 @@ impl<T: Real> Layer<T> for GhostBatchNorm<T> {
             self.mean.extend(mean);
         }
         if self.batch_stats {
-            self.num_batches_tracked += 1;
-            follow(&mut self.running_mean, &batch_mean, self.momentum);
-            follow(&mut self.running_var, &batch_var, self.momentum);
+            self.ch.track(&batch_mean, &batch_var, self.momentum);
         }
-        let gamma_beta: Vec<(f64, f64)> =
-            self.weight.data().iter().zip(self.bias.data()).map(|(g, b)| (g.as_f64(), b.as_f64())).collect();
+        let gamma_beta: Vec<(f64, f64)> = self.ch.affine();
         let (ones, zeros) = (vec![1.0; c], vec![0.0; c]);
         self.y.resize(x.shape());
         for (j, range) in self.chunks.iter().enumerate() {
@@ -341,7 +376,7 @@ impl<T: Real> Layer<T> for GhostBatchNorm<T> {
         check_forward_ran("GhostBatchNorm", self.y.shape(), x.shape())?;
         check_grad("GhostBatchNorm", dy, x.shape())?;
         let Ncs { c, s, .. } = Ncs::of(x.shape());
-        let gamma: Vec<f64> = self.weight.to_f64_vec();
+        let gamma: Vec<f64> = self.ch.weight.to_f64_vec();
         let (mut dgamma, mut dbeta) = (vec![0.0f64; c], vec![0.0f64; c]);
         let (ones, zeros) = (vec![1.0; c], vec![0.0; c]);
         if need_dx {
@@ -366,8 +401,8 @@ impl<T: Real> Layer<T> for GhostBatchNorm<T> {
                 dx,
             );
         }
-        store(&mut self.weight_grad, &dgamma);
-        store(&mut self.bias_grad, &dbeta);
+        store(&mut self.ch.weight_grad, &dgamma);
+        store(&mut self.ch.bias_grad, &dbeta);
         Ok(&self.dx)
     }
 
@@ -379,7 +414,6 @@ impl<T: Real> Layer<T> for GhostBatchNorm<T> {
     }
 
     fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
-        let params = [(&mut self.weight, &mut self.weight_grad), (&mut self.bias, &mut self.bias_grad)];
-        batch_norm_state(params, [&mut self.running_mean, &mut self.running_var], &mut self.num_batches_tracked)
+        self.ch.state_mut()
     }
 }
