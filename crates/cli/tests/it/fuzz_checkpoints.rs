@@ -20,10 +20,10 @@ use normlab::models::{self, ModelKind};
 use normlab::train::checkpoint;
 use normlab::{rng, Tensor};
 
-use crate::largest_alloc;
-use largest_alloc::largest_allocation;
 use crate::fuzz;
+use crate::largest_alloc;
 use fuzz::{apply, corpus_seeds, fuzz, mutation, Mutation, Target, Verdict};
+use largest_alloc::largest_allocation;
 
 use common::checkpoints::{safetensors_raw, split_safetensors, trained};
 use common::s;

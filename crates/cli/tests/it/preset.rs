@@ -15,8 +15,18 @@ fn run_json(dir: &Path) -> Value {
 
 fn preset_run(out: &Path, extra: &[&str]) -> common::Out {
     let data = subset();
-    let mut args =
-        vec!["train", "--preset", "fast", "--quiet", "--limit-train", "512", "--limit-val", "200", "--data-dir", s(&data)];
+    let mut args = vec![
+        "train",
+        "--preset",
+        "fast",
+        "--quiet",
+        "--limit-train",
+        "512",
+        "--limit-val",
+        "200",
+        "--data-dir",
+        s(&data),
+    ];
     args.extend(["--out", s(out)]);
     args.extend(extra);
     normlab(&args)

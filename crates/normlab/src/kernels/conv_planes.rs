@@ -110,9 +110,7 @@ pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
 /// one thread, 3x3: 7x7 and 8x8 1.2-1.7x at AVX-512, 1.3-1.4x at AVX2;
 /// 4x4 1.2x and 1.0x; 14x14 and up 1.3-1.8x).
 pub fn input_grad_applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
-    applies::<T>(g, cout)
-        && g.channels >= channel_block()
-        && g.padding < g.kernel
+    applies::<T>(g, cout) && g.channels >= channel_block() && g.padding < g.kernel
 }
 
 /// Whether the weight gradient runs here: f32 on AVX-512 or AVX2, stride

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use normlab::data::idx;
 use normlab::data::{self, Split, CLASS_NAMES};
 
-use crate::largest_alloc;
-use largest_alloc::largest_allocation;
 use crate::data_files;
+use crate::largest_alloc;
 use data_files::*;
+use largest_alloc::largest_allocation;
 
 // ---------------------------------------------------------------------------
 // The committed subset

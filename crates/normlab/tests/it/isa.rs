@@ -176,7 +176,10 @@ fn every_level_computes_what_the_portable_code_computes() {
         }
         assert_eq!(long_sums.len(), portable_long.len());
         for (k, (a, b)) in long_sums.iter().zip(&portable_long).enumerate() {
-            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "small-plane convolution value {k} at {level}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "small-plane convolution value {k} at {level}: {a} vs {b}"
+            );
         }
         let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let (_, conv_two, long_two) = two.install(hand_written_kernels);
@@ -194,7 +197,9 @@ fn every_level_computes_what_the_portable_code_computes() {
         }
         let two = lenet_steps(2);
         assert!(two.0 == losses && two.1 == weights, "BN-LeNet at {level}: 1 and 2 threads differ");
-        println!("{level}: bitwise the portable code's layers; BN-LeNet and the convolutions close to it, 1 = 2 threads");
+        println!(
+            "{level}: bitwise the portable code's layers; BN-LeNet and the convolutions close to it, 1 = 2 threads"
+        );
         ran += 1;
     }
     isa::set_cap(Isa::Portable);

@@ -36,7 +36,12 @@ fn small_net(f: &common::Fixture) -> Sequential<f32> {
 /// The fixture's three train-mode steps on cross-entropy with label
 /// smoothing 0.1, `step` updating the network after each backward pass;
 /// each loss is checked against PyTorch's when `check_loss`.
-fn three_steps(f: &common::Fixture, net: &mut Sequential<f32>, check_loss: bool, mut step: impl FnMut(&mut Sequential<f32>)) {
+fn three_steps(
+    f: &common::Fixture,
+    net: &mut Sequential<f32>,
+    check_loss: bool,
+    mut step: impl FnMut(&mut Sequential<f32>),
+) {
     let mut ce = CrossEntropy::with_label_smoothing(0.1).unwrap();
     for i in 1..=3 {
         let x: Tensor<f32> = f.t(&format!("x{i}"));

@@ -181,7 +181,11 @@ pub fn check_options(args: &TrainArgs, dir: &Path, o: &TrainOptions, record: Opt
     differ("--lr", args.lr.map(show), Some(show(o.sgd.lr)));
     differ("--momentum", args.momentum.map(show), Some(show(o.sgd.momentum)));
     differ("--weight-decay", args.weight_decay.map(show), Some(show(o.sgd.weight_decay)));
-    differ("--nesterov", args.nesterov.then(|| "on".to_string()), Some(if o.sgd.nesterov { "on" } else { "off" }.into()));
+    differ(
+        "--nesterov",
+        args.nesterov.then(|| "on".to_string()),
+        Some(if o.sgd.nesterov { "on" } else { "off" }.into()),
+    );
     differ("--optimizer", args.optimizer.clone(), Some(o.optimizer.name().to_string()));
     let (beta1, beta2, adam_eps) = match o.optimizer {
         OptimizerKind::AdamW { beta1, beta2, eps } => (Some(show(beta1)), Some(show(beta2)), Some(show(eps))),
