@@ -226,41 +226,28 @@ impl Plan {
 
     /// `out[co][oh][ow] = bias[co] + Σ w·xp` for one padded input `xp`
     /// ([`Self::pad_input`]) and weights packed by [`Self::pack_weights`]
-    /// (or [`Self::pack_flipped_weights`]) under the same ISA; the output
-    /// channels in `channels` only (a caller may split them across
-    /// threads: whole tiles of `V·lanes`, see [`Self::channel_block`]).
+    /// (or [`Self::pack_flipped_weights`]) under the same ISA.
     pub fn run(&self, packed: &[f32], bias: Option<&[f32]>, xp: &[f32], out: &mut [f32]) {
-        self.run_channels(packed, bias, xp, 0..self.cout, out);
+        self.run_rows(packed, bias, xp, 0..self.output_hw().0, out);
     }
 
-    /// Output channels per tile: [`Self::run_channels`] takes ranges that
-    /// start at a multiple of it.
-    pub fn channel_block(&self) -> usize {
-        self.block()
-    }
-
-    /// [`Self::run`] for the output channels `channels` only, into `out`
-    /// holding just those planes (`channels.len()·ho·wo` values);
-    /// `channels.start` a multiple of [`Self::channel_block`].
-    pub fn run_channels(
+    /// [`Self::run`] for the output rows `rows` only, into `out` holding
+    /// `cout` planes of just those rows (`cout·rows.len()·wo` values): a
+    /// caller may split one image's rows across threads, and every value
+    /// is computed by the same tile either way.
+    pub fn run_rows(
         &self,
         packed: &[f32],
         bias: Option<&[f32]>,
         xp: &[f32],
-        channels: std::ops::Range<usize>,
+        rows: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
         let (ho, wo) = self.output_hw();
         assert!(packed.len() == self.packed_len() && xp.len() >= self.padded_len(), "conv_channels: sizes");
+        assert!(rows.start <= rows.end && rows.end <= ho, "conv_channels: rows {rows:?} of {ho}");
         assert!(
-            (channels.start.is_multiple_of(self.block()) || channels.is_empty())
-                && channels.end <= self.cout
-                && channels.start <= channels.end,
-            "conv_channels: channels {channels:?} not whole tiles of {}",
-            self.block()
-        );
-        assert!(
-            out.len() == channels.len() * ho * wo && bias.is_none_or(|b| b.len() == self.cout),
+            out.len() == self.cout * rows.len() * wo && bias.is_none_or(|b| b.len() == self.cout),
             "conv_channels: sizes"
         );
         let (shapes, lanes) = tiles();
@@ -275,9 +262,9 @@ impl Plan {
         // values past its row's start
         unsafe {
             if crate::isa::avx512() {
-                avx512::run(self, packed, bias, xp, channels, out)
+                avx512::run(self, packed, bias, xp, rows, out)
             } else {
-                avx2::run(self, packed, bias, xp, channels, out)
+                avx2::run(self, packed, bias, xp, rows, out)
             }
         }
     }
@@ -295,7 +282,7 @@ macro_rules! channels_kernel {
 
             use super::Plan;
 
-            /// [`Plan::run_channels`] with the plan's tile.
+            /// [`Plan::run_rows`] with the plan's tile.
             ///
             /// # Safety
             /// The CPU has the module's features; the sizes checked by the caller.
@@ -305,15 +292,15 @@ macro_rules! channels_kernel {
                 packed: &[f32],
                 bias: Option<&[f32]>,
                 xp: &[f32],
-                channels: std::ops::Range<usize>,
+                rows: std::ops::Range<usize>,
                 out: &mut [f32],
             ) {
                 // SAFETY: the caller's guarantees, passed on
                 unsafe {
                     match (plan.v, plan.p, plan.stride) {
                         $(
-                            ($v, $p, 1) => run_tiles::<$v, $p, 1>(plan, packed, bias, xp, channels, out),
-                            ($v, $p, 2) => run_tiles::<$v, $p, 2>(plan, packed, bias, xp, channels, out),
+                            ($v, $p, 1) => run_tiles::<$v, $p, 1>(plan, packed, bias, xp, rows, out),
+                            ($v, $p, 2) => run_tiles::<$v, $p, 2>(plan, packed, bias, xp, rows, out),
                         )+
                         other => unreachable!("conv_channels: no {other:?} tile at {}", stringify!($isa)),
                     }
@@ -331,17 +318,17 @@ macro_rules! channels_kernel {
                 packed: &[f32],
                 bias: Option<&[f32]>,
                 xp: &[f32],
-                channels: std::ops::Range<usize>,
+                rows: std::ops::Range<usize>,
                 out: &mut [f32],
             ) {
                 let block = V * $lanes;
-                let (ho, wo) = plan.output_hw();
+                let wo = plan.output_hw().1;
                 let (wp, kk) = (plan.wp(), plan.k * plan.k);
                 let block_len = plan.cin * kk * block;
-                let out_plane = ho * wo;
-                for co0 in channels.clone().step_by(block) {
+                let out_plane = rows.len() * wo;
+                for co0 in (0..plan.cout).step_by(block) {
                     let weights = packed.as_ptr().add(co0 / block * block_len);
-                    let valid = block.min(channels.end - co0);
+                    let valid = block.min(plan.cout - co0);
                     let init: [$vec; V] = std::array::from_fn(|v| {
                         let mut lanes = [0.0f32; $lanes];
                         if let Some(b) = bias {
@@ -351,18 +338,19 @@ macro_rules! channels_kernel {
                         }
                         $load(lanes.as_ptr())
                     });
-                    let y = out.as_mut_ptr().add((co0 - channels.start) * out_plane);
-                    for oh in 0..ho {
+                    let y = out.as_mut_ptr().add(co0 * out_plane);
+                    for oh in rows.clone() {
                         for ow0 in (0..wo).step_by(P) {
-                            // SAFETY: reads as run() states; the stores reach channel
-                            // valid-1 < channels.len() - (co0 - start), position < ho·wo
+                            // SAFETY: reads as run_rows() states; the stores reach
+                            // channel co0 + valid - 1 < cout, row oh - rows.start
+                            // < rows.len(), column < wo
                             unsafe {
                                 tile::<V, P, S>(
                                     plan,
                                     weights,
                                     init,
                                     xp.as_ptr().add(oh * S * wp + ow0 * S),
-                                    y.add(oh * wo + ow0),
+                                    y.add((oh - rows.start) * wo + ow0),
                                     out_plane,
                                     valid,
                                     P.min(wo - ow0),
@@ -467,7 +455,7 @@ mod tests {
     /// Forward (strides 1 and 2) and input gradient against im2col + matrix
     /// product (+ col2im), over kernel sizes 1/3/5/7, paddings 0 to k-1,
     /// channel counts around the vectors' 8 and 16, rows narrower and wider
-    /// than a tile, and every tile of the ISA (a channel split too).
+    /// than a tile, and every tile of the ISA (rows split in two too).
     #[test]
     fn matches_im2col_and_the_matrix_product() {
         if !crate::isa::avx2() {
@@ -511,14 +499,17 @@ mod tests {
             let mut y = vec![f32::NAN; cout * ho * wo];
             plan.run(&packed, Some(&bias), &xp, &mut y);
             close(&y, &want, &format!("forward, {what}"));
-            // the channels in two runs, as threads split them
-            let split = plan.channel_block() * (cout / plan.channel_block() / 2).max(1);
-            let (lo, hi) = y.split_at_mut(split.min(cout) * ho * wo);
-            lo.fill(f32::NAN);
-            hi.fill(f32::NAN);
-            plan.run_channels(&packed, Some(&bias), &xp, 0..split.min(cout), lo);
-            plan.run_channels(&packed, Some(&bias), &xp, split.min(cout)..cout, hi);
-            close(&y, &want, &format!("forward in two channel runs, {what}"));
+            // the rows in two runs, as threads split them
+            let half = ho / 2;
+            let (mut top, mut bottom) = (vec![f32::NAN; cout * half * wo], vec![f32::NAN; cout * (ho - half) * wo]);
+            plan.run_rows(&packed, Some(&bias), &xp, 0..half, &mut top);
+            plan.run_rows(&packed, Some(&bias), &xp, half..ho, &mut bottom);
+            for (c, plane) in y.chunks_exact_mut(ho * wo).enumerate() {
+                let (a, b) = plane.split_at_mut(half * wo);
+                a.copy_from_slice(&top[c * half * wo..(c + 1) * half * wo]);
+                b.copy_from_slice(&bottom[c * (ho - half) * wo..(c + 1) * (ho - half) * wo]);
+            }
+            close(&y, &want, &format!("forward in two runs of rows, {what}"));
             if !input_grad_applies::<f32>(&g, cout) {
                 continue;
             }

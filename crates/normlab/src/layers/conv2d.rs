@@ -551,9 +551,9 @@ fn images_per_task(n: usize) -> usize {
 
 /// `plan` (of `conv_channels`) run on every image of `x` into `out`, tasks
 /// of [`images_per_task`] images in parallel, each with its own padded
-/// input; one image alone has its output channels split in two halves of
-/// whole tiles, side by side (prediction one image at a time). Every value
-/// is computed by the same tile whatever the split.
+/// input; one image alone has its output rows split in two halves, side by
+/// side (prediction one image at a time). Every value is computed by the
+/// same tile whatever the split.
 fn channels_per_image(
     plan: &conv_channels::Plan,
     packed: &[f32],
@@ -565,16 +565,23 @@ fn channels_per_image(
     let (ho, wo) = plan.output_hw();
     let (image_len, out_len) = (plan.cin * plan.h * plan.w, plan.cout * ho * wo);
     let n = x.len() / image_len;
-    let block = plan.channel_block();
-    if n == 1 && plan.cout > block && rayon::current_num_threads() > 1 {
+    if n == 1 && ho >= 2 && rayon::current_num_threads() > 1 {
         let mut xp = vec![0.0f32; plan.padded_len()];
         plan.pad_input(x, &mut xp);
-        let half = plan.cout.div_ceil(2).div_ceil(block) * block;
-        let (lo, hi) = out.split_at_mut(half.min(plan.cout) * ho * wo);
+        let half = ho / 2;
+        let (mut top, mut bottom) = (vec![0.0f32; plan.cout * half * wo], vec![0.0f32; plan.cout * (ho - half) * wo]);
         rayon::join(
-            || plan.run_channels(packed, bias, &xp, 0..half.min(plan.cout), lo),
-            || plan.run_channels(packed, bias, &xp, half.min(plan.cout)..plan.cout, hi),
+            || plan.run_rows(packed, bias, &xp, 0..half, &mut top),
+            || plan.run_rows(packed, bias, &xp, half..ho, &mut bottom),
         );
+        let (top_len, bottom_len) = (half * wo, (ho - half) * wo);
+        for ((plane, t), b) in
+            out.chunks_exact_mut(ho * wo).zip(top.chunks_exact(top_len)).zip(bottom.chunks_exact(bottom_len))
+        {
+            let (upper, lower) = plane.split_at_mut(top_len);
+            upper.copy_from_slice(t);
+            lower.copy_from_slice(b);
+        }
         epilogue(0, out);
         return;
     }
