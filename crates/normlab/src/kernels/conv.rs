@@ -43,7 +43,8 @@ pub fn pad_planes(x: &[f32], (channels, h, w): (usize, usize, usize), pad: usize
     for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(plane)) {
         for (r, row) in src.chunks_exact(w).enumerate() {
             let at = (r + pad) * wp + pad;
-            dst[at..at + w].copy_from_slice(row);
+            // rows of 4 to 32 values: copy_from_slice would call memcpy for each
+            super::copy_row(&mut dst[at..at + w], row);
         }
     }
 }

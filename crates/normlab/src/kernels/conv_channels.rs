@@ -415,7 +415,14 @@ macro_rules! channels_kernel {
                         if c >= valid_c {
                             break;
                         }
-                        std::ptr::copy_nonoverlapping(row.as_ptr(), y.add(c * out_plane), valid_p);
+                        let dst = y.add(c * out_plane);
+                        if valid_p == P {
+                            // a fixed-size copy is a few vector moves; one of a
+                            // run-time length is a call to memcpy per channel
+                            dst.cast::<[f32; P]>().write_unaligned(*row);
+                        } else {
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, valid_p);
+                        }
                     }
                 }
             }
