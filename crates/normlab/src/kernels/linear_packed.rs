@@ -7,8 +7,8 @@
 //! again (a third of mlp-bn's forward pass at batch 256 went to packing).
 //! Here the weights are packed once ([`PackedWeights::pack`]) into column
 //! panels of `2·LANES` outputs (two vectors: 32 at AVX-512, 16 at AVX2;
-//! the last panel one vector wide when that covers the rest; zeros past
-//! the last output), and the input is read where it lies: each register
+//! the last ones narrower when that covers the rest; zeros
+//! past the last output), and the input is read where it lies: each register
 //! tile of `MR` rows × one panel (12×32 at AVX-512, 6×16 at AVX2) loads a
 //! panel's row of weights and broadcasts each row's input value against it.
 //!
@@ -69,11 +69,11 @@ impl PackedWeights {
     fn pack_at(&mut self, isa: Isa, w: &[f32], out_features: usize, in_features: usize) {
         assert!(isa >= Isa::Avx2 && isa <= isa::detected(), "linear_packed: no kernel at {isa} here");
         assert_eq!(w.len(), out_features * in_features, "linear_packed: weight size");
-        let lanes = if isa == Isa::Avx512 { 16 } else { 8 };
-        let padded: usize = panels(out_features, lanes).map(|(_, width)| width).sum();
+        let (lanes, half) = panel_shape(isa);
+        let padded: usize = panels(out_features, lanes, half).map(|(_, width)| width).sum();
         self.panels.resize(padded * in_features, 0.0);
         let dst = self.panels.as_mut_slice();
-        for (o0, width) in panels(out_features, lanes) {
+        for (o0, width) in panels(out_features, lanes, half) {
             let panel = &mut dst[o0 * in_features..][..width * in_features];
             for (q, row) in panel.chunks_exact_mut(width).enumerate() {
                 for (j, v) in row.iter_mut().enumerate() {
@@ -118,10 +118,39 @@ impl PackedWeights {
     }
 }
 
+/// The lanes of a vector and whether a half-vector panel exists at `isa`
+/// (AVX2 or above).
+fn panel_shape(isa: Isa) -> (usize, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        (avx512::LANES, avx512::HALF)
+    } else {
+        (avx2::LANES, avx2::HALF)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("linear_packed: no kernel at {isa} on this architecture")
+}
+
 /// `(first output, width)` of each panel of `out` outputs: two vectors of
-/// `lanes` wide, the last one vector when that covers what is left.
-fn panels(out: usize, lanes: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..out).step_by(2 * lanes).map(move |o0| (o0, if out - o0 > lanes { 2 * lanes } else { lanes }))
+/// `lanes`, then, for what is left, one vector, and (with `half`) one
+/// vector of half as many lanes, at half the cost: 100 outputs at AVX-512
+/// are 3 × 32 + 8 (4 used) instead of 3 × 32 + 16. Only the last panel
+/// reaches past `out`, so a panel's weights start at `first output × in`.
+fn panels(out: usize, lanes: usize, half: bool) -> impl Iterator<Item = (usize, usize)> {
+    let narrow = if half { lanes / 2 } else { 0 };
+    let mut o0 = 0;
+    std::iter::from_fn(move || {
+        let rest = out - o0;
+        let width = match rest {
+            0 => return None,
+            r if r > lanes + narrow => 2 * lanes,
+            r if r > narrow => lanes,
+            _ => narrow,
+        };
+        let first = o0;
+        o0 += width.min(rest);
+        Some((first, width))
+    })
 }
 
 /// What a tile's sums are added to.
@@ -140,7 +169,7 @@ enum Start {
 /// `[$rows]`, 1 to `$mr`), and its partial load and store (the vector of
 /// the last output panel past `out_features`).
 macro_rules! packed_kernel {
-    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, $mr:literal, [$($rows:literal),+],
+    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, $mr:literal, [$($rows:literal),+], $half:literal,
      $zero:ident, $set1:ident, $load:ident, $add:ident, $fma:ident, $store:ident,
      $load_part:path, $store_part:path) => {
         #[cfg(target_arch = "x86_64")]
@@ -151,6 +180,11 @@ macro_rules! packed_kernel {
 
             /// Rows per tile.
             const MR: usize = $mr;
+            /// f32 per vector.
+            pub const LANES: usize = $lanes;
+            /// Whether the last panel may be one vector of `LANES / 2`
+            /// (the narrower level's tile, see [`super::panels`]).
+            pub const HALF: bool = $half;
 
             /// [`super::PackedWeights::forward`] at this level.
             ///
@@ -166,7 +200,7 @@ macro_rules! packed_kernel {
                     let kc = (k - k0).min(KC);
                     for r0 in (0..n).step_by(MR) {
                         let rows = (n - r0).min(MR);
-                        for (o0, width) in panels(out, $lanes) {
+                        for (o0, width) in panels(out, LANES, HALF) {
                             let start = match bias {
                                 _ if k0 > 0 => Start::Output,
                                 // SAFETY: o0 < out = bias.len()
@@ -183,10 +217,15 @@ macro_rules! packed_kernel {
                                 let xs = x.as_ptr().add(r0 * k + k0);
                                 let ws = packed.as_ptr().add(o0 * k + k0 * width);
                                 let ys = y.as_mut_ptr().add(r0 * out + o0);
-                                match (rows, width / $lanes) {
+                                match (rows, width) {
                                     $(
-                                        ($rows, 1) => tile::<$rows, 1>(xs, k, ws, kc, start, ys, out, cols),
-                                        ($rows, 2) => tile::<$rows, 2>(xs, k, ws, kc, start, ys, out, cols),
+                                        ($rows, $lanes) => tile::<$rows, 1>(xs, k, ws, kc, start, ys, out, cols),
+                                        ($rows, w) if w == 2 * $lanes => {
+                                            tile::<$rows, 2>(xs, k, ws, kc, start, ys, out, cols)
+                                        }
+                                        ($rows, w) if HALF && w == $lanes / 2 => {
+                                            super::avx2::tile::<$rows, 1>(xs, k, ws, kc, start, ys, out, cols)
+                                        }
                                     )+
                                     other => unreachable!("linear_packed: no {other:?} tile"),
                                 }
@@ -207,7 +246,7 @@ macro_rules! packed_kernel {
             #[allow(clippy::too_many_arguments)]
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn tile<const R: usize, const NV: usize>(
+            pub(super) unsafe fn tile<const R: usize, const NV: usize>(
                 x: *const f32,
                 k: usize,
                 w: *const f32,
@@ -337,6 +376,7 @@ packed_kernel!(
     16,
     12,
     [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+    true,
     _mm512_setzero_ps,
     _mm512_set1_ps,
     _mm512_loadu_ps,
@@ -353,6 +393,7 @@ packed_kernel!(
     8,
     6,
     [1, 2, 3, 4, 5, 6],
+    false,
     _mm256_setzero_ps,
     _mm256_set1_ps,
     _mm256_loadu_ps,
