@@ -94,7 +94,7 @@ impl PackedWeights {
     pub fn forward(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
         let (k, out) = (self.in_features, self.out_features);
         let isa = self.isa.expect("linear_packed: forward before pack");
-        assert!(k > 0 && x.len() % k == 0, "linear_packed: x is not whole rows of {k}");
+        assert!(k > 0 && x.len().is_multiple_of(k), "linear_packed: x is not whole rows of {k}");
         let n = x.len() / k;
         assert_eq!(y.len(), n * out, "linear_packed: y holds {} values, {n} rows of {out} need {}", y.len(), n * out);
         if let Some(b) = bias {
