@@ -93,13 +93,11 @@ impl<T: Real> Linear<T> {
     }
 }
 
-/// Where the packed kernel does not run (f64, a CPU without AVX2), batches
-/// up to this size run the forward pass as dot products
-/// (`kernels::gemm::rows_times_weights`), which need no packing of the
-/// weights: prediction one image at a time. Training batches are larger.
-/// (The packed kernel is faster than these dot products from batch 1 on:
-/// mlp-bn at batch 1, 8.2 -> 6.8 µs; at batch 4, 27 -> 11 µs; 1 thread,
-/// AVX-512.)
+/// Where the packed kernel does not run (f64, a CPU without AVX2, one row
+/// at AVX2: see `linear_packed::applies`), batches up to this size run the
+/// forward pass as dot products (`kernels::gemm::rows_times_weights`),
+/// which need no packing of the weights: prediction one image at a time.
+/// Training batches are larger.
 const DOT_MAX_ROWS: usize = 4;
 
 /// Multiply-adds from which a pass splits across two threads (the batch's
@@ -153,8 +151,8 @@ impl<T: Real> Layer<T> for Linear<T> {
         let (fi, fo) = (self.in_features, self.out_features);
         self.y.resize(&[n, fo]);
         // f32 at AVX2 or AVX-512: the weights packed once; the sums in the
-        // gemm path's order, so the values are those of the path below
-        if linear_packed::applies::<T>() {
+        // gemm path's order, so the values are those of the gemm path below
+        if linear_packed::applies::<T>(n) {
             if !self.packed_fresh || !self.packed.current() {
                 self.packed.pack(as_f32(self.weight.data()), fo, fi);
                 self.packed_fresh = true;
