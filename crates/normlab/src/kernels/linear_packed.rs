@@ -7,10 +7,11 @@
 //! again (a third of mlp-bn's forward pass at batch 256 went to packing).
 //! Here the weights are packed once ([`PackedWeights::pack`]) into column
 //! panels of `2·LANES` outputs (two vectors: 32 at AVX-512, 16 at AVX2;
-//! the last ones narrower when that covers the rest; zeros
-//! past the last output), and the input is read where it lies: each register
-//! tile of `MR` rows × one panel (12×32 at AVX-512, 6×16 at AVX2) loads a
-//! panel's row of weights and broadcasts each row's input value against it.
+//! the last ones narrower when that covers the rest, down to an AVX2
+//! vector of 8 at AVX-512; zeros past the last output), and the input is
+//! read where it lies: each register tile of `MR` rows × one panel (12×32
+//! at AVX-512, 6×16 at AVX2) loads a panel's row of weights and broadcasts
+//! each row's input value against it.
 //!
 //! The sums are formed in `matrixmultiply`'s order, so the values are
 //! bitwise those of the `gemm` path on CPUs with FMA: over runs of
@@ -65,8 +66,7 @@ impl PackedWeights {
     }
 
     /// Packs `w`, `out_features` rows of `in_features`, for the active
-    /// level (which must be AVX2 or above), reusing the
-    /// buffer.
+    /// level (which must be AVX2 or above), reusing the buffer.
     pub fn pack(&mut self, w: &[f32], out_features: usize, in_features: usize) {
         self.pack_at(isa::active(), w, out_features, in_features);
     }
@@ -88,12 +88,7 @@ impl PackedWeights {
                 }
             }
         }
-        *self = PackedWeights {
-            isa: Some(isa),
-            in_features,
-            out_features,
-            panels: std::mem::take(&mut self.panels),
-        };
+        *self = PackedWeights { isa: Some(isa), in_features, out_features, panels: std::mem::take(&mut self.panels) };
     }
 
     /// `y = x·wᵀ + bias` for `x` of whole rows of `in_features` and `y` of
@@ -112,9 +107,9 @@ impl PackedWeights {
         }
         #[cfg(target_arch = "x86_64")]
         match isa {
-            // SAFETY: pack_at checked that this CPU has isa; the panels were packed for it (lanes)
-            // from out·k weights, and the sizes of x, y and bias are
-            // checked above
+            // SAFETY: pack_at checked that this CPU has isa; the panels
+            // were packed for it from out·k weights; the sizes of x, y and
+            // bias are checked above
             Isa::Avx512 => unsafe { avx512::forward(self.panels.as_slice(), k, out, x, bias, y) },
             // SAFETY: as above
             Isa::Avx2 => unsafe { avx2::forward(self.panels.as_slice(), k, out, x, bias, y) },
@@ -161,6 +156,7 @@ fn panels(out: usize, lanes: usize, half: bool) -> impl Iterator<Item = (usize, 
 }
 
 /// What a tile's sums are added to.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 enum Start {
     /// Nothing: the first run of a layer without bias.

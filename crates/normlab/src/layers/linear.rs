@@ -162,7 +162,9 @@ impl<T: Real> Layer<T> for Linear<T> {
             if splits(n, fi, fo) {
                 // fixed halves of the batch, whatever the number of threads
                 let half = n.div_ceil(2);
-                x.par_chunks(half * fi).zip(y.par_chunks_mut(half * fo)).for_each(|(xs, ys)| packed.forward(xs, bias, ys));
+                x.par_chunks(half * fi)
+                    .zip(y.par_chunks_mut(half * fo))
+                    .for_each(|(xs, ys)| packed.forward(xs, bias, ys));
             } else {
                 packed.forward(x, bias, y);
             }

@@ -9,8 +9,8 @@
 
 use normlab::isa::{self, Isa};
 use normlab::layers::{
-    BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, LeakyReLU, Linear, MaxPool2d, Mode, ReLU, SiLU, Sigmoid,
-    StateMut, Tanh, GELU,
+    BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, LeakyReLU, Linear, MaxPool2d, Mode, ReLU, SiLU,
+    Sigmoid, StateMut, Tanh, GELU,
 };
 use normlab::loss::CrossEntropy;
 use normlab::models;
