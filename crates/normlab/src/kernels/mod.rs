@@ -64,6 +64,7 @@ pub mod conv_planes;
 pub mod gemm;
 pub mod image_lanes;
 pub mod lanes;
+pub mod linear_packed;
 pub mod sigmoid;
 pub mod stats;
 pub mod stream;

@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use super::{check_built, check_grad, init_weights, Init, Layer, Mode, StateMut, StateName};
 use crate::kernels::gemm::{gemm, rows_times_weights, Product};
-use crate::real::Real;
+use crate::kernels::linear_packed::{self, PackedWeights};
+use crate::real::{as_f32, as_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -25,6 +26,13 @@ pub struct Linear<T: Real = f32> {
     bias: Tensor<T>,
     weight_grad: Tensor<T>,
     bias_grad: Tensor<T>,
+    /// The weights in the panels of `linear_packed`'s kernel (f32 with
+    /// AVX2 or AVX-512).
+    packed: PackedWeights,
+    /// Whether `packed` holds the current weights: set when packed, cleared
+    /// wherever the weights can change (build, `state_mut`, folding), so
+    /// prediction packs once, not per call.
+    packed_fresh: bool,
     y: Tensor<T>,
     dx: Tensor<T>,
 }
@@ -41,6 +49,8 @@ impl<T: Real> Linear<T> {
             bias: Tensor::default(),
             weight_grad: Tensor::default(),
             bias_grad: Tensor::default(),
+            packed: PackedWeights::new(),
+            packed_fresh: false,
             y: Tensor::default(),
             dx: Tensor::default(),
         }
@@ -77,14 +87,17 @@ impl<T: Real> Linear<T> {
     /// after this layer) into the weight and bias; the layer gains a bias if
     /// it had none.
     pub(crate) fn absorb_channel_affine(&mut self, scale: &[f64], shift: &[f64]) -> Result<()> {
+        self.packed_fresh = false;
         let p = super::RowsAndBias { weight: &mut self.weight, bias: &mut self.bias, bias_grad: &mut self.bias_grad };
         super::fold_affine_into_rows("Linear", p, &mut self.has_bias, (scale, shift))
     }
 }
 
-/// Batches up to this size run the forward pass as dot products
-/// (`kernels::gemm::rows_times_weights`), which need no packing of the
-/// weights: prediction one image at a time. Training batches are larger.
+/// Where the packed kernel does not run (f64, a CPU without AVX2, one row
+/// at AVX2: see `linear_packed::applies`), batches up to this size run the
+/// forward pass as dot products (`kernels::gemm::rows_times_weights`),
+/// which need no packing of the weights: prediction one image at a time.
+/// Training batches are larger.
 const DOT_MAX_ROWS: usize = 4;
 
 /// Multiply-adds from which a pass splits across two threads (the batch's
@@ -120,6 +133,7 @@ impl<T: Real> Layer<T> for Linear<T> {
             return Err(Error::shape("Linear", "expected at least one input feature, got 0"));
         }
         self.in_features = input[0];
+        self.packed_fresh = false;
         self.weight = Tensor::zeros(&[self.out_features, self.in_features]);
         self.weight_grad = Tensor::zeros(&[self.out_features, self.in_features]);
         if self.has_bias {
@@ -136,6 +150,26 @@ impl<T: Real> Layer<T> for Linear<T> {
         let n = super::check_input("Linear", x, &[self.in_features])?;
         let (fi, fo) = (self.in_features, self.out_features);
         self.y.resize(&[n, fo]);
+        // f32 at AVX2 or AVX-512: the weights packed once; the sums in the
+        // gemm path's order, so the values are those of the gemm path below
+        if linear_packed::applies::<T>(n) {
+            if !self.packed_fresh || !self.packed.current() {
+                self.packed.pack(as_f32(self.weight.data()), fo, fi);
+                self.packed_fresh = true;
+            }
+            let (packed, bias) = (&self.packed, self.has_bias.then(|| as_f32(self.bias.data())));
+            let (x, y) = (as_f32(x.data()), as_f32_mut(self.y.data_mut()));
+            if splits(n, fi, fo) {
+                // fixed halves of the batch, whatever the number of threads
+                let half = n.div_ceil(2);
+                x.par_chunks(half * fi)
+                    .zip(y.par_chunks_mut(half * fo))
+                    .for_each(|(xs, ys)| packed.forward(xs, bias, ys));
+            } else {
+                packed.forward(x, bias, y);
+            }
+            return Ok(&self.y);
+        }
         let y = self.y.data_mut();
         if self.has_bias {
             for row in y.chunks_exact_mut(fo) {
@@ -201,6 +235,8 @@ impl<T: Real> Layer<T> for Linear<T> {
     }
 
     fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
+        // the caller may change the weights through these (an optimizer step, a checkpoint)
+        self.packed_fresh = false;
         let mut s = vec![("weight".into(), StateMut::Param { value: &mut self.weight, grad: &mut self.weight_grad })];
         if self.has_bias {
             s.push(("bias".into(), StateMut::Param { value: &mut self.bias, grad: &mut self.bias_grad }));

@@ -9,8 +9,8 @@
 
 use normlab::isa::{self, Isa};
 use normlab::layers::{
-    BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, LeakyReLU, MaxPool2d, Mode, ReLU, SiLU, Sigmoid,
-    StateMut, Tanh, GELU,
+    BatchNorm, BatchNormConfig, BnImpl, Conv2d, Layer, LayerNorm, LeakyReLU, Linear, MaxPool2d, Mode, ReLU, SiLU,
+    Sigmoid, StateMut, Tanh, GELU,
 };
 use normlab::loss::CrossEntropy;
 use normlab::models;
@@ -58,6 +58,9 @@ fn same_code_layers() -> Vec<(String, Vec<Vec<u32>>)> {
         ("layer norm", Box::new(LayerNorm::new(&[50])), vec![4, 50]),
         ("conv 3x3", Box::new(Conv2d::new(5, 3)), vec![4, 3, 12, 12]),
         ("max pool 2x2", Box::new(MaxPool2d::new(2, 2)), vec![4, 3, 9, 10]),
+        // the packed kernel at AVX2 and AVX-512, gemm at portable
+        ("linear", Box::new(Linear::new(70)), vec![13, 784]),
+        ("linear 100 -> 10", Box::new(Linear::new(10)), vec![37, 100]),
     ];
     cases.into_iter().map(|(name, layer, shape)| (name.to_string(), run_layer(layer, &shape))).collect()
 }

@@ -27,6 +27,7 @@ mod fusion;
 mod fuzz_idx;
 mod gradcheck;
 mod isa;
+mod linear_packed;
 mod model_spec;
 mod numerics;
 mod parity;
