@@ -142,6 +142,40 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// The input gradient of one `h×w` plane through 2x2 max pooling with
+    /// stride 2: each window's gradient `g` at its maximum `arg` (an index
+    /// within the plane, from [`max_pool_2x2`]), zeros elsewhere. The
+    /// windows tile the plane, so each value is written once, as `0 + g`:
+    /// bitwise the zero-filled plane plus the scattered gradients, in one
+    /// pass instead of a fill then a scatter. An index outside its window
+    /// (no forward made it) leaves the window zero.
+    pub fn max_pool_2x2_backward<T: Real>(g: &[T], arg: &[u32], hw: (usize, usize), dx: &mut [T]) {
+        let (h, w) = hw;
+        let (ho, wo) = (h / 2, w / 2);
+        assert!(g.len() >= ho * wo && arg.len() >= ho * wo && dx.len() >= h * w, "2x2 max pooling backward of a {h}x{w} plane");
+        let zero = T::zero();
+        for oh in 0..ho {
+            let (top, bottom) = dx[2 * oh * w..][..2 * w].split_at_mut(w);
+            let (g_row, arg_row) = (&g[oh * wo..][..wo], &arg[oh * wo..][..wo]);
+            for (ow, (&gv, &at)) in g_row.iter().zip(arg_row).enumerate() {
+                let gv = zero + gv;
+                let at = (at as usize).wrapping_sub(2 * oh * w + 2 * ow);
+                let pick = |offset: usize| if at == offset { gv } else { zero };
+                top[2 * ow] = pick(0);
+                top[2 * ow + 1] = pick(1);
+                bottom[2 * ow] = pick(w);
+                bottom[2 * ow + 1] = pick(w + 1);
+            }
+            // an odd width's last column is in no window
+            top[2 * wo..].fill(zero);
+            bottom[2 * wo..].fill(zero);
+        }
+        // as is an odd height's last row
+        dx[2 * ho * w..h * w].fill(zero);
+    }
+}
+
 /// The vector kernel of one level, from the operations its module defines
 /// (`L` lanes; `load_pair`, `store`, `store_indices`; `evens`, `odds` and
 /// `even_cols`; `relu`; `later_wins`, `select`, `select_indices`;
@@ -543,6 +577,30 @@ mod tests {
             }
         }
         eprintln!("pool kernels: {checked} plane checks at {:?}", levels.iter().map(|(l, _)| l).collect::<Vec<_>>());
+    }
+
+    /// The one-pass backward is bitwise the zero-filled plane plus each
+    /// gradient scattered to its maximum (a -0.0 gradient becomes +0.0 in
+    /// both), for even and odd sizes.
+    #[test]
+    fn backward_is_fill_then_scatter() {
+        for h in 2..=9 {
+            for w in 2..=40 {
+                let x = hard_plane(h * w, h * 43 + w);
+                let pooled = (h / 2) * (w / 2);
+                let (mut y, mut arg) = (vec![0.0f32; pooled], vec![0u32; pooled]);
+                max_pool_2x2(&x, (h, w), &mut y, &mut arg);
+                let g: Vec<f32> = (0..pooled).map(|i| if i % 4 == 1 { -0.0 } else { i as f32 - 3.5 }).collect();
+                let mut want = vec![0.0f32; h * w];
+                for (&gv, &a) in g.iter().zip(&arg) {
+                    want[a as usize] += gv;
+                }
+                let mut got = vec![f32::NAN; h * w];
+                max_pool_2x2_backward(&g, &arg, (h, w), &mut got);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{h}x{w}");
+            }
+        }
     }
 
     /// The scalar scan itself: the first maximum in row-major order, a NaN
