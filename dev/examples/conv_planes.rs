@@ -5,37 +5,10 @@
 //!
 //! `cargo run --release -p normlab-dev --example conv_planes`
 
-use std::time::Instant;
-
 use normlab::kernels::conv::{col2im, im2col, ConvGeometry};
 use normlab::kernels::conv_planes::Plan;
 use normlab::kernels::gemm::{gemm, Product};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Nanoseconds this thread has run on a CPU: the machine may be shared,
-/// and time spent descheduled is not the kernel's.
-fn cpu_ns() -> Option<u64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec for the call to write
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-}
-
-/// µs per call of `f`: the thread's CPU time where the OS reports it, else wall time.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    let (t, c) = (Instant::now(), cpu_ns());
-    for _ in 0..reps {
-        f();
-    }
-    match (c, cpu_ns()) {
-        (Some(a), Some(b)) => (b - a) as f64 / 1e3 / reps as f64,
-        _ => t.elapsed().as_secs_f64() * 1e6 / reps as f64,
-    }
-}
+use normlab_dev::{median, time};
 
 fn main() {
     if !normlab::isa::avx2() {

@@ -1,1 +1,31 @@
-//! Profiling probes live in `examples/`; this crate has no code of its own.
+//! Profiling probes live in `examples/`; this crate holds what several of
+//! them share: timing by the thread's CPU time.
+
+use std::time::Instant;
+
+/// The median of `v`.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Nanoseconds this thread has run on a CPU: the machine may be shared,
+/// and time spent descheduled is not the kernel's.
+pub fn cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec for the call to write
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// µs per call of `f`: the thread's CPU time where the OS reports it, else wall time.
+pub fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    let (t, c) = (Instant::now(), cpu_ns());
+    for _ in 0..reps {
+        f();
+    }
+    match (c, cpu_ns()) {
+        (Some(a), Some(b)) => (b - a) as f64 / 1e3 / reps as f64,
+        _ => t.elapsed().as_secs_f64() * 1e6 / reps as f64,
+    }
+}

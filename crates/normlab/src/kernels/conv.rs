@@ -32,6 +32,82 @@ impl ConvGeometry {
     }
 }
 
+/// `x` (`channels` planes of `h×w`, `(channels, h, w)`) into `xp` with
+/// `pad` zeros around each plane (`(h + 2·pad)·(w + 2·pad)` apart), and
+/// zeros in the rest of `xp` (slack for kernels that read past the planes).
+pub fn pad_planes(x: &[f32], (channels, h, w): (usize, usize, usize), pad: usize, xp: &mut [f32]) {
+    let wp = w + 2 * pad;
+    let plane = (h + 2 * pad) * wp;
+    assert!(x.len() == channels * h * w && xp.len() >= channels * plane, "pad_planes: sizes");
+    xp.fill(0.0);
+    for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(plane)) {
+        for (r, row) in src.chunks_exact(w).enumerate() {
+            let at = (r + pad) * wp + pad;
+            dst[at..at + w].copy_from_slice(row);
+        }
+    }
+}
+
+/// The weights of the input gradient's convolution: `w'[ci][co][i][j] =
+/// w[co][ci][k-1-i][k-1-j]` for `w` of `cout·cin·k·k` (the gradient of a
+/// stride-1 convolution is a convolution of the padded output gradient
+/// with the kernel flipped and the channels swapped).
+pub fn flip_kernel(w: &[f32], cout: usize, cin: usize, k: usize) -> Vec<f32> {
+    let kk = k * k;
+    assert_eq!(w.len(), cout * cin * kk, "flip_kernel: weight size");
+    let mut flipped = vec![0.0f32; w.len()];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for t in 0..kk {
+                let (i, j) = (t / k, t % k);
+                flipped[(ci * cout + co) * kk + (k - 1 - i) * k + (k - 1 - j)] = w[(co * cin + ci) * kk + t];
+            }
+        }
+    }
+    flipped
+}
+
+/// What the direct kernels are tested against: im2col + matrix product
+/// (+ col2im), on values that cover `[-1, 1]`.
+#[cfg(test)]
+pub(crate) mod reference {
+    use super::{col2im, im2col, ConvGeometry};
+    use crate::kernels::gemm::{gemm, Product};
+
+    /// `len` values in `[-1, 1]`, a different run for each `seed`.
+    pub fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0) - 1.0).collect()
+    }
+
+    /// Asserts `got` equals `want` to 1e-4 relative (the sums run in another order).
+    pub fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what}: value {i}: {a} vs {b}");
+        }
+    }
+
+    /// The forward pass of one image: `bias + W · col(x)`.
+    pub fn forward(g: &ConvGeometry, cout: usize, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let (ho, wo) = g.output_hw().unwrap();
+        let mut col = vec![0.0f32; g.col_rows() * ho * wo];
+        im2col(g, x, &mut col);
+        let mut y: Vec<f32> = bias.iter().flat_map(|&b| std::iter::repeat_n(b, ho * wo)).collect();
+        gemm(Product::nn(cout, ho * wo, g.col_rows()), 1.0, w, &col, 1.0, &mut y);
+        y
+    }
+
+    /// The input gradient of one image: `col2im(Wᵀ · dy)`.
+    pub fn input_grad(g: &ConvGeometry, cout: usize, w: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (ho, wo) = g.output_hw().unwrap();
+        let mut dcol = vec![0.0f32; g.col_rows() * ho * wo];
+        gemm(Product::tn(g.col_rows(), ho * wo, cout), 1.0, w, dy, 0.0, &mut dcol);
+        let mut dx = vec![0.0f32; g.channels * g.height * g.width];
+        col2im(g, &dcol, &mut dx);
+        dx
+    }
+}
+
 multiversion! {
     /// `col[(c·k + i)·k + j, oh·Wo + ow] = x[c, oh·s - p + i, ow·s - p + j]` (0 outside).
     pub fn im2col<T: Real>(g: &ConvGeometry, image: &[T], col: &mut [T]) {

@@ -197,15 +197,8 @@ impl Plan {
 
     /// `x` (`cin` planes of `h×w`) into `xp` with `pad` zeros around each plane.
     pub fn pad_input(&self, x: &[f32], xp: &mut [f32]) {
-        let (wp, plane, p) = (self.wp(), self.plane(), self.pad);
-        assert!(x.len() == self.cin * self.h * self.w && xp.len() >= self.padded_len(), "pad_input: sizes");
-        xp.fill(0.0);
-        for (src, dst) in x.chunks_exact(self.h * self.w).zip(xp.chunks_exact_mut(plane)) {
-            for (r, row) in src.chunks_exact(self.w).enumerate() {
-                let at = (r + p) * wp + p;
-                dst[at..at + self.w].copy_from_slice(row);
-            }
-        }
+        assert!(xp.len() >= self.padded_len(), "pad_input: sizes");
+        super::conv::pad_planes(x, (self.cin, self.h, self.w), self.pad, xp);
     }
 
     /// Forward weights `w[co][ci][i][j]` into tiles `packed[block][ci][i][j][c]`
@@ -229,19 +222,8 @@ impl Plan {
     /// `cout` = this plan's `cin`) packed for this input-gradient plan:
     /// `w'[ci][co][i][j] = w[co][ci][k-1-i][k-1-j]`.
     pub fn pack_flipped_weights(&self, w: &[f32], packed: &mut Vec<f32>) {
-        let (k, kk) = (self.k, self.k * self.k);
-        let (fwd_cout, fwd_cin) = (self.cin, self.cout);
-        let mut flipped = vec![0.0f32; w.len()];
-        for co in 0..fwd_cout {
-            for ci in 0..fwd_cin {
-                for t in 0..kk {
-                    let (i, j) = (t / k, t % k);
-                    flipped[(ci * fwd_cout + co) * kk + (k - 1 - i) * k + (k - 1 - j)] =
-                        w[(co * fwd_cin + ci) * kk + t];
-                }
-            }
-        }
-        self.pack_weights(&flipped, packed);
+        // the forward convolution's cout is this plan's cin
+        self.pack_weights(&super::conv::flip_kernel(w, self.cin, self.cout, self.k), packed);
     }
 
     /// Values of one image's output gradient in padded rows
@@ -577,18 +559,9 @@ planes_kernel!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::conv::{col2im, im2col};
+    use crate::kernels::conv::im2col;
+    use crate::kernels::conv::reference::{close, forward, input_grad, values};
     use crate::kernels::gemm::{gemm, Product};
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0) - 1.0).collect()
-    }
-
-    fn close(got: &[f32], want: &[f32], what: &str) {
-        for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what}: value {i}: {a} vs {b}");
-        }
-    }
 
     /// Forward and input gradient against im2col + matrix product (+ col2im),
     /// over kernel sizes 1/3/5/7, paddings 0 to k-1, channel counts around
@@ -626,10 +599,7 @@ mod tests {
             let (x, wt, bias) = (values(cin * h * w, 1), values(cout * cin * k * k, 2), values(cout, 3));
             let what = format!("cin {cin} cout {cout} {h}x{w} k {k} pad {pad}");
 
-            let mut col = vec![0.0f32; g.col_rows() * ho * wo];
-            im2col(&g, &x, &mut col);
-            let mut want: Vec<f32> = bias.iter().flat_map(|&b| std::iter::repeat_n(b, ho * wo)).collect();
-            gemm(Product::nn(cout, ho * wo, g.col_rows()), 1.0, &wt, &col, 1.0, &mut want);
+            let want = forward(&g, cout, &x, &wt, &bias);
             let plan = Plan::forward(&g, cout);
             tiles_used.insert((plan.cb, plan.nv));
             let (mut packed, mut xp) = (Vec::new(), vec![f32::NAN; plan.padded_len()]);
@@ -640,10 +610,7 @@ mod tests {
             close(&y, &want, &format!("forward, {what}"));
 
             let dy = values(cout * ho * wo, 4);
-            let mut dcol = vec![0.0f32; g.col_rows() * ho * wo];
-            gemm(Product::tn(g.col_rows(), ho * wo, cout), 1.0, &wt, &dy, 0.0, &mut dcol);
-            let mut want_dx = vec![0.0f32; cin * h * w];
-            col2im(&g, &dcol, &mut want_dx);
+            let want_dx = input_grad(&g, cout, &wt, &dy);
             let back = Plan::input_grad(&g, cout).unwrap();
             let mut dyp = vec![f32::NAN; back.padded_len()];
             back.pack_flipped_weights(&wt, &mut packed);
@@ -660,6 +627,7 @@ mod tests {
             }
             let (x2, dy2) = (values(cin * h * w, 5), values(cout * ho * wo, 6));
             let mut want_dw = vec![0.0f32; cout * g.col_rows()];
+            let mut col = vec![0.0f32; g.col_rows() * ho * wo];
             for (img, (xi, dyi)) in [(&x, &dy), (&x2, &dy2)].into_iter().enumerate() {
                 im2col(&g, xi, &mut col);
                 gemm(Product::nt(cout, g.col_rows(), ho * wo), 1.0, dyi, &col, img as f32, &mut want_dw);

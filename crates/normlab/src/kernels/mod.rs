@@ -56,6 +56,7 @@ pub mod activation;
 pub mod batch_norm;
 pub mod conv;
 pub mod conv_bn_lanes;
+pub mod conv_channels;
 pub mod conv_direct;
 pub mod conv_input_grad;
 pub mod conv_lanes;

@@ -30,6 +30,7 @@ use super::{check_grad, init_weights, not_built, Init, Layer, Mode, StateMut, St
 use crate::aligned::AlignedVec;
 use crate::kernels::batch_norm::ChannelOut;
 use crate::kernels::conv::{col2im, im2col, ConvGeometry};
+use crate::kernels::conv_channels;
 use crate::kernels::conv_direct;
 use crate::kernels::conv_input_grad;
 use crate::kernels::conv_lanes;
@@ -90,6 +91,10 @@ pub struct Conv2d<T: Real = f32> {
     /// `state_mut`, folding), so prediction packs once, not per call.
     packed_fresh: bool,
     packed_planes_fresh: bool,
+    /// Weights packed for `conv_channels`' forward pass, and whether they
+    /// are the current ones.
+    packed_channels: Vec<f32>,
+    packed_channels_fresh: bool,
     /// Per group of 16 images, `conv_lanes`' scratch (images in lanes).
     lane_scratch: AlignedVec<f32>,
     y: Tensor<T>,
@@ -119,6 +124,8 @@ impl<T: Real> Conv2d<T> {
             packed_planes: Vec::new(),
             packed_fresh: false,
             packed_planes_fresh: false,
+            packed_channels: Vec::new(),
+            packed_channels_fresh: false,
             lane_scratch: AlignedVec::new(),
             y: Tensor::default(),
             dx: Tensor::default(),
@@ -173,6 +180,7 @@ impl<T: Real> Conv2d<T> {
     fn weights_change(&mut self) {
         self.packed_fresh = false;
         self.packed_planes_fresh = false;
+        self.packed_channels_fresh = false;
     }
     /// The weight and bias gradients, for a layer that computes them itself.
     pub(crate) fn grads_mut(&mut self) -> (&mut Tensor<T>, Option<&mut Tensor<T>>) {
@@ -228,6 +236,17 @@ impl<T: Real> Conv2d<T> {
                     epilogue(i, out);
                 },
             );
+            return Ok(&self.y);
+        }
+        if conv_channels::prefer::<T>(&g, co) {
+            let plan = conv_channels::Plan::forward(&g, co);
+            if !self.packed_channels_fresh {
+                plan.pack_weights(as_f32(self.weight.data()), &mut self.packed_channels);
+                self.packed_channels_fresh = true;
+            }
+            let bias = bias.map(as_f32);
+            let (x, y) = (as_f32(x.data()), as_f32_mut(self.y.data_mut()));
+            channels_per_image(&plan, &self.packed_channels, bias, x, y, &|i, out| epilogue(i, from_f32_mut(out)));
             return Ok(&self.y);
         }
         if conv_planes::applies::<T>(&g, co) {
@@ -451,7 +470,13 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             }
         }
 
-        if need_dx && !direct_dx && conv_planes::input_grad_applies::<T>(&g, co) {
+        if need_dx && !direct_dx && conv_channels::prefer_input_grad::<T>(&g, co) {
+            self.dx.resize(x.shape());
+            let plan = conv_channels::Plan::input_grad(&g, co).expect("prefer_input_grad checked the stride");
+            plan.pack_flipped_weights(as_f32(self.weight.data()), &mut self.packed_for_dx);
+            let (dyd, dx) = (as_f32(dyd), as_f32_mut(self.dx.data_mut()));
+            channels_per_image(&plan, &self.packed_for_dx, None, dyd, dx, &|_, _| {});
+        } else if need_dx && !direct_dx && conv_planes::input_grad_applies::<T>(&g, co) {
             self.dx.resize(x.shape());
             let plan = Plan::input_grad(&g, co).expect("input_grad_applies checked the padding");
             plan.pack_flipped_weights(as_f32(self.weight.data()), &mut self.packed_for_dx);
@@ -513,6 +538,55 @@ fn planes_per_image(
                 plan.run(packed, bias, padded, y, rows);
             }
             epilogue(i * GROUP, outs);
+        },
+    );
+}
+
+/// Images per task of [`channels_per_image`]: [`GROUP`], or fewer so that
+/// a small batch still gives every thread work (the forward pass has no
+/// sum across images, so the grouping does not change a value).
+fn images_per_task(n: usize) -> usize {
+    GROUP.min(n.div_ceil(rayon::current_num_threads())).max(1)
+}
+
+/// `plan` (of `conv_channels`) run on every image of `x` into `out`, tasks
+/// of [`images_per_task`] images in parallel, each with its own padded
+/// input; one image alone has its output channels split in two halves of
+/// whole tiles, side by side (prediction one image at a time). Every value
+/// is computed by the same tile whatever the split.
+fn channels_per_image(
+    plan: &conv_channels::Plan,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    out: &mut [f32],
+    epilogue: &Epilogue<'_, f32>,
+) {
+    let (ho, wo) = plan.output_hw();
+    let (image_len, out_len) = (plan.cin * plan.h * plan.w, plan.cout * ho * wo);
+    let n = x.len() / image_len;
+    let block = plan.channel_block();
+    if n == 1 && plan.cout > block && rayon::current_num_threads() > 1 {
+        let mut xp = vec![0.0f32; plan.padded_len()];
+        plan.pad_input(x, &mut xp);
+        let half = plan.cout.div_ceil(2).div_ceil(block) * block;
+        let (lo, hi) = out.split_at_mut(half.min(plan.cout) * ho * wo);
+        rayon::join(
+            || plan.run_channels(packed, bias, &xp, 0..half.min(plan.cout), lo),
+            || plan.run_channels(packed, bias, &xp, half.min(plan.cout)..plan.cout, hi),
+        );
+        epilogue(0, out);
+        return;
+    }
+    let per_task = images_per_task(n);
+    x.par_chunks(per_task * image_len).zip(out.par_chunks_mut(per_task * out_len)).enumerate().for_each_init(
+        || vec![0.0f32; plan.padded_len()],
+        |padded, (i, (images, outs))| {
+            for (image, y) in images.chunks_exact(image_len).zip(outs.chunks_exact_mut(out_len)) {
+                plan.pad_input(image, padded);
+                plan.run(packed, bias, padded, y);
+            }
+            epilogue(i * per_task, outs);
         },
     );
 }
