@@ -65,6 +65,7 @@ pub mod gemm;
 pub mod image_lanes;
 pub mod lanes;
 pub mod linear_packed;
+pub mod pool;
 pub mod sigmoid;
 pub mod stats;
 pub mod stream;
@@ -117,57 +118,7 @@ pub fn prefetch<T>(v: &[T]) {
 pub const PREFETCH_MIN_BYTES: usize = 8 << 20;
 
 pub use lanes::sum8;
-
-/// 2x2 average pooling with stride 2 of one plane `w` wide (`w` even):
-/// `y[oh][ow] = ((x[2oh][2ow] + x[2oh][2ow+1]) + (x[2oh+1][2ow] + x[2oh+1][2ow+1]))/4`.
-#[inline]
-pub fn avg_pool_2x2<T: Real>(x: &[T], w: usize, y: &mut [T]) {
-    let quarter = T::from_f64(0.25);
-    for (y_row, rows) in y.chunks_exact_mut(w / 2).zip(x.chunks_exact(2 * w)) {
-        let (r0, r1) = rows.split_at(w);
-        for ((o, a), b) in y_row.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
-            *o = ((a[0] + a[1]) + (b[0] + b[1])) * quarter;
-        }
-    }
-}
-
-/// `a` replaced by `b` as a running maximum: `b > a`, or `b` NaN where `a`
-/// is not (a NaN wins, as in PyTorch, so it is not hidden).
-#[inline(always)]
-fn takes_over<T: Real>(b: T, a: T) -> bool {
-    b > a || (b.is_nan() && !a.is_nan())
-}
-
-multiversion! {
-    /// 2x2 max pooling with stride 2 of one `h×w` plane into `y` (`⌊h/2⌋ ×
-    /// ⌊w/2⌋`), with the index within the plane of each maximum in `arg`.
-    /// The window is scanned in the order of the general loop (row by row,
-    /// a later value taking over only when `takes_over`), so values and
-    /// indices are those of `MaxPool2d`'s loop for any window, ties and
-    /// NaNs included; straight-line code the compiler turns into vector
-    /// selects (the general loop ran at 1.4 ns per input value).
-    pub fn max_pool_2x2<T: Real>(x: &[T], hw: (usize, usize), y: &mut [T], arg: &mut [u32]) {
-        let (h, w) = hw;
-        let (ho, wo) = (h / 2, w / 2);
-        for oh in 0..ho {
-            let (r0, r1) = (&x[2 * oh * w..][..w], &x[(2 * oh + 1) * w..][..w]);
-            let (y_row, a_row) = (&mut y[oh * wo..][..wo], &mut arg[oh * wo..][..wo]);
-            let base = (2 * oh * w) as u32;
-            for ow in 0..wo {
-                let j = 2 * ow;
-                let (mut best, mut at) = (r0[j], base + j as u32);
-                for (v, idx) in [(r0[j + 1], base + j as u32 + 1), (r1[j], base + (w + j) as u32), (r1[j + 1], base + (w + j) as u32 + 1)] {
-                    if takes_over(v, best) {
-                        best = v;
-                        at = idx;
-                    }
-                }
-                y_row[ow] = best;
-                a_row[ow] = at;
-            }
-        }
-    }
-}
+pub use pool::{avg_pool_2x2, max_pool_2x2};
 
 /// `dst += src` for short rows (LeNet's are 8 to 24 long): eight at a time
 /// in fixed-size blocks, because the compiler's own vector loop only starts

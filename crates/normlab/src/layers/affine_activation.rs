@@ -16,16 +16,20 @@
 //! (a linear layer's output is small: the activation sweeps it after the
 //! product). The arithmetic is the layers' own, in the same order (the
 //! convolution's kernels, the activation's `value`, the pooling kernels),
-//! so the output is bitwise theirs (tested below). Training mode, and
+//! so the output is bitwise theirs (tested below). ReLU followed by max
+//! pooling is one step of `kernels::pool` over the convolution's output
+//! (bitwise the two in turn, without writing the activations back), and
+//! the pooling keeps no positions of maxima. Training mode, and
 //! backward, run the layers themselves; a backward after an eval-mode
 //! forward first runs their forward passes, which the fused pass skipped.
 
 use rayon::prelude::*;
 
 use super::{AvgPool2d, Conv2d, Layer, Linear, MaxPool2d, Mode, StateMut, StateName, PAR_MIN};
-use crate::kernels::activation::Activation;
+use crate::kernels::activation::{Activation, ReluAct};
 use crate::kernels::batch_norm::ChannelOut;
-use crate::kernels::{avg_pool_2x2, max_pool_2x2, multiversion};
+use crate::kernels::multiversion;
+use crate::kernels::pool::{avg_pool_2x2, max_pool_2x2_values, relu_max_pool_2x2};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -72,9 +76,9 @@ pub(crate) struct AffineActivation<T: Real, A: Activation<T>> {
     /// The convolution's output for one image, `(C, H, W)` (the pool's
     /// input); unused for a linear layer.
     dims: (usize, usize, usize),
-    /// The pooled output of the fused pass, and the maxima's positions.
+    /// The pooled output of the fused pass (values only: a backward runs
+    /// the layers again).
     y: Tensor<T>,
-    argmax: Vec<u32>,
     /// Whether the last forward was the fused pass (the layers' own state
     /// is then not that of this input).
     fused_last: bool,
@@ -107,16 +111,7 @@ impl<T: Real, A: Activation<T> + 'static> AffineActivation<T, A> {
             &[c, h, w] => (c, h, w),
             _ => (0, 0, 0),
         };
-        AffineActivation {
-            affine,
-            act_layer,
-            act,
-            pool,
-            dims,
-            y: Tensor::default(),
-            argmax: Vec::new(),
-            fused_last: false,
-        }
+        AffineActivation { affine, act_layer, act, pool, dims, y: Tensor::default(), fused_last: false }
     }
 
     fn affine(&mut self) -> &mut dyn Layer<T> {
@@ -170,25 +165,22 @@ impl<T: Real, A: Activation<T> + 'static> AffineActivation<T, A> {
         let n = x.shape().first().copied().unwrap_or(0);
         self.y.resize(&[n, c, h / 2, w / 2]);
         let max = matches!(pool, Pool::Max(_));
-        self.argmax.resize(if max { n * c * pooled } else { 0 }, 0);
+        // ReLU then max pooling in one step, on the convolution's output as
+        // it is (relu_max_pool_2x2 is bitwise the two in turn)
+        let relu_max = max && std::any::TypeId::of::<A>() == std::any::TypeId::of::<ReluAct>();
         let y = ChannelOut::new(self.y.data_mut());
-        let argmax = ChannelOut::new(&mut self.argmax);
         conv.forward_then(x, &|first, out| {
-            act_in_place(out, act);
             let planes = out.len() / hw;
             // SAFETY: these images' pooled planes belong to this task alone
             let ys = unsafe { y.run(first * c * pooled, planes * pooled) };
-            if max {
-                // SAFETY: as above
-                let args = unsafe { argmax.run(first * c * pooled, planes * pooled) };
-                for ((plane, y), arg) in
-                    out.chunks_exact(hw).zip(ys.chunks_exact_mut(pooled)).zip(args.chunks_exact_mut(pooled))
-                {
-                    max_pool_2x2(plane, (h, w), y, arg);
-                }
-            } else {
-                for (plane, y) in out.chunks_exact(hw).zip(ys.chunks_exact_mut(pooled)) {
-                    avg_pool_2x2(plane, w, y);
+            if !relu_max {
+                act_in_place(out, act);
+            }
+            for (plane, y) in out.chunks_exact(hw).zip(ys.chunks_exact_mut(pooled)) {
+                match (relu_max, max) {
+                    (true, _) => relu_max_pool_2x2(plane, (h, w), y),
+                    (false, true) => max_pool_2x2_values(plane, (h, w), y),
+                    (false, false) => avg_pool_2x2(plane, w, y),
                 }
             }
         })?;

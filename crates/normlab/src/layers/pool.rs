@@ -4,6 +4,10 @@
 //!
 //! Average: `y = (1/k²) Σ_window x`;           backward `dx[window] += dy / k²`
 //! Max:     `y = max_window x` (first maximum); backward `dx[argmax] += dy`
+//!
+//! Max pooling over 2x2 windows with stride 2 runs `kernels::pool`'s
+//! vector kernels; in eval mode without the positions of the maxima, which
+//! a backward after such a forward finds again from its input.
 
 use rayon::prelude::*;
 
@@ -161,6 +165,11 @@ pub struct MaxPool2d<T: Real = f32> {
     window: Window,
     /// Index within its plane of each output's maximum.
     argmax: Vec<u32>,
+    /// Whether `argmax` is that of the last forward pass: an eval-mode
+    /// forward over 2x2 windows computes the values alone (the positions
+    /// are for backward only), and a backward after it finds them again
+    /// from its input.
+    argmax_current: bool,
     /// The shape of the last forward's input (`[0]` before any).
     forward_input: Vec<usize>,
     y: Tensor<T>,
@@ -173,6 +182,7 @@ impl<T: Real> MaxPool2d<T> {
         MaxPool2d {
             window: Window { kernel, stride, dims: None },
             argmax: Vec::new(),
+            argmax_current: false,
             forward_input: vec![0],
             y: Tensor::default(),
             dx: Tensor::default(),
@@ -196,13 +206,22 @@ impl<T: Real> Layer<T> for MaxPool2d<T> {
     fn build(&mut self, input: &[usize], _rng: &mut Rng) -> Result<Vec<usize>> {
         self.window.build("MaxPool2d", input)
     }
-    fn forward(&mut self, x: &Tensor<T>, _mode: Mode) -> Result<&Tensor<T>> {
+    fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
         let (c, h, w, ho, wo) = self.window.dims("MaxPool2d")?;
         let n = super::check_input("MaxPool2d", x, &[c, h, w])?;
         let (k, s) = (self.window.kernel, self.window.stride);
         self.y.resize(&[n, c, ho, wo]);
-        self.argmax.resize(n * c * ho * wo, 0);
         self.forward_input = x.shape().to_vec();
+        if k == 2 && s == 2 && mode == Mode::Eval {
+            // prediction: the maxima without their positions
+            self.argmax_current = false;
+            self.y.data_mut().par_chunks_mut(ho * wo).zip(x.data().par_chunks(h * w)).for_each(|(out, plane)| {
+                crate::kernels::pool::max_pool_2x2_values(plane, (h, w), out);
+            });
+            return Ok(&self.y);
+        }
+        self.argmax_current = true;
+        self.argmax.resize(n * c * ho * wo, 0);
         self.y
             .data_mut()
             .par_chunks_mut(ho * wo)
@@ -242,12 +261,31 @@ impl<T: Real> Layer<T> for MaxPool2d<T> {
         if !need_dx {
             return Ok(&self.dx);
         }
+        if !self.argmax_current {
+            // an eval-mode forward left no positions: those of x, whose
+            // maxima that forward returned (the values go to scratch, so
+            // the forward's output stays as it was)
+            let mut values = vec![T::zero(); n * c * ho * wo];
+            self.argmax.resize(values.len(), 0);
+            values
+                .par_chunks_mut(ho * wo)
+                .zip(self.argmax.par_chunks_mut(ho * wo))
+                .zip(x.data().par_chunks(h * w))
+                .for_each(|((out, arg), plane)| crate::kernels::max_pool_2x2(plane, (h, w), out, arg));
+            self.argmax_current = true;
+        }
+        let (k, s) = (self.window.kernel, self.window.stride);
         self.dx.resize(x.shape());
         self.dx
             .data_mut()
             .par_chunks_mut(h * w)
             .zip(dy.data().par_chunks(ho * wo).zip(self.argmax.par_chunks(ho * wo)))
             .for_each(|(dplane, (dout, arg))| {
+                if k == 2 && s == 2 {
+                    // windows that tile the plane: one pass, same values
+                    crate::kernels::pool::max_pool_2x2_backward(dout, arg, (h, w), dplane);
+                    return;
+                }
                 dplane.fill(T::zero());
                 for (&g, &a) in dout.iter().zip(arg) {
                     dplane[a as usize] += g;
@@ -266,6 +304,43 @@ impl<T: Real> Layer<T> for MaxPool2d<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Eval mode pools without the positions of the maxima: the same
+    /// values as training mode, and a backward after it (which finds the
+    /// positions again) gives bitwise the gradient a backward after a
+    /// training-mode forward gives; so does a backward after an eval pass
+    /// over other values than the last training pass.
+    #[test]
+    fn backward_after_eval_forward_is_that_after_training_forward() {
+        for (h, w) in [(6, 6), (5, 9), (2, 2)] {
+            let shape = [2, 3, h, w];
+            let n: usize = shape.iter().product();
+            let plane = |seed: usize| -> Tensor<f32> {
+                let v = (0..n).map(|i| if i % 13 == seed { f32::NAN } else { ((i * 7 + seed) % 4) as f32 - 1.5 });
+                Tensor::from_vec(&shape, v.collect()).unwrap()
+            };
+            let (x, other) = (plane(3), plane(6));
+            let pooled = 2 * 3 * (h / 2) * (w / 2);
+            let dy = Tensor::from_vec(&[2, 3, h / 2, w / 2], (0..pooled).map(|i| i as f32 + 0.5).collect()).unwrap();
+            let build = || {
+                let mut pool = MaxPool2d::<f32>::new(2, 2);
+                pool.build(&shape[1..], &mut crate::rng::seeded(0)).unwrap();
+                pool
+            };
+            let mut trained = build();
+            let y_train = trained.forward(&x, Mode::Train).unwrap().clone();
+            let dx_train = trained.backward(&x, &dy, true).unwrap().clone();
+            let mut evaluated = build();
+            evaluated.forward(&other, Mode::Train).unwrap();
+            let y_eval = evaluated.forward(&x, Mode::Eval).unwrap().clone();
+            let dx_eval = evaluated.backward(&x, &dy, true).unwrap().clone();
+            let bits = |t: &Tensor<f32>| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y_eval), bits(&y_train), "({h},{w}) values");
+            assert_eq!(bits(&dx_eval), bits(&dx_train), "({h},{w}) gradient");
+            assert_eq!(bits(evaluated.output()), bits(&y_train), "({h},{w}) backward left the output alone");
+            assert!(dx_train.data().iter().any(|&g| g != 0.0), "({h},{w}) a gradient reached the input");
+        }
+    }
 
     /// The 2x2 stride-2 kernel picks the value and position the general
     /// scan picks (first maximum in row order, a NaN winning), on planes
