@@ -78,7 +78,7 @@ fn best_tile(wo: usize, cout: usize) -> (usize, usize) {
 /// or 2, and at least one vector of output channels (fewer would leave
 /// lanes idle; `conv_planes` and the direct kernels serve those).
 pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
-    let lanes = if crate::isa::avx512() { 16 } else { 8 };
+    let lanes = tiles().1;
     crate::isa::avx2()
         && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && (g.stride == 1 || g.stride == 2)
@@ -90,7 +90,7 @@ pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
 /// convolution is not a convolution with stride), padding below the kernel
 /// size, and at least one vector of input channels.
 pub fn input_grad_applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
-    let lanes = if crate::isa::avx512() { 16 } else { 8 };
+    let lanes = tiles().1;
     applies::<T>(g, cout) && g.stride == 1 && g.padding < g.kernel && g.channels >= lanes
 }
 
@@ -103,7 +103,7 @@ pub fn input_grad_applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
 /// stem: 0.63x; a 1x1 stride-2 shortcut: 0.85x). One vector of channels on
 /// wide rows (16 channels at AVX-512, 32x32) loses to the planes (0.92x).
 pub fn prefer<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
-    let lanes = if crate::isa::avx512() { 16 } else { 8 };
+    let lanes = tiles().1;
     let wide_single_vector = cout < 2 * lanes && g.output_hw().is_some_and(|(_, wo)| wo >= 24);
     applies::<T>(g, cout) && g.col_rows() >= 128 && !(g.stride == 1 && wide_single_vector)
 }
