@@ -117,17 +117,21 @@ pub fn normlab_with<S: AsRef<OsStr>>(args: &[S], pre_exec: Option<PreExec>) -> O
     let mut status = 0;
     // SAFETY: plain system calls on a child of this process.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut hwm_kb = 0i64;
+    let mut hwm_kb: Option<i64> = None;
+    let bin = std::fs::canonicalize(BIN).expect("the normlab binary");
     loop {
         // VmHWM, the peak RSS of the process's own memory since its exec
-        // (ru_maxrss would count this test process's memory at the fork)
-        if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        // (ru_maxrss would count this test process's memory at the fork).
+        // Read only once /proc/PID/exe is normlab: before the exec the child
+        // still has this test process's memory (a CI run read 247 MB there).
+        let execed = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bin);
+        if let Some(st) = execed.then(|| std::fs::read_to_string(format!("/proc/{pid}/status")).ok()).flatten() {
             if let Some(kb) = st
                 .lines()
                 .find_map(|l| l.strip_prefix("VmHWM:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             {
-                hwm_kb = hwm_kb.max(kb);
+                hwm_kb = Some(hwm_kb.unwrap_or(0).max(kb));
             }
         }
         // SAFETY: pid is our own child, not yet reaped; status and usage are
@@ -163,7 +167,9 @@ pub fn normlab_with<S: AsRef<OsStr>>(args: &[S], pre_exec: Option<PreExec>) -> O
         stderr: String::from_utf8_lossy(&read(stderr)).into_owned(),
         args: args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
         wall,
-        max_rss_kb: hwm_kb,
+        // a run too short to be sampled after its exec: ru_maxrss, which
+        // can only overstate (it includes this process's memory at the fork)
+        max_rss_kb: hwm_kb.unwrap_or(usage.ru_maxrss),
     }
 }
 
