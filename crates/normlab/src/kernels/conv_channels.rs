@@ -59,6 +59,11 @@ fn tiles() -> (&'static [(usize, usize)], usize) {
 /// issue beside the arithmetic, but not for free). Ties go to the first.
 fn best_tile(wo: usize, cout: usize) -> (usize, usize) {
     let (shapes, lanes) = tiles();
+    best_tile_of(shapes, lanes, wo, cout)
+}
+
+/// [`best_tile`] from the tiles `shapes` of `lanes`-wide vectors.
+pub(super) fn best_tile_of(shapes: &[(usize, usize)], lanes: usize, wo: usize, cout: usize) -> (usize, usize) {
     let cost = |&(v, p): &(usize, usize)| {
         let (row_tiles, blocks) = (wo.div_ceil(p), cout.div_ceil(v * lanes));
         let fmas = row_tiles * blocks * v * p;

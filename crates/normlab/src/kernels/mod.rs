@@ -69,6 +69,7 @@ pub mod pool;
 pub mod sigmoid;
 pub mod stats;
 pub mod stream;
+pub mod winograd;
 
 use crate::real::Real;
 

@@ -36,6 +36,7 @@ use crate::kernels::conv_input_grad;
 use crate::kernels::conv_lanes;
 use crate::kernels::conv_planes::{self, Plan};
 use crate::kernels::gemm::{gemm, Product};
+use crate::kernels::winograd;
 use crate::real::{as_f32, as_f32_mut, from_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -95,6 +96,10 @@ pub struct Conv2d<T: Real = f32> {
     /// are the current ones.
     packed_channels: Vec<f32>,
     packed_channels_fresh: bool,
+    /// Weights transformed for `winograd`'s forward pass, and whether they
+    /// are the current ones.
+    packed_winograd: Vec<f32>,
+    packed_winograd_fresh: bool,
     /// Per group of 16 images, `conv_lanes`' scratch (images in lanes).
     lane_scratch: AlignedVec<f32>,
     y: Tensor<T>,
@@ -126,6 +131,8 @@ impl<T: Real> Conv2d<T> {
             packed_planes_fresh: false,
             packed_channels: Vec::new(),
             packed_channels_fresh: false,
+            packed_winograd: Vec::new(),
+            packed_winograd_fresh: false,
             lane_scratch: AlignedVec::new(),
             y: Tensor::default(),
             dx: Tensor::default(),
@@ -181,6 +188,7 @@ impl<T: Real> Conv2d<T> {
         self.packed_fresh = false;
         self.packed_planes_fresh = false;
         self.packed_channels_fresh = false;
+        self.packed_winograd_fresh = false;
     }
     /// The weight and bias gradients, for a layer that computes them itself.
     pub(crate) fn grads_mut(&mut self) -> (&mut Tensor<T>, Option<&mut Tensor<T>>) {
@@ -238,7 +246,17 @@ impl<T: Real> Conv2d<T> {
             );
             return Ok(&self.y);
         }
-        // one image on several threads: only this kernel splits an image, and
+        if winograd::prefer::<T>(&g, co) {
+            let plan = winograd::Plan::forward(&g, co);
+            if !self.packed_winograd_fresh || self.packed_winograd.len() != plan.packed_len() {
+                plan.pack_weights(as_f32(self.weight.data()), &mut self.packed_winograd);
+                self.packed_winograd_fresh = true;
+            }
+            let (x, y) = (as_f32(x.data()), as_f32_mut(self.y.data_mut()));
+            per_image(&plan, &self.packed_winograd, bias.map(as_f32), x, y, &|i, out| epilogue(i, from_f32_mut(out)));
+            return Ok(&self.y);
+        }
+        // one image on several threads: only these kernels split an image, and
         // two threads at 0.9x beat one at 1x (resnet-bn's 16-channel 32x32 layers)
         let split_one = n == 1 && rayon::current_num_threads() > 1 && g.col_rows() >= 128;
         if conv_channels::prefer::<T>(&g, co) || (split_one && conv_channels::applies::<T>(&g, co)) {
@@ -247,9 +265,8 @@ impl<T: Real> Conv2d<T> {
                 plan.pack_weights(as_f32(self.weight.data()), &mut self.packed_channels);
                 self.packed_channels_fresh = true;
             }
-            let bias = bias.map(as_f32);
             let (x, y) = (as_f32(x.data()), as_f32_mut(self.y.data_mut()));
-            channels_per_image(&plan, &self.packed_channels, bias, x, y, &|i, out| epilogue(i, from_f32_mut(out)));
+            per_image(&plan, &self.packed_channels, bias.map(as_f32), x, y, &|i, out| epilogue(i, from_f32_mut(out)));
             return Ok(&self.y);
         }
         if conv_planes::applies::<T>(&g, co) {
@@ -473,12 +490,18 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             }
         }
 
-        if need_dx && !direct_dx && conv_channels::prefer_input_grad::<T>(&g, co) {
+        if need_dx && !direct_dx && winograd::prefer_input_grad::<T>(&g, co) {
+            self.dx.resize(x.shape());
+            let plan = winograd::Plan::input_grad(&g, co);
+            plan.pack_flipped_weights(as_f32(self.weight.data()), &mut self.packed_for_dx);
+            let (dyd, dx) = (as_f32(dyd), as_f32_mut(self.dx.data_mut()));
+            per_image(&plan, &self.packed_for_dx, None, dyd, dx, &|_, _| {});
+        } else if need_dx && !direct_dx && conv_channels::prefer_input_grad::<T>(&g, co) {
             self.dx.resize(x.shape());
             let plan = conv_channels::Plan::input_grad(&g, co).expect("prefer_input_grad checked the stride");
             plan.pack_flipped_weights(as_f32(self.weight.data()), &mut self.packed_for_dx);
             let (dyd, dx) = (as_f32(dyd), as_f32_mut(self.dx.data_mut()));
-            channels_per_image(&plan, &self.packed_for_dx, None, dyd, dx, &|_, _| {});
+            per_image(&plan, &self.packed_for_dx, None, dyd, dx, &|_, _| {});
         } else if need_dx && !direct_dx && conv_planes::input_grad_applies::<T>(&g, co) {
             self.dx.resize(x.shape());
             let plan = Plan::input_grad(&g, co).expect("input_grad_applies checked the padding");
@@ -563,6 +586,7 @@ thread_local! {
     /// 2 threads: 0.70 ms per prediction with fresh buffers, 0.32 ms kept).
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     static ROWS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// `work` on this thread's buffer `cell` of at least `len` values (taken
@@ -581,35 +605,129 @@ fn with_buffer<R>(
     result
 }
 
-/// `plan` (of `conv_channels`) run on every image of `x` into `out`, tasks
-/// of [`images_per_task`] images in parallel, each with its own padded
-/// input; one image alone has its output rows split in two halves, side by
-/// side (prediction one image at a time). Every value is computed by the
-/// same tile whatever the split.
-fn channels_per_image(
-    plan: &conv_channels::Plan,
+/// A kernel that convolves one padded image, or a part of its output rows
+/// (`conv_channels`: rows; `winograd`: rows of 2x2 tiles), every value
+/// computed the same way whatever the split.
+trait ImageKernel: Sync {
+    /// Input channels, height, width; output channels, height, width.
+    fn shape(&self) -> ((usize, usize, usize), (usize, usize, usize));
+    fn padded_len(&self) -> usize;
+    /// Scratch of one run besides the padded input.
+    fn scratch_len(&self) -> usize;
+    fn pad_input(&self, x: &[f32], xp: &mut [f32]);
+    /// The units a run is split by, and the output rows of `units`.
+    fn units(&self) -> usize;
+    fn output_rows(&self, units: std::ops::Range<usize>) -> usize;
+    #[allow(clippy::too_many_arguments)]
+    fn run_units(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        xp: &[f32],
+        units: std::ops::Range<usize>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    );
+}
+
+impl ImageKernel for conv_channels::Plan {
+    fn shape(&self) -> ((usize, usize, usize), (usize, usize, usize)) {
+        let (ho, wo) = self.output_hw();
+        ((self.cin, self.h, self.w), (self.cout, ho, wo))
+    }
+    fn padded_len(&self) -> usize {
+        self.padded_len()
+    }
+    fn scratch_len(&self) -> usize {
+        0
+    }
+    fn pad_input(&self, x: &[f32], xp: &mut [f32]) {
+        self.pad_input(x, xp)
+    }
+    fn units(&self) -> usize {
+        self.output_hw().0
+    }
+    fn output_rows(&self, units: std::ops::Range<usize>) -> usize {
+        units.len()
+    }
+    fn run_units(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        xp: &[f32],
+        units: std::ops::Range<usize>,
+        out: &mut [f32],
+        _: &mut [f32],
+    ) {
+        self.run_rows(packed, bias, xp, units, out)
+    }
+}
+
+impl ImageKernel for winograd::Plan {
+    fn shape(&self) -> ((usize, usize, usize), (usize, usize, usize)) {
+        let (ho, wo) = self.output_hw();
+        ((self.cin, self.h, self.w), (self.cout, ho, wo))
+    }
+    fn padded_len(&self) -> usize {
+        self.padded_len()
+    }
+    fn scratch_len(&self) -> usize {
+        self.scratch_len()
+    }
+    fn pad_input(&self, x: &[f32], xp: &mut [f32]) {
+        self.pad_input(x, xp)
+    }
+    fn units(&self) -> usize {
+        self.tiles_hw().0
+    }
+    fn output_rows(&self, units: std::ops::Range<usize>) -> usize {
+        let ho = self.output_hw().0;
+        (2 * units.end).min(ho) - (2 * units.start).min(ho)
+    }
+    fn run_units(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        xp: &[f32],
+        units: std::ops::Range<usize>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        self.run_rows(packed, bias, xp, units, out, scratch)
+    }
+}
+
+/// `plan` run on every image of `x` into `out`, tasks of
+/// [`images_per_task`] images in parallel, each with its own padded input
+/// and scratch; one image alone has its output rows split in two halves,
+/// side by side (prediction one image at a time).
+fn per_image<K: ImageKernel>(
+    plan: &K,
     packed: &[f32],
     bias: Option<&[f32]>,
     x: &[f32],
     out: &mut [f32],
     epilogue: &Epilogue<'_, f32>,
 ) {
-    let (ho, wo) = plan.output_hw();
-    let (image_len, out_len) = (plan.cin * plan.h * plan.w, plan.cout * ho * wo);
+    let ((cin, h, w), (cout, ho, wo)) = plan.shape();
+    let (image_len, out_len) = (cin * h * w, cout * ho * wo);
+    let (padded_len, scratch_len) = (plan.padded_len(), plan.scratch_len());
     let n = x.len() / image_len;
-    if n == 1 && ho >= 2 && rayon::current_num_threads() > 1 {
-        let half = ho / 2;
-        let (top_len, bottom_len) = (half * wo, (ho - half) * wo);
-        with_buffer(&PADDED, plan.padded_len() + out_len, |scratch| {
-            let (xp, rows) = scratch.split_at_mut(plan.padded_len());
-            let xp = &mut xp[..plan.padded_len()];
+    let units = plan.units();
+    if n == 1 && units >= 2 && rayon::current_num_threads() > 1 {
+        let half = units / 2;
+        let top_len = plan.output_rows(0..half) * wo;
+        let bottom_len = ho * wo - top_len;
+        with_buffer(&PADDED, padded_len + out_len, |buffer| {
+            let (xp, rows) = buffer.split_at_mut(padded_len);
             let rows = &mut rows[..out_len];
             plan.pad_input(x, xp);
-            let (top, bottom) = rows.split_at_mut(plan.cout * top_len);
-            rayon::join(
-                || plan.run_rows(packed, bias, xp, 0..half, top),
-                || plan.run_rows(packed, bias, xp, half..ho, bottom),
-            );
+            let (top, bottom) = rows.split_at_mut(cout * top_len);
+            let xp = &*xp;
+            let run = |units: std::ops::Range<usize>, out: &mut [f32]| {
+                with_buffer(&SCRATCH, scratch_len, |scratch| plan.run_units(packed, bias, xp, units, out, scratch))
+            };
+            rayon::join(|| run(0..half, top), || run(half..units, bottom));
             for ((plane, t), b) in
                 out.chunks_exact_mut(ho * wo).zip(top.chunks_exact(top_len)).zip(bottom.chunks_exact(bottom_len))
             {
@@ -624,11 +742,11 @@ fn channels_per_image(
     let per_task = images_per_task(n);
     x.par_chunks(per_task * image_len).zip(out.par_chunks_mut(per_task * out_len)).enumerate().for_each(
         |(i, (images, outs))| {
-            with_buffer(&PADDED, plan.padded_len(), |padded| {
-                let padded = &mut padded[..plan.padded_len()];
+            with_buffer(&PADDED, padded_len + scratch_len, |buffer| {
+                let (padded, scratch) = buffer.split_at_mut(padded_len);
                 for (image, y) in images.chunks_exact(image_len).zip(outs.chunks_exact_mut(out_len)) {
                     plan.pad_input(image, padded);
-                    plan.run(packed, bias, padded, y);
+                    plan.run_units(packed, bias, padded, 0..units, y, scratch);
                 }
             });
             epilogue(i * per_task, outs);
