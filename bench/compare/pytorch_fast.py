@@ -5,8 +5,9 @@ the two cannot drift apart. Timed as normlab times a run: wall time from the
 first training step, with the test-set evaluation after every epoch
 included; it also says when the test accuracy first reached --target.
 
-The recipe, as normlab runs it: conv(bias=False)-BN-ReLU-maxpool stages and
-a linear layer with PyTorch's default initialisation; SGD with Nesterov
+The recipe, as normlab runs it: conv(bias=False)-BN-ReLU stages, max-pools
+and linear layers (a batch norm after a linear one is BatchNorm1d) as the
+file lists them, with PyTorch's default initialisation; SGD with Nesterov
 momentum and weight decay on every parameter; OneCycleLR(max_lr=lr,
 pct_start=0.3, cycle_momentum=False) stepped once per batch; cross-entropy
 with label smoothing; each training image flipped horizontally with

@@ -41,14 +41,14 @@ fn preset_fast_records_its_recipe_and_takes_options_over_it() {
     preset_run(&dir, &["--epochs", "1"]).ok();
     let o = &run_json(&dir)["options"];
     assert_eq!(o["model"], "fast");
-    assert_eq!(o["epochs"], 1, "--epochs given replaces the preset's 5");
+    assert_eq!(o["epochs"], 1, "--epochs given replaces the preset's 7");
     assert_eq!(o["sgd"]["nesterov"], true);
     assert_eq!(o["sgd"]["momentum"], 0.9);
     assert_eq!(o["schedule"]["kind"], "one-cycle");
     assert_eq!(o["label_smoothing"], 0.1);
     assert_eq!(o["augment"]["hflip"], true);
     let layers = o["network"]["layers"].as_array().unwrap();
-    assert_eq!(layers.iter().filter(|l| l["type"] == "batch_norm").count(), 3, "{layers:?}");
+    assert_eq!(layers.iter().filter(|l| l["type"] == "batch_norm").count(), 4, "{layers:?}");
     assert_eq!(layers.last().unwrap()["out_features"], 10);
     assert!(dir.join("model.safetensors").is_file());
 
