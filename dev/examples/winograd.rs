@@ -52,9 +52,15 @@ fn main() {
         let (mut pdb, mut pwb) = (Vec::new(), Vec::new());
         direct_back.pack_flipped_weights(&w, &mut pdb);
         wino_back.pack_flipped_weights(&w, &mut pwb);
-        let mut xp = vec![0.0f32; direct.padded_len().max(wino.padded_len()).max(direct_back.padded_len()).max(wino_back.padded_len())];
+        let mut xp =
+            vec![
+                0.0f32;
+                direct.padded_len().max(wino.padded_len()).max(direct_back.padded_len()).max(wino_back.padded_len())
+            ];
         let mut scratch = vec![0.0f32; wino.scratch_len().max(wino_back.scratch_len())];
-        let backward = cin >= 8 && winograd::input_grad_applies::<f32>(&g, cout) && conv_channels::input_grad_applies::<f32>(&g, cout);
+        let backward = cin >= 8
+            && winograd::input_grad_applies::<f32>(&g, cout)
+            && conv_channels::input_grad_applies::<f32>(&g, cout);
         let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..7 {
             t[0].push(time(reps, || {

@@ -34,8 +34,22 @@ use super::conv_channels::best_tile_of;
 
 /// The register tiles (vectors of channels, tiles) of AVX-512: those of
 /// `conv_channels`, and 2x4 for 7x7 planes (4 tiles a row) with 32 channels.
-const TILES_AVX512: [(usize, usize); 14] =
-    [(4, 6), (4, 5), (4, 4), (3, 8), (2, 13), (2, 12), (2, 10), (2, 8), (2, 7), (2, 4), (1, 24), (1, 16), (1, 14), (1, 8)];
+const TILES_AVX512: [(usize, usize); 14] = [
+    (4, 6),
+    (4, 5),
+    (4, 4),
+    (3, 8),
+    (2, 13),
+    (2, 12),
+    (2, 10),
+    (2, 8),
+    (2, 7),
+    (2, 4),
+    (1, 24),
+    (1, 16),
+    (1, 14),
+    (1, 8),
+];
 /// AVX2's.
 const TILES_AVX2: [(usize, usize); 8] = [(2, 6), (2, 5), (2, 4), (2, 3), (1, 12), (1, 10), (1, 8), (1, 7)];
 
@@ -362,7 +376,7 @@ macro_rules! winograd_kernel {
                 let block = V * $lanes;
                 let (ho, wo) = plan.output_hw();
                 let tw = plan.tiles_hw().1;
-                let (cin, wp, plane) = (plan.cin, plan.wp(), plan.plane());
+                let cin = plan.cin;
                 let first_row = 2 * tile_rows.start;
                 let out_plane = ((2 * tile_rows.end).min(ho) - first_row) * wo;
                 let band = plan.band_rows();
@@ -373,28 +387,7 @@ macro_rules! winograd_kernel {
                     let stride = plan.band_tiles(b1 - b0);
                     // the band's V[ξ][ci][tile]; the slack past its last tile is zero
                     let v = &mut transformed[..16 * cin * stride];
-                    for ci in 0..cin {
-                        for ty in b0..b1 {
-                            for tx0 in (0..tw).step_by($lanes) {
-                                // SAFETY: the reads reach 2·tx0 + 2·lanes + 1 < wp + 2·lanes
-                                // values past the row's start (padded_len()'s slack);
-                                // the stores, lanes tiles from tile (ty - b0)·tw + tx0 of
-                                // each (ξ, ci), stay below stride (a row's last vector
-                                // spills into the next row's tiles, written after it)
-                                unsafe {
-                                    transform_input(
-                                        xp.as_ptr().add(ci * plane + 2 * ty * wp + 2 * tx0),
-                                        wp,
-                                        v.as_mut_ptr().add(ci * stride + (ty - b0) * tw + tx0),
-                                        cin * stride,
-                                    );
-                                }
-                            }
-                        }
-                        for xi in 0..16 {
-                            v[(xi * cin + ci) * stride + (b1 - b0) * tw..][..super::P_MAX].fill(0.0);
-                        }
-                    }
+                    transform_band(plan, xp, b0..b1, v, stride);
                     for co0 in (0..plan.cout).step_by(block) {
                         let u = packed.as_ptr().add(co0 / block * block_len);
                         let valid_c = block.min(plan.cout - co0);
@@ -434,6 +427,47 @@ macro_rules! winograd_kernel {
                                 }
                             }
                         }
+                    }
+                }
+            }
+
+            /// `V[ξ][ci][t]` of the tile rows `rows` of the padded input `xp`
+            /// into `v[(ξ·cin + ci)·stride + t]`, zero past the band's last tile.
+            ///
+            /// # Safety
+            /// The module's features; `xp` of `plan.padded_len()` values; `v`
+            /// of `16·cin·stride`, `stride >= rows.len()·tw + P_MAX`.
+            #[target_feature(enable = $features)]
+            unsafe fn transform_band(
+                plan: &Plan,
+                xp: &[f32],
+                rows: std::ops::Range<usize>,
+                v: &mut [f32],
+                stride: usize,
+            ) {
+                let tw = plan.tiles_hw().1;
+                let (wp, plane) = (plan.wp(), plan.plane());
+                let band = rows.len();
+                for ci in 0..plan.cin {
+                    for ty in rows.clone() {
+                        for tx0 in (0..tw).step_by($lanes) {
+                            // SAFETY: the reads reach 2·tx0 + 2·lanes + 1 < wp + 2·lanes
+                            // values past the row's start (padded_len()'s slack);
+                            // the stores, lanes tiles from tile (ty - start)·tw + tx0 of
+                            // each (ξ, ci), stay below stride (a row's last vector
+                            // spills into the next row's tiles, written after it)
+                            unsafe {
+                                transform_input(
+                                    xp.as_ptr().add(ci * plane + 2 * ty * wp + 2 * tx0),
+                                    wp,
+                                    v.as_mut_ptr().add(ci * stride + (ty - rows.start) * tw + tx0),
+                                    plan.cin * stride,
+                                );
+                            }
+                        }
+                    }
+                    for xi in 0..16 {
+                        v[(xi * plan.cin + ci) * stride + band * tw..][..super::P_MAX].fill(0.0);
                     }
                 }
             }
@@ -575,7 +609,22 @@ winograd_kernel!(
     "avx512f,avx512bw,avx512dq,avx512vl,fma",
     __m512,
     16,
-    [(4, 6), (4, 5), (4, 4), (3, 8), (2, 13), (2, 12), (2, 10), (2, 8), (2, 7), (2, 4), (1, 24), (1, 16), (1, 14), (1, 8)],
+    [
+        (4, 6),
+        (4, 5),
+        (4, 4),
+        (3, 8),
+        (2, 13),
+        (2, 12),
+        (2, 10),
+        (2, 8),
+        (2, 7),
+        (2, 4),
+        (1, 24),
+        (1, 16),
+        (1, 14),
+        (1, 8)
+    ],
     _mm512_set1_ps,
     _mm512_loadu_ps,
     _mm512_fmadd_ps,
@@ -686,6 +735,39 @@ mod tests {
             let mut y = vec![f32::NAN; cout * ho * wo];
             plan.run(&packed, Some(&bias), &xp, &mut y, &mut scratch);
             close(&y, &want, &format!("forward, {what}"));
+            {
+                let mut worst = (0.0f64, 0.0f64);
+                for co in 0..cout {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let mut sum = bias[co] as f64;
+                            for ci in 0..cin {
+                                for i in 0..3 {
+                                    for j in 0..3 {
+                                        let (iy, ix) =
+                                            ((oy + i) as isize - pad as isize, (ox + j) as isize - pad as isize);
+                                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                            sum += wt[((co * cin + ci) * 3 + i) * 3 + j] as f64
+                                                * x[(ci * h + iy as usize) * w + ix as usize] as f64;
+                                        }
+                                    }
+                                }
+                            }
+                            let k = (co * ho + oy) * wo + ox;
+                            worst.0 = worst.0.max((y[k] as f64 - sum).abs() / sum.abs().max(1.0));
+                            worst.1 = worst.1.max((want[k] as f64 - sum).abs() / sum.abs().max(1.0));
+                        }
+                    }
+                }
+                // F(2x2,3x3)'s transforms add and halve exactly: its rounding
+                // is that of the direct sums (measured 0.5-2.1x im2col's error)
+                assert!(
+                    worst.0 <= 3.0 * worst.1.max(1e-6),
+                    "forward, {what}: {:.2e} from the exact sums, im2col {:.2e}",
+                    worst.0,
+                    worst.1
+                );
+            }
             // the tile rows in two runs, as threads split them
             let th = plan.tiles_hw().0;
             let half = th / 2;

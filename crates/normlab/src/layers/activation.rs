@@ -21,7 +21,7 @@ trait Unary<T>: Fn(T) -> T + Sync {}
 impl<T, F: Fn(T) -> T + Sync> Unary<T> for F {}
 
 /// A function of two values that rayon's tasks may share.
-trait Binary<T>: Fn(T, T) -> T + Sync {}
+pub(crate) trait Binary<T>: Fn(T, T) -> T + Sync {}
 impl<T, F: Fn(T, T) -> T + Sync> Binary<T> for F {}
 
 multiversion! {
@@ -41,7 +41,7 @@ multiversion! {
 multiversion! {
     /// Like [`map_into`] with two inputs, all three of one length (the
     /// callers check the shapes first).
-    fn zip_into<T: Real, F: Binary<T>>(a: &[T], b: &[T], dst: &mut [T], f: F) {
+    pub(crate) fn zip_into<T: Real, F: Binary<T>>(a: &[T], b: &[T], dst: &mut [T], f: F) {
         if dst.len() >= PAR_MIN {
             dst.par_chunks_mut(PAR_MIN / 4).zip(a.par_chunks(PAR_MIN / 4).zip(b.par_chunks(PAR_MIN / 4))).for_each(
                 |(d, (a, b))| {

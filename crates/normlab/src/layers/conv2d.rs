@@ -18,7 +18,12 @@
 //! forward pass, the input gradient as a forward pass over the padded
 //! gradient, and the weight gradient, on zero-padded planes read as flat
 //! runs, without im2col, on every plane size (small ones with tiles and
-//! groups of images of their own).
+//! groups of images of their own). Where `Cin·k·k >= 128`, the forward
+//! pass and the input gradient run `kernels::conv_channels` instead (output
+//! channels in the lanes; stride 2 too), and 3x3 stride-1 layers with 8 or
+//! more input channels run `kernels::winograd` (F(2x2, 3x3): 2.25x fewer
+//! multiply-adds, the rounding of the direct sums); the weight gradient
+//! stays on the padded planes.
 //!
 //! Groups of images run in parallel. The weight gradient is summed per fixed
 //! group, then the groups in order, so it is bitwise the same for any number

@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 
 use super::Sequential;
+use crate::layers::activation::zip_into;
 use crate::layers::{BatchNorm, Layer, Mode, StateMut};
 use crate::real::Real;
 use crate::rng::Rng;
@@ -134,8 +135,8 @@ impl<T: Real> Layer<T> for Residual<T> {
         };
         let body = self.body.layers().last().map_or(x, |l| l.output());
         self.y.resize(body.shape());
-        // one sweep: y = body + other
-        self.y.data_mut().iter_mut().zip(body.data()).zip(other.data()).for_each(|((y, &b), &o)| *y = b + o);
+        // one sweep, in parallel on large tensors: y = body + other
+        zip_into(body.data(), other.data(), self.y.data_mut(), |b, o| b + o);
         self.forward_shape = x.shape().to_vec();
         Ok(&self.y)
     }
@@ -151,7 +152,7 @@ impl<T: Real> Layer<T> for Residual<T> {
             self.dx.resize(x.shape());
             let through = self.shortcut.as_ref().map_or(dy, |s| s.grad_input());
             let (dx, body) = (self.dx.data_mut(), self.body.grad_input().data());
-            dx.iter_mut().zip(body).zip(through.data()).for_each(|((d, &b), &s)| *d = b + s);
+            zip_into(body, through.data(), dx, |b, s| b + s);
         }
         Ok(&self.dx)
     }
