@@ -426,8 +426,7 @@ macro_rules! channels_kernel {
                             // run-time length is a call to memcpy per channel
                             dst.cast::<[f32; P]>().write_unaligned(*row);
                         } else {
-                            // a short run: memcpy would be a call per channel
-                            crate::kernels::copy_row(std::slice::from_raw_parts_mut(dst, valid_p), &row[..valid_p]);
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, valid_p);
                         }
                     }
                 }

@@ -244,8 +244,7 @@ impl Plan {
         dyw.fill(0.0);
         for (src, dst) in dy.chunks_exact(ho * wo).zip(dyw.chunks_exact_mut(plane)) {
             for (r, row) in src.chunks_exact(wo).enumerate() {
-                // rows of 4 to 32 values: copy_from_slice would call memcpy for each
-                super::copy_row(&mut dst[r * wp..r * wp + wo], row);
+                dst[r * wp..r * wp + wo].copy_from_slice(row);
             }
         }
     }
@@ -390,9 +389,7 @@ macro_rules! planes_kernel {
                 }
                 for (dst, src) in out.chunks_exact_mut(ho * wo).zip(rows.chunks_exact(stride)) {
                     for (d, s) in dst.chunks_exact_mut(wo).zip(src.chunks_exact(wp)) {
-                        // a call to memcpy per row of 7 to 32 values cost 6% of
-                        // the fast preset's epoch
-                        crate::kernels::copy_row(d, &s[..wo]);
+                        d.copy_from_slice(&s[..wo]);
                     }
                 }
             }

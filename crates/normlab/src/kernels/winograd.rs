@@ -594,9 +594,7 @@ macro_rules! winograd_kernel {
                             if cols == 2 * P {
                                 dst.cast::<[[f32; 2]; P]>().write_unaligned(rows_i[l]);
                             } else {
-                                // a short run: memcpy would be a call per channel and row
-                                let src = std::slice::from_raw_parts(rows_i[l].as_ptr().cast::<f32>(), cols);
-                                crate::kernels::copy_row(std::slice::from_raw_parts_mut(dst, cols), src);
+                                std::ptr::copy_nonoverlapping(rows_i[l].as_ptr().cast::<f32>(), dst, cols);
                             }
                         }
                     }
