@@ -635,19 +635,26 @@ trait ImageKernel: Sync {
     );
 }
 
+/// The [`ImageKernel`] methods both plans have under the same names.
+macro_rules! plan_shape_and_padding {
+    () => {
+        fn shape(&self) -> ((usize, usize, usize), (usize, usize, usize)) {
+            let (ho, wo) = self.output_hw();
+            ((self.cin, self.h, self.w), (self.cout, ho, wo))
+        }
+        fn padded_len(&self) -> usize {
+            self.padded_len()
+        }
+        fn pad_input(&self, x: &[f32], xp: &mut [f32]) {
+            self.pad_input(x, xp)
+        }
+    };
+}
+
 impl ImageKernel for conv_channels::Plan {
-    fn shape(&self) -> ((usize, usize, usize), (usize, usize, usize)) {
-        let (ho, wo) = self.output_hw();
-        ((self.cin, self.h, self.w), (self.cout, ho, wo))
-    }
-    fn padded_len(&self) -> usize {
-        self.padded_len()
-    }
+    plan_shape_and_padding!();
     fn scratch_len(&self) -> usize {
         0
-    }
-    fn pad_input(&self, x: &[f32], xp: &mut [f32]) {
-        self.pad_input(x, xp)
     }
     fn units(&self) -> usize {
         self.output_hw().0
@@ -669,18 +676,9 @@ impl ImageKernel for conv_channels::Plan {
 }
 
 impl ImageKernel for winograd::Plan {
-    fn shape(&self) -> ((usize, usize, usize), (usize, usize, usize)) {
-        let (ho, wo) = self.output_hw();
-        ((self.cin, self.h, self.w), (self.cout, ho, wo))
-    }
-    fn padded_len(&self) -> usize {
-        self.padded_len()
-    }
+    plan_shape_and_padding!();
     fn scratch_len(&self) -> usize {
         self.scratch_len()
-    }
-    fn pad_input(&self, x: &[f32], xp: &mut [f32]) {
-        self.pad_input(x, xp)
     }
     fn units(&self) -> usize {
         self.tiles_hw().0
