@@ -1,36 +1,49 @@
-//! LeNet's convolutions at batch 128: forward, and backward with and without
-//! the input gradient (a profiling aid).
+//! Convolutions at batch 128: forward, and backward with and without the
+//! input gradient (a profiling aid). With no arguments, LeNet's two layers;
+//! else `cin,cout,size,kernel,padding` per argument, e.g.
+//! `cargo run --release -p normlab-dev --example conv_layer_parts -- 16,32,14,3,1`.
 use std::time::Instant;
 
 use normlab::layers::{Conv2d, Layer, Mode};
 use normlab::{rng, Tensor};
 
 fn main() {
-    for (cin, cout, h) in [(1, 6, 28), (6, 16, 12)] {
-        println!("{cin}->{cout} {h}x{h}");
-        layer(cin, cout, h);
-    }
+    let args: Vec<[usize; 5]> = std::env::args()
+        .skip(1)
+        .map(|a| {
+            let v: Vec<usize> = a.split(',').map(|s| s.parse().expect("cin,cout,size,kernel,padding")).collect();
+            v.try_into().expect("cin,cout,size,kernel,padding")
+        })
+        .collect();
+    let layers = if args.is_empty() { vec![[1, 6, 28, 5, 0], [6, 16, 12, 5, 0]] } else { args };
+    rayon::ThreadPoolBuilder::new().build().unwrap().install(|| {
+        for [cin, cout, h, k, pad] in layers {
+            println!("{cin}->{cout} {h}x{h}, {k}x{k}, padding {pad}");
+            layer(cin, cout, h, k, pad);
+        }
+    });
 }
 
-fn layer(cin: usize, cout: usize, h: usize) {
-    let ho = h - 4;
-    let mut conv = Conv2d::<f32>::new(cout, 5);
+fn layer(cin: usize, cout: usize, h: usize, k: usize, pad: usize) {
+    let ho = h + 2 * pad - k + 1;
+    let mut conv = Conv2d::<f32>::new(cout, k).padding(pad);
     conv.build(&[cin, h, h], &mut rng::seeded(0)).unwrap();
     let x =
         Tensor::from_vec(&[128, cin, h, h], (0..128 * cin * h * h).map(|i| (i % 13) as f32 * 0.1).collect()).unwrap();
     let dy = Tensor::from_vec(&[128, cout, ho, ho], (0..128 * cout * ho * ho).map(|i| (i % 5) as f32 * 0.1).collect())
         .unwrap();
     conv.forward(&x, Mode::Train).unwrap();
+    let reps = 200;
     for need_dx in [false, true, false, true] {
         let t = Instant::now();
-        for _ in 0..500 {
+        for _ in 0..reps {
             conv.backward(&x, &dy, need_dx).unwrap();
         }
-        println!("backward need_dx={need_dx}: {:.3} ms", t.elapsed().as_secs_f64() / 500.0 * 1e3);
+        println!("backward need_dx={need_dx}: {:.3} ms", t.elapsed().as_secs_f64() / reps as f64 * 1e3);
     }
     let t = Instant::now();
-    for _ in 0..500 {
+    for _ in 0..reps {
         conv.forward(&x, Mode::Train).unwrap();
     }
-    println!("forward: {:.3} ms", t.elapsed().as_secs_f64() / 500.0 * 1e3);
+    println!("forward: {:.3} ms", t.elapsed().as_secs_f64() / reps as f64 * 1e3);
 }

@@ -17,8 +17,9 @@
 
 use rayon::prelude::*;
 
-use super::activation::{Activation, Identity};
+use super::activation::{Activation, Identity, ReluAct};
 use super::lanes::{sums2, F64x8};
+use super::pool::{max_pool_2x2, max_pool_2x2_backward, max_pool_2x2_values};
 use super::stats::{channel_mean_var, Ncs};
 use super::stream::{self, MapF32};
 use crate::real::{as_f32, as_f32_mut, Real};
@@ -153,6 +154,18 @@ impl<T: Real, A: Activation<T>> Epilogue<'_, T, A> {
         out
     }
 
+    /// [`Self::dh`] over `dy`, in place.
+    #[inline(always)]
+    fn dh_in_place<'s>(&self, x: &[T], dy: &'s mut [T], ch: usize) -> &'s [T] {
+        if !A::IDENTITY {
+            let ((c, c_lo), sc, sh) = self.affine.at(ch);
+            for (g, &v) in dy.iter_mut().zip(x) {
+                *g = self.act.grad(((v - c) - c_lo) * sc + sh, *g);
+            }
+        }
+        dy
+    }
+
     /// One value's gradient at batch norm's output (`x` of channel `ch`).
     #[inline(always)]
     fn dh_at(&self, x: T, dy: T, ch: usize) -> T {
@@ -206,7 +219,7 @@ multiversion! {
             }
             return (sdy, sdyx);
         }
-        per_channel(c, x.len(), |ch| channel_backward_sums(x, dy, ncs, ch, mean.at(ch), ep)).into_iter().unzip()
+        backward_sums_by_channel(x, &Dense(dy), ncs, mean, ep)
     }
 }
 
@@ -323,8 +336,7 @@ pub fn stats_and_normalize<T: Real, A: Activation<T>>(
     let out = ChannelOut::new(y);
     per_channel(c, x.len(), |ch| {
         let (mean, var) = channel_mean_var(x, ncs, ch);
-        let inv_std = 1.0 / (var + eps).sqrt();
-        let ((mu, mu_lo), scale, shift) = (split_mean::<T>(mean, inv_std), gamma[ch] * T::from_f64(inv_std), beta[ch]);
+        let ((mu, mu_lo), scale, shift) = channel_affine(mean, var, eps, gamma[ch], beta[ch]);
         let stream = stream::applies::<T>(std::mem::size_of_val(x));
         for r in (0..n).map(|i| (i * c + ch) * s) {
             // SAFETY: run r belongs to channel ch alone and lies inside y (asserted sizes)
@@ -349,10 +361,11 @@ pub fn stats_and_normalize<T: Real, A: Activation<T>>(
 /// For `(N, C, S)` input with `S > 1`: per channel, in one task while its
 /// values are in cache, `(Σ dy, Σ dy·(x - mean))` and then
 /// `dx = a·dy + b·(x - mean) + k` with the coefficients that `coef` computes from
-/// those sums (`dh` in place of `dy` as `ep` says). Returns the sums. Same
-/// arithmetic as [`backward_sums`] then [`backward_apply`].
-pub fn backward_fused<T: Real, A: Activation<T>>(
-    (x, dy): (&[T], &[T]),
+/// those sums (`dh` in place of `dy` as `ep` says; `dy` as `grads` gives it, run
+/// by run). Returns the sums. Same arithmetic as [`backward_sums`] then
+/// [`backward_apply`].
+pub fn backward_fused<T: Real, A: Activation<T>, G: GradRuns<T>>(
+    (x, grads): (&[T], &G),
     dx: &mut [T],
     ncs: Ncs,
     mean: TwoTerm<'_, T>,
@@ -360,16 +373,213 @@ pub fn backward_fused<T: Real, A: Activation<T>>(
     coef: impl Fn(usize, f64, f64) -> (T, T, T) + Sync + Send,
 ) -> (Vec<f64>, Vec<f64>) {
     let Ncs { n, c, s } = ncs;
-    assert!(x.len() == n * c * s && dy.len() == x.len() && dx.len() == x.len() && s > 1, "backward_fused: shapes");
+    assert!(x.len() == n * c * s && grads.fits(ncs) && dx.len() == x.len() && s > 1, "backward_fused: shapes");
     let out = ChannelOut::new(dx);
+    // where dh costs more to recompute than to keep, the first sweep leaves it in dx
+    let keep = G::KEEP.then_some(&out);
     per_channel(c, x.len(), |ch| {
-        let (sdy, sdyx) = channel_backward_sums(x, dy, ncs, ch, mean.at(ch), ep);
+        let (sdy, sdyx) = channel_backward_sums(x, grads, ncs, ch, mean.at(ch), ep, keep);
         let (a, b, k) = coef(ch, sdy, sdyx);
-        channel_backward_apply(x, dy, &out, ncs, (ch, mean.at(ch)), (a, b, k), ep);
+        channel_backward_apply(x, grads, &out, ncs, (ch, mean.at(ch)), (a, b, k), ep);
         (sdy, sdyx)
     })
     .into_iter()
     .unzip()
+}
+
+/// [`backward_fused`] without `dx`: the per-channel sums only, for `S > 1`.
+pub fn backward_sums_by_channel<T: Real, A: Activation<T>, G: GradRuns<T>>(
+    x: &[T],
+    grads: &G,
+    ncs: Ncs,
+    mean: TwoTerm<'_, T>,
+    ep: Epilogue<'_, T, A>,
+) -> (Vec<f64>, Vec<f64>) {
+    assert!(x.len() == ncs.len() && grads.fits(ncs) && ncs.s > 1, "backward_sums_by_channel: shapes");
+    per_channel(ncs.c, x.len(), |ch| channel_backward_sums(x, grads, ncs, ch, mean.at(ch), ep, None))
+        .into_iter()
+        .unzip()
+}
+
+/// Where the backward sweeps read the gradient at the output of batch
+/// norm (or of its activation), one `(image, channel)` run at a time:
+/// a tensor of x's shape ([`Dense`]), or the gradient of a 2x2 max
+/// pooling after it ([`MaxPooled`]), spread back onto each run.
+pub trait GradRuns<T: Real>: Sync {
+    /// Whether [`backward_fused`] keeps `dh` in dx's runs between its two
+    /// sweeps rather than computing it twice.
+    const KEEP: bool;
+    /// What [`Self::run`] computes in, one per task.
+    type Scratch;
+    /// A scratch for runs of `s` values.
+    fn scratch(&self, s: usize) -> Self::Scratch;
+    /// Whether the gradient fits an input of shape `ncs`.
+    fn fits(&self, ncs: Ncs) -> bool;
+    /// The gradient over run `plane` (`i·C + ch`), whose input values are `x`.
+    fn run<'s>(&'s self, plane: usize, ch: usize, x: &[T], scratch: &'s mut Self::Scratch) -> &'s [T];
+    /// [`Self::run`] written into `out`.
+    fn run_into(&self, plane: usize, ch: usize, x: &[T], scratch: &mut Self::Scratch, out: &mut [T]) {
+        out.copy_from_slice(self.run(plane, ch, x, scratch));
+    }
+    /// Asks for run `plane`'s gradient to be brought into cache.
+    fn prefetch(&self, plane: usize, s: usize);
+}
+
+/// The gradient as a tensor of x's shape.
+pub struct Dense<'a, T>(pub &'a [T]);
+
+impl<T: Real> GradRuns<T> for Dense<'_, T> {
+    const KEEP: bool = false;
+    type Scratch = ();
+    fn scratch(&self, _s: usize) {}
+    fn fits(&self, ncs: Ncs) -> bool {
+        self.0.len() == ncs.len()
+    }
+    #[inline(always)]
+    fn run<'s>(&'s self, plane: usize, _ch: usize, x: &[T], _scratch: &'s mut ()) -> &'s [T] {
+        &self.0[plane * x.len()..][..x.len()]
+    }
+    fn prefetch(&self, plane: usize, s: usize) {
+        super::prefetch(&self.0[plane * s..][..s]);
+    }
+}
+
+/// The gradient at batch norm's output `h` when ReLU and 2x2 max pooling
+/// with stride 2 over `h×w` planes follow it, given the gradient `dy` at
+/// the pooling's output: per run, `relu(h)` recomputed from x (`affine`,
+/// as the forward pass computed it), its window maxima found as
+/// `MaxPool2d` finds them, and each window's gradient put at its maximum
+/// ([`max_pool_2x2_backward`]) where that maximum is positive (ReLU passes
+/// the gradient where `h > 0`, and at a window's maximum `h > 0` exactly
+/// when `relu(h) > 0`). Bitwise the gradient that `MaxPool2d` then `ReLU`
+/// hand back to batch norm.
+pub struct ReluMaxPooled<'a, T> {
+    pub dy: &'a [T],
+    pub hw: (usize, usize),
+    pub affine: Affine<'a, T>,
+}
+
+/// [`ReluMaxPooled`]'s scratch: a run's activated values, their window
+/// maxima and positions, the gradient at the maxima, and the spread one.
+pub struct PoolScratch<T> {
+    values: Vec<T>,
+    pooled: Vec<T>,
+    at: Vec<u32>,
+    masked: Vec<T>,
+    grad: Vec<T>,
+}
+
+impl<T: Real> ReluMaxPooled<'_, T> {
+    fn pooled_len(&self) -> usize {
+        (self.hw.0 / 2) * (self.hw.1 / 2)
+    }
+
+    /// dh over run `plane` (channel `ch`, input `x`) into `dh`.
+    #[inline(always)]
+    fn spread(&self, plane: usize, ch: usize, x: &[T], scratch: &mut PoolScratch<T>, dh: &mut [T]) {
+        let pooled = self.pooled_len();
+        let PoolScratch { values, pooled: maxima, at, masked, .. } = scratch;
+        affine_run(x, values, self.affine.at(ch), ReluAct);
+        max_pool_2x2(values, self.hw, maxima, at);
+        for ((m, &g), &v) in masked.iter_mut().zip(&self.dy[plane * pooled..][..pooled]).zip(maxima.iter()) {
+            *m = ReluAct.grad(v, g);
+        }
+        max_pool_2x2_backward(masked, at, self.hw, dh);
+    }
+}
+
+impl<T: Real> GradRuns<T> for ReluMaxPooled<'_, T> {
+    // five sweeps over a run (the activation, the maxima, the spread, the copy) against one
+    const KEEP: bool = true;
+    type Scratch = PoolScratch<T>;
+    fn scratch(&self, s: usize) -> PoolScratch<T> {
+        let p = self.pooled_len();
+        let zeros = |len| vec![T::zero(); len];
+        PoolScratch { values: zeros(s), pooled: zeros(p), at: vec![0; p], masked: zeros(p), grad: zeros(s) }
+    }
+    fn fits(&self, ncs: Ncs) -> bool {
+        self.hw.0 * self.hw.1 == ncs.s && self.dy.len() == ncs.n * ncs.c * self.pooled_len()
+    }
+    #[inline(always)]
+    fn run<'s>(&'s self, plane: usize, ch: usize, x: &[T], scratch: &'s mut PoolScratch<T>) -> &'s [T] {
+        let mut grad = std::mem::take(&mut scratch.grad);
+        self.spread(plane, ch, x, scratch, &mut grad);
+        scratch.grad = grad;
+        &scratch.grad
+    }
+    #[inline(always)]
+    fn run_into(&self, plane: usize, ch: usize, x: &[T], scratch: &mut PoolScratch<T>, dh: &mut [T]) {
+        self.spread(plane, ch, x, scratch, dh);
+    }
+    fn prefetch(&self, plane: usize, _s: usize) {
+        let pooled = self.pooled_len();
+        super::prefetch(&self.dy[plane * pooled..][..pooled]);
+    }
+}
+
+/// The affine map of one channel of [`stats_and_normalize`] from its
+/// statistics: `((mu, mu_lo), scale, shift)`.
+fn channel_affine<T: Real>(mean: f64, var: f64, eps: f64, gamma: T, beta: T) -> ((T, T), T, T) {
+    let inv_std = 1.0 / (var + eps).sqrt();
+    (split_mean::<T>(mean, inv_std), gamma * T::from_f64(inv_std), beta)
+}
+
+/// [`stats_and_normalize`] followed by 2x2 max pooling with stride 2 of its
+/// output over `h×w` planes, writing only the pooled output `y` (a run's
+/// activated values stay in a scratch in L1): bitwise batch norm, `act`
+/// and `MaxPool2d(2, 2)` run one after the other.
+pub fn stats_normalize_max_pool<T: Real, A: Activation<T>>(
+    x: &[T],
+    y: &mut [T],
+    (ncs, hw): (Ncs, (usize, usize)),
+    (gamma, beta): (&[T], &[T]),
+    eps: f64,
+    act: A,
+) -> (Vec<f64>, Vec<f64>) {
+    let Ncs { n, c, s } = ncs;
+    let pooled = (hw.0 / 2) * (hw.1 / 2);
+    assert!(x.len() == ncs.len() && hw.0 * hw.1 == s && y.len() == n * c * pooled, "stats_normalize_max_pool: shapes");
+    assert!(gamma.len() == c && beta.len() == c, "stats_normalize_max_pool: {c} channels");
+    let out = ChannelOut::new(y);
+    per_channel(c, x.len(), |ch| {
+        let (mean, var) = channel_mean_var(x, ncs, ch);
+        let coef = channel_affine(mean, var, eps, gamma[ch], beta[ch]);
+        let mut values = vec![T::zero(); s];
+        for i in 0..n {
+            let plane = i * c + ch;
+            affine_run(&x[plane * s..][..s], &mut values, coef, act);
+            // SAFETY: the pooled run of plane (i, ch) belongs to channel ch alone and lies inside y (asserted sizes)
+            max_pool_2x2_values(&values, hw, unsafe { out.run(plane * pooled, pooled) });
+        }
+        (mean, var)
+    })
+    .into_iter()
+    .unzip()
+}
+
+/// [`normalize`] followed by 2x2 max pooling with stride 2 over `h×w`
+/// planes, writing only the pooled output (eval mode, or statistics
+/// computed apart).
+pub fn normalize_max_pool<T: Real, A: Activation<T>>(
+    x: &[T],
+    y: &mut [T],
+    (ncs, hw): (Ncs, (usize, usize)),
+    affine: Affine<'_, T>,
+    act: A,
+) {
+    let Ncs { n, c, s } = ncs;
+    let pooled = (hw.0 / 2) * (hw.1 / 2);
+    assert!(x.len() == ncs.len() && hw.0 * hw.1 == s && y.len() == n * c * pooled, "normalize_max_pool: shapes");
+    let plane = |values: &mut Vec<T>, (idx, (yp, xp)): (usize, (&mut [T], &[T]))| {
+        affine_run(xp, values, affine.at(idx % c), act);
+        max_pool_2x2_values(values, hw, yp);
+    };
+    if x.len() >= PAR_MIN {
+        y.par_chunks_mut(pooled).zip(x.par_chunks(s)).enumerate().for_each_init(|| vec![T::zero(); s], plane);
+    } else {
+        let mut values = vec![T::zero(); s];
+        y.chunks_mut(pooled).zip(x.chunks(s)).enumerate().for_each(|p| plane(&mut values, p));
+    }
 }
 
 multiversion! {
@@ -383,9 +593,10 @@ multiversion! {
 }
 
 multiversion! {
-    /// `(Σ dh, Σ dh·(x - mu))` over channel `ch` (`dh` as `ep` says).
+    /// `(Σ dh, Σ dh·(x - mu))` over channel `ch` (`dh` as `ep` says), with
+    /// `dh` left in `keep`'s runs when given.
     #[inline]
-    fn channel_backward_sums<T: Real, A: Activation<T>>(x: &[T], dy: &[T], ncs: Ncs, ch: usize, mu: (T, T), ep: Epilogue<'_, T, A>) -> (f64, f64) {
+    fn channel_backward_sums<T: Real, A: Activation<T>, G: GradRuns<T>>(x: &[T], grads: &G, ncs: Ncs, ch: usize, mu: (T, T), ep: Epilogue<'_, T, A>, keep: Option<&ChannelOut<'_, T>>) -> (f64, f64) {
         let Ncs { n, c, s } = ncs;
         // hi + lo in f64 (exactly hi where lo is 0)
         let muv = F64x8::splat(mu.0.as_f64() + mu.1.as_f64());
@@ -393,13 +604,22 @@ multiversion! {
         let prefetch = std::mem::size_of_val(x) >= super::PREFETCH_MIN_BYTES;
         let (mut sdy, mut sdyx) = (0.0, 0.0);
         let mut scratch = vec![T::zero(); if A::IDENTITY { 0 } else { s }];
+        let mut grad_scratch = grads.scratch(s);
         for i in 0..n {
             if prefetch && i + 1 < n {
                 super::prefetch(&x[run(i + 1)]);
-                super::prefetch(&dy[run(i + 1)]);
+                grads.prefetch(i * c + c + ch, s);
             }
             let r = run(i);
-            let dh = ep.dh(&x[r.clone()], &dy[r.clone()], ch, &mut scratch);
+            let dh = match keep {
+                Some(out) => {
+                    // SAFETY: run r belongs to channel ch alone, whose task this is
+                    let dh = unsafe { out.run(r.start, s) };
+                    grads.run_into(i * c + ch, ch, &x[r.clone()], &mut grad_scratch, dh);
+                    ep.dh_in_place(&x[r.clone()], dh, ch)
+                }
+                None => ep.dh(&x[r.clone()], grads.run(i * c + ch, ch, &x[r.clone()], &mut grad_scratch), ch, &mut scratch),
+            };
             let (a, b) = sums2(dh, &x[r], |g, v| (g, g * (v - muv)));
             sdy += a;
             sdyx += b;
@@ -409,11 +629,12 @@ multiversion! {
 }
 
 multiversion! {
-    /// `dx = a·dh + b·(x - mu) + k` over channel `ch` (`dh` as `ep` says).
+    /// `dx = a·dh + b·(x - mu) + k` over channel `ch` (`dh` as `ep` says, or
+    /// already in dx's runs where `G::KEEP`).
     #[inline]
-    fn channel_backward_apply<T: Real, A: Activation<T>>(
+    fn channel_backward_apply<T: Real, A: Activation<T>, G: GradRuns<T>>(
         x: &[T],
-        dy: &[T],
+        grads: &G,
         out: &ChannelOut<'_, T>,
         ncs: Ncs,
         channel: (usize, (T, T)),
@@ -422,6 +643,7 @@ multiversion! {
     ) {
         let (Ncs { n, c, s }, (ch, (mu, mu_lo)), (a, b, k)) = (ncs, channel, abk);
         let mut scratch = vec![T::zero(); if A::IDENTITY { 0 } else { s }];
+        let mut grad_scratch = grads.scratch(s);
         // Backwards: a channel of a large tensor (1.6 MB of x and dy at
         // (64,64,56,56)) does not fit in L2, and a forward second pass would
         // find every run evicted; backwards it starts with the runs just read.
@@ -431,7 +653,14 @@ multiversion! {
             // SAFETY: run r belongs to channel ch alone, whose task this is
             let dr = unsafe { out.run(r, s) };
             let xr = &x[r..r + s];
-            let dyr = ep.dh(xr, &dy[r..r + s], ch, &mut scratch);
+            if G::KEEP {
+                for (o, &v) in dr.iter_mut().zip(xr) {
+                    *o = a * *o + b * ((v - mu) - mu_lo) + k;
+                }
+                continue;
+            }
+            let dy = grads.run(i * c + ch, ch, xr, &mut grad_scratch);
+            let dyr = ep.dh(xr, dy, ch, &mut scratch);
             // the streaming sweep subtracts one term
             if stream
                 && mu_lo == T::zero()
@@ -481,7 +710,7 @@ mod tests {
                 (0.5 + ch as f32, (sum_dyx * 1e-7) as f32, (sum_dy * 1e-7) as f32)
             };
             let mut dx = AlignedVec::from_elem(f32::NAN, len);
-            let (sdy, sdyx) = backward_fused((x, dy), dx.as_mut_slice(), ncs, mean2, Epilogue::none(), coef);
+            let (sdy, sdyx) = backward_fused((x, &Dense(dy)), dx.as_mut_slice(), ncs, mean2, Epilogue::none(), coef);
             let coefs: Vec<(f32, f32, f32)> = (0..c).map(|ch| coef(ch, sdy[ch], sdyx[ch])).collect();
             let part = |f: fn(&(f32, f32, f32)) -> f32| coefs.iter().map(f).collect::<Vec<f32>>();
             let (a, b, k) = (part(|t| t.0), part(|t| t.1), part(|t| t.2));

@@ -7,6 +7,7 @@
 //! |-----------------------------------------------------|----------------------------------|
 //! | `Conv2d -> BatchNorm2d -> Sigmoid -> AvgPool2d(2, 2)` | conv, then the block below; 16 images per vector where `kernels::conv_bn_lanes` applies |
 //! | `BatchNorm2d -> Sigmoid -> AvgPool2d(2, 2)`           | two sweeps each way (`BnSigmoidPool`) |
+//! | `BatchNorm2d -> ReLU -> MaxPool2d(2, 2)`            | ReLU and pooling inside batch norm's sweeps, only the pooled output written (`BnReluMaxPool`) |
 //! | `BatchNorm -> ReLU / Sigmoid / LeakyReLU / Tanh / SiLU / GELU` | the activation inside batch norm's sweeps (`BnActivation`) |
 //! | `Conv2d -> ReLU / Sigmoid (-> AvgPool2d(2, 2) / MaxPool2d(2, 2))` | activation and pooling in the convolution's epilogue, eval mode (`AffineActivation`) |
 //! | `Linear -> ReLU / Sigmoid`                             | the activation over the product's output, eval mode (`AffineActivation`) |
@@ -23,7 +24,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 
 use crate::kernels::activation::{Activation, ReluAct, SigmoidAct};
-use crate::layers::batch_norm::{BnSigmoidPool, ConvBnSigmoidPool};
+use crate::layers::batch_norm::{BnReluMaxPool, BnSigmoidPool, ConvBnSigmoidPool};
 use crate::layers::{
     Affine, AffineActivation, AvgPool2d, BatchNorm, BnImpl, BnParts, Conv2d, Layer, Linear, MaxPool2d, Pool, ReLU,
     Sigmoid,
@@ -88,6 +89,19 @@ pub(super) fn fuse<T: Real>(layers: Vec<Built<T>>) -> Result<Vec<Built<T>>> {
             out.push((fused, shape));
             continue;
         }
+        let max_pooled = fusable_batch_norm(Some(front))
+            && matches!(&front.1[..], [_, h, w] if *h >= 2 && *w >= 2)
+            && is::<ReLU<T>, T>(rest.get(1))
+            && halving_max_pool(rest.get(2));
+        if max_pooled {
+            let bn = take::<BatchNorm<T>, T>(&mut rest);
+            rest.pop_front(); // the ReLU
+            let (_, shape) = rest.pop_front().expect("the pool: checked above");
+            let block =
+                BnReluMaxPool::from_built(bn).unwrap_or_else(|_| unreachable!("planes of 2x2 or more: checked above"));
+            out.push((Box::new(block), shape));
+            continue;
+        }
         if fusable_batch_norm(Some(front)) && rest.len() > 1 {
             let (_, bn_shape) = &rest[0];
             let bn_shape = bn_shape.clone();
@@ -126,12 +140,14 @@ fn activation<T: Real>(layer: Option<&Built<T>>) -> Option<ActKind> {
     }
 }
 
+fn halving_max_pool<T: Real>(layer: Option<&Built<T>>) -> bool {
+    layer.is_some_and(|(l, _)| (&**l as &dyn Any).downcast_ref::<MaxPool2d<T>>().is_some_and(|p| p.window() == (2, 2)))
+}
+
 /// A 2x2, stride 2 pooling layer that can follow a convolution over
 /// planes `shape`: max pooling, or average pooling over even planes.
 fn pool_after<T: Real>(layer: Option<&Built<T>>, shape: &[usize]) -> bool {
-    let max = layer
-        .is_some_and(|(l, _)| (&**l as &dyn Any).downcast_ref::<MaxPool2d<T>>().is_some_and(|p| p.window() == (2, 2)));
-    max || (halving_pool(layer) && even_planes(shape))
+    halving_max_pool(layer) || (halving_pool(layer) && even_planes(shape))
 }
 
 /// `Conv2d -> activation (-> pool)` or `Linear -> activation` at the front

@@ -170,6 +170,51 @@ fn batch_norm_options_fuse_too_and_stay_bitwise() {
     }
 }
 
+/// `BatchNorm2d -> ReLU -> MaxPool2d(2, 2)`, the VGG-style stage: bitwise
+/// the three layers apart, on even and odd planes (an odd last row and
+/// column are in no window), one thread's worth and a batch split across
+/// threads, with each batch-norm option.
+#[test]
+fn batch_norm_relu_and_max_pooling_fuse_bitwise() {
+    for (example, batch) in [(vec![2, 8, 8], 5), (vec![3, 9, 7], 4), (vec![4, 30, 30], 12)] {
+        let kinds = compare(
+            || {
+                Sequential::new()
+                    .push(Conv2d::new(4, 3).padding(1))
+                    .push(bn())
+                    .push(ReLU::new())
+                    .push(MaxPool2d::new(2, 2))
+                    .push(Flatten::new())
+                    .push(Linear::new(3))
+            },
+            &example,
+            batch,
+            0.0,
+        );
+        assert_eq!(kinds, ["Conv2d", "BatchNorm2d+ReLU+MaxPool2d", "Flatten", "Linear"], "{example:?}");
+    }
+    let configs = [
+        BatchNormConfig::pytorch().affine(false),
+        BatchNormConfig::pytorch().track_running_stats(false),
+        BatchNormConfig::d2l(),
+    ];
+    for config in configs {
+        let kinds = compare(
+            || {
+                Sequential::new()
+                    .push(Conv2d::new(3, 3))
+                    .push(BatchNorm::new(config))
+                    .push(ReLU::new())
+                    .push(MaxPool2d::new(2, 2))
+            },
+            &[2, 8, 8],
+            4,
+            0.0,
+        );
+        assert_eq!(kinds, ["Conv2d", "BatchNorm2d+ReLU+MaxPool2d"], "{config:?}");
+    }
+}
+
 #[test]
 fn the_chapter_stage_fuses_into_one_layer_within_1e_4() {
     let kinds = compare(

@@ -44,6 +44,31 @@ pub(super) fn scale<T: Real>(gamma: &[T], inv_std: &[T]) -> Vec<T> {
     gamma.iter().zip(inv_std).map(|(&g, &i)| g * i).collect()
 }
 
+/// The coefficients of `dx = a·dy + b·(x - mean) + k` for channel `ch`
+/// from its sums `Σ dy` and `Σ dy·(x - mean)` over `m` values, and
+/// `Σ dy·(x - c)` (see [`backward`]).
+fn grad_coefs<T: Real>(
+    saved: &Saved<'_, T>,
+    batch_parts: Option<BnParts>,
+    gamma: &[T],
+    m: f64,
+    (ch, sum_dy, sum_dy_xmu): (usize, f64, f64),
+) -> (T, T, T, f64) {
+    // Σ dy·(x - c) = Σ dy·(x - mean) + (mean - c)·Σ dy
+    let ((m_hi, m_lo), (c_hi, c_lo)) = (saved.mean.at(ch), saved.center.at(ch));
+    let sum_dy_xc = sum_dy_xmu + ((m_hi - c_hi).as_f64() + (m_lo - c_lo).as_f64()) * sum_dy;
+    let a = gamma[ch] * saved.inv_std[ch];
+    let (af, is) = (a.as_f64(), saved.inv_std[ch].as_f64());
+    let (b, k) = match batch_parts {
+        Some(parts) => (
+            if parts != BnParts::CenterOnly { -af * is * is * sum_dy_xc / m } else { 0.0 },
+            if parts != BnParts::ScaleOnly { -af * sum_dy / m } else { 0.0 },
+        ),
+        None => (0.0, 0.0),
+    };
+    (a, T::from_f64(b), T::from_f64(k), sum_dy_xc)
+}
+
 /// `batch_parts` is `Some(parts)` when the statistics came from the batch
 /// (so they depend on x), `None` when they were fixed running statistics.
 /// `ep` turns `dy` into the gradient at batch norm's output (identity for
@@ -57,43 +82,50 @@ pub(super) fn backward<T: Real, A: Activation<T>>(
     ep: k::Epilogue<'_, T, A>,
     dx: Option<&mut [T]>,
 ) -> (Vec<f64>, Vec<f64>) {
+    if s > 1 {
+        return backward_by_channel((x, &k::Dense(dy)), ncs, saved, batch_parts, gamma, ep, dx);
+    }
     let m = (n * s) as f64;
-    // the coefficients of dx = a·dy + b·(x - mean) + k from a channel's sums
-    let coef = |ch: usize, sum_dy: f64, sum_dy_xmu: f64| -> (T, T, T, f64) {
-        // Σ dy·(x - c) = Σ dy·(x - mean) + (mean - c)·Σ dy
-        let ((m_hi, m_lo), (c_hi, c_lo)) = (saved.mean.at(ch), saved.center.at(ch));
-        let sum_dy_xc = sum_dy_xmu + ((m_hi - c_hi).as_f64() + (m_lo - c_lo).as_f64()) * sum_dy;
-        let a = gamma[ch] * saved.inv_std[ch];
-        let (af, is) = (a.as_f64(), saved.inv_std[ch].as_f64());
-        let (b, k) = match batch_parts {
-            Some(parts) => (
-                if parts != BnParts::CenterOnly { -af * is * is * sum_dy_xc / m } else { 0.0 },
-                if parts != BnParts::ScaleOnly { -af * sum_dy / m } else { 0.0 },
-            ),
-            None => (0.0, 0.0),
-        };
-        (a, T::from_f64(b), T::from_f64(k), sum_dy_xc)
-    };
+    let coef =
+        |ch: usize, sum_dy: f64, sum_dy_xmu: f64| grad_coefs(&saved, batch_parts, gamma, m, (ch, sum_dy, sum_dy_xmu));
+    let sums = k::backward_sums(x, dy, ncs, saved.mean, ep);
+    if let Some(dx) = dx {
+        let (mut a, mut b, mut kk) = (Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c));
+        for ch in 0..c {
+            let (ac, bc, kc, _) = coef(ch, sums.0[ch], sums.1[ch]);
+            a.push(ac);
+            b.push(bc);
+            kk.push(kc);
+        }
+        k::backward_apply(x, dy, dx, ncs, saved.mean, k::GradCoefs { a: &a, b: &b, k: &kk }, ep);
+    }
+    let (dbeta, sum_dy_xmu) = sums;
+    let dgamma: Vec<f64> =
+        (0..c).map(|ch| coef(ch, dbeta[ch], sum_dy_xmu[ch]).3 * saved.inv_std[ch].as_f64()).collect();
+    (dgamma, dbeta)
+}
+
+/// [`backward`] of image-shaped input (`S > 1`), the gradient at the output
+/// read through `grads`: the sums, and dx, per channel in one sweep while
+/// the channel is in cache.
+pub(super) fn backward_by_channel<T: Real, A: Activation<T>, G: k::GradRuns<T>>(
+    (x, grads): (&[T], &G),
+    ncs @ Ncs { n, c, s }: Ncs,
+    saved: Saved<'_, T>,
+    batch_parts: Option<BnParts>,
+    gamma: &[T],
+    ep: k::Epilogue<'_, T, A>,
+    dx: Option<&mut [T]>,
+) -> (Vec<f64>, Vec<f64>) {
+    let m = (n * s) as f64;
+    let coef =
+        |ch: usize, sum_dy: f64, sum_dy_xmu: f64| grad_coefs(&saved, batch_parts, gamma, m, (ch, sum_dy, sum_dy_xmu));
     let (dbeta, sum_dy_xmu) = match dx {
-        // large images: sums and dx per channel in one sweep while it is in cache
-        Some(dx) if s > 1 => k::backward_fused((x, dy), dx, ncs, saved.mean, ep, |ch, a, b| {
+        Some(dx) => k::backward_fused((x, grads), dx, ncs, saved.mean, ep, |ch, a, b| {
             let (a, b, k, _) = coef(ch, a, b);
             (a, b, k)
         }),
-        dx => {
-            let sums = k::backward_sums(x, dy, ncs, saved.mean, ep);
-            if let Some(dx) = dx {
-                let (mut a, mut b, mut kk) = (Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c));
-                for ch in 0..c {
-                    let (ac, bc, kc, _) = coef(ch, sums.0[ch], sums.1[ch]);
-                    a.push(ac);
-                    b.push(bc);
-                    kk.push(kc);
-                }
-                k::backward_apply(x, dy, dx, ncs, saved.mean, k::GradCoefs { a: &a, b: &b, k: &kk }, ep);
-            }
-            sums
-        }
+        None => k::backward_sums_by_channel(x, grads, ncs, saved.mean, ep),
     };
     let dgamma: Vec<f64> =
         (0..c).map(|ch| coef(ch, dbeta[ch], sum_dy_xmu[ch]).3 * saved.inv_std[ch].as_f64()).collect();

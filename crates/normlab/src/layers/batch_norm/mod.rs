@@ -43,11 +43,13 @@ mod activation;
 mod block;
 mod conv_block;
 mod fused;
+mod max_pool_block;
 mod scratch;
 
 pub(crate) use activation::BnActivation;
 pub(crate) use block::BnSigmoidPool;
 pub(crate) use conv_block::ConvBnSigmoidPool;
+pub(crate) use max_pool_block::BnReluMaxPool;
 
 use super::{check_built, check_forward_ran, check_grad, Layer, Mode, StateMut, StateName};
 use crate::kernels::activation::{Activation, Identity};
