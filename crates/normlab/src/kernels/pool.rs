@@ -142,18 +142,44 @@ multiversion! {
     }
 }
 
+/// The input gradient of one `h×w` plane through 2x2 max pooling with
+/// stride 2: each window's gradient `g` at its maximum `arg` (an index
+/// within the plane, from [`max_pool_2x2`]), zeros elsewhere. The windows
+/// tile the plane, so each value is written once, as `0 + g`: bitwise the
+/// zero-filled plane plus the scattered gradients, in one pass instead of
+/// a fill then a scatter. An index outside its window (no forward made
+/// it) leaves the window zero. f32 runs the vector kernel of the active
+/// level (a row of L windows at a time: one compare per window position
+/// picks `g` or zero, and an interleave writes each row's two columns);
+/// the scalar loop is the reference (`spread`).
+pub fn max_pool_2x2_backward<T: Real>(g: &[T], arg: &[u32], hw: (usize, usize), dx: &mut [T]) {
+    let (h, w) = hw;
+    let (ho, wo) = (h / 2, w / 2);
+    assert!(
+        g.len() >= ho * wo && arg.len() >= ho * wo && dx.len() >= h * w,
+        "2x2 max pooling backward of a {h}x{w} plane"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        use crate::real::{as_f32, as_f32_mut};
+        let (gs, dxs) = (as_f32(g), as_f32_mut(dx));
+        match crate::isa::active() {
+            // SAFETY: active() names no level this CPU lacks
+            crate::isa::Isa::Avx512 => return unsafe { avx512::spread(gs, arg, hw, dxs) },
+            // SAFETY: as above
+            crate::isa::Isa::Avx2 => return unsafe { avx2::spread(gs, arg, hw, dxs) },
+            crate::isa::Isa::Portable => {}
+        }
+    }
+    spread(g, arg, hw, dx)
+}
+
 multiversion! {
-    /// The input gradient of one `h×w` plane through 2x2 max pooling with
-    /// stride 2: each window's gradient `g` at its maximum `arg` (an index
-    /// within the plane, from [`max_pool_2x2`]), zeros elsewhere. The
-    /// windows tile the plane, so each value is written once, as `0 + g`:
-    /// bitwise the zero-filled plane plus the scattered gradients, in one
-    /// pass instead of a fill then a scatter. An index outside its window
-    /// (no forward made it) leaves the window zero.
-    pub fn max_pool_2x2_backward<T: Real>(g: &[T], arg: &[u32], hw: (usize, usize), dx: &mut [T]) {
+    /// [`max_pool_2x2_backward`] one window after the other: the reference
+    /// of the vector kernels, and the kernel of f64 and CPUs without AVX2.
+    fn spread<T: Real>(g: &[T], arg: &[u32], hw: (usize, usize), dx: &mut [T]) {
         let (h, w) = hw;
         let (ho, wo) = (h / 2, w / 2);
-        assert!(g.len() >= ho * wo && arg.len() >= ho * wo && dx.len() >= h * w, "2x2 max pooling backward of a {h}x{w} plane");
         let zero = T::zero();
         for oh in 0..ho {
             let (top, bottom) = dx[2 * oh * w..][..2 * w].split_at_mut(w);
@@ -174,6 +200,48 @@ multiversion! {
         // as is an odd height's last row
         dx[2 * ho * w..h * w].fill(zero);
     }
+}
+
+/// The vector form of [`spread`] at one level, from its module's
+/// operations (`L` lanes; `load`, `load_indices`, `window_starts`,
+/// `add_index`, `pick`, `interleave`, `store`), compiled with `$features`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! vector_spread {
+    ($features:literal) => {
+        /// [`super::spread`] of f32, `L` windows of a row pair at a time. The
+        /// caller checked the lengths (`max_pool_2x2_backward`).
+        #[target_feature(enable = $features)]
+        pub(super) fn spread(g: &[f32], arg: &[u32], (h, w): (usize, usize), dx: &mut [f32]) {
+            let (ho, wo) = (h / 2, w / 2);
+            for oh in 0..ho {
+                let (top, bottom) = dx[2 * oh * w..][..2 * w].split_at_mut(w);
+                let (g_row, arg_row) = (&g[oh * wo..][..wo], &arg[oh * wo..][..wo]);
+                let mut j = 0;
+                while j < wo {
+                    let n = (wo - j).min(L);
+                    let (gv, at) = (load(&g_row[j..j + n]), load_indices(&arg_row[j..j + n]));
+                    // each window's top-left index in the plane
+                    let a = add_index(window_starts(), (2 * oh * w + 2 * j) as i32);
+                    let c = add_index(a, w as i32);
+                    let (top_lo, top_hi) = interleave(pick(at, a, gv), pick(at, add_index(a, 1), gv));
+                    let (bottom_lo, bottom_hi) = interleave(pick(at, c, gv), pick(at, add_index(c, 1), gv));
+                    let (first, rest) = ((2 * n).min(L), (2 * n).saturating_sub(L));
+                    store(&mut top[2 * j..][..first], top_lo);
+                    store(&mut bottom[2 * j..][..first], bottom_lo);
+                    if rest > 0 {
+                        store(&mut top[2 * j + L..][..rest], top_hi);
+                        store(&mut bottom[2 * j + L..][..rest], bottom_hi);
+                    }
+                    j += n;
+                }
+                // an odd width's last column is in no window
+                top[2 * wo..].fill(0.0);
+                bottom[2 * wo..].fill(0.0);
+            }
+            // as is an odd height's last row
+            dx[2 * ho * w..h * w].fill(0.0);
+        }
+    };
 }
 
 /// The vector kernel of one level, from the operations its module defines
@@ -351,6 +419,46 @@ mod avx512 {
     }
 
     vector_scan!("avx512f,avx512bw,avx512dq,avx512vl,fma");
+
+    /// The first `v.len()` (at most 16) values, zeros after.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    #[inline]
+    fn load(v: &[f32]) -> __m512 {
+        // SAFETY: the mask covers v.len() <= 16 values, all inside v
+        unsafe { _mm512_maskz_loadu_ps(first(v.len()), v.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    #[inline]
+    fn load_indices(v: &[u32]) -> __m512i {
+        // SAFETY: as in load
+        unsafe { _mm512_maskz_loadu_epi32(first(v.len()), v.as_ptr() as *const i32) }
+    }
+
+    /// `2k` in lane `k`: the first column of each of 16 windows in order.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    #[inline]
+    fn window_starts() -> __m512i {
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+    }
+
+    /// `0 + g` where `at == here`, else +0 (the scalar loop's `pick`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    #[inline]
+    fn pick(at: __m512i, here: __m512i, g: __m512) -> __m512 {
+        _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, here), _mm512_add_ps(_mm512_setzero_ps(), g))
+    }
+
+    /// `a0 b0 a1 b1 ...` over 32 lanes, in two vectors.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    #[inline]
+    fn interleave(a: __m512, b: __m512) -> (__m512, __m512) {
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        (_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b))
+    }
+
+    vector_spread!("avx512f,avx512bw,avx512dq,avx512vl,fma");
 }
 
 /// The AVX2 operations of [`vector_scan`]: 8 lanes, masks as vectors, a
@@ -481,6 +589,55 @@ mod avx2 {
     }
 
     vector_scan!("avx2,fma");
+
+    /// The first `v.len()` (at most 8) values, zeros after.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn load(v: &[f32]) -> __m256 {
+        if v.len() == L {
+            // SAFETY: 8 values at v
+            return unsafe { _mm256_loadu_ps(v.as_ptr()) };
+        }
+        // SAFETY: the mask covers v.len() values, all inside v; masked-off lanes are not read
+        unsafe { _mm256_maskload_ps(v.as_ptr(), first(v.len())) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn load_indices(v: &[u32]) -> __m256i {
+        if v.len() == L {
+            // SAFETY: 8 values at v
+            return unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) };
+        }
+        // SAFETY: as in load
+        unsafe { _mm256_maskload_epi32(v.as_ptr() as *const i32, first(v.len())) }
+    }
+
+    /// `2k` in lane `k`: the first column of each of 8 windows in order.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn window_starts() -> __m256i {
+        _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)
+    }
+
+    /// `0 + g` where `at == here`, else +0 (the scalar loop's `pick`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn pick(at: __m256i, here: __m256i, g: __m256) -> __m256 {
+        let hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(at, here));
+        _mm256_and_ps(hit, _mm256_add_ps(_mm256_setzero_ps(), g))
+    }
+
+    /// `a0 b0 a1 b1 ...` over 16 lanes, in two vectors.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn interleave(a: __m256, b: __m256) -> (__m256, __m256) {
+        // a0 b0 a1 b1 | a4 b4 a5 b5   and   a2 b2 a3 b3 | a6 b6 a7 b7
+        let (low, high) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+        (_mm256_permute2f128_ps::<0x20>(low, high), _mm256_permute2f128_ps::<0x31>(low, high))
+    }
+
+    vector_spread!("avx2,fma");
 }
 
 #[cfg(test)]
@@ -601,6 +758,53 @@ mod tests {
                 assert_eq!(bits(&got), bits(&want), "{h}x{w}");
             }
         }
+    }
+
+    /// The vector spreads of every level this CPU has against the scalar
+    /// one, bitwise, for every width 2..=40 and height 2..=9, indices from
+    /// the forward scan and indices outside their windows.
+    #[test]
+    fn vector_spreads_are_the_scalar_spread() {
+        type Spread = fn(&[f32], &[u32], (usize, usize), &mut [f32]);
+        let mut levels: Vec<(Isa, Spread)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if detected() >= Isa::Avx512 {
+                // SAFETY: the CPU has AVX-512 (detected above)
+                levels.push((Isa::Avx512, |g, a, hw, dx| unsafe { avx512::spread(g, a, hw, dx) }));
+            }
+            if detected() >= Isa::Avx2 {
+                // SAFETY: the CPU has AVX2 (detected above)
+                levels.push((Isa::Avx2, |g, a, hw, dx| unsafe { avx2::spread(g, a, hw, dx) }));
+            }
+        }
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            if !levels.iter().any(|(l, _)| *l == isa) {
+                eprintln!("pool spreads: {isa} skipped, this CPU does not have it");
+            }
+        }
+        let mut checked = 0;
+        for h in 2..=9 {
+            for w in 2..=40 {
+                let x = hard_plane(h * w, h * 47 + w);
+                let pooled = (h / 2) * (w / 2);
+                let (mut y, mut arg) = (vec![0.0f32; pooled], vec![0u32; pooled]);
+                max_pool_2x2(&x, (h, w), &mut y, &mut arg);
+                // every fifth index points outside its window
+                arg.iter_mut().step_by(5).for_each(|a| *a = a.wrapping_add(2));
+                let g: Vec<f32> = (0..pooled).map(|i| if i % 4 == 1 { -0.0 } else { i as f32 - 3.5 }).collect();
+                let mut want = vec![f32::NAN; h * w];
+                spread(&g, &arg, (h, w), &mut want);
+                for (isa, kernel) in &levels {
+                    let mut got = vec![f32::NAN; h * w];
+                    kernel(&g, &arg, (h, w), &mut got);
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{isa} {h}x{w}");
+                    checked += 1;
+                }
+            }
+        }
+        eprintln!("pool spreads: {checked} plane checks at {:?}", levels.iter().map(|(l, _)| l).collect::<Vec<_>>());
     }
 
     /// The scalar scan itself: the first maximum in row-major order, a NaN
