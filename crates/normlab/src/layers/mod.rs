@@ -47,6 +47,7 @@ pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
+pub(crate) use linear::FlattenLinear;
 pub use linear::Linear;
 pub use pool::{AvgPool2d, MaxPool2d};
 pub use shift_noise::ShiftNoise;

@@ -10,6 +10,7 @@
 //! | `BatchNorm2d -> ReLU -> MaxPool2d(2, 2)`            | ReLU and pooling inside batch norm's sweeps, only the pooled output written (`BnReluMaxPool`) |
 //! | `BatchNorm -> ReLU / Sigmoid / LeakyReLU / Tanh / SiLU / GELU` | the activation inside batch norm's sweeps (`BnActivation`) |
 //! | `Conv2d -> ReLU / Sigmoid (-> AvgPool2d(2, 2) / MaxPool2d(2, 2))` | activation and pooling in the convolution's epilogue, eval mode (`AffineActivation`) |
+//! | `Flatten -> Linear`, no activation after it             | the linear layer reads the unflattened input (`FlattenLinear`), no copy either way |
 //! | `Linear -> ReLU / Sigmoid`                             | the activation over the product's output, eval mode (`AffineActivation`) |
 //!
 //! The last two are the runs a network without batch norm has, a LeNet or
@@ -26,8 +27,8 @@ use std::collections::VecDeque;
 use crate::kernels::activation::{Activation, ReluAct, SigmoidAct};
 use crate::layers::batch_norm::{BnReluMaxPool, BnSigmoidPool, ConvBnSigmoidPool};
 use crate::layers::{
-    Affine, AffineActivation, AvgPool2d, BatchNorm, BnImpl, BnParts, Conv2d, Layer, Linear, MaxPool2d, Pool, ReLU,
-    Sigmoid,
+    Affine, AffineActivation, AvgPool2d, BatchNorm, BnImpl, BnParts, Conv2d, Flatten, FlattenLinear, Layer, Linear,
+    MaxPool2d, Pool, ReLU, Sigmoid,
 };
 use crate::real::Real;
 use crate::Result;
@@ -64,8 +65,9 @@ fn even_planes(shape: &[usize]) -> bool {
     matches!(shape, [_, h, w] if *h > 0 && *w > 0 && h % 2 == 0 && w % 2 == 0)
 }
 
-/// The layers with every run of the table above replaced by its fused layer.
-pub(super) fn fuse<T: Real>(layers: Vec<Built<T>>) -> Result<Vec<Built<T>>> {
+/// The layers (taking one example of shape `input`) with every run of the
+/// table above replaced by its fused layer.
+pub(super) fn fuse<T: Real>(input: &[usize], layers: Vec<Built<T>>) -> Result<Vec<Built<T>>> {
     let mut rest: VecDeque<Built<T>> = layers.into();
     let mut out = Vec::with_capacity(rest.len());
     while let Some(front) = rest.front() {
@@ -113,6 +115,17 @@ pub(super) fn fuse<T: Real>(layers: Vec<Built<T>>) -> Result<Vec<Built<T>>> {
                 }
                 Err(bn) => out.push((bn, bn_shape)),
             }
+            continue;
+        }
+        if is::<Flatten<T>, T>(Some(front)) && is::<Linear<T>, T>(rest.get(1)) && activation(rest.get(2)).is_none() {
+            let example = match out.last() {
+                Some((_, shape)) => shape.clone(),
+                None => input.to_vec(),
+            };
+            rest.pop_front(); // the flatten
+            let shape = rest.front().expect("the linear layer: checked above").1.clone();
+            let linear = take::<Linear<T>, T>(&mut rest);
+            out.push((Box::new(FlattenLinear::from_built(&example, *linear)), shape));
             continue;
         }
         if let Some(fused) = affine_activation(&mut rest) {
