@@ -1,4 +1,4 @@
-//! Convolutions at batch 128: forward, and backward with and without the
+//! Convolutions at batch 128 (or $BATCH): forward, and backward with and without the
 //! input gradient (a profiling aid). With no arguments, LeNet's two layers;
 //! else `cin,cout,size,kernel,padding` per argument, e.g.
 //! `cargo run --release -p normlab-dev --example conv_layer_parts -- 16,32,14,3,1`.
@@ -25,13 +25,13 @@ fn main() {
 }
 
 fn layer(cin: usize, cout: usize, h: usize, k: usize, pad: usize) {
+    let n: usize = std::env::var("BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
     let ho = h + 2 * pad - k + 1;
     let mut conv = Conv2d::<f32>::new(cout, k).padding(pad);
     conv.build(&[cin, h, h], &mut rng::seeded(0)).unwrap();
-    let x =
-        Tensor::from_vec(&[128, cin, h, h], (0..128 * cin * h * h).map(|i| (i % 13) as f32 * 0.1).collect()).unwrap();
-    let dy = Tensor::from_vec(&[128, cout, ho, ho], (0..128 * cout * ho * ho).map(|i| (i % 5) as f32 * 0.1).collect())
-        .unwrap();
+    let x = Tensor::from_vec(&[n, cin, h, h], (0..n * cin * h * h).map(|i| (i % 13) as f32 * 0.1).collect()).unwrap();
+    let dy =
+        Tensor::from_vec(&[n, cout, ho, ho], (0..n * cout * ho * ho).map(|i| (i % 5) as f32 * 0.1).collect()).unwrap();
     conv.forward(&x, Mode::Train).unwrap();
     let reps = 200;
     for need_dx in [false, true, false, true] {

@@ -405,11 +405,15 @@ macro_rules! channels_kernel {
                         }
                     }
                 }
-                // the transpose: lanes (channels) out to planes, positions contiguous
+                // the transpose: lanes (channels) out to planes, positions
+                // contiguous; from a copy, so that nothing below takes the
+                // accumulators' address (once it did, LLVM kept them in
+                // memory through the loop above: a store per multiply-add)
+                let done = acc;
                 let mut lanes = [[0.0f32; $lanes]; V];
                 let mut values = [[0.0f32; P]; $lanes];
                 for v in 0..V {
-                    for (p, sums) in acc.iter().enumerate() {
+                    for (p, sums) in done.iter().enumerate() {
                         $store(lanes[v].as_mut_ptr(), sums[v]);
                         for (l, &value) in lanes[v].iter().enumerate() {
                             values[l][p] = value;

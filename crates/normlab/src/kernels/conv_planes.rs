@@ -438,7 +438,9 @@ macro_rules! planes_kernel {
                                     }
                                 }
                             }
-                            for (c, row) in acc.iter().enumerate() {
+                            // read from a copy, as in conv_channels' tile
+                            let done = acc;
+                            for (c, row) in done.iter().enumerate() {
                                 let co = co0 + c;
                                 if co >= plan.cout {
                                     break;
@@ -487,7 +489,9 @@ macro_rules! planes_kernel {
                         }
                     }
                 }
-                for (c, row) in acc.iter().enumerate() {
+                // read from a copy, as in conv_channels' tile
+                let done = acc;
+                for (c, row) in done.iter().enumerate() {
                     for (v, &a) in row.iter().enumerate() {
                         $store(y.add(c * stride + $lanes * v), a);
                     }

@@ -277,7 +277,9 @@ macro_rules! packed_kernel {
                             }
                         }
                     }
-                    for (r, acc) in acc.iter().enumerate() {
+                    // read from a copy, as in conv_channels' tile
+                    let done = acc;
+                    for (r, acc) in done.iter().enumerate() {
                         let yr = y.add(r * out);
                         for (v, &sum) in acc.iter().enumerate() {
                             let c0 = v * $lanes;

@@ -531,7 +531,9 @@ macro_rules! winograd_kernel {
                             }
                         }
                     }
-                    for (p, sums) in acc.iter().enumerate() {
+                    // read from a copy, as in conv_channels' tile
+                    let done = acc;
+                    for (p, sums) in done.iter().enumerate() {
                         for (vv, &s) in sums.iter().enumerate() {
                             $store(products.add((xi * P + p) * block + vv * $lanes), s);
                         }
