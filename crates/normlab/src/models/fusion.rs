@@ -10,6 +10,7 @@
 //! | `BatchNorm2d -> ReLU -> MaxPool2d(2, 2)`            | ReLU and pooling inside batch norm's sweeps, only the pooled output written (`BnReluMaxPool`) |
 //! | `BatchNorm -> ReLU / Sigmoid / LeakyReLU / Tanh / SiLU / GELU` | the activation inside batch norm's sweeps (`BnActivation`) |
 //! | `Conv2d -> ReLU / Sigmoid (-> AvgPool2d(2, 2) / MaxPool2d(2, 2))` | activation and pooling in the convolution's epilogue, eval mode (`AffineActivation`) |
+//! | `Residual -> ReLU`                                      | the ReLU in the sweep that adds the two branches, and in the one that starts the backward pass (`Residual+ReLU`) |
 //! | `Flatten -> Linear`, no activation after it             | the linear layer reads the unflattened input (`FlattenLinear`), no copy either way |
 //! | `Linear -> ReLU / Sigmoid`                             | the activation over the product's output, eval mode (`AffineActivation`) |
 //!
@@ -24,6 +25,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 
+use super::Residual;
 use crate::kernels::activation::{Activation, ReluAct, SigmoidAct};
 use crate::layers::batch_norm::{BnReluMaxPool, BnSigmoidPool, ConvBnSigmoidPool};
 use crate::layers::{
@@ -115,6 +117,12 @@ pub(super) fn fuse<T: Real>(input: &[usize], layers: Vec<Built<T>>) -> Result<Ve
                 }
                 Err(bn) => out.push((bn, bn_shape)),
             }
+            continue;
+        }
+        if is::<Residual<T>, T>(Some(front)) && is::<ReLU<T>, T>(rest.get(1)) {
+            let block = take::<Residual<T>, T>(&mut rest);
+            let (_, shape) = rest.pop_front().expect("the ReLU: checked above");
+            out.push((Box::new(block.with_relu_after()), shape));
             continue;
         }
         if is::<Flatten<T>, T>(Some(front)) && is::<Linear<T>, T>(rest.get(1)) && activation(rest.get(2)).is_none() {

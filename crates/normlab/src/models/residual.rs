@@ -11,10 +11,17 @@
 //! more channels) the shortcut is a 1x1 convolution and BN. State names are
 //! those of a PyTorch module with attributes `body` and `shortcut`:
 //! `net.3.body.0.weight`, `net.3.shortcut.1.running_mean`.
+//!
+//! A model fuses the ReLU after the block into it (`Residual+ReLU`, two
+//! entries of the `nn.Sequential`): `y = relu(body(x) + shortcut(x))` in the
+//! sweep that adds, and backward `ds = dy·[y > 0]` (as ReLU's `[s > 0]`,
+//! since `y > 0` exactly where `s > 0`) in one sweep before the two parts,
+//! instead of a ReLU layer's two more sweeps over the block's output.
 
 use std::borrow::Cow;
 
 use super::Sequential;
+use crate::kernels::activation::{Activation, ReluAct};
 use crate::layers::activation::zip_into;
 use crate::layers::{BatchNorm, Layer, Mode, StateMut};
 use crate::real::Real;
@@ -41,7 +48,11 @@ use crate::{Error, Result};
 pub struct Residual<T: Real = f32> {
     body: Sequential<T>,
     shortcut: Option<Sequential<T>>,
+    /// Whether the ReLU after the block runs inside it (see the module docs).
+    relu_after: bool,
     y: Tensor<T>,
+    /// With `relu_after`: the gradient at the sum, `dy·[y > 0]`.
+    dsum: Tensor<T>,
     dx: Tensor<T>,
     /// The input shape of the last forward pass (`[0]` before any).
     forward_shape: Vec<usize>,
@@ -53,7 +64,9 @@ impl<T: Real> Residual<T> {
         Residual {
             body: body.named("body"),
             shortcut: None,
+            relu_after: false,
             y: Tensor::default(),
+            dsum: Tensor::default(),
             dx: Tensor::default(),
             forward_shape: vec![0],
         }
@@ -77,11 +90,21 @@ impl<T: Real> Residual<T> {
     pub(super) fn parts_mut(&mut self) -> impl Iterator<Item = &mut Sequential<T>> {
         std::iter::once(&mut self.body).chain(self.shortcut.as_mut())
     }
+
+    /// The block with the ReLU after it inside (the fusion pass).
+    pub(super) fn with_relu_after(mut self) -> Self {
+        self.relu_after = true;
+        self
+    }
 }
 
 impl<T: Real> Layer<T> for Residual<T> {
     fn kind(&self) -> String {
-        "Residual".into()
+        if self.relu_after { "Residual+ReLU" } else { "Residual" }.into()
+    }
+
+    fn slots(&self) -> usize {
+        1 + usize::from(self.relu_after)
     }
 
     fn disable_inner_fusion(&mut self) {
@@ -135,8 +158,12 @@ impl<T: Real> Layer<T> for Residual<T> {
         };
         let body = self.body.layers().last().map_or(x, |l| l.output());
         self.y.resize(body.shape());
-        // one sweep, in parallel on large tensors: y = body + other
-        zip_into(body.data(), other.data(), self.y.data_mut(), |b, o| b + o);
+        // one sweep, in parallel on large tensors: y = body + other (then ReLU)
+        if self.relu_after {
+            zip_into(body.data(), other.data(), self.y.data_mut(), |b, o| ReluAct.value(b + o));
+        } else {
+            zip_into(body.data(), other.data(), self.y.data_mut(), |b, o| b + o);
+        }
         self.forward_shape = x.shape().to_vec();
         Ok(&self.y)
     }
@@ -144,6 +171,13 @@ impl<T: Real> Layer<T> for Residual<T> {
     fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, need_dx: bool) -> Result<&Tensor<T>> {
         crate::layers::check_forward_ran("Residual", &self.forward_shape, x.shape())?;
         crate::layers::check_grad("Residual", dy, self.y.shape())?;
+        let dy = if self.relu_after {
+            self.dsum.resize(dy.shape());
+            zip_into(self.y.data(), dy.data(), self.dsum.data_mut(), |y, g| ReluAct.grad(y, g));
+            &self.dsum
+        } else {
+            dy
+        };
         self.body.backward(x, dy)?;
         if let Some(s) = &mut self.shortcut {
             s.backward(x, dy)?;

@@ -11,7 +11,7 @@ use normlab::layers::{
     AvgPool2d, BatchNorm, BatchNormConfig, BnImpl, Conv2d, Flatten, Layer, LeakyReLU, Linear, MaxPool2d, Mode, ReLU,
     SiLU, Sigmoid, StateMut, Tanh, GELU,
 };
-use normlab::models::Sequential;
+use normlab::models::{Residual, Sequential};
 use normlab::{rng, Tensor};
 use rand::Rng as _;
 
@@ -289,6 +289,41 @@ fn flatten_then_linear_fuses_unless_an_activation_follows() {
         0.0,
     );
     assert_eq!(kinds, ["Conv2d", "Flatten", "Linear+ReLU"]);
+}
+
+/// A residual block and the ReLU after it: one layer, bitwise the two
+/// apart, with an identity shortcut and with a 1x1 strided one (the
+/// ResNet basic block), the batch large enough to split across threads.
+#[test]
+fn a_residual_block_takes_the_relu_after_it() {
+    let block = |stride: usize| {
+        let conv = |c: usize, k: usize, s: usize| Conv2d::new(c, k).stride(s).padding(k / 2).bias(false);
+        let body =
+            Sequential::new().push(conv(6, 3, stride)).push(bn()).push(ReLU::new()).push(conv(6, 3, 1)).push(bn());
+        if stride == 1 {
+            Residual::new(body)
+        } else {
+            Residual::with_shortcut(body, Sequential::new().push(conv(6, 1, stride)).push(bn()))
+        }
+    };
+    let kinds = compare(
+        || {
+            Sequential::new()
+                .push(Conv2d::new(6, 3).padding(1))
+                .push(bn())
+                .push(ReLU::new())
+                .push(block(1))
+                .push(ReLU::new())
+                .push(block(2))
+                .push(ReLU::new())
+                .push(Flatten::new())
+                .push(Linear::new(3))
+        },
+        &[2, 24, 24],
+        10,
+        0.0,
+    );
+    assert_eq!(kinds, ["Conv2d", "BatchNorm2d+ReLU", "Residual+ReLU", "Residual+ReLU", "Flatten+Linear"]);
 }
 
 #[test]
