@@ -37,7 +37,7 @@ fn kernel_only(shape: &[usize], x: &Tensor<f32>, dy: &Tensor<f32>) {
     let t = Instant::now();
     for _ in 0..1000 {
         normlab::kernels::batch_norm::backward_fused(
-            (x.data(), dy.data()),
+            (x.data(), &normlab::kernels::batch_norm::Dense(dy.data())),
             &mut dx,
             ncs,
             normlab::kernels::batch_norm::TwoTerm { hi: &mean, lo: &mean_lo },

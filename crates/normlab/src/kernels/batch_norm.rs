@@ -404,7 +404,7 @@ pub fn backward_sums_by_channel<T: Real, A: Activation<T>, G: GradRuns<T>>(
 /// Where the backward sweeps read the gradient at the output of batch
 /// norm (or of its activation), one `(image, channel)` run at a time:
 /// a tensor of x's shape ([`Dense`]), or the gradient of a 2x2 max
-/// pooling after it ([`MaxPooled`]), spread back onto each run.
+/// pooling after it ([`ReluMaxPooled`]), spread back onto each run.
 pub trait GradRuns<T: Real>: Sync {
     /// Whether [`backward_fused`] keeps `dh` in dx's runs between its two
     /// sweeps rather than computing it twice.
