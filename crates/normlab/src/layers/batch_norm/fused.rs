@@ -99,9 +99,18 @@ pub(super) fn backward<T: Real, A: Activation<T>>(
         }
         k::backward_apply(x, dy, dx, ncs, saved.mean, k::GradCoefs { a: &a, b: &b, k: &kk }, ep);
     }
-    let (dbeta, sum_dy_xmu) = sums;
-    let dgamma: Vec<f64> =
-        (0..c).map(|ch| coef(ch, dbeta[ch], sum_dy_xmu[ch]).3 * saved.inv_std[ch].as_f64()).collect();
+    affine_grads(&saved, coef, sums)
+}
+
+/// `(dgamma, dbeta)` from the per-channel sums `(Σ dy, Σ dy·(x - mean))`:
+/// `dgamma = inv_std·Σ dy·(x - c)` (`coef`'s last value), `dbeta = Σ dy`.
+fn affine_grads<T: Real>(
+    saved: &Saved<'_, T>,
+    coef: impl Fn(usize, f64, f64) -> (T, T, T, f64),
+    (dbeta, sum_dy_xmu): (Vec<f64>, Vec<f64>),
+) -> (Vec<f64>, Vec<f64>) {
+    let dgamma =
+        (0..dbeta.len()).map(|ch| coef(ch, dbeta[ch], sum_dy_xmu[ch]).3 * saved.inv_std[ch].as_f64()).collect();
     (dgamma, dbeta)
 }
 
@@ -110,7 +119,7 @@ pub(super) fn backward<T: Real, A: Activation<T>>(
 /// the channel is in cache.
 pub(super) fn backward_by_channel<T: Real, A: Activation<T>, G: k::GradRuns<T>>(
     (x, grads): (&[T], &G),
-    ncs @ Ncs { n, c, s }: Ncs,
+    ncs @ Ncs { n, s, .. }: Ncs,
     saved: Saved<'_, T>,
     batch_parts: Option<BnParts>,
     gamma: &[T],
@@ -120,14 +129,12 @@ pub(super) fn backward_by_channel<T: Real, A: Activation<T>, G: k::GradRuns<T>>(
     let m = (n * s) as f64;
     let coef =
         |ch: usize, sum_dy: f64, sum_dy_xmu: f64| grad_coefs(&saved, batch_parts, gamma, m, (ch, sum_dy, sum_dy_xmu));
-    let (dbeta, sum_dy_xmu) = match dx {
+    let sums = match dx {
         Some(dx) => k::backward_fused((x, grads), dx, ncs, saved.mean, ep, |ch, a, b| {
             let (a, b, k, _) = coef(ch, a, b);
             (a, b, k)
         }),
         None => k::backward_sums_by_channel(x, grads, ncs, saved.mean, ep),
     };
-    let dgamma: Vec<f64> =
-        (0..c).map(|ch| coef(ch, dbeta[ch], sum_dy_xmu[ch]).3 * saved.inv_std[ch].as_f64()).collect();
-    (dgamma, dbeta)
+    affine_grads(&saved, coef, sums)
 }
