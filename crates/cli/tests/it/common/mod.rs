@@ -97,10 +97,14 @@ pub type PreExec = Box<dyn FnMut() -> io::Result<()> + Send + Sync>;
 pub fn normlab_with<S: AsRef<OsStr>>(args: &[S], pre_exec: Option<PreExec>) -> Out {
     let stdout = tempfile::tempfile().expect("temporary file");
     let stderr = tempfile::tempfile().expect("temporary file");
+    // normlab writes its own peak RSS here as it exits (see its main.rs)
+    let peak_dir = tempfile::tempdir().expect("temporary directory");
+    let peak_file = peak_dir.path().join("peak-rss-kb");
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         // the tests name their data explicitly; nothing from the environment
         .env_remove("NORMLAB_DATA")
+        .env("NORMLAB_PEAK_RSS_FILE", &peak_file)
         .stdin(Stdio::null())
         .stdout(stdout.try_clone().unwrap())
         .stderr(stderr.try_clone().unwrap());
@@ -153,6 +157,15 @@ pub fn normlab_with<S: AsRef<OsStr>>(args: &[S], pre_exec: Option<PreExec>) -> O
     }
     let wall = start.elapsed();
     drop(child);
+    // the peak normlab reported as it exited, with the samples taken while
+    // it ran; with neither (a run killed before its first sample), ru_maxrss,
+    // which can only overstate (it includes this process's memory at the fork)
+    let reported: Option<i64> = std::fs::read_to_string(&peak_file).ok().and_then(|v| v.trim().parse().ok());
+    let max_rss_kb = match (reported, hwm_kb) {
+        (Some(a), Some(b)) => a.max(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => usage.ru_maxrss,
+    };
     let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -libc::WTERMSIG(status) };
     let read = |mut f: std::fs::File| {
         use std::io::Seek;
@@ -167,9 +180,7 @@ pub fn normlab_with<S: AsRef<OsStr>>(args: &[S], pre_exec: Option<PreExec>) -> O
         stderr: String::from_utf8_lossy(&read(stderr)).into_owned(),
         args: args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
         wall,
-        // a run too short to be sampled after its exec: ru_maxrss, which
-        // can only overstate (it includes this process's memory at the fork)
-        max_rss_kb: hwm_kb.unwrap_or(usage.ru_maxrss),
+        max_rss_kb,
     }
 }
 
