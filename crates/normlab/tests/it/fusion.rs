@@ -152,14 +152,18 @@ fn batch_norm_and_activation_fused_are_bitwise_the_two_layers_apart() {
     }
 }
 
-#[test]
-fn batch_norm_options_fuse_too_and_stay_bitwise() {
-    let configs = [
+/// Batch-norm options other than PyTorch's defaults that fusion must keep.
+fn bn_options() -> [BatchNormConfig; 3] {
+    [
         BatchNormConfig::pytorch().affine(false),
         BatchNormConfig::pytorch().track_running_stats(false),
         BatchNormConfig::d2l(),
-    ];
-    for config in configs {
+    ]
+}
+
+#[test]
+fn batch_norm_options_fuse_too_and_stay_bitwise() {
+    for config in bn_options() {
         let kinds = compare(
             || Sequential::new().push(Conv2d::new(3, 3)).push(BatchNorm::new(config)).push(ReLU::new()),
             &[2, 6, 6],
@@ -193,12 +197,7 @@ fn batch_norm_relu_and_max_pooling_fuse_bitwise() {
         );
         assert_eq!(kinds, ["Conv2d", "BatchNorm2d+ReLU+MaxPool2d", "Flatten+Linear"], "{example:?}");
     }
-    let configs = [
-        BatchNormConfig::pytorch().affine(false),
-        BatchNormConfig::pytorch().track_running_stats(false),
-        BatchNormConfig::d2l(),
-    ];
-    for config in configs {
+    for config in bn_options() {
         let kinds = compare(
             || {
                 Sequential::new()

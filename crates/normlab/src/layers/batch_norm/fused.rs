@@ -45,15 +45,16 @@ pub(super) fn scale<T: Real>(gamma: &[T], inv_std: &[T]) -> Vec<T> {
 }
 
 /// The coefficients of `dx = a·dy + b·(x - mean) + k` for channel `ch`
-/// from its sums `Σ dy` and `Σ dy·(x - mean)` over `m` values, and
+/// from its sums `Σ dy` and `Σ dy·(x - mean)` over the `N·S` values, and
 /// `Σ dy·(x - c)` (see [`backward`]).
 fn grad_coefs<T: Real>(
     saved: &Saved<'_, T>,
     batch_parts: Option<BnParts>,
     gamma: &[T],
-    m: f64,
+    ncs: Ncs,
     (ch, sum_dy, sum_dy_xmu): (usize, f64, f64),
 ) -> (T, T, T, f64) {
+    let m = (ncs.n * ncs.s) as f64;
     // Σ dy·(x - c) = Σ dy·(x - mean) + (mean - c)·Σ dy
     let ((m_hi, m_lo), (c_hi, c_lo)) = (saved.mean.at(ch), saved.center.at(ch));
     let sum_dy_xc = sum_dy_xmu + ((m_hi - c_hi).as_f64() + (m_lo - c_lo).as_f64()) * sum_dy;
@@ -75,7 +76,7 @@ fn grad_coefs<T: Real>(
 /// batch norm alone). Returns `(dgamma, dbeta)`.
 pub(super) fn backward<T: Real, A: Activation<T>>(
     (x, dy): (&[T], &[T]),
-    ncs @ Ncs { n, c, s }: Ncs,
+    ncs @ Ncs { c, s, .. }: Ncs,
     saved: Saved<'_, T>,
     batch_parts: Option<BnParts>,
     gamma: &[T],
@@ -85,9 +86,8 @@ pub(super) fn backward<T: Real, A: Activation<T>>(
     if s > 1 {
         return backward_by_channel((x, &k::Dense(dy)), ncs, saved, batch_parts, gamma, ep, dx);
     }
-    let m = (n * s) as f64;
     let coef =
-        |ch: usize, sum_dy: f64, sum_dy_xmu: f64| grad_coefs(&saved, batch_parts, gamma, m, (ch, sum_dy, sum_dy_xmu));
+        |ch: usize, sum_dy: f64, sum_dy_xmu: f64| grad_coefs(&saved, batch_parts, gamma, ncs, (ch, sum_dy, sum_dy_xmu));
     let sums = k::backward_sums(x, dy, ncs, saved.mean, ep);
     if let Some(dx) = dx {
         let (mut a, mut b, mut kk) = (Vec::with_capacity(c), Vec::with_capacity(c), Vec::with_capacity(c));
@@ -119,16 +119,15 @@ fn affine_grads<T: Real>(
 /// the channel is in cache.
 pub(super) fn backward_by_channel<T: Real, A: Activation<T>, G: k::GradRuns<T>>(
     (x, grads): (&[T], &G),
-    ncs @ Ncs { n, s, .. }: Ncs,
+    ncs: Ncs,
     saved: Saved<'_, T>,
     batch_parts: Option<BnParts>,
     gamma: &[T],
     ep: k::Epilogue<'_, T, A>,
     dx: Option<&mut [T]>,
 ) -> (Vec<f64>, Vec<f64>) {
-    let m = (n * s) as f64;
     let coef =
-        |ch: usize, sum_dy: f64, sum_dy_xmu: f64| grad_coefs(&saved, batch_parts, gamma, m, (ch, sum_dy, sum_dy_xmu));
+        |ch: usize, sum_dy: f64, sum_dy_xmu: f64| grad_coefs(&saved, batch_parts, gamma, ncs, (ch, sum_dy, sum_dy_xmu));
     let sums = match dx {
         Some(dx) => k::backward_fused((x, grads), dx, ncs, saved.mean, ep, |ch, a, b| {
             let (a, b, k, _) = coef(ch, a, b);
