@@ -489,7 +489,8 @@ impl<T: Real> ReluMaxPooled<'_, T> {
 }
 
 impl<T: Real> GradRuns<T> for ReluMaxPooled<'_, T> {
-    // five sweeps over a run (the activation, the maxima, the spread, the copy) against one
+    // four sweeps over a run to recompute dh (the activation, the maxima, the mask, the spread)
+    // against one to read it back from dx
     const KEEP: bool = true;
     type Scratch = PoolScratch<T>;
     fn scratch(&self, s: usize) -> PoolScratch<T> {
