@@ -34,15 +34,18 @@ multiversion! {
     }
 }
 
-/// [`sigmoid_affine`] for f32, 16 values per instruction where the target
-/// has AVX-512F; bitwise the same results.
+/// [`sigmoid_affine`] for f32, 16 values per instruction with AVX-512F and
+/// 8 with AVX2; bitwise the same results.
 #[inline]
 pub fn sigmoid_affine_f32(z: &[f32], coef: (f32, f32, f32), out: &mut [f32]) {
     assert_eq!(z.len(), out.len(), "sigmoid_affine_f32: input and output lengths differ");
     #[cfg(target_arch = "x86_64")]
-    if crate::isa::avx512() {
+    match crate::isa::active() {
         // SAFETY: the CPU has AVX-512 (isa::active checked it)
-        return unsafe { avx512::sigmoid_affine(z, coef, out) };
+        crate::isa::Isa::Avx512 => return unsafe { avx512::sigmoid_affine(z, coef, out) },
+        // SAFETY: the CPU has AVX2 and FMA (isa::active checked it)
+        crate::isa::Isa::Avx2 => return unsafe { avx2::sigmoid_affine(z, coef, out) },
+        crate::isa::Isa::Portable => {}
     }
     sigmoid_affine(z, coef, out);
 }
@@ -123,15 +126,22 @@ multiversion! {
     }
 }
 
-/// [`pooled_sigmoid_grad`] for f32, 16 values per instruction where the
-/// target has AVX-512F; bitwise the same results.
+/// [`pooled_sigmoid_grad`] for f32, 16 values per instruction with
+/// AVX-512F and 8 with AVX2; bitwise the same results.
 #[inline]
 pub fn pooled_sigmoid_grad_f32(plane: &PooledPlane<f32>, dh: &mut [f32], spread: &mut [f32]) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if crate::isa::avx512() {
-        // SAFETY: the CPU has AVX-512 (isa::active checked it)
-        let (a, b) = unsafe { avx512::pooled_sigmoid_grad(plane, dh, spread) };
-        return (sum16(&a), sum16(&b));
+    {
+        let sums = match crate::isa::active() {
+            // SAFETY: the CPU has AVX-512 (isa::active checked it)
+            crate::isa::Isa::Avx512 => Some(unsafe { avx512::pooled_sigmoid_grad(plane, dh, spread) }),
+            // SAFETY: the CPU has AVX2 and FMA (isa::active checked it)
+            crate::isa::Isa::Avx2 => Some(unsafe { avx2::pooled_sigmoid_grad(plane, dh, spread) }),
+            crate::isa::Isa::Portable => None,
+        };
+        if let Some((a, b)) = sums {
+            return (sum16(&a), sum16(&b));
+        }
     }
     pooled_sigmoid_grad(plane, dh, spread)
 }
@@ -246,6 +256,105 @@ pub(crate) mod avx512 {
 
     use super::PooledPlane;
     use crate::real::exp_consts::{LN2_HI, LN2_LO, P};
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    //! The AVX-512 forms' operations on 8 lanes. Without `scalef`, `2^n` is
+    //! built from n's bits as the portable [`crate::real::exp_f32`] builds it.
+    use std::arch::x86_64::*;
+
+    use super::PooledPlane;
+    use crate::real::exp_consts::{LN2_HI, LN2_LO, P, SHIFTER};
+
+    /// [`super::sigmoid_affine`] 8 values at a time, the rest one by one.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn sigmoid_affine(z: &[f32], coef: (f32, f32, f32), out: &mut [f32]) {
+        let (zc, zr) = z.as_chunks::<8>();
+        let (oc, or) = out.as_chunks_mut::<8>();
+        for (o, x) in oc.iter_mut().zip(zc) {
+            // SAFETY: 8 values each side; AVX2 and FMA are compiled in
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), sigmoid_affine_v(_mm256_loadu_ps(x.as_ptr()), coef)) };
+        }
+        super::sigmoid_affine(zr, coef, or);
+    }
+
+    /// `sigmoid((x - mean)·scale + shift)` on a vector, step for step the
+    /// portable form.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub fn sigmoid_affine_v(x: __m256, (mean, scale, shift): (f32, f32, f32)) -> __m256 {
+        // -h = (x - mean)·(-scale) - shift, as in the AVX-512 form
+        let x = _mm256_fmadd_ps(_mm256_sub_ps(x, _mm256_set1_ps(mean)), _mm256_set1_ps(-scale), _mm256_set1_ps(-shift));
+        // clamp(-87, 88) letting NaN through (max/min return their second
+        // operand when either is NaN)
+        let x = _mm256_min_ps(_mm256_set1_ps(88.0), _mm256_max_ps(_mm256_set1_ps(-87.0), x));
+        let n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x));
+        let mut p = _mm256_set1_ps(P[0]);
+        for &coef in &P[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(coef));
+        }
+        let one = _mm256_set1_ps(1.0);
+        let er = _mm256_fmadd_ps(_mm256_fmadd_ps(p, r, one), r, one);
+        // 2^n: n + 1.5·2^23 holds n in its low mantissa bits
+        let shifter = _mm256_set1_ps(SHIFTER);
+        let n_bits = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(n, shifter)), _mm256_castps_si256(shifter));
+        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n_bits, _mm256_set1_epi32(127))));
+        _mm256_div_ps(one, _mm256_add_ps(one, _mm256_mul_ps(er, two_n)))
+    }
+
+    /// [`super::pooled_sigmoid_grad`] on 8 values at a time: each 16-value
+    /// chunk of a row pair is two vectors, lanes 0-7 and 8-15 of the portable
+    /// form's sums, and the tail is masked; the same operations in the same
+    /// order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub fn pooled_sigmoid_grad(plane: &PooledPlane<f32>, dh: &mut [f32], spread: &mut [f32]) -> ([f32; 16], [f32; 16]) {
+        let &PooledPlane { z, g, width: w, coef, mu } = plane;
+        let pair = 2 * w;
+        assert!(z.len() == dh.len() && z.len() == 4 * g.len() && spread.len() >= pair && w.is_multiple_of(2));
+        let (full, rest) = (pair / 8, pair % 8);
+        let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        // SAFETY (every intrinsic here): compiled only with AVX2 and FMA; the
+        // loads and stores stay inside this row pair's 2w values (the last,
+        // partial one masked), which the chunks below bound
+        unsafe {
+            // sums of lanes 0-7 and 8-15 of each 16-value chunk
+            let mut sums = [[_mm256_setzero_ps(); 2]; 2];
+            let one = _mm256_set1_ps(1.0);
+            let step = |zp: *const f32, sp: *const f32, dp: *mut f32, mask: __m256i, half: &mut [__m256; 2]| {
+                let x = _mm256_maskload_ps(zp, mask);
+                let s = sigmoid_affine_v(x, coef);
+                let d = _mm256_mul_ps(_mm256_mul_ps(_mm256_maskload_ps(sp, mask), s), _mm256_sub_ps(one, s));
+                _mm256_maskstore_ps(dp, mask, d);
+                let keep = _mm256_castsi256_ps(mask);
+                half[0] = _mm256_blendv_ps(half[0], _mm256_add_ps(half[0], d), keep);
+                let db = _mm256_mul_ps(d, _mm256_sub_ps(x, _mm256_set1_ps(mu)));
+                half[1] = _mm256_blendv_ps(half[1], _mm256_add_ps(half[1], db), keep);
+            };
+            for ((g_row, z_pair), dh_pair) in
+                g.chunks_exact(w / 2).zip(z.chunks_exact(pair)).zip(dh.chunks_exact_mut(pair))
+            {
+                super::spread_row_pair(g_row, &mut spread[..pair]);
+                let (zp, sp, dp) = (z_pair.as_ptr(), spread.as_ptr(), dh_pair.as_mut_ptr());
+                let all = _mm256_set1_epi32(-1);
+                for k in 0..full {
+                    step(zp.add(8 * k), sp.add(8 * k), dp.add(8 * k), all, &mut sums[k % 2]);
+                }
+                if rest > 0 {
+                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest as i32), lane_index);
+                    step(zp.add(8 * full), sp.add(8 * full), dp.add(8 * full), mask, &mut sums[full % 2]);
+                }
+            }
+            let (mut sa, mut sb) = ([0.0f32; 16], [0.0f32; 16]);
+            for (half, v) in sums.iter().enumerate() {
+                _mm256_storeu_ps(sa.as_mut_ptr().add(8 * half), v[0]);
+                _mm256_storeu_ps(sb.as_mut_ptr().add(8 * half), v[1]);
+            }
+            (sa, sb)
+        }
+    }
 }
 
 #[cfg(test)]
