@@ -5,8 +5,9 @@
 //! (`Sequential::fold_batch_norms`, then the fusion pass again:
 //! `Sequential::fuse`).
 //!
-//! Each configuration is timed as a user calls it, `net.forward(&x)` on a
-//! fixed batch, after warm-up calls; the two variants of a network take
+//! Each configuration is timed as a user predicts with it,
+//! `net.predict(&x)` (the eval-mode forward, large batches in cache-sized
+//! chunks) on a fixed batch, after warm-up calls; the two variants of a network take
 //! turns (`rounds` alternations), so a stretch of noise from other
 //! processes falls on both, and the median over all calls is reported as
 //! the latency, `batch / latency` as images per second.
@@ -143,21 +144,21 @@ pub fn run(
             let mut shape = vec![batch];
             shape.extend(&input);
             let x: Tensor<f32> = random(&shape, &mut rng::seeded(1));
-            let reference = unfolded.forward(&x)?.clone();
+            let reference = unfolded.predict(&x)?.clone();
             let diff = reference
                 .data()
                 .iter()
-                .zip(folded.forward(&x)?.data())
+                .zip(folded.predict(&x)?.data())
                 .map(|(a, b)| f64::from((a - b).abs()))
                 .fold(0.0f64, f64::max);
             // warm-up: caches, buffers sized for this batch, the pool awake
             for net in [&mut unfolded, &mut folded] {
-                samples(budget / 10.0, 3, || net.forward(&x).map(|_| ()))?;
+                samples(budget / 10.0, 3, || net.predict(&x).map(|_| ()))?;
             }
             let mut times = [Vec::new(), Vec::new()];
             for _ in 0..rounds {
                 for (net, t) in [&mut unfolded, &mut folded].into_iter().zip(times.iter_mut()) {
-                    t.extend(samples(budget / (2 * rounds) as f64, 3, || net.forward(&x).map(|_| ()))?);
+                    t.extend(samples(budget / (2 * rounds) as f64, 3, || net.predict(&x).map(|_| ()))?);
                 }
             }
             let [t_unfolded, t_folded] = times;

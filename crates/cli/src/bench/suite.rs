@@ -56,7 +56,7 @@ pub struct SuiteTiming {
 /// A suite network (unbuilt), its batch, one example's shape, and the multiply-adds
 /// of one example's forward pass through its convolutions and linear
 /// layers (counted as the network is put together).
-pub(crate) fn network(name: &str) -> Result<(Sequential<f32>, usize, Vec<usize>, f64)> {
+pub fn network(name: &str) -> Result<(Sequential<f32>, usize, Vec<usize>, f64)> {
     let bn = || BatchNorm::new(BatchNormConfig::pytorch());
     Ok(match name {
         // conv 1->6 on 24x24, conv 6->16 on 8x8, 256->120->84->10

@@ -135,7 +135,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             let n = pending.len();
             let pixels: Vec<f32> = pending.iter().flat_map(|(_, p)| p.iter().copied()).collect();
             let x = Tensor::from_vec(&[n, c, h, w], pixels)?;
-            let rows = softmax_rows(net.forward(&x)?);
+            let rows = softmax_rows(net.predict(&x)?);
             for ((path, _), probs) in pending.drain(..).zip(rows) {
                 let worst = probs.iter().copied().find(|p| !p.is_finite()).unwrap_or(0.0);
                 super::refuse_non_finite(&args.checkpoint, "a class probability", worst)?;

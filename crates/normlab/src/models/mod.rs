@@ -55,7 +55,18 @@ pub struct Sequential<T: Real = f32> {
     built: bool,
     /// What [`Sequential::grad_input`] returns without layers.
     no_grad: Tensor<T>,
+    /// [`Sequential::predict`]'s input chunk and assembled output.
+    chunk_in: Tensor<T>,
+    predicted: Tensor<T>,
+    /// Whether the last pass was a `predict` (which keeps nothing for
+    /// backward).
+    predicted_last: bool,
 }
+
+/// Bytes of the largest activation one thread's share of a prediction
+/// chunk may take (see [`Sequential::predict`]): with input and output of a
+/// layer both in cache, a little under a 1-2 MB L2.
+const PREDICT_CHUNK_BYTES: usize = 3 << 18;
 
 /// Consecutive layers of a [`Sequential`]; see `Sequential::runs`.
 struct Run {
@@ -83,6 +94,9 @@ impl<T: Real> Sequential<T> {
             fusion: true,
             built: false,
             no_grad: Tensor::default(),
+            chunk_in: Tensor::default(),
+            predicted: Tensor::default(),
+            predicted_last: false,
         }
     }
 
@@ -258,7 +272,72 @@ impl<T: Real> Sequential<T> {
         if !self.built {
             return Err(Error::config("model", "call build() with one example's input shape before forward()"));
         }
-        let mode = self.mode;
+        self.predicted_last = false;
+        self.forward_in(x, self.mode)
+    }
+
+    /// Prediction: the eval-mode forward pass (running statistics, no
+    /// dropout) whatever [`Self::mode`] is, for outputs only; it keeps
+    /// nothing a `backward` could use. A large batch runs through the whole
+    /// network in chunks of examples whose activations stay in the cores'
+    /// caches, instead of layer by layer through memory: every example's
+    /// output is bitwise what [`Self::forward`] in eval mode gives (each
+    /// example is computed on its own; tested), and resnet-bn's batch of
+    /// 256 takes about a fifth less time. The layers' own outputs then hold
+    /// the last chunk's.
+    pub fn predict(&mut self, x: &Tensor<T>) -> Result<&Tensor<T>> {
+        if !self.built {
+            return Err(Error::config("model", "call build() with one example's input shape before predict()"));
+        }
+        self.predicted_last = true;
+        let batch = batch_size(x);
+        let chunk = self.prediction_chunk(rayon::current_num_threads());
+        if x.rank() != self.example_shape.len() + 1 || x.shape()[1..] != self.example_shape[..] || batch < 2 * chunk {
+            // one pass (the layers report a wrong shape)
+            return self.forward_in(x, Mode::Eval);
+        }
+        let (per_in, per_out) = (x.numel() / batch, self.output_shape().iter().product::<usize>());
+        let mut shape = vec![batch];
+        shape.extend(self.output_shape());
+        let mut out = std::mem::take(&mut self.predicted);
+        let mut xc = std::mem::take(&mut self.chunk_in);
+        out.resize(&shape);
+        // the pool kept awake between chunks too, where this thread copies
+        let result = threads::keep_pool_awake(|| {
+            for c0 in (0..batch).step_by(chunk) {
+                let n = chunk.min(batch - c0);
+                shape = x.shape().to_vec();
+                shape[0] = n;
+                xc.resize(&shape);
+                xc.data_mut().copy_from_slice(&x.data()[c0 * per_in..(c0 + n) * per_in]);
+                let y = self.forward_in(&xc, Mode::Eval)?;
+                out.data_mut()[c0 * per_out..(c0 + n) * per_out].copy_from_slice(y.data());
+            }
+            Ok(())
+        });
+        (self.predicted, self.chunk_in) = (out, xc);
+        result.map(|()| &self.predicted)
+    }
+
+    /// Examples per [`Self::predict`] chunk with `threads` workers (a batch
+    /// of fewer than two chunks runs in one pass): the
+    /// largest power of two whose largest layer output (or input) fits
+    /// [`PREDICT_CHUNK_BYTES`] per thread, at least one per thread.
+    /// Measured on Zen 4 (resnet-bn, vgg-bn at batch 256): 8 and 4 on one
+    /// thread, 16 and 8 on two, each within 5% of the best power of two.
+    pub fn prediction_chunk(&self, threads: usize) -> usize {
+        let largest = std::iter::once(&self.example_shape)
+            .chain(&self.output_shapes)
+            .map(|s| s.iter().product::<usize>())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let fits = PREDICT_CHUNK_BYTES * threads / (largest * std::mem::size_of::<T>());
+        let pow2 = if fits == 0 { 1 } else { 1 << fits.ilog2() };
+        pow2.max(threads)
+    }
+
+    fn forward_in(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {
         for run in self.runs(batch_size(x)) {
             let one = |i: usize, layers: &mut [Box<dyn Layer<T>>]| {
                 let (done, rest) = layers.split_at_mut(i);
@@ -301,6 +380,9 @@ impl<T: Real> Sequential<T> {
     pub fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>) -> Result<()> {
         if !self.built {
             return Err(Error::config("model", "call build() and forward() before backward()"));
+        }
+        if self.predicted_last {
+            return Err(Error::config("model", "predict() keeps nothing for backward(); call forward() first"));
         }
         let n = self.layers.len();
         let input_grad = self.input_grad;

@@ -68,8 +68,9 @@ pub fn evaluate(
     let result = (|| {
         for idx in indices.chunks(batch_size) {
             fill_batch(data, idx, &mut x, &mut labels);
-            // the pool kept awake through each batch, as in training
-            let logits = keep_pool_awake(|| net.forward(&x))?;
+            // the pool kept awake through each batch, as in training;
+            // predict is eval mode's forward, bitwise, in cache-sized chunks
+            let logits = keep_pool_awake(|| net.predict(&x))?;
             // checks the shape and that every label is below the width
             let mut ce = CrossEntropy::new();
             let (loss, _) = ce.forward(logits, &labels)?;

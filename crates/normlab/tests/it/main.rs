@@ -31,5 +31,6 @@ mod linear_packed;
 mod model_spec;
 mod numerics;
 mod parity;
+mod predict;
 mod training_options;
 mod write_atomic;
