@@ -159,6 +159,79 @@ impl Permutes {
     }
 }
 
+/// `out[c]` lane `r` = `rows[r]` lane `c`: a 16x16 block of floats
+/// transposed in registers (the kernels that keep channels in the lanes
+/// store their tiles to planes through it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+#[inline]
+pub(crate) fn transpose16(rows: [std::arch::x86_64::__m512; LANES]) -> [std::arch::x86_64::__m512; LANES] {
+    Permutes::new().transpose(rows)
+}
+
+/// The first `n` (1 to 16) values of `v` to `p`.
+///
+/// # Safety
+/// AVX-512F; `p` writable for `n` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+#[inline]
+pub(crate) unsafe fn store_first16(p: *mut f32, v: std::arch::x86_64::__m512, n: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's; the mask stores lanes 0..n only
+    unsafe { _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, v) }
+}
+
+/// [`transpose16`] for AVX2's 8x8 blocks: unpacks within 128-bit halves,
+/// then the halves exchanged.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    // t: pairs of rows interleaved; u: four rows' lane k of each half
+    let t: [__m256; 8] = std::array::from_fn(|k| {
+        let (a, b) = (r[2 * (k / 2)], r[2 * (k / 2) + 1]);
+        if k % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    let u: [__m256; 8] = std::array::from_fn(|k| {
+        // k = 4·g + m: rows 4g..4g+4, m = 2·(hi unpack) + (upper pair)
+        let (g, m) = (k / 4, k % 4);
+        let (a, b) = (t[4 * g + m / 2], t[4 * g + 2 + m / 2]);
+        if m % 2 == 0 {
+            _mm256_shuffle_ps::<0b01_00_01_00>(a, b)
+        } else {
+            _mm256_shuffle_ps::<0b11_10_11_10>(a, b)
+        }
+    });
+    std::array::from_fn(|c| {
+        let (a, b) = (u[c % 4], u[4 + c % 4]);
+        if c < 4 {
+            _mm256_permute2f128_ps::<0x20>(a, b)
+        } else {
+            _mm256_permute2f128_ps::<0x31>(a, b)
+        }
+    })
+}
+
+/// The first `n` (1 to 8) values of `v` to `p`.
+///
+/// # Safety
+/// AVX2; `p` writable for `n` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn store_first8(p: *mut f32, v: std::arch::x86_64::__m256, n: usize) {
+    use std::arch::x86_64::*;
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    // SAFETY: the caller's; the mask stores lanes 0..n only
+    unsafe { _mm256_maskstore_ps(p, mask, v) }
+}
+
 /// `lanes[q·16 + r] = src[r·stride + q]` for the first `rows` rows (at most
 /// 16) and `q < len`; lanes `rows..16` get zeros. Panics unless
 /// [`applies`] (AVX-512 only).
@@ -187,6 +260,52 @@ pub fn from_lanes(lanes: &[f32], rows: usize, len: usize, dst: &mut [f32], strid
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both register transposes, and the partial stores, against indices.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn register_blocks_transpose() {
+        use std::arch::x86_64::*;
+        let value = |r: usize, c: usize| (r * 100 + c) as f32;
+        if crate::isa::detected() >= crate::isa::Isa::Avx512 {
+            // SAFETY: the CPU has AVX-512 (detected); every pointer covers 16 values
+            unsafe {
+                let rows: [__m512; 16] = std::array::from_fn(|r| {
+                    let v: [f32; 16] = std::array::from_fn(|c| value(r, c));
+                    _mm512_loadu_ps(v.as_ptr())
+                });
+                for (c, v) in transpose16(rows).iter().enumerate() {
+                    let mut out = [f32::NAN; 17];
+                    store_first16(out.as_mut_ptr(), *v, 16 - c % 16);
+                    for (r, &got) in out.iter().enumerate() {
+                        let want = if r < 16 - c % 16 { value(r, c) } else { f32::NAN };
+                        assert_eq!(got.to_bits(), want.to_bits(), "16 lanes: ({r}, {c})");
+                    }
+                }
+            }
+        } else {
+            println!("skipped: no AVX-512 here for the 16x16 transpose");
+        }
+        if crate::isa::detected() >= crate::isa::Isa::Avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (detected); every pointer covers 8 values
+            unsafe {
+                let rows: [__m256; 8] = std::array::from_fn(|r| {
+                    let v: [f32; 8] = std::array::from_fn(|c| value(r, c));
+                    _mm256_loadu_ps(v.as_ptr())
+                });
+                for (c, v) in transpose8(rows).iter().enumerate() {
+                    let mut out = [f32::NAN; 9];
+                    store_first8(out.as_mut_ptr(), *v, 8 - c);
+                    for (r, &got) in out.iter().enumerate() {
+                        let want = if r < 8 - c { value(r, c) } else { f32::NAN };
+                        assert_eq!(got.to_bits(), want.to_bits(), "8 lanes: ({r}, {c})");
+                    }
+                }
+            }
+        } else {
+            println!("skipped: no AVX2 here for the 8x8 transpose");
+        }
+    }
 
     /// Whether this build has the AVX-512 forms.
     fn wide_build() -> bool {

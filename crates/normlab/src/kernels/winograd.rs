@@ -325,7 +325,7 @@ fn transform_filter(g: &[f32; 9]) -> [f64; 16] {
 macro_rules! winograd_kernel {
     ($isa:ident, $features:literal, $vec:ty, $lanes:literal, [$(($v:literal, $p:literal)),+],
      $set1:ident, $load:ident, $fma:ident, $add:ident, $sub:ident, $store:ident, $zero:ident,
-     $evens_odds:item) => {
+     $transpose:path, $store_n:path, $evens_odds:item) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
             use std::arch::x86_64::*;
@@ -544,7 +544,9 @@ macro_rules! winograd_kernel {
             /// The output transform `Y = Aᵀ M A + b` of `P` tiles' products,
             /// stored transposed: channel `c < valid_c` of tile `p < valid_p`
             /// to `y[c·out_plane + (row + i)·wo + col + 2p + j]` for `i < rows`,
-            /// `col + 2p + j < wo`.
+            /// `col + 2p + j < wo`. Per output row, `lanes / 2` tiles give
+            /// `lanes` vectors of positions (channels in the lanes), turned
+            /// into rows of positions per channel by one register transpose.
             ///
             /// # Safety
             /// The module's features; `products` as [`products_tile`] wrote
@@ -563,40 +565,34 @@ macro_rules! winograd_kernel {
                 wo: usize,
             ) {
                 let block = V * $lanes;
-                // values[i][l][p][j]: output row i of channel l, the tiles side by side
-                let mut values = [[[[0.0f32; 2]; P]; $lanes]; 2];
-                let mut lanes = [[0.0f32; $lanes]; 4];
-                let cols = (2 * P).min(wo - col);
+                // positions of a row the tiles cover, less any past the plane
+                let cols = (2 * valid_p).min(wo - col);
                 for vv in 0..V {
-                    for p in 0..valid_p {
-                        let m = |xi: usize| $load(products.add((xi * P + p) * block + vv * $lanes));
-                        // s_a[j] = Σ_i Aᵀ[a][i] M[i][j]
-                        let s0: [$vec; 4] = std::array::from_fn(|j| $add($add(m(j), m(4 + j)), m(8 + j)));
-                        let s1: [$vec; 4] = std::array::from_fn(|j| $sub($sub(m(4 + j), m(8 + j)), m(12 + j)));
-                        // Y[a][0] = s_a[0] + s_a[1] + s_a[2], Y[a][1] = s_a[1] - s_a[2] - s_a[3]
-                        for (a, s) in [s0, s1].iter().enumerate() {
-                            let y0 = $add($add($add(s[0], s[1]), s[2]), bias[vv]);
-                            let y1 = $add($sub($sub(s[1], s[2]), s[3]), bias[vv]);
-                            $store(lanes[2 * a].as_mut_ptr(), y0);
-                            $store(lanes[2 * a + 1].as_mut_ptr(), y1);
-                        }
-                        for (i, rows_i) in values.iter_mut().enumerate() {
-                            for (l, dst) in rows_i.iter_mut().enumerate() {
-                                dst[p] = [lanes[2 * i][l], lanes[2 * i + 1][l]];
+                    for i in 0..rows {
+                        for p0 in (0..valid_p).step_by($lanes / 2) {
+                            let mut r = [$zero(); $lanes];
+                            for t in 0..$lanes / 2 {
+                                if p0 + t >= valid_p {
+                                    break;
+                                }
+                                let m = |xi: usize| $load(products.add((xi * P + p0 + t) * block + vv * $lanes));
+                                // s[j] = Σ_k Aᵀ[i][k] M[k][j]
+                                let s: [$vec; 4] = if i == 0 {
+                                    std::array::from_fn(|j| $add($add(m(j), m(4 + j)), m(8 + j)))
+                                } else {
+                                    std::array::from_fn(|j| $sub($sub(m(4 + j), m(8 + j)), m(12 + j)))
+                                };
+                                // Y[i][0] = s[0] + s[1] + s[2], Y[i][1] = s[1] - s[2] - s[3]
+                                r[2 * t] = $add($add($add(s[0], s[1]), s[2]), bias[vv]);
+                                r[2 * t + 1] = $add($sub($sub(s[1], s[2]), s[3]), bias[vv]);
                             }
-                        }
-                    }
-                    for l in 0..$lanes {
-                        let c = vv * $lanes + l;
-                        if c >= valid_c {
-                            break;
-                        }
-                        for (i, rows_i) in values.iter().enumerate().take(rows) {
-                            let dst = y.add(c * out_plane + (row + i) * wo + col);
-                            if cols == 2 * P {
-                                dst.cast::<[[f32; 2]; P]>().write_unaligned(rows_i[l]);
-                            } else {
-                                std::ptr::copy_nonoverlapping(rows_i[l].as_ptr().cast::<f32>(), dst, cols);
+                            let n = (cols - 2 * p0).min($lanes);
+                            for (l, &v) in $transpose(r).iter().enumerate() {
+                                let c = vv * $lanes + l;
+                                if c >= valid_c {
+                                    break;
+                                }
+                                $store_n(y.add(c * out_plane + (row + i) * wo + col + 2 * p0), v, n);
                             }
                         }
                     }
@@ -634,6 +630,8 @@ winograd_kernel!(
     _mm512_sub_ps,
     _mm512_storeu_ps,
     _mm512_setzero_ps,
+    super::super::image_lanes::transpose16,
+    super::super::image_lanes::store_first16,
     /// The even and odd values of the 32 from `p`.
     ///
     /// # Safety
@@ -660,6 +658,8 @@ winograd_kernel!(
     _mm256_sub_ps,
     _mm256_storeu_ps,
     _mm256_setzero_ps,
+    super::super::image_lanes::transpose8,
+    super::super::image_lanes::store_first8,
     /// The even and odd values of the 16 from `p`.
     ///
     /// # Safety
