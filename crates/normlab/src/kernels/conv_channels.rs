@@ -280,7 +280,7 @@ impl Plan {
 /// intrinsics.
 macro_rules! channels_kernel {
     ($isa:ident, $features:literal, $vec:ty, $lanes:literal, [$(($v:literal, $p:literal)),+],
-     $set1:ident, $load:ident, $fma:ident, $store:ident) => {
+     $set1:ident, $load:ident, $fma:ident, $zero:ident, $transpose:path, $store_n:path) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
             use std::arch::x86_64::*;
@@ -406,31 +406,27 @@ macro_rules! channels_kernel {
                     }
                 }
                 // the transpose: lanes (channels) out to planes, positions
-                // contiguous; from a copy, so that nothing below takes the
+                // contiguous, a register block of `lanes` positions at a
+                // time; from a copy, so that nothing below takes the
                 // accumulators' address (once it did, LLVM kept them in
                 // memory through the loop above: a store per multiply-add)
                 let done = acc;
-                let mut lanes = [[0.0f32; $lanes]; V];
-                let mut values = [[0.0f32; P]; $lanes];
                 for v in 0..V {
-                    for (p, sums) in done.iter().enumerate() {
-                        $store(lanes[v].as_mut_ptr(), sums[v]);
-                        for (l, &value) in lanes[v].iter().enumerate() {
-                            values[l][p] = value;
+                    for p0 in (0..valid_p).step_by($lanes) {
+                        let mut r = [$zero(); $lanes];
+                        for (t, value) in r.iter_mut().enumerate() {
+                            if p0 + t >= P {
+                                break;
+                            }
+                            *value = done[p0 + t][v];
                         }
-                    }
-                    for (l, row) in values.iter().enumerate() {
-                        let c = v * $lanes + l;
-                        if c >= valid_c {
-                            break;
-                        }
-                        let dst = y.add(c * out_plane);
-                        if valid_p == P {
-                            // a fixed-size copy is a few vector moves; one of a
-                            // run-time length is a call to memcpy per channel
-                            dst.cast::<[f32; P]>().write_unaligned(*row);
-                        } else {
-                            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, valid_p);
+                        let n = (valid_p - p0).min($lanes);
+                        for (l, &value) in $transpose(r).iter().enumerate() {
+                            let c = v * $lanes + l;
+                            if c >= valid_c {
+                                break;
+                            }
+                            $store_n(y.add(c * out_plane + p0), value, n);
                         }
                     }
                 }
@@ -448,7 +444,9 @@ channels_kernel!(
     _mm512_set1_ps,
     _mm512_loadu_ps,
     _mm512_fmadd_ps,
-    _mm512_storeu_ps
+    _mm512_setzero_ps,
+    super::super::image_lanes::transpose16,
+    super::super::image_lanes::store_first16
 );
 
 channels_kernel!(
@@ -460,7 +458,9 @@ channels_kernel!(
     _mm256_set1_ps,
     _mm256_loadu_ps,
     _mm256_fmadd_ps,
-    _mm256_storeu_ps
+    _mm256_setzero_ps,
+    super::super::image_lanes::transpose8,
+    super::super::image_lanes::store_first8
 );
 
 #[cfg(test)]
