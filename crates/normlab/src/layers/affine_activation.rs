@@ -1,6 +1,7 @@
 //! A convolution or linear layer, the activation after it and, after a
 //! convolution, a 2x2 pooling, as one layer: `Conv2d -> Sigmoid/ReLU
-//! (-> AvgPool2d(2, 2) / MaxPool2d(2, 2))` or `Linear -> Sigmoid/ReLU`, the
+//! (-> AvgPool2d(2, 2) / MaxPool2d(2, 2))` or `(Flatten ->) Linear ->
+//! Sigmoid/ReLU` (the linear layer then reads the unflattened input), the
 //! runs a network without batch norm has (a LeNet, a network whose batch
 //! norms were folded away). A model makes it where it finds such a run
 //! (see `models/fusion.rs`); nobody constructs it by hand.
@@ -82,6 +83,9 @@ pub(crate) struct AffineActivation<T: Real, A: Activation<T>> {
     /// Whether the last forward was the fused pass (the layers' own state
     /// is then not that of this input).
     fused_last: bool,
+    /// Whether a `Flatten` in front was fused too (a linear layer that
+    /// reads its input unflattened; the flatten's slot comes first).
+    flattened: bool,
 }
 
 multiversion! {
@@ -111,7 +115,26 @@ impl<T: Real, A: Activation<T> + 'static> AffineActivation<T, A> {
             &[c, h, w] => (c, h, w),
             _ => (0, 0, 0),
         };
-        AffineActivation { affine, act_layer, act, pool, dims, y: Tensor::default(), fused_last: false }
+        AffineActivation {
+            affine,
+            act_layer,
+            act,
+            pool,
+            dims,
+            y: Tensor::default(),
+            fused_last: false,
+            flattened: false,
+        }
+    }
+
+    /// The same with the `Flatten` before a linear layer fused in: the
+    /// linear layer reads examples of shape `example` as they are.
+    pub(crate) fn after_flatten(mut self, example: &[usize]) -> Self {
+        if let Affine::Linear(l) = &mut self.affine {
+            l.read_flattened(example);
+            self.flattened = true;
+        }
+        self
     }
 
     fn affine(&mut self) -> &mut dyn Layer<T> {
@@ -191,7 +214,8 @@ impl<T: Real, A: Activation<T> + 'static> AffineActivation<T, A> {
 
 impl<T: Real, A: Activation<T> + 'static> Layer<T> for AffineActivation<T, A> {
     fn kind(&self) -> String {
-        let mut kind = format!("{}+{}", self.affine_ref().kind(), self.act_layer.kind());
+        let flatten = if self.flattened { "Flatten+" } else { "" };
+        let mut kind = format!("{flatten}{}+{}", self.affine_ref().kind(), self.act_layer.kind());
         if let Some(pool) = &self.pool {
             kind = format!("{kind}+{}", pool.layer_ref().kind());
         }
@@ -199,11 +223,18 @@ impl<T: Real, A: Activation<T> + 'static> Layer<T> for AffineActivation<T, A> {
     }
 
     fn slots(&self) -> usize {
-        2 + usize::from(self.pool.is_some())
+        2 + usize::from(self.pool.is_some()) + usize::from(self.flattened)
     }
 
     fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
-        let z = self.affine().build(input, rng)?;
+        let z = match &mut self.affine {
+            Affine::Linear(l) if self.flattened => {
+                let z = l.build(&[input.iter().product::<usize>()], rng)?;
+                l.read_flattened(input);
+                z
+            }
+            _ => self.affine().build(input, rng)?,
+        };
         if let &[c, h, w] = &z[..] {
             self.dims = (c, h, w);
         }
@@ -263,8 +294,15 @@ impl<T: Real, A: Activation<T> + 'static> Layer<T> for AffineActivation<T, A> {
         self.affine_ref().splits_work(input_len)
     }
 
+    /// The affine layer's state, in the second entry (`1.weight`) after a
+    /// fused flatten.
     fn state_mut(&mut self) -> Vec<(StateName, StateMut<'_, T>)> {
-        self.affine().state_mut()
+        let flattened = self.flattened;
+        let state = self.affine().state_mut();
+        if !flattened {
+            return state;
+        }
+        state.into_iter().map(|(name, s)| (format!("1.{name}").into(), s)).collect()
     }
 }
 

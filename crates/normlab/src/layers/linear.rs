@@ -82,6 +82,13 @@ impl<T: Real> Linear<T> {
     pub fn out_features(&self) -> usize {
         self.out_features
     }
+    /// Reads its input as `(N, ...example)` and flattens it in place (a
+    /// fused `Flatten` in front: see [`FlattenLinear`]); call after build.
+    pub(crate) fn read_flattened(&mut self, example: &[usize]) {
+        debug_assert_eq!(example.iter().product::<usize>(), self.in_features);
+        self.flat_input = example.to_vec();
+    }
+
     /// The output of the last forward, for a fused layer that applies its
     /// activation in place.
     pub(crate) fn output_mut(&mut self) -> &mut Tensor<T> {
@@ -273,8 +280,7 @@ pub(crate) struct FlattenLinear<T: Real> {
 impl<T: Real> FlattenLinear<T> {
     /// `linear`, built on the flattening of one example of shape `example`.
     pub(crate) fn from_built(example: &[usize], mut linear: Linear<T>) -> Self {
-        debug_assert_eq!(example.iter().product::<usize>(), linear.in_features);
-        linear.flat_input = example.to_vec();
+        linear.read_flattened(example);
         FlattenLinear { linear }
     }
 }
@@ -292,7 +298,7 @@ impl<T: Real> Layer<T> for FlattenLinear<T> {
     fn build(&mut self, input: &[usize], rng: &mut Rng) -> Result<Vec<usize>> {
         let features = input.iter().product::<usize>();
         let out = self.linear.build(&[features], rng)?;
-        self.linear.flat_input = input.to_vec();
+        self.linear.read_flattened(input);
         Ok(out)
     }
     fn forward(&mut self, x: &Tensor<T>, mode: Mode) -> Result<&Tensor<T>> {

@@ -12,7 +12,7 @@
 //! | `Conv2d -> ReLU / Sigmoid (-> AvgPool2d(2, 2) / MaxPool2d(2, 2))` | activation and pooling in the convolution's epilogue, eval mode (`AffineActivation`) |
 //! | `Residual -> ReLU`                                      | the ReLU in the sweep that adds the two branches, and in the one that starts the backward pass (`Residual+ReLU`) |
 //! | `Flatten -> Linear`, no activation after it             | the linear layer reads the unflattened input (`FlattenLinear`), no copy either way |
-//! | `Linear -> ReLU / Sigmoid`                             | the activation over the product's output, eval mode (`AffineActivation`) |
+//! | `(Flatten ->) Linear -> ReLU / Sigmoid`                | the activation over the product's output, eval mode (`AffineActivation`); a flatten before it fuses as above |
 //!
 //! The last two are the runs a network without batch norm has, a LeNet or
 //! one whose batch norms were folded (`Sequential::fold_batch_norms`, then
@@ -136,7 +136,20 @@ pub(super) fn fuse<T: Real>(input: &[usize], layers: Vec<Built<T>>) -> Result<Ve
             out.push((Box::new(FlattenLinear::from_built(&example, *linear)), shape));
             continue;
         }
-        if let Some(fused) = affine_activation(&mut rest) {
+        if is::<Flatten<T>, T>(Some(front)) && is::<Linear<T>, T>(rest.get(1)) {
+            // an activation follows (else the rule above took the pair)
+            let example = match out.last() {
+                Some((_, shape)) => shape.clone(),
+                None => input.to_vec(),
+            };
+            let flatten = rest.pop_front().expect("checked above");
+            match affine_activation(&mut rest, Some(&example)) {
+                Some(fused) => out.push(fused),
+                None => out.push(flatten),
+            }
+            continue;
+        }
+        if let Some(fused) = affine_activation(&mut rest, None) {
             out.push(fused);
             continue;
         }
@@ -173,7 +186,9 @@ fn pool_after<T: Real>(layer: Option<&Built<T>>, shape: &[usize]) -> bool {
 
 /// `Conv2d -> activation (-> pool)` or `Linear -> activation` at the front
 /// of `rest`, taken out and fused; `None` (and `rest` as it was) otherwise.
-fn affine_activation<T: Real>(rest: &mut VecDeque<Built<T>>) -> Option<Built<T>> {
+/// With `flattened`, the `Flatten` before the linear layer (taken out by
+/// the caller) is fused too, over examples of that shape.
+fn affine_activation<T: Real>(rest: &mut VecDeque<Built<T>>, flattened: Option<&[usize]>) -> Option<Built<T>> {
     let conv = is::<Conv2d<T>, T>(rest.front());
     if !conv && !is::<Linear<T>, T>(rest.front()) {
         return None;
@@ -201,12 +216,17 @@ fn affine_activation<T: Real>(rest: &mut VecDeque<Built<T>>) -> Option<Built<T>>
         act_layer: Box<dyn Layer<T>>,
         act: A,
         pool: Option<Pool<T>>,
+        flattened: Option<&[usize]>,
     ) -> Box<dyn Layer<T>> {
-        Box::new(AffineActivation::from_built(affine, shape, act_layer, act, pool))
+        let layer = AffineActivation::from_built(affine, shape, act_layer, act, pool);
+        match flattened {
+            Some(example) => Box::new(layer.after_flatten(example)),
+            None => Box::new(layer),
+        }
     }
     let layer = match act {
-        ActKind::Sigmoid => fused(affine, &affine_shape, act_layer, SigmoidAct, pool),
-        ActKind::Relu => fused(affine, &affine_shape, act_layer, ReluAct, pool),
+        ActKind::Sigmoid => fused(affine, &affine_shape, act_layer, SigmoidAct, pool, flattened),
+        ActKind::Relu => fused(affine, &affine_shape, act_layer, ReluAct, pool, flattened),
     };
     Some((layer, shape))
 }

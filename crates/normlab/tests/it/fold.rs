@@ -129,7 +129,7 @@ fn the_built_in_lenets_fold_to_the_same_outputs() {
         check_fold(kind.name(), net, &split, expect);
     }
     // BNLeNet folded: each stage one fused layer (conv + sigmoid + pool,
-    // linear + sigmoid), flatten and the last linear layer
+    // flatten + linear + sigmoid, linear + sigmoid), then the last linear layer
     let mut net = built(ModelKind::BnLenet.config().network().unwrap(), &[1, 28, 28], 7);
     net.eval();
     net.fold_batch_norms().unwrap();
@@ -140,13 +140,13 @@ fn the_built_in_lenets_fold_to_the_same_outputs() {
         [
             "Conv2d+Sigmoid+AvgPool2d",
             "Conv2d+Sigmoid+AvgPool2d",
-            "Flatten",
-            "Linear+Sigmoid",
+            "Flatten+Linear+Sigmoid",
             "Linear+Sigmoid",
             "Linear"
         ]
     );
     assert_eq!(net.state_names()[..4], ["net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias"]);
+    assert_eq!(net.state_names()[4..6], ["net.7.weight", "net.7.bias"], "the linear layer after the flatten");
 }
 
 #[test]

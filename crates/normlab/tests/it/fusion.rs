@@ -268,12 +268,11 @@ fn runs_that_do_not_fit_stay_apart_or_fuse_only_in_part() {
     assert_eq!(kinds, ["BatchNorm2d+Sigmoid", "MaxPool2d"]);
 }
 
-/// `Flatten -> Linear` reads the unflattened input, bitwise; with an
-/// activation after the linear layer the flatten stays apart (the linear
-/// layer fuses with the activation instead), and a flatten first in the
-/// model fuses too.
+/// `Flatten -> Linear` reads the unflattened input, bitwise, with an
+/// activation after the linear layer too (one layer of three), and a
+/// flatten first in the model fuses too.
 #[test]
-fn flatten_then_linear_fuses_unless_an_activation_follows() {
+fn flatten_then_linear_fuses_with_or_without_an_activation() {
     let kinds = compare(
         || Sequential::new().push(Flatten::new()).push(Linear::new(5)).push(bn()).push(Linear::new(3)),
         &[2, 3, 4],
@@ -287,7 +286,14 @@ fn flatten_then_linear_fuses_unless_an_activation_follows() {
         3,
         0.0,
     );
-    assert_eq!(kinds, ["Conv2d", "Flatten", "Linear+ReLU"]);
+    assert_eq!(kinds, ["Conv2d", "Flatten+Linear+ReLU"]);
+    let kinds = compare(
+        || Sequential::new().push(Flatten::new()).push(Linear::new(4)).push(Sigmoid::new()).push(Linear::new(3)),
+        &[2, 3, 4],
+        6,
+        0.0,
+    );
+    assert_eq!(kinds, ["Flatten+Linear+Sigmoid", "Linear"]);
 }
 
 /// A residual block and the ReLU after it: one layer, bitwise the two
