@@ -137,13 +137,7 @@ fn the_built_in_lenets_fold_to_the_same_outputs() {
     let kinds: Vec<String> = net.layers().iter().map(|l| l.kind()).collect();
     assert_eq!(
         kinds,
-        [
-            "Conv2d+Sigmoid+AvgPool2d",
-            "Conv2d+Sigmoid+AvgPool2d",
-            "Flatten+Linear+Sigmoid",
-            "Linear+Sigmoid",
-            "Linear"
-        ]
+        ["Conv2d+Sigmoid+AvgPool2d", "Conv2d+Sigmoid+AvgPool2d", "Flatten+Linear+Sigmoid", "Linear+Sigmoid", "Linear"]
     );
     assert_eq!(net.state_names()[..4], ["net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias"]);
     assert_eq!(net.state_names()[4..6], ["net.7.weight", "net.7.bias"], "the linear layer after the flatten");
