@@ -2,26 +2,16 @@
 //! with batch norm folded as `normlab bench --inference` folds it:
 //! `cargo run --release -p normlab-dev --example inference_layers -- resnet-bn 256`.
 //! With one thread (RAYON_NUM_THREADS=1) it counts the thread's CPU time.
+//! `CHUNKS=256,16,8` then also times the whole batch through the network
+//! in chunks of those sizes (wall time) and says whether the outputs are
+//! bitwise the one-pass ones (`Sequential::predict` picks its own size).
 use std::time::Instant;
 
 use normlab::layers::Mode;
 use normlab::threads::keep_pool_awake;
 use normlab::{rng, Tensor};
 use normlab_cli::bench::suite;
-
-/// Seconds on the clock the probe reads: the thread's CPU time with one
-/// worker thread, else wall time since the first call.
-fn now() -> f64 {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    if rayon::current_num_threads() == 1 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: ts is a valid timespec for the call to write
-        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
-            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
-        }
-    }
-    ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
-}
+use normlab_dev::probe_clock as now;
 
 fn main() {
     rayon::ThreadPoolBuilder::new().build().unwrap().install(profile);

@@ -3,26 +3,11 @@
 //! `cargo run --release -p normlab-dev --example layer_times -- model.toml`.
 //! With one thread (RAYON_NUM_THREADS=1) it counts the thread's CPU time,
 //! which a busy machine disturbs less than wall time.
-use std::time::Instant;
-
-/// Seconds on the clock the probe reads: the thread's CPU time with one
-/// worker thread, else wall time since the first call.
-fn now() -> f64 {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    if rayon::current_num_threads() == 1 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: ts is a valid timespec for the call to write
-        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
-            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
-        }
-    }
-    ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
-}
-
 use normlab::loss::CrossEntropy;
 use normlab::models::{self, ModelKind, ModelSpec};
 use normlab::threads::keep_pool_awake;
 use normlab::{rng, Tensor};
+use normlab_dev::probe_clock as now;
 
 fn main() {
     // on a pool thread, as `normlab` runs its commands (see cli/mod.rs)

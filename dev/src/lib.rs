@@ -18,6 +18,19 @@ pub fn cpu_ns() -> Option<u64> {
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// Seconds on the clock the per-layer probes read: the thread's CPU time
+/// when the rayon pool has one thread (a busy machine disturbs it less
+/// than wall time), else wall time since the first call.
+pub fn probe_clock() -> f64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    if rayon::current_num_threads() == 1 {
+        if let Some(ns) = cpu_ns() {
+            return ns as f64 * 1e-9;
+        }
+    }
+    ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
 /// µs per call of `f`: the thread's CPU time where the OS reports it, else wall time.
 pub fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     let (t, c) = (Instant::now(), cpu_ns());
