@@ -320,9 +320,9 @@ impl<T: Real> Sequential<T> {
     }
 
     /// Examples per [`Self::predict`] chunk with `threads` workers (a batch
-    /// of fewer than two chunks runs in one pass): the
-    /// largest power of two whose largest layer output (or input) fits
-    /// [`PREDICT_CHUNK_BYTES`] per thread, at least one per thread.
+    /// of fewer than two chunks runs in one pass): the largest power of two
+    /// whose largest layer output (or input) fits 0.75 MB per thread, at
+    /// least one per thread.
     /// Measured on Zen 4 (resnet-bn, vgg-bn at batch 256): 8 and 4 on one
     /// thread, 16 and 8 on two, each within 5% of the best power of two.
     pub fn prediction_chunk(&self, threads: usize) -> usize {
