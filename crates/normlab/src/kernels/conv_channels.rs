@@ -32,25 +32,21 @@
 
 use super::conv::ConvGeometry;
 
-/// The register tiles (vectors of channels, positions) of AVX-512: up to
-/// 26 of its 32 registers hold sums, the rest a tap's weights and a
-/// broadcast. Tiles of 28 sums (4x7, 2x14) left the compiler short of
-/// registers: it kept sums on the stack, and vgg-bn's 14x14 and 7x7
-/// layers ran at 0.9-1.1x the padded planes instead of 1.1-1.3x.
-const TILES_AVX512: [(usize, usize); 13] =
-    [(4, 6), (4, 5), (4, 4), (3, 8), (2, 13), (2, 12), (2, 10), (2, 8), (2, 7), (1, 24), (1, 16), (1, 14), (1, 8)];
-/// AVX2's: 12 of its 16 registers hold sums.
-const TILES_AVX2: [(usize, usize); 8] = [(2, 6), (2, 5), (2, 4), (2, 3), (1, 12), (1, 10), (1, 8), (1, 7)];
 /// The most positions a tile takes.
 const P_MAX: usize = 28;
 
-/// The tiles and vector lanes of the kernel [`crate::isa::active`] picks.
+/// The register tiles and vector lanes of the kernel [`crate::isa::active`]
+/// picks: each ISA's list is the one its kernel module is instantiated with
+/// below (one match arm per tile), none without x86-64 kernels.
 fn tiles() -> (&'static [(usize, usize)], usize) {
+    #[cfg(target_arch = "x86_64")]
     if crate::isa::avx512() {
-        (&TILES_AVX512, 16)
+        (avx512::TILES, 16)
     } else {
-        (&TILES_AVX2, 8)
+        (avx2::TILES, 8)
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    (&[], 8)
 }
 
 /// The tile with the least cost for `cout` channels of rows of `wo`
@@ -287,6 +283,9 @@ macro_rules! channels_kernel {
 
             use super::Plan;
 
+            /// The register tiles (vectors of channels, positions) this kernel has.
+            pub const TILES: &[(usize, usize)] = &[$(($v, $p)),+];
+
             /// [`Plan::run_rows`] with the plan's tile.
             ///
             /// # Safety
@@ -435,6 +434,11 @@ macro_rules! channels_kernel {
     };
 }
 
+// AVX-512's register tiles (vectors of channels, positions): up to 26 of
+// its 32 registers hold sums, the rest a tap's weights and a broadcast.
+// Tiles of 28 sums (4x7, 2x14) left the compiler short of registers: it
+// kept sums on the stack, and vgg-bn's 14x14 and 7x7 layers ran at
+// 0.9-1.1x the padded planes instead of 1.1-1.3x.
 channels_kernel!(
     avx512,
     "avx512f,avx512bw,avx512dq,avx512vl,fma",
@@ -449,6 +453,7 @@ channels_kernel!(
     super::super::image_lanes::store_first16
 );
 
+// AVX2's: 12 of its 16 registers hold sums.
 channels_kernel!(
     avx2,
     "avx2,fma",

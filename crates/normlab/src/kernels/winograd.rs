@@ -32,34 +32,18 @@
 use super::conv::ConvGeometry;
 use super::conv_channels::best_tile_of;
 
-/// The register tiles (vectors of channels, tiles) of AVX-512: those of
-/// `conv_channels`, and 2x4 for 7x7 planes (4 tiles a row) with 32 channels.
-const TILES_AVX512: [(usize, usize); 14] = [
-    (4, 6),
-    (4, 5),
-    (4, 4),
-    (3, 8),
-    (2, 13),
-    (2, 12),
-    (2, 10),
-    (2, 8),
-    (2, 7),
-    (2, 4),
-    (1, 24),
-    (1, 16),
-    (1, 14),
-    (1, 8),
-];
-/// AVX2's.
-const TILES_AVX2: [(usize, usize); 8] = [(2, 6), (2, 5), (2, 4), (2, 3), (1, 12), (1, 10), (1, 8), (1, 7)];
-
-/// The tiles and vector lanes of the kernel [`crate::isa::active`] picks.
+/// The register tiles and vector lanes of the kernel [`crate::isa::active`]
+/// picks: each ISA's list is the one its kernel module is instantiated with
+/// below (one match arm per tile), none without x86-64 kernels.
 fn tiles() -> (&'static [(usize, usize)], usize) {
+    #[cfg(target_arch = "x86_64")]
     if crate::isa::avx512() {
-        (&TILES_AVX512, 16)
+        (avx512::TILES, 16)
     } else {
-        (&TILES_AVX2, 8)
+        (avx2::TILES, 8)
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    (&[], 8)
 }
 
 /// Values of the transformed input a band of tile rows may take: bands are
@@ -332,6 +316,9 @@ macro_rules! winograd_kernel {
 
             use super::Plan;
 
+            /// The register tiles (vectors of channels, tiles) this kernel has.
+            pub const TILES: &[(usize, usize)] = &[$(($v, $p)),+];
+
             $evens_odds
 
             /// [`Plan::run_rows`] with the plan's tile.
@@ -602,6 +589,8 @@ macro_rules! winograd_kernel {
     };
 }
 
+// AVX-512's register tiles: those of `conv_channels`, and 2x4 for 7x7
+// planes (4 tiles a row) with 32 channels.
 winograd_kernel!(
     avx512,
     "avx512f,avx512bw,avx512dq,avx512vl,fma",
@@ -645,6 +634,7 @@ winograd_kernel!(
     }
 );
 
+// AVX2's: those of `conv_channels`.
 winograd_kernel!(
     avx2,
     "avx2,fma",
