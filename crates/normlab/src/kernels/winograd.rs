@@ -309,7 +309,7 @@ fn transform_filter(g: &[f32; 9]) -> [f64; 16] {
 macro_rules! winograd_kernel {
     ($isa:ident, $features:literal, $vec:ty, $lanes:literal, [$(($v:literal, $p:literal)),+],
      $set1:ident, $load:ident, $fma:ident, $add:ident, $sub:ident, $store:ident, $zero:ident,
-     $transpose:path, $store_n:path, $evens_odds:item) => {
+     $transpose:path, $store_n:path, $evens_odds:item, $load_rows:item) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
             use std::arch::x86_64::*;
@@ -320,6 +320,8 @@ macro_rules! winograd_kernel {
             pub const TILES: &[(usize, usize)] = &[$(($v, $p)),+];
 
             $evens_odds
+
+            $load_rows
 
             /// [`Plan::run_rows`] with the plan's tile.
             ///
@@ -435,21 +437,35 @@ macro_rules! winograd_kernel {
                 let tw = plan.tiles_hw().1;
                 let (wp, plane) = (plan.wp(), plan.plane());
                 let band = rows.len();
+                // tile rows per vector of tiles: a narrow plane's tile rows
+                // (4 or 8 tiles at AVX-512) share one call instead of each
+                // filling a vector mostly with tiles the next row overwrites
+                let k = if tw < $lanes && $lanes % tw == 0 && $lanes / tw <= 4 { $lanes / tw } else { 1 };
                 for ci in 0..plan.cin {
-                    for ty in rows.clone() {
-                        for tx0 in (0..tw).step_by($lanes) {
-                            // SAFETY: the reads reach 2·tx0 + 2·lanes + 1 < wp + 2·lanes
-                            // values past the row's start (padded_len()'s slack);
-                            // the stores, lanes tiles from tile (ty - start)·tw + tx0 of
-                            // each (ξ, ci), stay below stride (a row's last vector
-                            // spills into the next row's tiles, written after it)
-                            unsafe {
-                                transform_input(
-                                    xp.as_ptr().add(ci * plane + 2 * ty * wp + 2 * tx0),
-                                    wp,
-                                    v.as_mut_ptr().add(ci * stride + (ty - rows.start) * tw + tx0),
-                                    plan.cin * stride,
-                                );
+                    let x = xp.as_ptr().add(ci * plane);
+                    for ty in rows.clone().step_by(k) {
+                        // SAFETY: a group of k tile rows reads rows 2·ty' to
+                        // 2·ty' + 3 < 2·th + 2 (the plane's rows) of its tile rows
+                        // ty' (a group past the band's end repeats its last
+                        // row), 2·tw + 2 = wp values each; a single row reads
+                        // up to 2·lanes + 2 values past its start, which
+                        // padded_len()'s slack covers. The stores, lanes tiles
+                        // from tile (ty - start)·tw of each (ξ, ci), stay below
+                        // stride (past the band's last tile they fall in the
+                        // P_MAX slack, zeroed below; a single row's last
+                        // vector spills into the next row's tiles, written
+                        // after it)
+                        unsafe {
+                            let at = v.as_mut_ptr().add(ci * stride + (ty - rows.start) * tw);
+                            let row = |j: usize| x.add(2 * (ty + j).min(rows.end - 1) * wp);
+                            match k {
+                                4 => transform_input::<4>([row(0), row(1), row(2), row(3)], wp, at, plan.cin * stride),
+                                2 => transform_input::<2>([row(0), row(1)], wp, at, plan.cin * stride),
+                                _ => {
+                                    for tx0 in (0..tw).step_by($lanes) {
+                                        transform_input::<1>([row(0).add(2 * tx0)], wp, at.add(tx0), plan.cin * stride);
+                                    }
+                                }
                             }
                         }
                     }
@@ -459,20 +475,23 @@ macro_rules! winograd_kernel {
                 }
             }
 
-            /// `V = Bᵀ d B` of `lanes` consecutive tiles of one tile row, `d`
-            /// their 4x4 input tiles (overlapping by 2) in the padded plane
-            /// from `x` (rows `wp` apart), into `v[ξ·xi_stride + t]`.
+            /// `V = Bᵀ d B` of `lanes` consecutive tiles, `d` their 4x4 input
+            /// tiles (overlapping by 2) in the padded plane, into
+            /// `v[ξ·xi_stride + t]`: with `K == 1`, the `lanes` tiles from
+            /// `x[0]` along one tile row; with `K` of 2 or 4, the first
+            /// `lanes / K` tiles of `K` tile rows, from `x[k]` each (rows
+            /// `wp` apart in the plane).
             ///
             /// # Safety
-            /// The module's features; `x` readable for `3·wp + 2·lanes + 2`
-            /// values, `v` writable at those outputs.
+            /// The module's features; from each `x[k]` readable for `3·wp`
+            /// values plus `2·lanes + 2` (`K == 1`) or `2·lanes / K + 2`;
+            /// `v` writable at those outputs.
             #[target_feature(enable = $features)]
-            unsafe fn transform_input(x: *const f32, wp: usize, v: *mut f32, xi_stride: usize) {
+            unsafe fn transform_input<const K: usize>(x: [*const f32; K], wp: usize, v: *mut f32, xi_stride: usize) {
                 // per row r: a_j(r)[t] = Σ_c Bᵀ[j][c] d[r][2t + c]
                 let a: [[$vec; 4]; 4] = std::array::from_fn(|r| {
-                    let row = x.add(r * wp);
-                    let (e0, o0) = evens_odds(row);
-                    let (e1, o1) = evens_odds(row.add(2));
+                    let (e0, o0) = evens_odds(load_rows::<K>(x.map(|p| p.add(r * wp))));
+                    let (e1, o1) = evens_odds(load_rows::<K>(x.map(|p| p.add(r * wp + 2))));
                     [$sub(e0, e1), $add(o0, e1), $sub(e1, o0), $sub(o0, o1)]
                 });
                 // V[i][j] = Σ_r Bᵀ[i][r] a_j(r)
@@ -621,16 +640,29 @@ winograd_kernel!(
     _mm512_setzero_ps,
     super::super::image_lanes::transpose16,
     super::super::image_lanes::store_first16,
-    /// The even and odd values of the 32 from `p`.
-    ///
-    /// # Safety
-    /// AVX-512F; `p` readable for 32 values.
+    /// The even and odd values of the 32 in `(a, b)`.
     #[inline(always)]
-    unsafe fn evens_odds(p: *const f32) -> (__m512, __m512) {
-        let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+    unsafe fn evens_odds((a, b): (__m512, __m512)) -> (__m512, __m512) {
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         (_mm512_permutex2var_ps(a, evens, b), _mm512_permutex2var_ps(a, odds, b))
+    },
+    /// 32 values in two vectors: those from `p[0]` (`K == 1`), or `32 / K`
+    /// from each `p[k]` in turn (`K` of 2 or 4).
+    ///
+    /// # Safety
+    /// AVX-512F; each `p[k]` readable for those values.
+    #[inline(always)]
+    unsafe fn load_rows<const K: usize>(p: [*const f32; K]) -> (__m512, __m512) {
+        let joined = |lo: *const f32, hi: *const f32| {
+            _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(lo)), _mm256_loadu_ps(hi))
+        };
+        match K {
+            1 => (_mm512_loadu_ps(p[0]), _mm512_loadu_ps(p[0].add(16))),
+            2 => (_mm512_loadu_ps(p[0]), _mm512_loadu_ps(p[1])),
+            4 => (joined(p[0], p[1]), joined(p[2], p[3])),
+            _ => unreachable!("winograd: {K} tile rows a vector"),
+        }
     }
 );
 
@@ -650,13 +682,9 @@ winograd_kernel!(
     _mm256_setzero_ps,
     super::super::image_lanes::transpose8,
     super::super::image_lanes::store_first8,
-    /// The even and odd values of the 16 from `p`.
-    ///
-    /// # Safety
-    /// AVX2; `p` readable for 16 values.
+    /// The even and odd values of the 16 in `(a, b)`.
     #[inline(always)]
-    unsafe fn evens_odds(p: *const f32) -> (__m256, __m256) {
-        let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+    unsafe fn evens_odds((a, b): (__m256, __m256)) -> (__m256, __m256) {
         // a0 a2 b0 b2 a4 a6 b4 b6, then the 64-bit pairs in order 0 2 1 3
         let evens = _mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
         let odds = _mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
@@ -664,6 +692,23 @@ winograd_kernel!(
             _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(evens)),
             _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(odds)),
         )
+    },
+    /// 16 values in two vectors: those from `p[0]` (`K == 1`), or `16 / K`
+    /// from each `p[k]` in turn (`K` of 2 or 4).
+    ///
+    /// # Safety
+    /// AVX2; each `p[k]` readable for those values.
+    #[inline(always)]
+    unsafe fn load_rows<const K: usize>(p: [*const f32; K]) -> (__m256, __m256) {
+        let joined = |lo: *const f32, hi: *const f32| {
+            _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(_mm_loadu_ps(lo)), _mm_loadu_ps(hi))
+        };
+        match K {
+            1 => (_mm256_loadu_ps(p[0]), _mm256_loadu_ps(p[0].add(8))),
+            2 => (_mm256_loadu_ps(p[0]), _mm256_loadu_ps(p[1])),
+            4 => (joined(p[0], p[1]), joined(p[2], p[3])),
+            _ => unreachable!("winograd: {K} tile rows a vector"),
+        }
     }
 );
 
@@ -705,6 +750,7 @@ mod tests {
             (16, 16, 5, 5, 2),
             (16, 128, 7, 7, 1),
             (32, 64, 8, 8, 1),
+            (32, 32, 16, 16, 1),
             (16, 64, 4, 4, 1),
             (24, 16, 24, 24, 1),
             (16, 16, 3, 3, 1),
