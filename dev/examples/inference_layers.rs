@@ -2,7 +2,8 @@
 //! with batch norm folded as `normlab bench --inference` folds it:
 //! `cargo run --release -p normlab-dev --example inference_layers -- resnet-bn 256`.
 //! With one thread (RAYON_NUM_THREADS=1) it counts the thread's CPU time.
-//! `CHUNKS=256,16,8` then also times the whole batch through the network
+//! `UNFOLDED=1` keeps batch norm (fused with its neighbours, as the
+//! unfolded row of the benchmark). `CHUNKS=256,16,8` then also times the whole batch through the network
 //! in chunks of those sizes (wall time) and says whether the outputs are
 //! bitwise the one-pass ones (`Sequential::predict` picks its own size).
 use std::time::Instant;
@@ -25,7 +26,9 @@ fn profile() {
     let mut net = plain.fusion(false);
     net.build(&input, &mut rng::seeded(0)).unwrap();
     net.eval();
-    net.fold_batch_norms().unwrap();
+    if std::env::var_os("UNFOLDED").is_none() {
+        net.fold_batch_norms().unwrap();
+    }
     net.fuse().unwrap();
     let mut shape = vec![batch];
     shape.extend(&input);

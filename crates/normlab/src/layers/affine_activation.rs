@@ -20,18 +20,24 @@
 //! so the output is bitwise theirs (tested below). ReLU followed by max
 //! pooling is one step of `kernels::pool` over the convolution's output
 //! (bitwise the two in turn, without writing the activations back), and
-//! the pooling keeps no positions of maxima. Training mode, and
+//! the pooling keeps no positions of maxima. LeNet's first stage once
+//! folded (`Conv2d -> Sigmoid -> AvgPool2d`, one input channel, f32 on
+//! AVX-512) runs in vector lanes as its unfolded fused layer does, with
+//! the same values. Training mode, and
 //! backward, run the layers themselves; a backward after an eval-mode
 //! forward first runs their forward passes, which the fused pass skipped.
 
 use rayon::prelude::*;
 
-use super::{AvgPool2d, Conv2d, Layer, Linear, MaxPool2d, Mode, StateMut, StateName, PAR_MIN};
-use crate::kernels::activation::{Activation, ReluAct};
+use super::{check_input, AvgPool2d, Conv2d, Layer, Linear, MaxPool2d, Mode, StateMut, StateName, PAR_MIN};
+use crate::aligned::AlignedVec;
+use crate::kernels::activation::{Activation, ReluAct, SigmoidAct};
 use crate::kernels::batch_norm::ChannelOut;
+use crate::kernels::conv_bn_lanes;
+use crate::kernels::conv_lanes::IMAGES;
 use crate::kernels::multiversion;
 use crate::kernels::pool::{avg_pool_2x2, max_pool_2x2_values, relu_max_pool_2x2};
-use crate::real::Real;
+use crate::real::{as_f32, as_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::Result;
@@ -86,6 +92,11 @@ pub(crate) struct AffineActivation<T: Real, A: Activation<T>> {
     /// Whether a `Flatten` in front was fused too (a linear layer that
     /// reads its input unflattened; the flatten's slot comes first).
     flattened: bool,
+    /// Whether the eval-mode pass of `Conv2d -> Sigmoid -> AvgPool2d` runs
+    /// in lanes (`forward_lanes`; decided at build).
+    sigmoid_lanes: bool,
+    /// For it: per group of 16 images, the lane kernels' storage.
+    groups: AlignedVec<f32>,
 }
 
 multiversion! {
@@ -124,7 +135,28 @@ impl<T: Real, A: Activation<T> + 'static> AffineActivation<T, A> {
             y: Tensor::default(),
             fused_last: false,
             flattened: false,
+            sigmoid_lanes: false,
+            groups: AlignedVec::new(),
         }
+        .with_lanes_decided()
+    }
+
+    fn with_lanes_decided(mut self) -> Self {
+        self.decide_lanes();
+        self
+    }
+
+    /// Sets `sigmoid_lanes` for the layer as built.
+    fn decide_lanes(&mut self) {
+        let sigmoid = std::any::TypeId::of::<A>() == std::any::TypeId::of::<SigmoidAct>();
+        let avg = matches!(self.pool, Some(Pool::Avg(_)));
+        self.sigmoid_lanes = match &self.affine {
+            Affine::Conv(conv) if sigmoid && avg => conv
+                .geometry()
+                .filter(|g| g.output_hw().is_some())
+                .is_some_and(|g| conv_bn_lanes::applies::<T>(&g, conv.out_channels())),
+            _ => false,
+        };
     }
 
     /// The same with the `Flatten` before a linear layer fused in: the
@@ -186,6 +218,9 @@ impl<T: Real, A: Activation<T> + 'static> AffineActivation<T, A> {
         };
         let (hw, pooled) = (h * w, (h / 2) * (w / 2));
         let n = x.shape().first().copied().unwrap_or(0);
+        if matches!(pool, Pool::Avg(_)) && self.sigmoid_lanes && n >= IMAGES / 2 {
+            return self.forward_lanes(x);
+        }
         self.y.resize(&[n, c, h / 2, w / 2]);
         let max = matches!(pool, Pool::Max(_));
         // ReLU then max pooling in one step, on the convolution's output as
@@ -207,6 +242,40 @@ impl<T: Real, A: Activation<T> + 'static> AffineActivation<T, A> {
                 }
             }
         })?;
+        self.fused_last = true;
+        Ok(())
+    }
+
+    /// `Conv2d -> Sigmoid -> AvgPool2d(2, 2)` where `kernels::conv_bn_lanes`
+    /// applies (LeNet's first stage once its batch norm is folded): the
+    /// convolution, sigmoid and pooling of 16 images at a time in vector
+    /// lanes, as the unfolded `Conv2d+BatchNorm2d+Sigmoid+AvgPool2d` runs
+    /// them, with the batch norm's `(mean, scale, shift)` = `(0, 1, 0)`:
+    /// `(z - 0)·1 + 0 = z` exactly, so the values are bitwise those of the
+    /// convolution's own kernel (the same lane kernel), the sigmoid and the
+    /// pooling in turn, without laying out the convolution's output as
+    /// planes.
+    fn forward_lanes(&mut self, x: &Tensor<T>) -> Result<()> {
+        let Affine::Conv(conv) = &self.affine else { unreachable!("sigmoid_lanes is set for a convolution only") };
+        let g = conv.geometry().expect("built: sigmoid_lanes is set at build");
+        let (c, h, w) = self.dims;
+        let n = check_input("Conv2d", x, &[g.channels, g.height, g.width])?;
+        let len = conv_bn_lanes::group_len(&g, c);
+        self.groups.resize(n.div_ceil(IMAGES) * len, 0.0);
+        let (xs, weight) = (as_f32(x.data()), as_f32(conv.weight().data()));
+        let bias = conv.bias_values().map(|b| as_f32(b.data()));
+        let identity = vec![(0.0f32, 1.0f32, 0.0f32); c];
+        self.y.resize(&[n, c, h / 2, w / 2]);
+        let plane = g.height * g.width;
+        let pooled = (h / 2) * (w / 2);
+        as_f32_mut(self.y.data_mut())
+            .par_chunks_mut(IMAGES * c * pooled)
+            .zip(xs.par_chunks(IMAGES * plane))
+            .zip(self.groups.as_mut_slice().par_chunks_mut(len))
+            .for_each(|((y, images), storage)| {
+                conv_bn_lanes::forward_conv(&g, weight, bias, images, storage, &mut []);
+                conv_bn_lanes::forward_pool(&g, &identity, storage, y);
+            });
         self.fused_last = true;
         Ok(())
     }
@@ -238,6 +307,7 @@ impl<T: Real, A: Activation<T> + 'static> Layer<T> for AffineActivation<T, A> {
         if let &[c, h, w] = &z[..] {
             self.dims = (c, h, w);
         }
+        self.decide_lanes();
         let a = self.act_layer.build(&z, rng)?;
         match &mut self.pool {
             Some(pool) => pool.layer().build(&a, rng),

@@ -9,7 +9,7 @@
 //! | `BatchNorm2d -> Sigmoid -> AvgPool2d(2, 2)`           | two sweeps each way (`BnSigmoidPool`) |
 //! | `BatchNorm2d -> ReLU -> MaxPool2d(2, 2)`            | ReLU and pooling inside batch norm's sweeps, only the pooled output written (`BnReluMaxPool`) |
 //! | `BatchNorm -> ReLU / Sigmoid / LeakyReLU / Tanh / SiLU / GELU` | the activation inside batch norm's sweeps (`BnActivation`) |
-//! | `Conv2d -> ReLU / Sigmoid (-> AvgPool2d(2, 2) / MaxPool2d(2, 2))` | activation and pooling in the convolution's epilogue, eval mode (`AffineActivation`) |
+//! | `Conv2d -> ReLU / Sigmoid (-> AvgPool2d(2, 2) / MaxPool2d(2, 2))` | activation and pooling in the convolution's epilogue, eval mode (`AffineActivation`); sigmoid and average pooling 16 images per vector where `kernels::conv_bn_lanes` applies |
 //! | `Residual -> ReLU`                                      | the ReLU in the sweep that adds the two branches, and in the one that starts the backward pass (`Residual+ReLU`) |
 //! | `Flatten -> Linear`, no activation after it             | the linear layer reads the unflattened input (`FlattenLinear`), no copy either way |
 //! | `(Flatten ->) Linear -> ReLU / Sigmoid`                | the activation over the product's output, eval mode (`AffineActivation`); a flatten before it fuses as above |
