@@ -35,8 +35,11 @@
 //! over `q = oh·Wp + ow`, with `dyw` the output gradient laid out in the
 //! same padded rows and zero in the dropped positions ([`Plan::widen_grad`]),
 //! so each tap is again one run of the padded input. Register tile: `WCO`
-//! output channels times 9 taps, each accumulator a vector of positions,
-//! summed across the lanes once per group of images ([`Plan::weight_grad`]).
+//! output channels times `WTAPS` taps (2 x 9 at AVX-512; 3 x 3 at AVX2,
+//! whose 16 registers hold no more than 9 accumulators and 4 loaded
+//! vectors), each accumulator a vector of positions, summed across the
+//! lanes once per group of images ([`Plan::weight_grad`]). Each
+//! accumulator's sum runs in the same order whatever the tile.
 //!
 //! The im2col + matrix-product path of `layers::conv2d` is the reference
 //! these are tested against (to rounding: the sums run in another order).
@@ -114,8 +117,8 @@ pub fn input_grad_applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
 }
 
 /// Whether the weight gradient runs here: f32 on AVX-512 or AVX2, stride
-/// 1, a kernel of 2 to 7 (a tile holds 9 taps; a 1x1 kernel would fill one
-/// ninth of it and needs no im2col anyway). Each tile's sums end in a sum
+/// 1, a kernel of 2 to 7 (a 1x1 kernel would fill a fraction of a tile's
+/// taps and needs no im2col anyway). Each tile's sums end in a sum
 /// across lanes, which on a small plane, over 8 images, cost as much as
 /// the multiply-adds (7x7: 0.9x of im2col + matrix product): the sum stays
 /// in registers, and `layers::conv2d` gives narrow planes groups of 32
@@ -128,9 +131,6 @@ pub fn weight_grad_applies<T: 'static>(g: &ConvGeometry) -> bool {
         && (2..=7).contains(&g.kernel)
 }
 
-/// Taps per weight-gradient tile (a 3x3 kernel's nine).
-#[cfg(target_arch = "x86_64")]
-const WTAPS: usize = 9;
 /// Vector lanes of the widest kernel: the wide gradient rows are padded to
 /// a multiple of it, so every kernel reads whole vectors.
 const MAX_LANES: usize = 16;
@@ -310,18 +310,19 @@ impl Plan {
 
 /// The kernel for one ISA: its module name, `#[target_feature]` list,
 /// vector type and lanes, register tiles (channels, vectors), channels
-/// per weight-gradient tile, intrinsics, and the sum across lanes.
+/// and taps per weight-gradient tile, intrinsics, and the sum across lanes.
 macro_rules! planes_kernel {
-    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, [$(($cb:literal, $nv:literal)),+], $wco:expr,
+    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, [$(($cb:literal, $nv:literal)),+], $wco:expr, $wtaps:expr,
      $set1:ident, $load:ident, $fma:ident, $store:ident, $lane_sum:path) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
             use std::arch::x86_64::*;
 
-            use super::{Plan, WTAPS};
+            use super::Plan;
 
-            /// Output channels per weight-gradient tile.
+            /// Output channels and taps per weight-gradient tile.
             const WCO: usize = $wco;
+            const WTAPS: usize = $wtaps;
 
             /// [`Plan::run`] with the plan's tile, one of this module's.
             ///
@@ -399,7 +400,7 @@ macro_rules! planes_kernel {
             }
 
             /// [`Plan::weight_grad`] with this module's tile: `WCO` output
-            /// channels × 9 taps of one input channel, each accumulator a
+            /// channels × `WTAPS` taps of one input channel, each accumulator a
             /// vector of positions, over every image, then summed across
             /// lanes. A tile's missing channels or taps (past `cout`, past
             /// `k·k`) compute on valid data and are not stored.
@@ -544,6 +545,7 @@ planes_kernel!(
     16,
     [(8, 3), (6, 4), (5, 5), (12, 2)],
     2,
+    9,
     _mm512_set1_ps,
     _mm512_loadu_ps,
     _mm512_fmadd_ps,
@@ -556,7 +558,8 @@ planes_kernel!(
     __m256,
     8,
     [(6, 2)],
-    1,
+    3,
+    3,
     _mm256_set1_ps,
     _mm256_loadu_ps,
     _mm256_fmadd_ps,
