@@ -35,7 +35,8 @@
 //! over `q = oh·Wp + ow`, with `dyw` the output gradient laid out in the
 //! same padded rows and zero in the dropped positions ([`Plan::widen_grad`]),
 //! so each tap is again one run of the padded input. Register tile: `WCO`
-//! output channels times `WTAPS` taps (2 x 9 at AVX-512; 3 x 3 at AVX2,
+//! output channels times `WTAPS` taps (2 or, from 32 output channels on,
+//! 3 x 9 at AVX-512; 3 x 3 at AVX2,
 //! whose 16 registers hold no more than 9 accumulators and 4 loaded
 //! vectors), each accumulator a vector of positions, summed across the
 //! lanes once per group of images ([`Plan::weight_grad`]). Each
@@ -312,7 +313,7 @@ impl Plan {
 /// vector type and lanes, register tiles (channels, vectors), channels
 /// and taps per weight-gradient tile, intrinsics, and the sum across lanes.
 macro_rules! planes_kernel {
-    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, [$(($cb:literal, $nv:literal)),+], $wco:expr, $wtaps:expr,
+    ($isa:ident, $features:literal, $vec:ty, $lanes:literal, [$(($cb:literal, $nv:literal)),+], $wco:expr, $wco_wide:expr, $wtaps:expr,
      $set1:ident, $load:ident, $fma:ident, $store:ident, $lane_sum:path) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
@@ -320,8 +321,7 @@ macro_rules! planes_kernel {
 
             use super::Plan;
 
-            /// Output channels and taps per weight-gradient tile.
-            const WCO: usize = $wco;
+            /// Taps per weight-gradient tile.
             const WTAPS: usize = $wtaps;
 
             /// [`Plan::run`] with the plan's tile, one of this module's.
@@ -399,7 +399,26 @@ macro_rules! planes_kernel {
                 }
             }
 
-            /// [`Plan::weight_grad`] with this module's tile: `WCO` output
+            /// [`Plan::weight_grad`] with this module's tile for the plan:
+            /// the wider one from 32 output channels on, the narrower one
+            /// under (where the wider would leave more of its last tile
+            /// unused: 16 channels in tiles of 3).
+            ///
+            /// # Safety
+            /// The module's features; the sizes checked by [`Plan::weight_grad`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn weight_grad(plan: &Plan, images: usize, xps: &[f32], dyws: &[f32], dw: &mut [f32]) {
+                // SAFETY: the caller's guarantees, passed on
+                unsafe {
+                    if plan.cout >= 32 {
+                        weight_grad_tiles::<{ $wco_wide }>(plan, images, xps, dyws, dw)
+                    } else {
+                        weight_grad_tiles::<{ $wco }>(plan, images, xps, dyws, dw)
+                    }
+                }
+            }
+
+            /// The weight gradient in tiles of `WCO` output
             /// channels × `WTAPS` taps of one input channel, each accumulator a
             /// vector of positions, over every image, then summed across
             /// lanes. A tile's missing channels or taps (past `cout`, past
@@ -408,7 +427,13 @@ macro_rules! planes_kernel {
             /// # Safety
             /// The module's features; the sizes checked by [`Plan::weight_grad`].
             #[target_feature(enable = $features)]
-            pub unsafe fn weight_grad(plan: &Plan, images: usize, xps: &[f32], dyws: &[f32], dw: &mut [f32]) {
+            unsafe fn weight_grad_tiles<const WCO: usize>(
+                plan: &Plan,
+                images: usize,
+                xps: &[f32],
+                dyws: &[f32],
+                dw: &mut [f32],
+            ) {
                 let (k, wp, plane, kk) = (plan.k, plan.wp(), plan.plane(), plan.k * plan.k);
                 let (padded, wide) = (plan.padded_len(), plan.wide_len());
                 let wide_plane = wide / plan.cout;
@@ -545,6 +570,7 @@ planes_kernel!(
     16,
     [(8, 3), (6, 4), (5, 5), (12, 2)],
     2,
+    3,
     9,
     _mm512_set1_ps,
     _mm512_loadu_ps,
@@ -558,6 +584,7 @@ planes_kernel!(
     __m256,
     8,
     [(6, 2)],
+    3,
     3,
     3,
     _mm256_set1_ps,
