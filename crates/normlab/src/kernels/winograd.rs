@@ -309,7 +309,7 @@ fn transform_filter(g: &[f32; 9]) -> [f64; 16] {
 macro_rules! winograd_kernel {
     ($isa:ident, $features:literal, $vec:ty, $lanes:literal, [$(($v:literal, $p:literal)),+],
      $set1:ident, $load:ident, $fma:ident, $add:ident, $sub:ident, $store:ident, $zero:ident,
-     $transpose:path, $store_n:path, $evens_odds:item, $load_rows:item) => {
+     $transpose:path, $store_n:path, $evens_odds:item, $joined:item) => {
         #[cfg(target_arch = "x86_64")]
         mod $isa {
             use std::arch::x86_64::*;
@@ -321,7 +321,22 @@ macro_rules! winograd_kernel {
 
             $evens_odds
 
-            $load_rows
+            $joined
+
+            /// `2·lanes` values in two vectors: those from `p[0]` (`K ==
+            /// 1`), or `2·lanes / K` from each `p[k]` in turn (`K` of 2 or 4).
+            ///
+            /// # Safety
+            /// The module's features; each `p[k]` readable for those values.
+            #[inline(always)]
+            unsafe fn load_rows<const K: usize>(p: [*const f32; K]) -> ($vec, $vec) {
+                match K {
+                    1 => ($load(p[0]), $load(p[0].add($lanes))),
+                    2 => ($load(p[0]), $load(p[1])),
+                    4 => (joined(p[0], p[1]), joined(p[2], p[3])),
+                    _ => unreachable!("winograd: {K} tile rows a vector"),
+                }
+            }
 
             /// [`Plan::run_rows`] with the plan's tile.
             ///
@@ -647,22 +662,13 @@ winograd_kernel!(
         let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         (_mm512_permutex2var_ps(a, evens, b), _mm512_permutex2var_ps(a, odds, b))
     },
-    /// 32 values in two vectors: those from `p[0]` (`K == 1`), or `32 / K`
-    /// from each `p[k]` in turn (`K` of 2 or 4).
+    /// 8 values from `lo`, then 8 from `hi`.
     ///
     /// # Safety
-    /// AVX-512F; each `p[k]` readable for those values.
+    /// AVX-512F; `lo` and `hi` readable for 8 values.
     #[inline(always)]
-    unsafe fn load_rows<const K: usize>(p: [*const f32; K]) -> (__m512, __m512) {
-        let joined = |lo: *const f32, hi: *const f32| {
-            _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(lo)), _mm256_loadu_ps(hi))
-        };
-        match K {
-            1 => (_mm512_loadu_ps(p[0]), _mm512_loadu_ps(p[0].add(16))),
-            2 => (_mm512_loadu_ps(p[0]), _mm512_loadu_ps(p[1])),
-            4 => (joined(p[0], p[1]), joined(p[2], p[3])),
-            _ => unreachable!("winograd: {K} tile rows a vector"),
-        }
+    unsafe fn joined(lo: *const f32, hi: *const f32) -> __m512 {
+        _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_loadu_ps(lo)), _mm256_loadu_ps(hi))
     }
 );
 
@@ -693,22 +699,13 @@ winograd_kernel!(
             _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(odds)),
         )
     },
-    /// 16 values in two vectors: those from `p[0]` (`K == 1`), or `16 / K`
-    /// from each `p[k]` in turn (`K` of 2 or 4).
+    /// 4 values from `lo`, then 4 from `hi`.
     ///
     /// # Safety
-    /// AVX2; each `p[k]` readable for those values.
+    /// AVX2; `lo` and `hi` readable for 4 values.
     #[inline(always)]
-    unsafe fn load_rows<const K: usize>(p: [*const f32; K]) -> (__m256, __m256) {
-        let joined = |lo: *const f32, hi: *const f32| {
-            _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(_mm_loadu_ps(lo)), _mm_loadu_ps(hi))
-        };
-        match K {
-            1 => (_mm256_loadu_ps(p[0]), _mm256_loadu_ps(p[0].add(8))),
-            2 => (_mm256_loadu_ps(p[0]), _mm256_loadu_ps(p[1])),
-            4 => (joined(p[0], p[1]), joined(p[2], p[3])),
-            _ => unreachable!("winograd: {K} tile rows a vector"),
-        }
+    unsafe fn joined(lo: *const f32, hi: *const f32) -> __m256 {
+        _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(_mm_loadu_ps(lo)), _mm_loadu_ps(hi))
     }
 );
 
