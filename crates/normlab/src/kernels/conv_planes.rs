@@ -47,34 +47,29 @@
 
 use super::conv::ConvGeometry;
 
-/// Output channels per register tile of the default tile: 8 with
-/// AVX-512, 6 with AVX2.
-const CB: usize = 8;
-const CB_AVX2: usize = 6;
-/// The register tiles (output channels, vectors of positions) of each ISA,
-/// the default first: each uses 24 or 25 accumulators of AVX-512's 32
-/// registers, AVX2's one 12 of its 16.
-const TILES_AVX512: [(usize, usize); 4] = [(CB, 3), (6, 4), (5, 5), (12, 2)];
-const TILES_AVX2: [(usize, usize); 1] = [(CB_AVX2, 2)];
 /// The most output positions a tile takes (AVX-512's 5 vectors of 16).
 const TILE_MAX: usize = 5 * 16;
 
-/// The output channels per tile of the kernel [`crate::isa::active`] picks.
+/// The output channels per tile of the default tile of the kernel
+/// [`crate::isa::active`] picks: 8 with AVX-512, 6 with AVX2.
 fn channel_block() -> usize {
-    if crate::isa::avx512() {
-        CB
-    } else {
-        CB_AVX2
-    }
+    tiles().0.first().map_or(usize::MAX, |&(cb, _)| cb)
 }
 
-/// The tiles and vector lanes of the kernel [`crate::isa::active`] picks.
+/// The register tiles (output channels, vectors of positions) and vector
+/// lanes of the kernel [`crate::isa::active`] picks, the default first:
+/// each ISA's list is the one its kernel module is instantiated with below
+/// (AVX-512's tiles use 24 or 25 accumulators of its 32 registers, AVX2's
+/// one 12 of its 16); none without x86-64 kernels.
 fn tiles() -> (&'static [(usize, usize)], usize) {
+    #[cfg(target_arch = "x86_64")]
     if crate::isa::avx512() {
-        (&TILES_AVX512, 16)
+        (avx512::TILES, 16)
     } else {
-        (&TILES_AVX2, 8)
+        (avx2::TILES, 8)
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    (&[], 8)
 }
 
 /// The tile that computes the fewest values (positions rounded up to
@@ -85,8 +80,10 @@ fn tiles() -> (&'static [(usize, usize)], usize) {
 fn best_tile(positions: usize, cout: usize) -> (usize, usize) {
     let (shapes, lanes) = tiles();
     let cost = |&(cb, nv): &(usize, usize)| positions.div_ceil(nv * lanes) * nv * lanes * cout.div_ceil(cb) * cb;
-    let mut best = shapes[0];
-    for shape in &shapes[1..] {
+    // without x86-64 kernels no plan runs; (1, 1) keeps its sizes defined
+    let Some((&first, rest)) = shapes.split_first() else { return (1, 1) };
+    let mut best = first;
+    for shape in rest {
         if cost(shape) < cost(&best) {
             best = *shape;
         }
@@ -160,7 +157,7 @@ impl Plan {
 
     /// The plan with the tile [`best_tile`] picks for its positions.
     fn with_best_tile(cin: usize, h: usize, w: usize, k: usize, pad: usize, cout: usize) -> Plan {
-        let plan = Plan { cin, h, w, k, pad, cout, cb: CB, nv: 3 };
+        let plan = Plan { cin, h, w, k, pad, cout, cb: 0, nv: 0 };
         let (cb, nv) = best_tile(plan.output_hw().0 * plan.wp(), cout);
         Plan { cb, nv, ..plan }
     }
@@ -320,6 +317,9 @@ macro_rules! planes_kernel {
             use std::arch::x86_64::*;
 
             use super::Plan;
+
+            /// The register tiles (output channels, vectors) this kernel has.
+            pub const TILES: &[(usize, usize)] = &[$(($cb, $nv)),+];
 
             /// Taps per weight-gradient tile.
             const WTAPS: usize = $wtaps;
