@@ -16,7 +16,7 @@ fn main() {
         let mut col = vec![0.0f32; kd * p];
         let mut y = vec![0.0f32; cout * p];
         let mut dw = vec![0.0f32; cout * kd];
-        let mut packed = Vec::new();
+        let mut packed = conv_direct::PackedWeights::default();
         let reps = 2000;
         let (mut t_gemm, mut t_direct, mut t_gw, mut t_dw) = (0.0, 0.0, 0.0, 0.0);
         for _ in 0..5 {

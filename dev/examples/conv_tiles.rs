@@ -1,9 +1,13 @@
-//! Tile shapes of the direct forward convolution, one thread (a profiling aid).
+//! Tile shapes of the direct forward convolution at each level this CPU
+//! has, one thread, GFLOP/s (a profiling aid for `conv_direct`'s
+//! `tile_shape`): `cargo run --release -p normlab-dev --example conv_tiles`;
+//! then conv2's weight-gradient and input-gradient parts by im2col.
 use std::time::Instant;
 
+use normlab::isa::{self, Isa};
 use normlab::kernels::conv::{im2col, ConvGeometry};
-use normlab::kernels::conv_direct as cd;
 use normlab::kernels::gemm::{gemm, Product};
+use normlab::kernels::conv_direct as cd;
 
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     let mut best = f64::MAX;
@@ -18,50 +22,51 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    tiles();
     backward_parts();
-    for (cin, cout, h) in [(1usize, 6usize, 28usize), (6, 16, 12), (16, 6, 16)] {
-        let g = ConvGeometry { channels: cin, height: h, width: h, kernel: 5, stride: 1, padding: 0 };
-        let (ho, wo) = g.output_hw().unwrap();
-        let (kd, p) = (g.col_rows(), ho * wo);
-        let x: Vec<f32> = (0..cin * h * h).map(|i| (i % 13) as f32 * 0.1).collect();
-        let w: Vec<f32> = (0..cout * kd).map(|i| (i % 7) as f32 * 0.1).collect();
-        let mut col = vec![0.0f32; kd * p];
-        let mut y = vec![0.0f32; cout * p];
-        let flop = 2.0 * (cout * kd * p) as f64;
-        let reps = 3000;
-        let t = time(reps, || {
-            im2col(&g, &x, &mut col);
-            gemm(Product::nn(cout, p, kd), 1.0, &w, &col, 0.0, &mut y);
-        });
-        let mut want = y.clone();
-        print!("{cin}->{cout} {h}x{h}: gemm {:.0}", flop / t / 1e9);
-        let mut packed = Vec::new();
-        cd::pack_weights(&w, cout, cin, 5, &mut packed);
-        let t = time(reps, || cd::forward(&g, cout, &packed, None, &x, &mut y));
-        print!(" old {:.0}", flop / t / 1e9);
-        macro_rules! combo {
-            ($cb:literal, $r:literal) => {
-                if ho >= $r {
-                    cd::pack_weights_blocked(&w, cout, cin, 5, $cb, &mut packed);
-                    y.fill(0.0);
-                    let t = time(reps, || cd::forward_tiled::<f32, 5, $cb, $r>(&g, cout, &packed, None, &x, &mut y));
-                    let err = y.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-                    print!(" cb{}r{} {:.0}{}", $cb, $r, flop / t / 1e9, if err > 1e-3 { "!!" } else { "" });
-                }
-            };
+}
+
+fn tiles() {
+    for level in [Isa::Avx2, Isa::Avx512] {
+        if isa::set_cap(level) != level {
+            println!("skipped {level}: this CPU's best level is {}", isa::detected());
+            continue;
         }
-        want.copy_from_slice(&y);
-        im2col(&g, &x, &mut col);
-        gemm(Product::nn(cout, p, kd), 1.0, &w, &col, 0.0, &mut want);
-        combo!(2, 8);
-        combo!(3, 4);
-        combo!(4, 4);
-        combo!(6, 2);
-        combo!(6, 3);
-        combo!(8, 2);
-        combo!(4, 3);
-        combo!(8, 1);
-        println!(" GFLOP/s");
+        println!("{level}:");
+        for (cin, cout, h) in [(1usize, 6usize, 28usize), (6, 16, 12), (6, 16, 28), (16, 32, 14)] {
+            let g = ConvGeometry { channels: cin, height: h, width: h, kernel: 5, stride: 1, padding: 0 };
+            let (ho, wo) = g.output_hw().unwrap();
+            let (kd, p) = (g.col_rows(), ho * wo);
+            let x: Vec<f32> = (0..cin * h * h).map(|i| (i % 13) as f32 * 0.1).collect();
+            let w: Vec<f32> = (0..cout * kd).map(|i| (i % 7) as f32 * 0.1).collect();
+            let mut y = vec![0.0f32; cout * p];
+            let flop = 2.0 * (cout * kd * p) as f64;
+            let reps = 2000;
+            let mut packed = cd::PackedWeights::default();
+            cd::pack_weights(&w, cout, cin, 5, &mut packed);
+            let t = time(reps, || cd::forward(&g, cout, &packed, None, &x, &mut y));
+            print!("  {cin}->{cout} {h}x{h}: chosen {:.0} |", flop / t / 1e9);
+            let want = y.clone();
+            let mut packed = Vec::new();
+            macro_rules! combo {
+                ($cb:literal, $r:literal) => {
+                    if ho >= $r {
+                        cd::pack_weights_blocked(&w, cout, cin, 5, $cb, &mut packed);
+                        y.fill(0.0);
+                        let t = time(reps, || cd::forward_tiled::<f32, 5, $cb, $r>(&g, cout, &packed, None, &x, &mut y));
+                        let same = y == want;
+                        print!(" {}x{} {:.0}{}", $cb, $r, flop / t / 1e9, if same { "" } else { "!!" });
+                    }
+                };
+            }
+            combo!(8, 2);
+            combo!(6, 3);
+            combo!(6, 2);
+            combo!(4, 4);
+            combo!(4, 2);
+            combo!(3, 3);
+            println!();
+        }
     }
 }
 

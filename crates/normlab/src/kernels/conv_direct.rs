@@ -33,10 +33,22 @@ pub fn weight_grad_supported(g: &ConvGeometry) -> bool {
     supported(g) && g.col_rows() <= 64
 }
 
-/// Output channels per forward tile and output rows per tile, chosen by the
-/// number of output channels so little of the tile is padding; measured by
-/// `dev/examples/conv_tiles.rs` (6 channels: 6x3, 16 channels: 8x2).
+/// Output channels and output rows per forward tile, chosen by the number
+/// of output channels so little of the tile is padding, and by the level:
+/// a tile's `CB·R` accumulators, `R` input vectors and a broadcast weight
+/// must fit the vector registers, 32 at AVX-512 and 16 at AVX2. One
+/// thread, GFLOP/s (`dev/examples/conv_tiles.rs`, Zen 4):
+///
+/// | level   | 1 -> 6, 28x28 | 6 -> 16, 28x28 | 16 -> 32, 14x14 |
+/// |---------|---------------|----------------|-----------------|
+/// | AVX-512 | 6x3: 94-100   | 8x2: 97        | 8x2: 61         |
+/// | AVX2    | 6x3: 50, 3x3: 93-96 | 8x2: 57, 4x2: 105-107 | 8x2: 36, 4x2: 66-68 |
+///
+/// At AVX2 the wider tiles spill accumulators to the stack on every tap.
 fn tile_shape(cout: usize) -> (usize, usize) {
+    if crate::isa::active() == crate::isa::Isa::Avx2 {
+        return if !cout.is_multiple_of(4) && cout.is_multiple_of(3) { (3, 3) } else { (4, 2) };
+    }
     if cout.is_multiple_of(8) {
         (8, 2)
     } else if cout <= 6 || cout.is_multiple_of(6) {
@@ -46,13 +58,36 @@ fn tile_shape(cout: usize) -> (usize, usize) {
     }
 }
 
-/// Reorders `w[co][ci][i][j]` into blocks of the tile's output channels,
-/// `packed[block][ci][i][j][c]`, zero-padded.
-pub fn pack_weights<T: Real>(w: &[T], cout: usize, cin: usize, k: usize, packed: &mut Vec<T>) {
-    pack_weights_blocked(w, cout, cin, k, tile_shape(cout).0, packed);
+/// Output rows per tile for weights packed in blocks of `cb` channels
+/// ([`tile_shape`]'s pairs).
+fn tile_rows(cb: usize) -> usize {
+    match cb {
+        8 => 2,
+        6 | 3 => 3,
+        _ if crate::isa::active() == crate::isa::Isa::Avx2 => 2,
+        _ => 4,
+    }
 }
 
-/// [`pack_weights`] for tiles of `cb` output channels (any [`forward_tiled`]).
+/// Weights reordered for [`forward`]: blocks of a tile's output channels,
+/// `values[block][ci][i][j][c]`, zero-padded, and the channels per block
+/// (chosen with the level at packing, kept so that [`forward`] reads them
+/// as packed even if the level changes in between).
+#[derive(Clone, Debug, Default)]
+pub struct PackedWeights<T> {
+    block: usize,
+    values: Vec<T>,
+}
+
+/// Packs `w[co][ci][i][j]` for [`forward`] at the active level.
+pub fn pack_weights<T: Real>(w: &[T], cout: usize, cin: usize, k: usize, packed: &mut PackedWeights<T>) {
+    packed.block = tile_shape(cout).0;
+    pack_weights_blocked(w, cout, cin, k, packed.block, &mut packed.values);
+}
+
+/// Reorders `w[co][ci][i][j]` into blocks of `cb` output channels,
+/// `packed[block][ci][i][j][c]`, zero-padded (for [`forward_tiled`] with
+/// `CB = cb`).
 pub fn pack_weights_blocked<T: Real>(w: &[T], cout: usize, cin: usize, k: usize, cb: usize, packed: &mut Vec<T>) {
     let blocks = cout.div_ceil(cb);
     packed.clear();
@@ -67,41 +102,73 @@ pub fn pack_weights_blocked<T: Real>(w: &[T], cout: usize, cin: usize, k: usize,
     }
 }
 
-multiversion! {
-    /// One image: `y` is overwritten with `bias + conv(x, w)`; `packed` is
-    /// [`pack_weights`] of `w`.
-    pub fn forward<T: Real>(g: &ConvGeometry, cout: usize, packed: &[T], bias: Option<&[T]>, x: &[T], y: &mut [T]) {
-        if wide::applies::<T>(g, cout) {
-            return wide::forward_8x4(g, cout, as_f32(packed), bias.map(as_f32), as_f32(x), as_f32_mut(y));
-        }
-        match (g.kernel, tile_shape(cout)) {
-            (5, (8, 2)) => forward_tiled::<T, 5, 8, 2>(g, cout, packed, bias, x, y),
-            (5, (6, 3)) => forward_tiled::<T, 5, 6, 3>(g, cout, packed, bias, x, y),
-            (5, (4, 4)) => forward_tiled::<T, 5, 4, 4>(g, cout, packed, bias, x, y),
-            (3, (8, 2)) => forward_tiled::<T, 3, 8, 2>(g, cout, packed, bias, x, y),
-            (3, (6, 3)) => forward_tiled::<T, 3, 6, 3>(g, cout, packed, bias, x, y),
-            (3, (4, 4)) => forward_tiled::<T, 3, 4, 4>(g, cout, packed, bias, x, y),
-            (k, _) => panic!("direct convolution supports kernels 3 and 5, got {k}"),
-        }
+/// One image: `y` is overwritten with `bias + conv(x, w)`; `packed` is
+/// [`pack_weights`] of `w`. Every tile sums the taps in the same order, so
+/// the outputs are bitwise the same whichever tile runs.
+pub fn forward<T: Real>(
+    g: &ConvGeometry,
+    cout: usize,
+    packed: &PackedWeights<T>,
+    bias: Option<&[T]>,
+    x: &[T],
+    y: &mut [T],
+) {
+    let (cb, values) = (packed.block, packed.values.as_slice());
+    if cb == 8 && wide::applies::<T>(g, cout) {
+        return wide::forward_8x4(g, cout, as_f32(values), bias.map(as_f32), as_f32(x), as_f32_mut(y));
+    }
+    match (g.kernel, cb, tile_rows(cb)) {
+        (5, 8, 2) => forward_tiled::<T, 5, 8, 2>(g, cout, values, bias, x, y),
+        (5, 6, 3) => forward_tiled::<T, 5, 6, 3>(g, cout, values, bias, x, y),
+        (5, 4, 4) => forward_tiled::<T, 5, 4, 4>(g, cout, values, bias, x, y),
+        (5, 4, 2) => forward_tiled::<T, 5, 4, 2>(g, cout, values, bias, x, y),
+        (5, 3, 3) => forward_tiled::<T, 5, 3, 3>(g, cout, values, bias, x, y),
+        (3, 8, 2) => forward_tiled::<T, 3, 8, 2>(g, cout, values, bias, x, y),
+        (3, 6, 3) => forward_tiled::<T, 3, 6, 3>(g, cout, values, bias, x, y),
+        (3, 4, 4) => forward_tiled::<T, 3, 4, 4>(g, cout, values, bias, x, y),
+        (3, 4, 2) => forward_tiled::<T, 3, 4, 2>(g, cout, values, bias, x, y),
+        (3, 3, 3) => forward_tiled::<T, 3, 3, 3>(g, cout, values, bias, x, y),
+        (k, cb, r) => panic!("direct convolution: no {cb}x{r} tile for kernel {k} (kernels 3 and 5)"),
     }
 }
 
-multiversion! {
-    /// Consecutive images `x` (and their `dy`):
-    /// `dw[co][ci][i][j] += Σ_images Σ dy[co][oh][ow] · x[ci][oh+i][ow+j]`.
-    /// Partial sums stay in vector lanes across all the images and are reduced
-    /// once at the end, so pass a group of images rather than one.
-    pub fn weight_grad<T: Real>(g: &ConvGeometry, cout: usize, x: &[T], dy: &[T], dw: &mut [T]) {
-        match g.kernel {
-            5 => weight_grad_k::<T, 5>(g, cout, x, dy, dw),
-            3 => weight_grad_k::<T, 3>(g, cout, x, dy, dw),
-            k => panic!("direct convolution supports kernels 3 and 5, got {k}"),
+/// Consecutive images `x` (and their `dy`):
+/// `dw[co][ci][i][j] += Σ_images Σ dy[co][oh][ow] · x[ci][oh+i][ow+j]`.
+/// Partial sums stay in vector lanes across all the images and are reduced
+/// once at the end, so pass a group of images rather than one.
+///
+/// Compiled for AVX2 and run at AVX-512 too: the AVX-512 compile of the same
+/// loop joined pairs of 8-lane accumulators into 16-lane registers and spent
+/// its time moving their halves (1 -> 6, 28x28: 41 GFLOP/s against 71,
+/// `dev/examples/dx_kernel.rs`). The same operations in the same order, so
+/// the same values at every level.
+pub fn weight_grad<T: Real>(g: &ConvGeometry, cout: usize, x: &[T], dy: &[T], dw: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx2() {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<T: Real>(g: &ConvGeometry, cout: usize, x: &[T], dy: &[T], dw: &mut [T]) {
+            weight_grad_kernel(g, cout, x, dy, dw)
         }
+        // SAFETY: the CPU has AVX2 and FMA (isa::avx2 checked it)
+        return unsafe { avx2(g, cout, x, dy, dw) };
+    }
+    weight_grad_kernel(g, cout, x, dy, dw)
+}
+
+#[inline(always)]
+fn weight_grad_kernel<T: Real>(g: &ConvGeometry, cout: usize, x: &[T], dy: &[T], dw: &mut [T]) {
+    match g.kernel {
+        5 => weight_grad_k::<T, 5>(g, cout, x, dy, dw),
+        3 => weight_grad_k::<T, 3>(g, cout, x, dy, dw),
+        k => panic!("direct convolution supports kernels 3 and 5, got {k}"),
     }
 }
 
-/// Output channels per weight-gradient tile: `K·DB` vector accumulators.
-const DB: usize = 3;
+/// Output channels per weight-gradient tile: `K·DB` vector accumulators, 10
+/// for 5x5 kernels, which with `DB` gradient vectors and an input vector fit
+/// AVX2's 16 registers (3 channels spilled: 1 -> 6, 28x28 at 42 GFLOP/s
+/// against 71).
+const DB: usize = 2;
 
 #[inline(always)]
 fn weight_grad_k<T: Real, const K: usize>(g: &ConvGeometry, cout: usize, x: &[T], dy: &[T], dw: &mut [T]) {
@@ -224,9 +291,15 @@ multiversion! {
         if wide::weight_grad_applies::<T>(g, cout) {
             return wide::weight_grad_16(g, cout, as_f32(x), as_f32(dy_t), as_f32_mut(dw));
         }
-        match vectors {
-            1 => weight_grad_by_channels_cv::<T, 1, 16>(g, cout, x, dy_t, dw),
-            _ => weight_grad_by_channels_cv::<T, 2, 8>(g, cout, x, dy_t, dw),
+        // taps per block: `CV·TB` accumulators, with `CV` gradient vectors and
+        // a broadcast input, within the level's registers (32 at AVX-512, 16
+        // at AVX2; at AVX2 2 x 8 spilled: 6 -> 16, 12x12 at 42 GFLOP/s
+        // against 81 for 2 x 4, `dev/examples/dx_kernel.rs`)
+        match (vectors, crate::isa::active() == crate::isa::Isa::Avx2) {
+            (1, false) => weight_grad_by_channels_cv::<T, 1, 16>(g, cout, x, dy_t, dw),
+            (1, true) => weight_grad_by_channels_cv::<T, 1, 8>(g, cout, x, dy_t, dw),
+            (_, false) => weight_grad_by_channels_cv::<T, 2, 8>(g, cout, x, dy_t, dw),
+            (_, true) => weight_grad_by_channels_cv::<T, 2, 4>(g, cout, x, dy_t, dw),
         }
     }
 }
@@ -328,9 +401,9 @@ pub(crate) fn tile_starts(n: usize, len: usize) -> impl Iterator<Item = usize> {
 /// Forward on one image by tiles of `CB` channels × `R` output rows × [`LANES`]
 /// output columns, `CB·R` vector accumulators. Each tap `(ci, i, j)` loads `R`
 /// input vectors and `CB` broadcast weights for `CB·R` multiply-adds.
-/// `packed` is [`pack_weights_blocked`] with `cb = CB`.
-/// Needs `Ho ≥ R`, `Wo ≥ LANES`.
-#[inline(always)]
+/// `packed` is [`pack_weights_blocked`] with `cb = CB`. Needs `Ho ≥ R`,
+/// `Wo ≥ LANES`. f32 at AVX2 and AVX-512 runs the tiles written with
+/// intrinsics (`tiles.rs`), bitwise [`forward_tiled_generic`]'s values.
 pub fn forward_tiled<T: Real, const K: usize, const CB: usize, const R: usize>(
     g: &ConvGeometry,
     cout: usize,
@@ -339,41 +412,69 @@ pub fn forward_tiled<T: Real, const K: usize, const CB: usize, const R: usize>(
     x: &[T],
     y: &mut [T],
 ) {
-    let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
-    let (cin, h, w) = (g.channels, g.height, g.width);
-    assert!(ho >= R && wo >= LANES && x.len() == cin * h * w && y.len() == cout * ho * wo);
-    for (b, wb) in packed.chunks_exact(cin * K * K * CB).enumerate() {
-        let co0 = b * CB;
-        let valid = CB.min(cout - co0);
-        for oh in tile_starts(ho, R) {
-            for ow in tile_starts(wo, LANES) {
-                let mut acc = [[[T::zero(); LANES]; R]; CB];
-                for ci in 0..cin {
-                    for i in 0..K {
-                        let rows: [&[T]; R] = std::array::from_fn(|r| {
-                            let start = (ci * h + oh + r + i) * w + ow;
-                            &x[start..start + LANES + K - 1]
-                        });
-                        let taps: &[T] = &wb[(ci * K + i) * K * CB..][..K * CB];
-                        for j in 0..K {
-                            let ws: [T; CB] = taps[j * CB..][..CB].try_into().expect("packed block");
-                            for r in 0..R {
-                                let xs: [T; LANES] = rows[r][j..j + LANES].try_into().expect("tile");
-                                for c in 0..CB {
-                                    for t in 0..LANES {
-                                        acc[c][r][t] = mul_add(ws[c], xs[t], acc[c][r][t]);
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        let (packed, bias, x, y) = (as_f32(packed), bias.map(as_f32), as_f32(x), as_f32_mut(y));
+        match crate::isa::active() {
+            // SAFETY: active() names no level this CPU lacks
+            crate::isa::Isa::Avx512 => return unsafe { tiles::forward_avx512::<K, CB, R>(g, cout, packed, bias, x, y) },
+            // SAFETY: as above
+            crate::isa::Isa::Avx2 => return unsafe { tiles::forward_avx2::<K, CB, R>(g, cout, packed, bias, x, y) },
+            crate::isa::Isa::Portable => {}
+        }
+    }
+    forward_tiled_generic::<T, K, CB, R>(g, cout, packed, bias, x, y)
+}
+
+mod tiles;
+
+multiversion! {
+    /// [`forward_tiled`] for any [`Real`], in plain loops: the portable
+    /// code, f64's, and the reference the intrinsic tiles are tested against.
+    pub fn forward_tiled_generic<T: Real; const K: usize, const CB: usize, const R: usize>(
+        g: &ConvGeometry,
+        cout: usize,
+        packed: &[T],
+        bias: Option<&[T]>,
+        x: &[T],
+        y: &mut [T],
+    ) {
+        let (ho, wo) = g.output_hw().expect("supported() checked the geometry");
+        let (cin, h, w) = (g.channels, g.height, g.width);
+        assert!(ho >= R && wo >= LANES && x.len() == cin * h * w && y.len() == cout * ho * wo);
+        for (b, wb) in packed.chunks_exact(cin * K * K * CB).enumerate() {
+            let co0 = b * CB;
+            let valid = CB.min(cout - co0);
+            for oh in tile_starts(ho, R) {
+                for ow in tile_starts(wo, LANES) {
+                    let mut acc = [[[T::zero(); LANES]; R]; CB];
+                    for ci in 0..cin {
+                        for i in 0..K {
+                            let rows: [&[T]; R] = std::array::from_fn(|r| {
+                                let start = (ci * h + oh + r + i) * w + ow;
+                                &x[start..start + LANES + K - 1]
+                            });
+                            let taps: &[T] = &wb[(ci * K + i) * K * CB..][..K * CB];
+                            for j in 0..K {
+                                let ws: [T; CB] = taps[j * CB..][..CB].try_into().expect("packed block");
+                                for r in 0..R {
+                                    let xs: [T; LANES] = rows[r][j..j + LANES].try_into().expect("tile");
+                                    for c in 0..CB {
+                                        for t in 0..LANES {
+                                            acc[c][r][t] = mul_add(ws[c], xs[t], acc[c][r][t]);
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-                }
-                for (c, planes) in acc.iter().enumerate().take(valid) {
-                    let b = bias.map_or(T::zero(), |b| b[co0 + c]);
-                    for (r, v) in planes.iter().enumerate() {
-                        let out = &mut y[((co0 + c) * ho + oh + r) * wo + ow..][..LANES];
-                        for t in 0..LANES {
-                            out[t] = v[t] + b;
+                    for (c, planes) in acc.iter().enumerate().take(valid) {
+                        let b = bias.map_or(T::zero(), |b| b[co0 + c]);
+                        for (r, v) in planes.iter().enumerate() {
+                            let out = &mut y[((co0 + c) * ho + oh + r) * wo + ow..][..LANES];
+                            for t in 0..LANES {
+                                out[t] = v[t] + b;
+                            }
                         }
                     }
                 }
@@ -433,7 +534,7 @@ mod tests {
             for co in 0..cout {
                 want[co * p..(co + 1) * p].iter_mut().for_each(|v| *v += bias[co]);
             }
-            let mut packed = Vec::new();
+            let mut packed = PackedWeights::default();
             pack_weights(&wt, cout, cin, k, &mut packed);
             let mut got = vec![f64::NAN; cout * p];
             forward(&g, cout, &packed, Some(&bias), &x, &mut got);
@@ -517,11 +618,12 @@ mod geometry_tests {
             let (ho, wo) = g.output_hw().unwrap();
             let (x, w) = (values(cin * h * 12, 1), values(cout * cin * 25, 2));
             let bias: Vec<f32> = (0..cout).map(|c| c as f32 * 0.25 - 1.0).collect();
-            let mut packed = Vec::new();
+            let mut packed = PackedWeights::default();
             pack_weights(&w, cout, cin, 5, &mut packed);
+            assert_eq!(packed.block, 8);
             let (mut wide_y, mut tiled_y) = (vec![f32::NAN; cout * ho * wo], vec![f32::NAN; cout * ho * wo]);
             forward(&g, cout, &packed, Some(&bias), &x, &mut wide_y);
-            forward_tiled::<f32, 5, 8, 2>(&g, cout, &packed, Some(&bias), &x, &mut tiled_y);
+            forward_tiled::<f32, 5, 8, 2>(&g, cout, &packed.values, Some(&bias), &x, &mut tiled_y);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&wide_y), bits(&tiled_y), "{cin} -> {cout}, {h}x12");
         }
@@ -546,6 +648,58 @@ mod geometry_tests {
             weight_grad_by_channels_cv::<f32, 2, 8>(&g, cout, &x, &dy_t, &mut lanes_dw);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&wide_dw), bits(&lanes_dw), "{cin} -> {cout}, {h}x{w}");
+        }
+    }
+
+    /// Each intrinsic tile, at each level this CPU has, gives the generic
+    /// tile's bits (outputs that are and are not whole tiles; with and
+    /// without bias).
+    #[test]
+    fn intrinsic_tiles_are_bitwise_the_generic_ones() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let detected = crate::isa::detected();
+            let levels = [crate::isa::Isa::Avx2, crate::isa::Isa::Avx512];
+            for level in levels.iter().filter(|&&l| l > detected) {
+                println!("skipped the {level} tiles: this CPU's best level is {detected}");
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            for (cin, cout, h, w, with_bias) in [(1, 6, 28, 28, true), (6, 16, 12, 12, false), (3, 7, 11, 13, true)] {
+                macro_rules! check {
+                    ($k:literal, $cb:literal, $r:literal) => {{
+                        let g = ConvGeometry { channels: cin, height: h, width: w, kernel: $k, stride: 1, padding: 0 };
+                        let (ho, wo) = g.output_hw().unwrap();
+                        let (x, wt) = (values(cin * h * w, 1), values(cout * cin * $k * $k, 2));
+                        let bias: Vec<f32> = (0..cout).map(|c| c as f32 * 0.25 - 1.0).collect();
+                        let bias = with_bias.then_some(bias.as_slice());
+                        let mut packed = Vec::new();
+                        pack_weights_blocked(&wt, cout, cin, $k, $cb, &mut packed);
+                        let mut want = vec![f32::NAN; cout * ho * wo];
+                        forward_tiled_generic::<f32, $k, $cb, $r>(&g, cout, &packed, bias, &x, &mut want);
+                        for level in levels.iter().filter(|&&l| l <= detected) {
+                            let mut got = vec![f32::NAN; cout * ho * wo];
+                            // SAFETY: the CPU has the level (filtered above)
+                            unsafe {
+                                match level {
+                                    crate::isa::Isa::Avx2 => tiles::forward_avx2::<$k, $cb, $r>(
+                                        &g, cout, &packed, bias, &x, &mut got,
+                                    ),
+                                    _ => tiles::forward_avx512::<$k, $cb, $r>(&g, cout, &packed, bias, &x, &mut got),
+                                }
+                            }
+                            assert_eq!(bits(&got), bits(&want), "{level} {}x{} k{}: {cin}->{cout} {h}x{w}", $cb, $r, $k);
+                        }
+                    }};
+                }
+                check!(5, 8, 2);
+                check!(5, 6, 3);
+                check!(5, 4, 4);
+                check!(5, 4, 2);
+                check!(5, 3, 3);
+                check!(3, 8, 2);
+                check!(3, 4, 2);
+                check!(3, 3, 3);
+            }
         }
     }
 

@@ -87,7 +87,7 @@ pub struct Conv2d<T: Real = f32> {
     dcols: Vec<T>,
     partial_grads: Vec<T>,
     /// Weights reordered for the direct kernel (stride 1, no padding).
-    packed: Vec<T>,
+    packed: conv_direct::PackedWeights<T>,
     /// Weights reordered for the direct input gradient.
     packed_for_dx: Vec<f32>,
     /// Weights reordered for `conv_planes`' forward pass.
@@ -129,7 +129,7 @@ impl<T: Real> Conv2d<T> {
             cols: Vec::new(),
             dcols: Vec::new(),
             partial_grads: Vec::new(),
-            packed: Vec::new(),
+            packed: conv_direct::PackedWeights::default(),
             packed_for_dx: Vec::new(),
             packed_planes: Vec::new(),
             packed_fresh: false,

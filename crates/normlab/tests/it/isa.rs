@@ -28,21 +28,32 @@ fn bits(t: &Tensor<f32>) -> Vec<u32> {
 }
 
 /// Forward (training, then prediction mode) and backward of a freshly built
-/// layer: every output as bits.
-fn run_layer(mut layer: Box<dyn Layer<f32>>, shape: &[usize]) -> Vec<Vec<u32>> {
+/// layer: every output and parameter gradient as bits (the input gradient
+/// empty where `need_dx` is false).
+fn run_layer(mut layer: Box<dyn Layer<f32>>, shape: &[usize], need_dx: bool) -> Vec<Vec<u32>> {
     layer.build(&shape[1..], &mut rng::seeded(3)).unwrap();
     let x = values(shape, 1);
     let y = bits(layer.forward(&x, Mode::Train).unwrap());
     let dy = values(layer.output().shape(), 2);
-    let dx = bits(layer.backward(&x, &dy, true).unwrap());
+    let dx = layer.backward(&x, &dy, need_dx).unwrap();
+    let dx = if need_dx { bits(dx) } else { Vec::new() };
+    let mut grads = Vec::new();
+    for (_, state) in layer.state_mut() {
+        if let StateMut::Param { grad, .. } = state {
+            grads.extend(bits(grad));
+        }
+    }
     let y_eval = bits(layer.forward(&x, Mode::Eval).unwrap());
-    vec![y, dx, y_eval]
+    vec![y, dx, grads, y_eval]
 }
 
 /// The layers whose kernels do not depend on the level.
 fn same_code_layers() -> Vec<(String, Vec<Vec<u32>>)> {
     let bn = |imp| Box::new(BatchNorm::with_impl(BatchNormConfig::pytorch(), imp)) as Box<dyn Layer<f32>>;
     type Case = (&'static str, Box<dyn Layer<f32>>, Vec<usize>);
+    // the input gradient of each case but the last: the last's is a kernel of
+    // each level's own (see hand_written_kernels)
+    let no_dx = "conv 3x3 8 -> 8, no dx";
     let cases: Vec<Case> = vec![
         ("sigmoid", Box::new(Sigmoid::new()), vec![64, 120]),
         ("relu", Box::new(ReLU::new()), vec![64, 120]),
@@ -56,13 +67,18 @@ fn same_code_layers() -> Vec<(String, Vec<Vec<u32>>)> {
         ("bn fused large", bn(BnImpl::Fused), vec![16, 8, 24, 24]),
         ("bn scratch", bn(BnImpl::Scratch), vec![8, 6, 10, 10]),
         ("layer norm", Box::new(LayerNorm::new(&[50])), vec![4, 50]),
+        // the direct kernels: tiles of other shapes at each level (5 and 6
+        // channels: 4x2, 3x3 at AVX2, 6x3 at AVX-512 and portable), weight
+        // gradients by taps (3 -> 5, 2 -> 6) and by channels (8 -> 8)
         ("conv 3x3", Box::new(Conv2d::new(5, 3)), vec![4, 3, 12, 12]),
+        ("conv 3x3 2 -> 6", Box::new(Conv2d::new(6, 3)), vec![4, 2, 14, 20]),
         ("max pool 2x2", Box::new(MaxPool2d::new(2, 2)), vec![4, 3, 9, 10]),
         // the packed kernel at AVX2 and AVX-512, gemm at portable
         ("linear", Box::new(Linear::new(70)), vec![13, 784]),
         ("linear 100 -> 10", Box::new(Linear::new(10)), vec![37, 100]),
+        (no_dx, Box::new(Conv2d::new(8, 3)), vec![3, 8, 12, 16]),
     ];
-    cases.into_iter().map(|(name, layer, shape)| (name.to_string(), run_layer(layer, &shape))).collect()
+    cases.into_iter().map(|(name, layer, shape)| (name.to_string(), run_layer(layer, &shape, name != no_dx))).collect()
 }
 
 /// The kernels with a hand-written version per level: the sigmoid forms
@@ -166,7 +182,8 @@ fn every_level_computes_what_the_portable_code_computes() {
         }
         assert_eq!(isa::set_cap(level), level);
         for ((name, got), (_, want)) in same_code_layers().iter().zip(&portable) {
-            for (pass, (g, w)) in ["forward", "backward", "eval forward"].iter().zip(got.iter().zip(want)) {
+            let passes = ["forward", "input gradient", "parameter gradients", "eval forward"];
+            for (pass, (g, w)) in passes.iter().zip(got.iter().zip(want)) {
                 assert!(g == w, "{name} {pass}: {level} differs from the portable code");
             }
         }
