@@ -70,6 +70,7 @@ pub mod sigmoid;
 pub mod stats;
 pub mod stream;
 pub mod winograd;
+pub mod winograd_grad;
 
 use crate::real::Real;
 

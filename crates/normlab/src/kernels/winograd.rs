@@ -58,14 +58,19 @@ const P_MAX: usize = 28;
 /// kernel with stride 1 and padding at most 2, and at least one vector of
 /// output channels.
 pub fn applies<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
-    let lanes = tiles().1;
+    f32_3x3_applies::<T>(g) && cout >= tiles().1
+}
+
+/// f32 with AVX2 or more, a 3x3 kernel, stride 1 and padding at most 2:
+/// what F(2x2, 3x3) needs here, for any number of channels (the forward
+/// pass, its input gradient and `winograd_grad`'s weight gradient).
+pub(crate) fn f32_3x3_applies<T: 'static>(g: &ConvGeometry) -> bool {
     crate::isa::avx2()
         && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && g.kernel == 3
         && g.stride == 1
         && g.padding <= 2
         && g.output_hw().is_some()
-        && cout >= lanes
 }
 
 /// Whether the input gradient runs here (the dual convolution: `dy` padded

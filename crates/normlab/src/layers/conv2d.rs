@@ -23,7 +23,8 @@
 //! channels in the lanes; stride 2 too), and 3x3 stride-1 layers with 8 or
 //! more input channels run `kernels::winograd` (F(2x2, 3x3): 2.25x fewer
 //! multiply-adds, the rounding of the direct sums); the weight gradient
-//! stays on the padded planes.
+//! stays on the padded planes, except from 32 input and 64 output channels
+//! at AVX-512, where `kernels::winograd_grad` runs it (the same 2.25x).
 //!
 //! Groups of images run in parallel. The weight gradient is summed per fixed
 //! group, then the groups in order, so it is bitwise the same for any number
@@ -42,6 +43,7 @@ use crate::kernels::conv_lanes;
 use crate::kernels::conv_planes::{self, Plan};
 use crate::kernels::gemm::{gemm, Product};
 use crate::kernels::winograd;
+use crate::kernels::winograd_grad;
 use crate::real::{as_f32, as_f32_mut, from_f32_mut, Real};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -382,14 +384,18 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         // partial bias gradient, into its own slot; the slots are added in order.
         let lanes = conv_lanes::applies::<T>(&g, co);
         // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by
-        // channels; other stride-1 kernels of 2 to 7: on padded planes; the rest: im2col
+        // channels; 3x3 from 32 to 64 channels at AVX-512: Winograd; other stride-1 kernels of 2
+        // to 7: on padded planes; the rest: im2col
         let direct = !lanes && conv_direct::weight_grad_supported(&g);
         let by_channels = !lanes && !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
-        let planes = (!lanes && !direct && !by_channels && conv_planes::weight_grad_applies::<T>(&g))
-            .then(|| Plan::forward(&g, co));
+        let winograd_dw = (!lanes && !direct && !by_channels && winograd_grad::prefer::<T>(&g, co))
+            .then(|| winograd_grad::Plan::new(&g, co));
+        let planes =
+            (!lanes && !direct && !by_channels && winograd_dw.is_none() && conv_planes::weight_grad_applies::<T>(&g))
+                .then(|| Plan::forward(&g, co));
         let group = if lanes {
             conv_lanes::IMAGES
-        } else if planes.is_some() && wo < PLANES_NARROW {
+        } else if (planes.is_some() || winograd_dw.is_some()) && wo < PLANES_NARROW {
             PLANES_NARROW_GROUP
         } else {
             GROUP
@@ -428,7 +434,8 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         } else {
             // per group: one image's columns, the group's transposed dy, or its padded inputs and gradients
             let planes_len = planes.map_or(0, |plan| group * (plan.padded_len() + plan.wide_len()));
-            let scratch = (kdim * p).max(GROUP * 16 * p).max(planes_len);
+            let winograd_len = winograd_dw.map_or(0, |plan| plan.scratch_len());
+            let scratch = (kdim * p).max(GROUP * 16 * p).max(planes_len).max(winograd_len);
             self.cols.resize(groups * scratch, T::zero());
             if direct_dx {
                 self.dx.resize(x.shape());
@@ -457,6 +464,11 @@ impl<T: Real> Layer<T> for Conv2d<T> {
                     }
                     if by_channels {
                         conv_direct::weight_grad_by_channels(&g, co, xs, dys, col, partial);
+                        return;
+                    }
+                    if let Some(plan) = winograd_dw {
+                        let (xs, dys) = (as_f32(xs), as_f32(dys));
+                        plan.weight_grad(last - first, xs, dys, as_f32_mut(col), as_f32_mut(partial));
                         return;
                     }
                     if let Some(plan) = planes {
