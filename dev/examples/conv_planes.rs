@@ -8,27 +8,14 @@
 use normlab::kernels::conv::{col2im, im2col, ConvGeometry};
 use normlab::kernels::conv_planes::Plan;
 use normlab::kernels::gemm::{gemm, Product};
-use normlab_dev::{median, time};
+use normlab_dev::{kernels_run, median, time, SUITE_3X3};
 
 fn main() {
-    if !normlab::isa::avx2() {
-        println!("no AVX2 here (or NORMLAB_ISA=portable): the padded-plane kernel does not run");
+    if !kernels_run() {
         return;
     }
-    println!("kernels at {}", normlab::isa::active());
     println!("shape (cin, cout, HxW, k3 pad1) | fwd im2col+gemm µs | fwd planes µs | ratio | dx gemm+col2im µs | dx planes µs | ratio");
-    for &(cin, cout, hw) in &[
-        (32, 32, 28),
-        (32, 64, 14),
-        (64, 64, 14),
-        (64, 128, 7),
-        (128, 128, 7),
-        (16, 16, 32),
-        (32, 32, 16),
-        (64, 64, 8),
-        (32, 64, 7),
-        (64, 64, 4),
-    ] {
+    for &(cin, cout, hw) in SUITE_3X3 {
         let g = ConvGeometry { channels: cin, height: hw, width: hw, kernel: 3, stride: 1, padding: 1 };
         let (ho, wo) = g.output_hw().unwrap();
         let p = ho * wo;

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use normlab::isa::{self, Isa};
 use normlab::kernels::conv::{im2col, ConvGeometry};
-use normlab::kernels::gemm::{gemm, Product};
 use normlab::kernels::conv_direct as cd;
+use normlab::kernels::gemm::{gemm, Product};
 
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     let mut best = f64::MAX;
@@ -53,7 +53,8 @@ fn tiles() {
                     if ho >= $r {
                         cd::pack_weights_blocked(&w, cout, cin, 5, $cb, &mut packed);
                         y.fill(0.0);
-                        let t = time(reps, || cd::forward_tiled::<f32, 5, $cb, $r>(&g, cout, &packed, None, &x, &mut y));
+                        let t =
+                            time(reps, || cd::forward_tiled::<f32, 5, $cb, $r>(&g, cout, &packed, None, &x, &mut y));
                         let same = y == want;
                         print!(" {}x{} {:.0}{}", $cb, $r, flop / t / 1e9, if same { "" } else { "!!" });
                     }

@@ -10,26 +10,16 @@
 use normlab::kernels::conv::ConvGeometry;
 use normlab::kernels::conv_planes::Plan;
 use normlab::kernels::winograd_grad;
-use normlab_dev::{median, time};
+use normlab_dev::{kernels_run, median, time, SUITE_3X3};
 
 fn main() {
-    if !normlab::isa::avx2() {
-        println!("no AVX2 here (or NORMLAB_ISA=portable): neither kernel runs");
+    if !kernels_run() {
         return;
     }
-    println!("kernels at {}", normlab::isa::active());
-    println!("shape (cin, cout, HxW, k3 pad1), images | planes µs (GF/s) | winograd µs (GF/s direct-equivalent) | ratio");
-    for &(cin, cout, hw) in &[
-        (32, 32, 28),
-        (32, 64, 14),
-        (64, 64, 14),
-        (64, 128, 7),
-        (128, 128, 7),
-        (16, 16, 32),
-        (16, 32, 32),
-        (32, 32, 16),
-        (64, 64, 8),
-    ] {
+    println!(
+        "shape (cin, cout, HxW, k3 pad1), images | planes µs (GF/s) | winograd µs (GF/s direct-equivalent) | ratio"
+    );
+    for &(cin, cout, hw) in SUITE_3X3 {
         let images = if hw < 12 { 32 } else { 8 };
         let g = ConvGeometry { channels: cin, height: hw, width: hw, kernel: 3, stride: 1, padding: 1 };
         let (ho, wo) = g.output_hw().unwrap();
@@ -47,8 +37,14 @@ fn main() {
         for _ in 0..7 {
             t[0].push(time(reps, || {
                 for n in 0..images {
-                    plan.pad_input(&x[n * cin * hw * hw..][..cin * hw * hw], &mut xps[n * plan.padded_len()..][..plan.padded_len()]);
-                    plan.widen_grad(&dy[n * cout * p..][..cout * p], &mut dyws[n * plan.wide_len()..][..plan.wide_len()]);
+                    plan.pad_input(
+                        &x[n * cin * hw * hw..][..cin * hw * hw],
+                        &mut xps[n * plan.padded_len()..][..plan.padded_len()],
+                    );
+                    plan.widen_grad(
+                        &dy[n * cout * p..][..cout * p],
+                        &mut dyws[n * plan.wide_len()..][..plan.wide_len()],
+                    );
                 }
                 plan.weight_grad(images, &xps, &dyws, &mut dw);
             }));

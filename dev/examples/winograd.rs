@@ -10,29 +10,14 @@
 
 use normlab::kernels::conv::ConvGeometry;
 use normlab::kernels::{conv_channels, winograd};
-use normlab_dev::{median, time};
+use normlab_dev::{kernels_run, median, time, SUITE_3X3};
 
 fn main() {
-    if !normlab::isa::avx2() {
-        println!("no AVX2 here (or NORMLAB_ISA=portable): the kernels do not run");
+    if !kernels_run() {
         return;
     }
-    println!("kernels at {}", normlab::isa::active());
     println!("shape (cin, cout, HxW) | fwd direct µs (GF/s) | fwd winograd µs (GF/s) | ratio | dx direct | dx winograd | ratio");
-    for &(cin, cout, hw) in &[
-        (32, 32, 28),
-        (32, 64, 14),
-        (64, 64, 14),
-        (64, 128, 7),
-        (128, 128, 7),
-        (16, 16, 32),
-        (16, 32, 14),
-        (32, 32, 16),
-        (32, 64, 7),
-        (64, 64, 8),
-        (16, 32, 28),
-        (8, 16, 28),
-    ] {
+    for &(cin, cout, hw) in SUITE_3X3 {
         let g = ConvGeometry { channels: cin, height: hw, width: hw, kernel: 3, stride: 1, padding: 1 };
         let (ho, wo) = g.output_hw().unwrap();
         let p = ho * wo;

@@ -1,5 +1,5 @@
 //! Profiling probes live in `examples/`; this crate holds what several of
-//! them share: timing by the thread's CPU time.
+//! them share: timing by the thread's CPU time, and the suite's 3x3 shapes.
 
 use std::time::Instant;
 
@@ -41,4 +41,31 @@ pub fn time(reps: usize, mut f: impl FnMut()) -> f64 {
         (Some(a), Some(b)) => (b - a) as f64 / 1e3 / reps as f64,
         _ => t.elapsed().as_secs_f64() * 1e6 / reps as f64,
     }
+}
+
+/// The suite networks' 3x3 stride-1 layers (vgg-bn, resnet-bn) and a few
+/// neighbours, as (input channels, output channels, height = width), for
+/// the probes of the 3x3 kernels.
+pub const SUITE_3X3: &[(usize, usize, usize)] = &[
+    (32, 32, 28),
+    (32, 64, 14),
+    (64, 64, 14),
+    (64, 128, 7),
+    (128, 128, 7),
+    (16, 16, 32),
+    (32, 32, 16),
+    (64, 64, 8),
+    (32, 64, 7),
+    (64, 64, 4),
+];
+
+/// Whether AVX2 or more is active, the 3x3 kernels' requirement; prints why
+/// the probe stops where it is not, and the level where it is.
+pub fn kernels_run() -> bool {
+    if !normlab::isa::avx2() {
+        println!("no AVX2 here (or NORMLAB_ISA=portable): the kernels do not run");
+        return false;
+    }
+    println!("kernels at {}", normlab::isa::active());
+    true
 }

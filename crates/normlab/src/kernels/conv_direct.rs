@@ -417,7 +417,9 @@ pub fn forward_tiled<T: Real, const K: usize, const CB: usize, const R: usize>(
         let (packed, bias, x, y) = (as_f32(packed), bias.map(as_f32), as_f32(x), as_f32_mut(y));
         match crate::isa::active() {
             // SAFETY: active() names no level this CPU lacks
-            crate::isa::Isa::Avx512 => return unsafe { tiles::forward_avx512::<K, CB, R>(g, cout, packed, bias, x, y) },
+            crate::isa::Isa::Avx512 => {
+                return unsafe { tiles::forward_avx512::<K, CB, R>(g, cout, packed, bias, x, y) }
+            }
             // SAFETY: as above
             crate::isa::Isa::Avx2 => return unsafe { tiles::forward_avx2::<K, CB, R>(g, cout, packed, bias, x, y) },
             crate::isa::Isa::Portable => {}
@@ -681,13 +683,20 @@ mod geometry_tests {
                             // SAFETY: the CPU has the level (filtered above)
                             unsafe {
                                 match level {
-                                    crate::isa::Isa::Avx2 => tiles::forward_avx2::<$k, $cb, $r>(
-                                        &g, cout, &packed, bias, &x, &mut got,
-                                    ),
+                                    crate::isa::Isa::Avx2 => {
+                                        tiles::forward_avx2::<$k, $cb, $r>(&g, cout, &packed, bias, &x, &mut got)
+                                    }
                                     _ => tiles::forward_avx512::<$k, $cb, $r>(&g, cout, &packed, bias, &x, &mut got),
                                 }
                             }
-                            assert_eq!(bits(&got), bits(&want), "{level} {}x{} k{}: {cin}->{cout} {h}x{w}", $cb, $r, $k);
+                            assert_eq!(
+                                bits(&got),
+                                bits(&want),
+                                "{level} {}x{} k{}: {cin}->{cout} {h}x{w}",
+                                $cb,
+                                $r,
+                                $k
+                            );
                         }
                     }};
                 }

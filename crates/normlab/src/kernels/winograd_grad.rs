@@ -40,10 +40,10 @@ pub fn applies<T: 'static>(g: &ConvGeometry) -> bool {
 /// Whether this is the faster weight gradient: at AVX-512, from 32 input
 /// and 64 output channels. One group of images, one thread, against the
 /// padded-plane kernel (`dev/examples/wgrad_winograd.rs`, Zen 4): 1.24-1.52x
-/// on 32 -> 64 and 64 -> 64 at 14x14, 64 -> 128 and 128 -> 128 at 7x7, 64
-/// -> 64 at 8x8; 0.53-0.94x with fewer channels (16 -> 16 at 32x32, 32 ->
-/// 32 at 28x28 and 16x16), where the transforms cost as much as the
-/// products save; at AVX2 0.5-1.27x.
+/// on 32 -> 64 and 64 -> 64 at 14x14, 32 -> 64, 64 -> 128 and 128 -> 128 at
+/// 7x7, 64 -> 64 at 8x8, 2.19x at 4x4; 0.53-0.94x with fewer channels (16
+/// -> 16 at 32x32, 32 -> 32 at 28x28 and 16x16), where the transforms cost
+/// as much as the products save; at AVX2 0.5-1.27x.
 pub fn prefer<T: 'static>(g: &ConvGeometry, cout: usize) -> bool {
     applies::<T>(g) && crate::isa::avx512() && g.channels >= 32 && cout >= 64
 }
@@ -308,7 +308,9 @@ macro_rules! products_for {
         unsafe fn $name(plan: &Plan, cap: usize, tiles: usize, m: &[f32], v: &[f32], s: &mut [f32]) {
             use std::arch::x86_64::*;
             let Plan { cin, cout, cip, cop, .. } = *plan;
-            assert!(tiles <= cap && m.len() >= 16 * cap * cop && v.len() >= 16 * cap * cip && s.len() >= 16 * cout * cin);
+            assert!(
+                tiles <= cap && m.len() >= 16 * cap * cop && v.len() >= 16 * cap * cip && s.len() >= 16 * cout * cin
+            );
             for xi in 0..16 {
                 let (mp, vp) = (m.as_ptr().add(xi * cap * cop), v.as_ptr().add(xi * cap * cip));
                 for co0 in (0..cop).step_by(2 * $lanes) {
@@ -385,9 +387,14 @@ mod tests {
     /// (64 channels at 30x29: 4 tile rows a band).
     #[test]
     fn matches_the_direct_sums() {
-        for (cin, cout, h, w, pad, images) in
-            [(3, 5, 8, 8, 1, 1), (4, 8, 7, 9, 1, 3), (2, 3, 6, 5, 0, 2), (5, 4, 5, 6, 2, 2), (16, 16, 14, 14, 1, 2), (64, 64, 30, 29, 1, 2)]
-        {
+        for (cin, cout, h, w, pad, images) in [
+            (3, 5, 8, 8, 1, 1),
+            (4, 8, 7, 9, 1, 3),
+            (2, 3, 6, 5, 0, 2),
+            (5, 4, 5, 6, 2, 2),
+            (16, 16, 14, 14, 1, 2),
+            (64, 64, 30, 29, 1, 2),
+        ] {
             let g = ConvGeometry { channels: cin, height: h, width: w, kernel: 3, stride: 1, padding: pad };
             let (ho, wo) = g.output_hw().unwrap();
             let (kd, p) = (g.col_rows(), ho * wo);
