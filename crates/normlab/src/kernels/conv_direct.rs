@@ -428,6 +428,7 @@ pub fn forward_tiled<T: Real, const K: usize, const CB: usize, const R: usize>(
     forward_tiled_generic::<T, K, CB, R>(g, cout, packed, bias, x, y)
 }
 
+#[cfg(target_arch = "x86_64")]
 mod tiles;
 
 multiversion! {
