@@ -26,6 +26,15 @@
 //! stays on the padded planes, except from 32 input and 64 output channels
 //! at AVX-512, where `kernels::winograd_grad` runs it (the same 2.25x).
 //!
+//! Stride 2 (ResNet's downsampling, 3x3 and 1x1) runs on padded planes
+//! too, each split into its four phase planes (`kernels::conv_planes`):
+//! the weight gradient, the forward pass where `Cin·k·k < 128` (else
+//! `conv_channels`), and the input gradient in phases
+//! (`conv_planes::StridedInputGrad`). One thread, batch 64, AVX-512
+//! (`dev/examples/conv_layer_parts.rs`): the weight gradient of 16 -> 32
+//! at 32x32 5.7 -> 2.3-2.9 ms and of 32 -> 64 at 16x16 4.9 -> 2.7-2.9 ms
+//! against im2col and the matrix product; the 1x1 shortcut's 1.5 -> 0.5-0.8.
+//!
 //! Groups of images run in parallel. The weight gradient is summed per fixed
 //! group, then the groups in order, so it is bitwise the same for any number
 //! of threads.
@@ -40,7 +49,7 @@ use crate::kernels::conv_channels;
 use crate::kernels::conv_direct;
 use crate::kernels::conv_input_grad;
 use crate::kernels::conv_lanes;
-use crate::kernels::conv_planes::{self, Plan};
+use crate::kernels::conv_planes::{self, Plan, StridedInputGrad};
 use crate::kernels::gemm::{gemm, Product};
 use crate::kernels::winograd;
 use crate::kernels::winograd_grad;
@@ -385,7 +394,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         let lanes = conv_lanes::applies::<T>(&g, co);
         // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by
         // channels; 3x3 from 32 to 64 channels at AVX-512: Winograd; other stride-1 kernels of 2
-        // to 7: on padded planes; the rest: im2col
+        // to 7 and stride-2 kernels up to 7: on padded planes; the rest: im2col
         let direct = !lanes && conv_direct::weight_grad_supported(&g);
         let by_channels = !lanes && !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
         let winograd_dw = (!lanes && !direct && !by_channels && winograd_grad::prefer::<T>(&g, co))
@@ -525,6 +534,12 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             plan.pack_flipped_weights(as_f32(self.weight.data()), &mut self.packed_for_dx);
             let (dyd, dx) = (as_f32(dyd), as_f32_mut(self.dx.data_mut()));
             planes_per_image(&plan, &self.packed_for_dx, None, dyd, dx, &|_, _| {});
+        } else if need_dx && !direct_dx && conv_planes::strided_input_grad_applies::<T>(&g) {
+            self.dx.resize(x.shape());
+            let plan = StridedInputGrad::new(&g, co).expect("strided_input_grad_applies checked the stride");
+            plan.pack_weights(as_f32(self.weight.data()), &mut self.packed_for_dx);
+            let (dyd, dx) = (as_f32(dyd), as_f32_mut(self.dx.data_mut()));
+            strided_grad_per_image(&plan, &self.packed_for_dx, dyd, dx);
         } else if need_dx && !direct_dx {
             self.dx.resize(x.shape());
             self.dcols.resize(n.div_ceil(GROUP) * kdim * p, T::zero());
@@ -587,6 +602,25 @@ fn planes_per_image(
             epilogue(i * GROUP, outs);
         },
     );
+}
+
+/// The input gradient of a strided convolution, image by image: groups of
+/// [`GROUP`] images in parallel, each task with its own padded gradient
+/// and output rows.
+fn strided_grad_per_image(plan: &StridedInputGrad, packed: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let n = dx.len() / plan.image_len();
+    let dy_len = dy.len() / n.max(1);
+    dy.par_chunks(GROUP * dy_len).zip(dx.par_chunks_mut(GROUP * plan.image_len())).for_each(|(dys, dxs)| {
+        with_buffer(&PADDED, plan.padded_len(), |padded| {
+            let padded = &mut padded[..plan.padded_len()];
+            with_buffer(&ROWS, 0, |rows| {
+                for (dy_n, dx_n) in dys.chunks_exact(dy_len).zip(dxs.chunks_exact_mut(plan.image_len())) {
+                    plan.pad_grad(dy_n, padded);
+                    plan.run(packed, padded, dx_n, rows);
+                }
+            })
+        });
+    });
 }
 
 /// Images per task of [`channels_per_image`]: [`GROUP`], or fewer so that

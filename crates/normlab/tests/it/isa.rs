@@ -107,7 +107,7 @@ fn hand_written_kernels() -> (Vec<u32>, Vec<f32>, Vec<f32>) {
     // and padded ones on small planes (7x7, 4x4, 8x8; 3x3 and 5x5 kernels:
     // the padded-plane kernels with the tiles for small planes, and the
     // weight gradient over groups of 32 images, so 40 images make a whole
-    // group and a part of one)
+    // group and a part of one), and strided ones (the phase planes)
     let (mut close, mut long_sums) = (Vec::new(), Vec::new());
     for (mut conv, input, images) in [
         (Conv2d::new(16, 5), [6, 12, 12], 8),
@@ -115,6 +115,10 @@ fn hand_written_kernels() -> (Vec<u32>, Vec<f32>, Vec<f32>) {
         (Conv2d::new(64, 3).padding(1).bias(false), [32, 7, 7], 40),
         (Conv2d::new(16, 5).padding(2), [33, 4, 4], 40),
         (Conv2d::new(33, 3).padding(1), [16, 8, 8], 40),
+        // stride 2: ResNet's downsampling, on phase planes (3x3 and the 1x1
+        // shortcut); their 8x8 outputs are small planes too
+        (Conv2d::new(32, 3).stride(2).padding(1).bias(false), [16, 15, 16], 40),
+        (Conv2d::new(32, 1).stride(2).bias(false), [16, 16, 16], 40),
     ] {
         conv.build(&input, &mut rng::seeded(4)).unwrap();
         let small = images > 8;
