@@ -51,8 +51,9 @@
 //! output `(oh, ow)` is `xs[i mod 2][j mod 2][oh + i/2][ow + j/2]`: again
 //! one run per tap, of the phase plane's rows ([`Plan::tap_offset`]). The
 //! forward pass and the weight gradient run the same tiles on them, and
-//! no multiply-add is spent on a zero. (The input gradient of a strided
-//! convolution is not a plain convolution of `dy`; it stays on im2col.)
+//! no multiply-add is spent on a zero. The input gradient is not one
+//! convolution of `dy` but one per phase of `dx`, each with its own taps
+//! ([`StridedInputGrad`]), run by the forward tiles too.
 //!
 //! The im2col + matrix-product path of `layers::conv2d` is the reference
 //! these are tested against (to rounding: the sums run in another order).
