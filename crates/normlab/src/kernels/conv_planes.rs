@@ -49,7 +49,7 @@
 //! Stride 2 (ResNet's downsampling): the padded input is split into phase
 //! planes, `xs[a][b][r][c] = xp[2r + a][2c + b]`, so that tap `(i, j)` of
 //! output `(oh, ow)` is `xs[i mod 2][j mod 2][oh + i/2][ow + j/2]`: again
-//! one run per tap, of the phase plane's rows ([`Plan::tap_offset`]). The
+//! one run per tap, of the phase plane's rows (`Plan::tap_offset`). The
 //! forward pass and the weight gradient run the same tiles on them, and
 //! no multiply-add is spent on a zero. The input gradient is not one
 //! convolution of `dy` but one per phase of `dx`, each with its own taps
