@@ -452,14 +452,24 @@ fn a_killed_download_leaves_nothing_after_the_next_start() {
     let this_test = format!("{module}::a_killed_download_leaves_nothing_after_the_next_start");
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
             .args(["--exact", this_test.as_str(), "--nocapture"])
             .env("HOSTILE_MIRROR", &slow)
             .env("HOSTILE_DIR", dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        // a shell without job control starts background commands with SIGINT
+        // ignored, and the child would inherit that: the test is about the
+        // signal's default action, as a terminal's Ctrl-C delivers it
+        // SAFETY: signal() is async-signal-safe, as pre_exec requires
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
         let start = Instant::now();
         while temporaries(dir.path()).is_empty() {
             assert!(start.elapsed() < Duration::from_secs(30), "the child never started its download");
