@@ -1,12 +1,15 @@
-//! Per-layer forward/backward time at batch 128 (a profiling aid) of a
-//! built-in model (default BNLeNet) or of a model file:
-//! `cargo run --release -p normlab-dev --example layer_times -- model.toml`.
+//! Per-layer forward/backward time (a profiling aid) of a built-in model
+//! (default BNLeNet) or of a model file at batch 128, or of a suite network
+//! at its own batch:
+//! `cargo run --release -p normlab-dev --example layer_times -- model.toml`
+//! (or `-- vgg-bn`).
 //! With one thread (RAYON_NUM_THREADS=1) it counts the thread's CPU time,
 //! which a busy machine disturbs less than wall time.
 use normlab::loss::CrossEntropy;
 use normlab::models::{self, ModelKind, ModelSpec};
 use normlab::threads::keep_pool_awake;
 use normlab::{rng, Tensor};
+use normlab_cli::bench::suite;
 use normlab_dev::probe_clock as now;
 
 fn main() {
@@ -16,15 +19,19 @@ fn main() {
 
 fn profile() {
     let arg = std::env::args().nth(1).unwrap_or_else(|| "bn-lenet".into());
-    let mut net = if arg.ends_with(".toml") {
+    let (mut net, shape) = if arg.ends_with(".toml") {
         let spec = ModelSpec::from_toml_file(std::path::Path::new(&arg), Some(&[1, 28, 28])).unwrap();
-        spec.build::<f32>(Some(&[1, 28, 28]), &mut rng::seeded(0)).unwrap()
+        (spec.build::<f32>(Some(&[1, 28, 28]), &mut rng::seeded(0)).unwrap(), vec![128, 1, 28, 28])
+    } else if suite::NETWORKS.contains(&arg.as_str()) {
+        let (mut net, batch, input, _) = suite::network(&arg).unwrap();
+        net.build(&input, &mut rng::seeded(0)).unwrap();
+        (net, [vec![batch], input].concat())
     } else {
-        models::build::<f32>(ModelKind::parse(&arg).unwrap(), &mut rng::seeded(0)).unwrap()
+        (models::build::<f32>(ModelKind::parse(&arg).unwrap(), &mut rng::seeded(0)).unwrap(), vec![128, 1, 28, 28])
     };
-    let x = Tensor::from_vec(&[128, 1, 28, 28], (0..128 * 784).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect())
-        .unwrap();
-    let labels: Vec<usize> = (0..128).map(|i| i % 10).collect();
+    let len: usize = shape.iter().product();
+    let x = Tensor::from_vec(&shape, (0..len).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect()).unwrap();
+    let labels: Vec<usize> = (0..shape[0]).map(|i| i % 10).collect();
     let mut ce = CrossEntropy::new();
     let n = net.len();
     let (mut fwd, mut bwd) = (vec![0.0; n], vec![0.0; n]);
@@ -37,7 +44,7 @@ fn profile() {
     for (i, l) in net.layers().iter().enumerate() {
         let (f, b) = (fwd[i] / iters as f64 * 1e3, bwd[i] / iters as f64 * 1e3);
         total += f + b;
-        println!("{i:>2} {:<12} fwd {f:7.3} ms  bwd {b:7.3} ms", l.kind());
+        println!("{i:>2} {:<24} fwd {f:7.3} ms  bwd {b:7.3} ms", l.kind());
     }
     println!("total {total:.3} ms per step -> {:.2} s per 469-batch epoch", total * 469.0 / 1e3);
 }

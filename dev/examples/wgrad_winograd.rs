@@ -6,6 +6,7 @@
 //! direct GFLOP/s and the ratio.
 //!
 //! `cargo run --release -p normlab-dev --example wgrad_winograd`
+//! (`ONLY=32,32,28`: that shape alone).
 
 use normlab::kernels::conv::ConvGeometry;
 use normlab::kernels::conv_planes::Plan;
@@ -19,7 +20,11 @@ fn main() {
     println!(
         "shape (cin, cout, HxW, k3 pad1), images | planes µs (GF/s) | winograd µs (GF/s direct-equivalent) | ratio"
     );
+    let only = std::env::var("ONLY").ok();
     for &(cin, cout, hw) in SUITE_3X3 {
+        if only.as_ref().is_some_and(|o| *o != format!("{cin},{cout},{hw}")) {
+            continue;
+        }
         let images = if hw < 12 { 32 } else { 8 };
         let g = ConvGeometry { channels: cin, height: hw, width: hw, kernel: 3, stride: 1, padding: 1 };
         let (ho, wo) = g.output_hw().unwrap();

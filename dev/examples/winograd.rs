@@ -6,7 +6,8 @@
 //! (`2·Cout·Cin·9·Ho·Wo` per call, so Winograd's figure is an effective
 //! rate) and the ratio.
 //!
-//! `cargo run --release -p normlab-dev --example winograd`
+//! `cargo run --release -p normlab-dev --example winograd` (`ONLY=32,32,28`:
+//! that shape alone).
 
 use normlab::kernels::conv::ConvGeometry;
 use normlab::kernels::{conv_channels, winograd};
@@ -17,7 +18,11 @@ fn main() {
         return;
     }
     println!("shape (cin, cout, HxW) | fwd direct µs (GF/s) | fwd winograd µs (GF/s) | ratio | dx direct | dx winograd | ratio");
+    let only = std::env::var("ONLY").ok();
     for &(cin, cout, hw) in SUITE_3X3 {
+        if only.as_ref().is_some_and(|o| *o != format!("{cin},{cout},{hw}")) {
+            continue;
+        }
         let g = ConvGeometry { channels: cin, height: hw, width: hw, kernel: 3, stride: 1, padding: 1 };
         let (ho, wo) = g.output_hw().unwrap();
         let p = ho * wo;

@@ -175,6 +175,16 @@ impl Plan {
         rows * self.tiles_hw().1 + P_MAX
     }
 
+    /// Values from one ξ's transformed input to the next, for bands of
+    /// `stride` tiles per channel: `cin·stride` rounded up to an odd number
+    /// of cache lines, so that a tile's 16 values, one per ξ, fall in 16
+    /// different sets of the L1 cache. A multiple of 4 KB (32 channels of
+    /// 224 tiles make 28 KB) put them all in one 8-way set, where the input
+    /// transform's stores evicted each other.
+    fn xi_stride(&self, stride: usize) -> usize {
+        ((self.cin * stride).div_ceil(16) | 1) * 16
+    }
+
     /// Values of one padded input ([`Self::pad_input`]): the planes, and
     /// slack for the input transform's reads of a row's last vector of
     /// tiles past the row's end.
@@ -186,7 +196,7 @@ impl Plan {
     /// transformed input and a register tile's 16 products.
     pub fn scratch_len(&self) -> usize {
         let rows = self.band_rows().min(self.tiles_hw().0);
-        16 * self.cin * self.band_tiles(rows) + 16 * P_MAX * self.block()
+        16 * self.xi_stride(self.band_tiles(rows)) + 16 * P_MAX * self.block()
     }
 
     /// Values of the packed weights ([`Self::pack_weights`]).
@@ -395,8 +405,9 @@ macro_rules! winograd_kernel {
                     let b1 = (b0 + band).min(tile_rows.end);
                     let stride = plan.band_tiles(b1 - b0);
                     // the band's V[ξ][ci][tile]; the slack past its last tile is zero
-                    let v = &mut transformed[..16 * cin * stride];
-                    transform_band(plan, xp, b0..b1, v, stride);
+                    let xi_stride = plan.xi_stride(stride);
+                    let v = &mut transformed[..16 * xi_stride];
+                    transform_band(plan, xp, b0..b1, v, stride, xi_stride);
                     for co0 in (0..plan.cout).step_by(block) {
                         let u = packed.as_ptr().add(co0 / block * block_len);
                         let valid_c = block.min(plan.cout - co0);
@@ -416,7 +427,13 @@ macro_rules! winograd_kernel {
                                 // t0..t0 + P < stride of each (ξ, ci); products
                                 // holds 16·P·block values
                                 unsafe {
-                                    products_tile::<V, P>(cin, u, v.as_ptr().add(t0), stride, products.as_mut_ptr());
+                                    products_tile::<V, P>(
+                                        cin,
+                                        u,
+                                        v.as_ptr().add(t0),
+                                        (stride, xi_stride),
+                                        products.as_mut_ptr(),
+                                    );
                                 }
                                 let valid_p = P.min(tw - tx0);
                                 // SAFETY: the stores reach channel co0 + valid_c - 1 < cout,
@@ -441,11 +458,12 @@ macro_rules! winograd_kernel {
             }
 
             /// `V[ξ][ci][t]` of the tile rows `rows` of the padded input `xp`
-            /// into `v[(ξ·cin + ci)·stride + t]`, zero past the band's last tile.
+            /// into `v[ξ·xi_stride + ci·stride + t]`, zero past the band's last tile.
             ///
             /// # Safety
             /// The module's features; `xp` of `plan.padded_len()` values; `v`
-            /// of `16·cin·stride`, `stride >= rows.len()·tw + P_MAX`.
+            /// of `16·xi_stride`, `stride >= rows.len()·tw + P_MAX`,
+            /// `xi_stride >= cin·stride`.
             #[target_feature(enable = $features)]
             unsafe fn transform_band(
                 plan: &Plan,
@@ -453,6 +471,7 @@ macro_rules! winograd_kernel {
                 rows: std::ops::Range<usize>,
                 v: &mut [f32],
                 stride: usize,
+                xi_stride: usize,
             ) {
                 let tw = plan.tiles_hw().1;
                 let (wp, plane) = (plan.wp(), plan.plane());
@@ -479,18 +498,18 @@ macro_rules! winograd_kernel {
                             let at = v.as_mut_ptr().add(ci * stride + (ty - rows.start) * tw);
                             let row = |j: usize| x.add(2 * (ty + j).min(rows.end - 1) * wp);
                             match k {
-                                4 => transform_input::<4>([row(0), row(1), row(2), row(3)], wp, at, plan.cin * stride),
-                                2 => transform_input::<2>([row(0), row(1)], wp, at, plan.cin * stride),
+                                4 => transform_input::<4>([row(0), row(1), row(2), row(3)], wp, at, xi_stride),
+                                2 => transform_input::<2>([row(0), row(1)], wp, at, xi_stride),
                                 _ => {
                                     for tx0 in (0..tw).step_by($lanes) {
-                                        transform_input::<1>([row(0).add(2 * tx0)], wp, at.add(tx0), plan.cin * stride);
+                                        transform_input::<1>([row(0).add(2 * tx0)], wp, at.add(tx0), xi_stride);
                                     }
                                 }
                             }
                         }
                     }
                     for xi in 0..16 {
-                        v[(xi * plan.cin + ci) * stride + band * tw..][..super::P_MAX].fill(0.0);
+                        v[xi * xi_stride + ci * stride + band * tw..][..super::P_MAX].fill(0.0);
                     }
                 }
             }
@@ -528,7 +547,7 @@ macro_rules! winograd_kernel {
                 }
             }
 
-            /// `products[ξ][p][c] = Σ_ci v[(ξ·cin + ci)·stride + p] · u[(ξ·cin + ci)·block + c]`
+            /// `products[ξ][p][c] = Σ_ci v[ξ·xi_stride + ci·stride + p] · u[(ξ·cin + ci)·block + c]`
             /// for `ξ < 16`, `p < P`, `c < V·lanes`.
             ///
             /// # Safety
@@ -538,14 +557,14 @@ macro_rules! winograd_kernel {
                 cin: usize,
                 u: *const f32,
                 v: *const f32,
-                stride: usize,
+                (stride, xi_stride): (usize, usize),
                 products: *mut f32,
             ) {
                 let block = V * $lanes;
                 let mut u = u;
                 for xi in 0..16 {
                     let mut acc: [[$vec; V]; P] = [[$zero(); V]; P];
-                    let row = v.add(xi * cin * stride);
+                    let row = v.add(xi * xi_stride);
                     for ci in 0..cin {
                         let src = row.add(ci * stride);
                         let wv: [$vec; V] = std::array::from_fn(|vv| $load(u.add(vv * $lanes)));

@@ -23,8 +23,8 @@
 //! channels in the lanes; stride 2 too), and 3x3 stride-1 layers with 8 or
 //! more input channels run `kernels::winograd` (F(2x2, 3x3): 2.25x fewer
 //! multiply-adds, the rounding of the direct sums); the weight gradient
-//! stays on the padded planes, except from 32 input and 64 output channels
-//! at AVX-512, where `kernels::winograd_grad` runs it (the same 2.25x).
+//! stays on the padded planes, except from 32 input and 32 output channels,
+//! where `kernels::winograd_grad` runs it (the same 2.25x).
 //!
 //! Stride 2 (ResNet's downsampling, 3x3 and 1x1) runs on padded planes
 //! too, each split into its four phase planes (`kernels::conv_planes`):
@@ -393,7 +393,7 @@ impl<T: Real> Layer<T> for Conv2d<T> {
         // partial bias gradient, into its own slot; the slots are added in order.
         let lanes = conv_lanes::applies::<T>(&g, co);
         // LeNet's conv1 (25 taps, 6 channels): the direct kernel; conv2 (150 taps, 16 channels): by
-        // channels; 3x3 from 32 to 64 channels at AVX-512: Winograd; other stride-1 kernels of 2
+        // channels; 3x3 stride 1 with 32 or more channels in and out: Winograd; other stride-1 kernels of 2
         // to 7 and stride-2 kernels up to 7: on padded planes; the rest: im2col
         let direct = !lanes && conv_direct::weight_grad_supported(&g);
         let by_channels = !lanes && !direct && conv_direct::weight_grad_by_channels_supported(&g, co);
