@@ -445,61 +445,69 @@ impl<T: Real> Layer<T> for Conv2d<T> {
             let planes_len = planes.map_or(0, |plan| group * (plan.padded_len() + plan.wide_len()));
             let winograd_len = winograd_dw.map_or(0, |plan| plan.scratch_len());
             let scratch = (kdim * p).max(GROUP * 16 * p).max(planes_len).max(winograd_len);
-            self.cols.resize(groups * scratch, T::zero());
+            // one scratch per pool thread, not per group: a thread's groups
+            // reuse it while it is in its cache (each group overwrites what
+            // it reads, so the sums do not depend on which scratch it gets)
+            let threads = rayon::current_num_threads().min(groups).max(1);
+            self.cols.resize(threads * scratch, T::zero());
+            let scratches: Vec<std::sync::Mutex<&mut [T]>> =
+                self.cols.chunks_exact_mut(scratch).map(std::sync::Mutex::new).collect();
             if direct_dx {
                 self.dx.resize(x.shape());
                 conv_input_grad::pack_weights(as_f32(self.weight.data()), co, g.channels, &mut self.packed_for_dx);
             }
             let packed_for_dx = &self.packed_for_dx;
             let dx_out = ChannelOut::new(if direct_dx { self.dx.data_mut() } else { &mut [] });
-            self.partial_grads.par_chunks_mut(slot).zip(self.cols.par_chunks_mut(scratch)).enumerate().for_each(
-                |(gi, (partial, col))| {
-                    let (first, last) = (gi * group, ((gi + 1) * group).min(n));
-                    if direct_dx {
-                        // SAFETY: these images' part of dx belongs to this task alone
-                        let dxs = as_f32_mut(unsafe { dx_out.run(first * image_len, (last - first) * image_len) });
-                        let dys = as_f32(&dyd[first * co * p..last * co * p]);
-                        for (dx_n, dy_n) in dxs.chunks_exact_mut(image_len).zip(dys.chunks_exact(co * p)) {
-                            conv_input_grad::input_grad(&g, co, packed_for_dx, dy_n, dx_n);
-                        }
+            self.partial_grads.par_chunks_mut(slot).enumerate().for_each(|(gi, partial)| {
+                let (first, last) = (gi * group, ((gi + 1) * group).min(n));
+                // uncontended unless the pool has more threads than groups
+                let thread = rayon::current_thread_index().unwrap_or(0) % scratches.len();
+                let mut col = scratches[thread].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let col: &mut [T] = &mut col;
+                if direct_dx {
+                    // SAFETY: these images' part of dx belongs to this task alone
+                    let dxs = as_f32_mut(unsafe { dx_out.run(first * image_len, (last - first) * image_len) });
+                    let dys = as_f32(&dyd[first * co * p..last * co * p]);
+                    for (dx_n, dy_n) in dxs.chunks_exact_mut(image_len).zip(dys.chunks_exact(co * p)) {
+                        conv_input_grad::input_grad(&g, co, packed_for_dx, dy_n, dx_n);
                     }
-                    let (partial, partial_bias) = partial.split_at_mut(co * kdim);
-                    bias_grad(first, last, partial_bias);
-                    let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
-                    if direct {
-                        partial.fill(T::zero());
-                        conv_direct::weight_grad(&g, co, xs, dys, partial);
-                        return;
+                }
+                let (partial, partial_bias) = partial.split_at_mut(co * kdim);
+                bias_grad(first, last, partial_bias);
+                let (xs, dys) = (&xd[first * image_len..last * image_len], &dyd[first * co * p..last * co * p]);
+                if direct {
+                    partial.fill(T::zero());
+                    conv_direct::weight_grad(&g, co, xs, dys, partial);
+                    return;
+                }
+                if by_channels {
+                    conv_direct::weight_grad_by_channels(&g, co, xs, dys, col, partial);
+                    return;
+                }
+                if let Some(plan) = winograd_dw {
+                    let (xs, dys) = (as_f32(xs), as_f32(dys));
+                    plan.weight_grad(last - first, xs, dys, as_f32_mut(col), as_f32_mut(partial));
+                    return;
+                }
+                if let Some(plan) = planes {
+                    let (padded, wide) = (plan.padded_len(), plan.wide_len());
+                    let (xps, dyws) = as_f32_mut(col).split_at_mut(group * padded);
+                    let (xs, dys) = (as_f32(xs), as_f32(dys));
+                    for (i, (x_n, dy_n)) in xs.chunks_exact(image_len).zip(dys.chunks_exact(co * p)).enumerate() {
+                        plan.pad_input(x_n, &mut xps[i * padded..(i + 1) * padded]);
+                        plan.widen_grad(dy_n, &mut dyws[i * wide..(i + 1) * wide]);
                     }
-                    if by_channels {
-                        conv_direct::weight_grad_by_channels(&g, co, xs, dys, col, partial);
-                        return;
-                    }
-                    if let Some(plan) = winograd_dw {
-                        let (xs, dys) = (as_f32(xs), as_f32(dys));
-                        plan.weight_grad(last - first, xs, dys, as_f32_mut(col), as_f32_mut(partial));
-                        return;
-                    }
-                    if let Some(plan) = planes {
-                        let (padded, wide) = (plan.padded_len(), plan.wide_len());
-                        let (xps, dyws) = as_f32_mut(col).split_at_mut(group * padded);
-                        let (xs, dys) = (as_f32(xs), as_f32(dys));
-                        for (i, (x_n, dy_n)) in xs.chunks_exact(image_len).zip(dys.chunks_exact(co * p)).enumerate() {
-                            plan.pad_input(x_n, &mut xps[i * padded..(i + 1) * padded]);
-                            plan.widen_grad(dy_n, &mut dyws[i * wide..(i + 1) * wide]);
-                        }
-                        plan.weight_grad(last - first, xps, dyws, as_f32_mut(partial));
-                        return;
-                    }
-                    let col = &mut col[..kdim * p];
-                    for img in first..last {
-                        im2col(&g, &xd[img * image_len..(img + 1) * image_len], col);
-                        let dy_n = &dyd[img * co * p..(img + 1) * co * p];
-                        let beta = if img == first { T::zero() } else { T::one() };
-                        gemm(Product::nt(co, kdim, p), T::one(), dy_n, col, beta, partial);
-                    }
-                },
-            );
+                    plan.weight_grad(last - first, xps, dyws, as_f32_mut(partial));
+                    return;
+                }
+                let col = &mut col[..kdim * p];
+                for img in first..last {
+                    im2col(&g, &xd[img * image_len..(img + 1) * image_len], col);
+                    let dy_n = &dyd[img * co * p..(img + 1) * co * p];
+                    let beta = if img == first { T::zero() } else { T::one() };
+                    gemm(Product::nt(co, kdim, p), T::one(), dy_n, col, beta, partial);
+                }
+            });
         }
         let (dw, db) = (self.weight_grad.data_mut(), self.bias_grad.data_mut());
         dw.fill(T::zero());
