@@ -275,12 +275,169 @@ unsafe fn channels_last_avx2(
     channels_last_slow(rest, (channels - whole_c, h, w), &mut dst[whole_c..], row_len, cp);
 }
 
+/// `V = Bᵀ d B` of the tiles of the tile rows `rows` ([`input_transform_slow`]).
+fn input_transform(
+    plan: &Plan,
+    xt: &[f32],
+    v: &mut [f32],
+    rows: std::ops::Range<usize>,
+    first: usize,
+    xi_stride: usize,
+) {
+    let Plan { tw, cip, .. } = *plan;
+    let wp = 2 * tw + 2;
+    let tiles = rows.len() * tw;
+    assert!(
+        rows.is_empty()
+            || ((2 * rows.end + 2) * wp <= xt.len() / cip && 15 * xi_stride + (first + tiles) * cip <= v.len()),
+        "winograd_grad::input_transform: sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx2() {
+        // SAFETY: the CPU has AVX2; the reads end in row 2·rows.end + 1 of
+        // xt and the writes at tile first + tiles of ξ 15 (checked above)
+        return unsafe { input_transform_avx2(plan, xt, v, rows, first, xi_stride) };
+    }
+    input_transform_slow(plan, xt, v, rows, first, xi_stride);
+}
+
+/// [`input_transform_slow`] in AVX2 vectors of eight channels, with the
+/// same additions in the same order (so bitwise the same).
+///
+/// # Safety
+/// AVX2; the sizes [`input_transform`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_transform_avx2(
+    plan: &Plan,
+    xt: &[f32],
+    v: &mut [f32],
+    rows: std::ops::Range<usize>,
+    first: usize,
+    xi_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let Plan { tw, cip, .. } = *plan;
+    let wp = 2 * tw + 2;
+    for ty in rows.clone() {
+        for tx in 0..tw {
+            let t = first + (ty - rows.start) * tw + tx;
+            // SAFETY: the tile's 4x4 positions lie in rows 2·ty..2·ty + 4 of
+            // xt, its 16 outputs at tile t of each ξ (the caller's sizes)
+            unsafe {
+                let tile = xt.as_ptr().add((2 * ty * wp + 2 * tx) * cip);
+                let out = v.as_mut_ptr().add(t * cip);
+                for c0 in (0..cip).step_by(CI_BLOCK) {
+                    let d = |r: usize, c: usize| _mm256_loadu_ps(tile.add((r * wp + c) * cip + c0));
+                    // cols[c][a]: row a of Bᵀ d, at column c of the tile
+                    let cols: [[__m256; 4]; 4] = std::array::from_fn(|c| {
+                        let (d0, d1, d2, d3) = (d(0, c), d(1, c), d(2, c), d(3, c));
+                        [_mm256_sub_ps(d0, d2), _mm256_add_ps(d1, d2), _mm256_sub_ps(d2, d1), _mm256_sub_ps(d1, d3)]
+                    });
+                    // by_row[a][c] = cols[c][a]
+                    let by_row: [[__m256; 4]; 4] = std::array::from_fn(|a| std::array::from_fn(|c| cols[c][a]));
+                    for (a, r) in by_row.iter().enumerate() {
+                        let r = |c: usize| r[c];
+                        let row = [
+                            _mm256_sub_ps(r(0), r(2)),
+                            _mm256_add_ps(r(1), r(2)),
+                            _mm256_sub_ps(r(2), r(1)),
+                            _mm256_sub_ps(r(1), r(3)),
+                        ];
+                        for (b, &value) in row.iter().enumerate() {
+                            _mm256_storeu_ps(out.add((a * 4 + b) * xi_stride + c0), value);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `M = A dY Aᵀ` of the tiles of the tile rows `rows` ([`grad_transform_slow`]).
+fn grad_transform(
+    plan: &Plan,
+    dyt: &[f32],
+    m: &mut [f32],
+    rows: std::ops::Range<usize>,
+    first: usize,
+    xi_stride: usize,
+) {
+    let Plan { tw, cop, .. } = *plan;
+    let tiles = rows.len() * tw;
+    assert!(
+        rows.is_empty()
+            || (2 * rows.end * 2 * tw <= dyt.len() / cop && 15 * xi_stride + (first + tiles) * cop <= m.len()),
+        "winograd_grad::grad_transform: sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::avx2() {
+        // SAFETY: the CPU has AVX2; the reads end in row 2·rows.end - 1 of
+        // dyt and the writes at tile first + tiles of ξ 15 (checked above)
+        return unsafe { grad_transform_avx2(plan, dyt, m, rows, first, xi_stride) };
+    }
+    grad_transform_slow(plan, dyt, m, rows, first, xi_stride);
+}
+
+/// [`grad_transform_slow`] in AVX2 vectors of eight channels, bitwise the
+/// same (`-q` flips the sign bit, as the scalar negation does).
+///
+/// # Safety
+/// AVX2; the sizes [`grad_transform`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_transform_avx2(
+    plan: &Plan,
+    dyt: &[f32],
+    m: &mut [f32],
+    rows: std::ops::Range<usize>,
+    first: usize,
+    xi_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let Plan { tw, cop, .. } = *plan;
+    let wt = 2 * tw;
+    let sign = _mm256_set1_ps(-0.0);
+    for ty in rows.clone() {
+        for tx in 0..tw {
+            let t = first + (ty - rows.start) * tw + tx;
+            // SAFETY: the tile's 2x2 positions lie in rows 2·ty and 2·ty + 1
+            // of dyt, its 16 outputs at tile t of each ξ (the caller's sizes)
+            unsafe {
+                let tile = dyt.as_ptr().add((2 * ty * wt + 2 * tx) * cop);
+                let out = m.as_mut_ptr().add(t * cop);
+                for c0 in (0..cop).step_by(CI_BLOCK) {
+                    let g = |r: usize, c: usize| _mm256_loadu_ps(tile.add((r * wt + c) * cop + c0));
+                    // per row r: dY Aᵀ = [p, p + q, p - q, -q]
+                    let cols = |r: usize| {
+                        let (p, q) = (g(r, 0), g(r, 1));
+                        [p, _mm256_add_ps(p, q), _mm256_sub_ps(p, q), _mm256_xor_ps(q, sign)]
+                    };
+                    let (r0, r1) = (cols(0), cols(1));
+                    for b in 0..4 {
+                        let column = [
+                            r0[b],
+                            _mm256_add_ps(r0[b], r1[b]),
+                            _mm256_sub_ps(r0[b], r1[b]),
+                            _mm256_xor_ps(r1[b], sign),
+                        ];
+                        for (a, &value) in column.iter().enumerate() {
+                            _mm256_storeu_ps(out.add((a * 4 + b) * xi_stride + c0), value);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 multiversion! {
     /// `V = Bᵀ d B` of every 4x4 tile of one image, `Bᵀ = [1 0 -1 0; 0 1 1
     /// 0; 0 -1 1 0; 0 1 0 -1]`, from its padded channels-last input `xt`,
     /// into `v[ξ·xi_stride + (first + tile)·cip + ci]`, the tiles of the
-    /// tile rows `rows`, eight channels a step.
-    fn input_transform(plan: &Plan, xt: &[f32], v: &mut [f32], rows: std::ops::Range<usize>, first: usize, xi_stride: usize) {
+    /// tile rows `rows`, eight channels a step: the reference of
+    /// [`input_transform_avx2`], and the form without AVX2.
+    fn input_transform_slow(plan: &Plan, xt: &[f32], v: &mut [f32], rows: std::ops::Range<usize>, first: usize, xi_stride: usize) {
         let Plan { tw, cip, .. } = *plan;
         let wp = 2 * tw + 2;
         for ty in rows.clone() {
@@ -325,8 +482,9 @@ multiversion! {
     /// `M = A dY Aᵀ` of every 2x2 tile of one image's output gradient, `A =
     /// [1 0; 1 1; 1 -1; 0 -1]`, from its channels-last gradient `dyt`
     /// (zero past the last row and column), into `m[ξ·xi_stride + (first +
-    /// tile)·cop + co]`, the tiles of the tile rows `rows`.
-    fn grad_transform(plan: &Plan, dyt: &[f32], m: &mut [f32], rows: std::ops::Range<usize>, first: usize, xi_stride: usize) {
+    /// tile)·cop + co]`, the tiles of the tile rows `rows`: the reference of
+    /// [`grad_transform_avx2`], and the form without AVX2.
+    fn grad_transform_slow(plan: &Plan, dyt: &[f32], m: &mut [f32], rows: std::ops::Range<usize>, first: usize, xi_stride: usize) {
         let Plan { tw, cop, .. } = *plan;
         let wt = 2 * tw;
         for ty in rows.clone() {
@@ -486,6 +644,36 @@ mod tests {
             let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{channels} channels of {h}x{w} into rows of {row_len}, {cp} a position");
             assert_eq!(src[channels * h * w - 1], got[((h - 1) * row_len + w - 1) * cp + channels - 1]);
+        }
+    }
+
+    /// The transforms' AVX2 forms write what the reference forms write, bit
+    /// for bit, on a band of tile rows in the middle of a run.
+    #[test]
+    fn transforms_match_their_references() {
+        if !crate::isa::avx2() {
+            println!("skipped: no AVX2 here for the transforms");
+            return;
+        }
+        let g = ConvGeometry { channels: 19, height: 9, width: 11, kernel: 3, stride: 1, padding: 1 };
+        let plan = Plan::new(&g, 21);
+        let (th, tw, cip, cop) = (plan.th, plan.tw, plan.cip, plan.cop);
+        let xt = values((2 * th + 2) * (2 * tw + 2) * cip, 4);
+        let dyt = values(2 * th * 2 * tw * cop, 5);
+        let (rows, first) = (1..th, 3);
+        let (vs, ms) = ((first + th * tw) * cip + 16, (first + th * tw) * cop + 16);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (mut got, mut want) = (vec![f32::NAN; 16 * vs], vec![f32::NAN; 16 * vs]);
+            // SAFETY: the CPU has AVX2 (checked above); the sizes are those input_transform checks
+            unsafe { input_transform_avx2(&plan, &xt, &mut got, rows.clone(), first, vs) };
+            input_transform_slow(&plan, &xt, &mut want, rows.clone(), first, vs);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "input transform");
+            let (mut got, mut want) = (vec![f32::NAN; 16 * ms], vec![f32::NAN; 16 * ms]);
+            // SAFETY: as above, the sizes grad_transform checks
+            unsafe { grad_transform_avx2(&plan, &dyt, &mut got, rows.clone(), first, ms) };
+            grad_transform_slow(&plan, &dyt, &mut want, rows, first, ms);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "gradient transform");
         }
     }
 
